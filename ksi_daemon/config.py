@@ -1,0 +1,139 @@
+"""Configuration: defaults < config file < KSI_* environment < command line.
+
+The config file is JSON in the format of the deployment guide (`~/.ksi/daemon.json` unless
+`--config PATH` or `KSI_CONFIG` names another). Unknown keys are reported as warnings; a value of
+the wrong type stops start-up with a message naming the key and where the value came from.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_FILE = Path("~/.ksi/daemon.json")
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class DaemonSettings(_Section):
+    var_dir: str = "var"
+    socket_path: str | None = None
+    plugin_dirs: list[str] = Field(default_factory=list)
+    max_event_history: int = Field(1000, ge=0)
+    event_timeout: float = Field(30.0, gt=0)
+    shutdown_timeout: float = Field(10.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_events: bool = False
+    max_line_bytes: int = Field(1024 * 1024, ge=1024)
+    output_buffer_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    slow_consumer_grace_s: float = Field(2.0, ge=0)
+    allowed_uids: list[int] = Field(default_factory=list)
+
+
+class UnixTransportSettings(_Section):
+    enabled: bool = True
+    socket_dir: str | None = None
+    compatibility_mode: bool = False
+
+
+class TransportSettings(_Section):
+    unix: UnixTransportSettings = Field(default_factory=UnixTransportSettings)
+
+
+class Settings(_Section):
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    transports: TransportSettings = Field(default_factory=TransportSettings)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# KSI_<NAME> overrides daemon.<name>; lists are os.pathsep-separated (plugin dirs) or commas.
+_LIST_SEPARATORS = {"plugin_dirs": os.pathsep, "allowed_uids": ","}
+
+
+def load_config(config_path: str | None = None, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> tuple[dict, list[str]]:
+    """Return (config as plain dicts with resolved absolute paths, warnings)."""
+    environ = os.environ if environ is None else environ
+    raw, origin = _read_file(config_path or environ.get("KSI_CONFIG"))
+    daemon = dict(raw.get("daemon") or {})
+    origins = {key: origin for key in daemon}
+    for name in DaemonSettings.model_fields:
+        value = environ.get(f"KSI_{name.upper()}")
+        if value is not None and name != "socket_path":
+            daemon[name] = value.split(_LIST_SEPARATORS[name]) if name in _LIST_SEPARATORS \
+                else value
+            origins[name] = f"environment KSI_{name.upper()}"
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            daemon[name] = value
+            origins[name] = "command line"
+    raw = {**raw, "daemon": daemon}
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            key = ".".join(str(part) for part in error["loc"])
+            source = origins.get(error["loc"][1]) if len(error["loc"]) > 1 and \
+                error["loc"][0] == "daemon" else origin
+            problems.append(f"{key}: {error['msg']} (from {source})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    config = settings.model_dump()
+    _resolve_paths(config, environ)
+    return config, _unknown_keys(settings)
+
+
+def _read_file(path: str | None) -> tuple[dict, str]:
+    explicit = path is not None
+    file = Path(path).expanduser() if explicit else DEFAULT_CONFIG_FILE.expanduser()
+    if not file.exists():
+        if explicit:
+            raise ConfigError(f"config file {file} does not exist")
+        return {}, "defaults"
+    try:
+        raw = orjson.loads(file.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {file} cannot be read as JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {file} must hold a JSON object")
+    return raw, f"config file {file}"
+
+
+def _resolve_paths(config: dict, environ) -> None:
+    daemon = config["daemon"]
+    daemon["var_dir"] = str(Path(daemon["var_dir"]).expanduser().resolve())
+    socket_dir = config["transports"]["unix"]["socket_dir"]
+    socket_path = environ.get("KSI_SOCKET_PATH") or daemon["socket_path"] or (
+        str(Path(socket_dir) / "daemon.sock") if socket_dir else
+        str(Path(daemon["var_dir"]) / "run" / "daemon.sock"))
+    socket_path = str(Path(socket_path).expanduser().absolute())
+    if len(socket_path.encode()) > MAX_SOCKET_PATH:
+        raise ConfigError(f"daemon.socket_path: {socket_path} is longer than the "
+                          f"{MAX_SOCKET_PATH} bytes a Unix socket path may have; choose a "
+                          "shorter KSI_VAR_DIR or KSI_SOCKET_PATH")
+    daemon["socket_path"] = socket_path
+    daemon["plugin_dirs"] = [str(Path(p).expanduser()) for p in daemon["plugin_dirs"] if p]
+
+
+def _unknown_keys(settings: Settings) -> list[str]:
+    warnings = []
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for key in model.model_extra or {}:
+            warnings.append(f"unknown config key {prefix}{key} (ignored)")
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                walk(value, f"{prefix}{name}.")
+    walk(settings, "")
+    return warnings

@@ -1,0 +1,113 @@
+"""Process lifecycle: single-instance lock, plugins up, signals, graceful shutdown.
+
+Shutdown order (SIGTERM, SIGINT or system:shutdown): stop taking requests and close listeners
+(`ksi_stopping`), let in-flight requests finish up to the deadline (the rest answer
+`unavailable`), run `ksi_shutdown` in reverse plugin order (the transport removes its socket),
+remove the pid file, exit 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from . import __version__
+from .plugin_manager import PluginManager
+from .router import Router
+
+log = structlog.get_logger("ksi.daemon")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class InstanceLock:
+    """An flock next to the socket: held for the daemon's life, released by the kernel on exit."""
+
+    def __init__(self, socket_path: str):
+        self.path = Path(socket_path + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(f"another KSI daemon (pid {holder}) is already running on "
+                                 f"{self.path.with_suffix('')}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        # The file stays: unlinking it could let two daemons lock two different inodes.
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def prepare_run_dir(socket_path: str) -> None:
+    """Create the socket's directory owner-only (0700) if the daemon is the one creating it."""
+    run_dir = Path(socket_path).parent
+    if not run_dir.exists():
+        run_dir.mkdir(mode=0o700, parents=True)
+        os.chmod(run_dir, 0o700)  # mkdir's mode is filtered by the umask
+
+
+class Daemon:
+    def __init__(self, config: dict):
+        self.config = config
+        settings = config["daemon"]
+        self.started_at = time.time()
+        self.version = __version__
+        self.pid_file = Path(settings["var_dir"]) / "run" / "daemon.pid"
+        self.router = Router(event_timeout=settings["event_timeout"],
+                             max_event_history=settings["max_event_history"],
+                             log_events=settings["log_events"])
+        self.plugins = PluginManager(config, self.router, self)
+        self.shutdown_timeout = settings["shutdown_timeout"]
+        self._stop: asyncio.Event | None = None
+
+    def request_shutdown(self, timeout_s: float | None = None) -> None:
+        """Ask the daemon to stop; safe to call from a handler (the reply is written first)."""
+        if timeout_s is not None:
+            self.shutdown_timeout = timeout_s
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_shutdown)
+        self.plugins.load_all()
+        await self.plugins.start_all()
+        await self.plugins.ready_all()
+        if not self.plugins.active_services("transport"):
+            log.error("no_transport", reason="no transport plugin is active; see the log above")
+            await self.plugins.shutdown_all()
+            return 1
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(str(os.getpid()))
+        log.info("daemon_started", pid=os.getpid(), version=self.version,
+                 socket=self.config["daemon"]["socket_path"], plugins=self.plugins.counts())
+        await self._stop.wait()
+        log.info("daemon_stopping", deadline_s=self.shutdown_timeout)
+        self.router.accepting = False
+        await self.plugins.stopping_all()
+        cancelled = await self.router.drain(self.shutdown_timeout)
+        await self.plugins.shutdown_all()
+        self.pid_file.unlink(missing_ok=True)
+        log.info("daemon_stopped", cancelled_requests=cancelled)
+        return 0
+
+    def uptime(self) -> float:
+        return time.time() - self.started_at

@@ -1,0 +1,54 @@
+"""Function-style plugins: decorate handlers with @event_handler("ns:action").
+
+    from ksi_daemon.event_system import event_handler
+
+    @event_handler("my:custom:event")
+    async def handle_custom_event(data):
+        return {"status": "processed"}
+
+A handler takes `(data)` or `(data, ctx)`, may be sync or async, and returns a dict, a pydantic
+model or None. If its first parameter is annotated with a pydantic model, requests are validated
+against it (`validation_error` on failure) and the handler receives the model instance.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+HANDLER_ATTRIBUTE = "__ksi_event_handler__"
+DEFAULT_TIMEOUT = "event_timeout"  # the daemon's `event_timeout` setting
+
+
+class HandlerSpec:
+    """What @event_handler records on a function; read by the plugin manager at load time."""
+    __slots__ = ("event", "model", "summary", "returns", "override", "aliases", "timeout")
+
+    def __init__(self, event, model, summary, returns, override, aliases, timeout):
+        self.event, self.model, self.summary = event, model, summary
+        self.returns, self.override, self.aliases = returns, override, tuple(aliases)
+        self.timeout = timeout
+
+
+def event_handler(event: str, *, model: type | None = None, summary: str | None = None,
+                  returns: type | None = None, override: bool = False,
+                  aliases: tuple[str, ...] = (), timeout: float | None | str = DEFAULT_TIMEOUT,
+                  ) -> Callable[[Callable], Callable]:
+    """Declare `func` the handler of `event`.
+
+    model: pydantic model for `data` (default: the first parameter's annotation, if a model).
+    summary: one line for system:discover (default: the docstring's first line).
+    returns: pydantic model describing the reply data, shown by system:help.
+    override: take over an event another plugin already handles.
+    aliases: other names answered by the same handler.
+    timeout: seconds an async handler may run before the reply is `timeout`; None for handlers
+        that enforce their own deadline (default: the daemon's `event_timeout`).
+    """
+    def mark(func: Callable) -> Callable:
+        specs = getattr(func, HANDLER_ATTRIBUTE, ())
+        setattr(func, HANDLER_ATTRIBUTE,
+                (*specs, HandlerSpec(event, model, summary, returns, override, aliases, timeout)))
+        return func
+    return mark
+
+
+def handler_specs(obj: Any) -> tuple[HandlerSpec, ...]:
+    return getattr(obj, HANDLER_ATTRIBUTE, ())

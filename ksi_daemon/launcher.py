@@ -1,0 +1,69 @@
+"""Start the daemon in the background and wait until it answers, or say why it did not."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+READY_TIMEOUT_S = 30.0
+
+
+def ask(socket_path: str, event: str, data: dict | None = None, timeout: float = 2.0) -> dict:
+    """One request over a fresh connection; returns the reply envelope. Raises OSError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        sock.sendall(orjson.dumps({"event": event, "data": data or {}}) + b"\n")
+        buffer = b""
+        while not buffer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection without a reply")
+            buffer += chunk
+    return orjson.loads(buffer)
+
+
+def wait_until_healthy(socket_path: str, process: subprocess.Popen | None,
+                       timeout: float = READY_TIMEOUT_S) -> dict | None:
+    """The health reply once the socket answers; None if the process died or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return None
+        try:
+            reply = ask(socket_path, "system:health", timeout=1.0)
+            if "data" in reply:
+                return reply["data"]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    return None
+
+
+def start_in_background(config: dict, argv: list[str]) -> int:
+    settings = config["daemon"]
+    log_dir = Path(settings["var_dir"]) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_path = log_dir / "daemon.out"
+    with open(out_path, "ab") as out:
+        start_offset = out.tell()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ksi_daemon", "--foreground", *argv],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            env={**os.environ, "NO_COLOR": "1"})
+    health = wait_until_healthy(settings["socket_path"], process)
+    if health is None:
+        if process.poll() is None:
+            process.terminate()
+        with open(out_path, "rb") as out:
+            out.seek(start_offset)
+            reason = out.read().decode(errors="replace").strip()
+        print(f"ksi: the daemon did not start:\n{reason or '(no output)'}", file=sys.stderr)
+        return process.returncode or 1
+    print(f"KSI daemon running: pid {health['pid']}, socket {settings['socket_path']}")
+    return 0

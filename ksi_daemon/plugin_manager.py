@@ -1,0 +1,411 @@
+"""Plugin discovery, ordering, failure isolation and status.
+
+Plugins come from three places only: the built-ins, the `ksi.plugins` entry-point group, and the
+configured plugin directories. Order is deterministic: declared dependencies (topologically), then
+priority, then name. A plugin that fails to import, register, start, serve or stop is marked
+`failed` with the reason; the daemon keeps running and the plugin's events answer `unavailable`.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import sys
+import time
+import traceback
+import typing
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pydantic
+import structlog
+
+from . import hookspecs
+from .event_system import handler_specs
+from .plugin_types import PluginCapabilities, PluginMetadata
+from .plugin_base import BasePlugin
+from .router import Handler, Router, call_hook
+
+ENTRY_POINT_GROUP = "ksi.plugins"
+# Used when the package is run from a source tree without being installed (no entry points).
+BUILTIN_PLUGINS = {
+    "system": "ksi_daemon.plugins.system",
+    "transport_unix": "ksi_daemon.plugins.transport_unix",
+}
+log = structlog.get_logger("ksi.plugins")
+
+
+class PluginRecord:
+    """One plugin as the daemon sees it; `as_status()` is what system:plugins shows."""
+
+    def __init__(self, name: str, source: str):
+        self.name, self.source = name, source
+        self.version, self.description = "0.0.0", ""
+        self.state, self.error = "loading", None
+        self.obj: Any = None
+        self.metadata = PluginMetadata(name=name)
+        self.capabilities = PluginCapabilities()
+        self.events: list[str] = []
+        self.hooks: list[str] = []
+        self.load_ms = 0.0
+        self.started = False
+        self.config: dict = {}
+        self.data_dir: Path | None = None
+        self.context: PluginContext | None = None
+        self.handler_errors = 0
+        self.last_handler_error: str | None = None
+
+    def note_handler_error(self, event: str, exc: BaseException) -> None:
+        self.handler_errors += 1
+        self.last_handler_error = f"{event}: {type(exc).__name__}: {exc}"
+
+    def as_status(self) -> dict:
+        return {"name": self.name, "version": self.version, "state": self.state,
+                "error": self.error or self.last_handler_error, "events": self.events,
+                "hooks": self.hooks, "load_ms": round(self.load_ms, 3), "source": self.source,
+                "priority": self.metadata.priority, "dependencies": self.metadata.dependencies,
+                "handler_errors": self.handler_errors}
+
+
+class PluginContext:
+    """What a plugin gets from the daemon (passed to every lifecycle hook as `context`)."""
+
+    def __init__(self, record: PluginRecord, router: Router, manager: PluginManager, daemon):
+        self.name, self.record = record.name, record
+        self.router, self.manager, self.daemon = router, manager, daemon
+        self.log = structlog.get_logger(f"ksi.plugin.{record.name}").bind(plugin=record.name)
+
+    @property
+    def config(self) -> dict:
+        return self.record.config
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self.record.data_dir
+
+    async def emit(self, event: str, data: dict | None = None, correlation_id: str | None = None):
+        return await self.router.emit(event, data, correlation_id=correlation_id,
+                                      source=self.record)
+
+
+class PluginManager:
+    def __init__(self, config: dict, router: Router, daemon=None):
+        self.config, self.router, self.daemon = config, router, daemon
+        self.pm = pluggy.PluginManager("ksi")
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self.order: list[PluginRecord] = []
+        self.services: list[asyncio.Task] = []
+        self.var_dir = Path(config["daemon"]["var_dir"])
+
+    # ---- loading ------------------------------------------------------------------------------
+
+    def load_all(self) -> None:
+        for name, source, importer in self._discover():
+            self._load(name, source, importer)
+        self.order = self._ordered()
+        for record in self.order:
+            if record.state == "loading":
+                self._index(record)
+        self.router.seal()
+
+    def _discover(self):
+        found: dict[str, str] = {}
+        try:
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                found.setdefault(ep.name, ep.value)
+        except Exception as exc:  # noqa: BLE001 - a broken distribution must not stop the daemon
+            log.warning("entry_points_unreadable", error=str(exc))
+        for name, module in BUILTIN_PLUGINS.items():
+            found.setdefault(name, module)
+        for name, target in found.items():
+            kind = "builtin" if target in BUILTIN_PLUGINS.values() else "entry_point"
+            yield name, kind, lambda target=target: _import_target(target)
+        for directory in self.config["daemon"]["plugin_dirs"]:
+            path = Path(directory).expanduser()
+            if not path.is_dir():
+                log.warning("plugin_dir_missing", path=str(path))
+                continue
+            for entry in sorted(path.iterdir()):
+                if entry.name.startswith(("_", ".")):
+                    continue
+                if entry.suffix == ".py" or (entry / "__init__.py").is_file():
+                    yield entry.stem, f"dir:{entry}", lambda entry=entry: _import_file(entry)
+
+    def _load(self, name: str, source: str, importer) -> None:
+        started = time.perf_counter()
+        record = PluginRecord(name, source)
+        try:
+            obj = _plugin_object(importer())
+            record.obj = obj
+            record.metadata = _metadata_of(obj, name)
+            record.name = record.metadata.name
+            record.version = record.metadata.version
+            record.description = record.metadata.description
+            record.capabilities = getattr(obj, "capabilities", None) or PluginCapabilities()
+        except Exception as exc:  # noqa: BLE001
+            record.state, record.error = "failed", f"import failed: {_reason(exc)}"
+            log.error("plugin_import_failed", plugin=name, error=record.error,
+                      traceback=traceback.format_exc())
+        if record.name in self.records:
+            record.state = "failed"
+            record.error = (f"a plugin named {record.name} is already loaded from "
+                            f"{self.records[record.name].source}")
+            record.name = f"{record.name}@{source}"
+        self.records[record.name] = record
+        section = self.config.get("plugins", {}).get(record.name, {})
+        record.config = section if isinstance(section, dict) else {}
+        if record.state == "loading" and record.config.get("enabled", True) is False:
+            record.state = "disabled"
+        if record.state == "loading":
+            try:
+                self.pm.register(record.obj, name=record.name)
+                record.hooks = sorted(h.name for h in self.pm.get_hookcallers(record.obj) or ())
+            except Exception as exc:  # noqa: BLE001 - pluggy rejects ill-formed hooks here
+                record.state, record.error = "failed", f"hook validation failed: {_reason(exc)}"
+        record.load_ms = (time.perf_counter() - started) * 1000
+
+    def _ordered(self) -> list[PluginRecord]:
+        """Dependencies first, then priority, then name; cycles and missing names fail."""
+        candidates = {n: r for n, r in self.records.items() if r.state == "loading"}
+        for record in candidates.values():
+            for dependency in record.metadata.dependencies:
+                if record.state != "loading":
+                    break
+                if dependency not in self.records:
+                    self._fail(record, f"missing dependency: {dependency}")
+                elif self.records[dependency].state in ("failed", "disabled"):
+                    self._fail(record, f"dependency {dependency} is "
+                               f"{self.records[dependency].state}")
+        pending = {n: set(r.metadata.dependencies) for n, r in candidates.items()
+                   if r.state == "loading"}
+        key = lambda name: (self.records[name].metadata.priority, name)  # noqa: E731
+        ready = [key(n) for n, deps in pending.items() if not deps & pending.keys()]
+        heapq.heapify(ready)
+        order, placed = [], set()
+        while ready:
+            _, name = heapq.heappop(ready)
+            placed.add(name)
+            order.append(self.records[name])
+            for other, deps in pending.items():
+                if other not in placed and name in deps and (deps & pending.keys()) <= placed \
+                        and key(other) not in ready:
+                    heapq.heappush(ready, key(other))
+        for name in sorted(pending.keys() - placed):
+            self._fail(self.records[name], _cycle_reason(name, pending, placed))
+        rest = sorted((r for r in self.records.values() if r not in order),
+                      key=lambda r: (r.metadata.priority, r.name))
+        return order + rest
+
+    def _index(self, record: PluginRecord) -> None:
+        """Put the plugin's handlers and hook implementations into the router."""
+        claimed = []
+        for func, spec in _declared_handlers(record.obj):
+            for event in (spec.event, *spec.aliases):
+                holder = self.router.handlers.get(event)
+                if holder is not None and holder.plugin is not record and not spec.override:
+                    self._fail(record, f"event {event} is already handled by plugin "
+                               f"{holder.plugin.name}; declare override=True to take it over")
+                    return
+                claimed.append(Handler(event, func, record, model=spec.model or _model_of(func),
+                                       summary=spec.summary or _first_line(func.__doc__),
+                                       returns=spec.returns, timeout=spec.timeout))
+        for handler in claimed:
+            self.router.add_handler(handler)
+        record.events = sorted({h.event for h in claimed} | set(record.capabilities.commands))
+        for hook_name, target in (("ksi_handle_event", self.router.fallbacks),
+                                  ("ksi_pre_event", self.router.pre_hooks),
+                                  ("ksi_post_event", self.router.post_hooks)):
+            for impl in self._impls(record, hook_name):
+                target.append((record.obj, impl.function, tuple(impl.argnames)))
+
+    def _impls(self, record: PluginRecord, hook_name: str):
+        caller = getattr(self.pm.hook, hook_name, None)
+        if caller is None or record.state in ("failed", "disabled"):
+            return []
+        return [impl for impl in caller.get_hookimpls() if impl.plugin is record.obj]
+
+    def _fail(self, record: PluginRecord, reason: str) -> None:
+        record.state, record.error = "failed", reason
+        log.error("plugin_failed", plugin=record.name, error=reason)
+        message = f"plugin {record.name} failed: {reason}"
+        for handler in self.router.handlers.values():
+            if handler.plugin is record:
+                handler.disable(message)
+        for hooks in (self.router.fallbacks, self.router.pre_hooks, self.router.post_hooks):
+            hooks[:] = [entry for entry in hooks if entry[0] is not record.obj]
+        self.router.seal()
+        for dependent in self.records.values():
+            if record.name in dependent.metadata.dependencies and dependent.state != "failed":
+                self._fail(dependent, f"dependency {record.name} failed")
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start_all(self) -> None:
+        for record in self.order:
+            if record.state != "loading":
+                continue
+            record.data_dir = self.var_dir / "plugins" / record.name
+            record.context = PluginContext(record, self.router, self, self.daemon)
+            if isinstance(record.obj, BasePlugin):
+                record.obj.context, record.obj.config = record.context, record.config
+                record.obj.data_dir = record.data_dir
+            try:
+                record.data_dir.mkdir(parents=True, exist_ok=True)
+                await self._call(record, "ksi_startup", config=self.config)
+                record.state, record.started = "active", True
+            except Exception as exc:  # noqa: BLE001
+                record.started = True  # let it release what it opened before failing
+                self._fail(record, f"startup failed: {_reason(exc)}")
+
+    async def ready_all(self) -> None:
+        for record in self.active():
+            try:
+                for result in await self._call(record, "ksi_ready"):
+                    for coro in (result if isinstance(result, (list, tuple)) else [result]):
+                        if coro is not None:
+                            self._supervise(record, coro)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(record, f"ready failed: {_reason(exc)}")
+
+    async def stopping_all(self) -> None:
+        for record in reversed(self.active()):
+            try:
+                await self._call(record, "ksi_stopping")
+            except Exception as exc:  # noqa: BLE001
+                self._fail(record, f"stopping failed: {_reason(exc)}")
+
+    async def shutdown_all(self) -> None:
+        for task in self.services:
+            task.cancel()
+        if self.services:
+            await asyncio.wait(self.services, timeout=5.0)
+        for record in reversed(self.order):
+            if not record.started:
+                continue
+            try:
+                await self._call(record, "ksi_shutdown")
+            except Exception as exc:  # noqa: BLE001
+                record.state, record.error = "failed", f"shutdown failed: {_reason(exc)}"
+                log.error("plugin_shutdown_failed", plugin=record.name, error=record.error)
+
+    async def _call(self, record: PluginRecord, hook_name: str, **kwargs) -> list:
+        results = []
+        for impl in self._impls(record, hook_name) if record.state != "disabled" else []:
+            results.append(await call_hook(impl.function, tuple(impl.argnames),
+                                           context=record.context, **kwargs))
+        return results
+
+    def _supervise(self, record: PluginRecord, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{record.name}-service")
+        self.services.append(task)
+
+        def on_done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._fail(record, f"service crashed: {_reason(task.exception())}")
+        task.add_done_callback(on_done)
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def active(self) -> list[PluginRecord]:
+        return [r for r in self.order if r.state == "active"]
+
+    def active_services(self, service: str) -> list[PluginRecord]:
+        return [r for r in self.active() if service in r.capabilities.provides_services]
+
+    def status(self) -> list[dict]:
+        return [r.as_status() for r in self.order]
+
+    def counts(self) -> dict:
+        return {"active": sum(r.state == "active" for r in self.order),
+                "failed": sum(r.state == "failed" for r in self.order)}
+
+
+def _import_target(target: str):
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+def _import_file(path: Path):
+    package = path.is_dir()
+    module_name = f"ksi_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(
+        module_name, path / "__init__.py" if package else path,
+        submodule_search_locations=[str(path)] if package else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def _plugin_object(module):
+    """`ksi_plugin` (a class is instantiated) if the module names one, else the module itself."""
+    obj = getattr(module, "ksi_plugin", None)
+    if obj is None:
+        return module
+    return obj() if inspect.isclass(obj) else obj
+
+
+def _metadata_of(obj, default_name: str) -> PluginMetadata:
+    metadata = getattr(obj, "metadata", None) or getattr(obj, "PLUGIN_METADATA", None)
+    if isinstance(metadata, PluginMetadata):
+        return metadata
+    if isinstance(metadata, dict):
+        return PluginMetadata(**{"name": default_name, **metadata})
+    return PluginMetadata(name=default_name, version=getattr(obj, "__version__", "0.0.0"))
+
+
+def _declared_handlers(obj):
+    seen = set()
+    for attr in dir(obj):
+        try:
+            value = getattr(obj, attr)
+        except Exception:  # noqa: BLE001 - a property that raises is not a handler
+            continue
+        specs = handler_specs(value)
+        if specs and callable(value) and getattr(value, "__func__", value) not in seen:
+            seen.add(getattr(value, "__func__", value))
+            for spec in specs:
+                yield value, spec
+
+
+def _model_of(func) -> type | None:
+    """The pydantic model a handler's first parameter is annotated with, if any."""
+    try:
+        hints = typing.get_type_hints(func)
+        first = next(iter(inspect.signature(func).parameters), None)
+    except Exception:  # noqa: BLE001 - unresolvable annotations just mean no model
+        return None
+    annotation = hints.get(first) if first else None
+    if inspect.isclass(annotation) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    return None
+
+
+def _first_line(doc: str | None) -> str:
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _cycle_reason(start: str, pending: dict[str, set], placed: set) -> str:
+    path, node = [start], start
+    while True:
+        node = min(d for d in pending[node] if d in pending and d not in placed)
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            return "dependency cycle: " + " -> ".join(cycle)
+        path.append(node)
+
+

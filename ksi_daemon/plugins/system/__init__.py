@@ -1,0 +1,105 @@
+"""The `system` events: health, discovery, plugins, subscriptions, history, metrics, shutdown.
+
+Discovery and help are generated from the handlers' pydantic models, never written by hand.
+"""
+from __future__ import annotations
+
+import os
+
+from ...event_system import event_handler
+from ...plugin_base import BasePlugin, hookimpl
+from ...plugin_types import PluginCapabilities, PluginMetadata
+from ...protocol import NOT_FOUND, KSIError
+from ...router import compile_pattern
+from .models import (DiscoverRequest, DiscoverReply, EventHistoryRequest, HealthReply,
+                     HelpRequest, PatternsRequest, PatternsReply, PluginsReply, ShutdownRequest,
+                     UnsubscribeRequest)
+from .schemas import describe_events
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class SystemPlugin(BasePlugin):
+    def __init__(self):
+        super().__init__(
+            PluginMetadata(name="system", version="0.1.0", priority=0,
+                           description="Daemon health, discovery, subscriptions and control"),
+            PluginCapabilities(event_namespaces=["system"]))
+
+    @hookimpl
+    def ksi_startup(self, context):
+        self.router, self.manager, self.daemon = context.router, context.manager, context.daemon
+
+    @event_handler("system:health", returns=HealthReply)
+    def health(self, data):
+        """Is the daemon up: status, uptime, version, pid, plugin counts, connections."""
+        return {"status": "healthy", "uptime_s": round(self.daemon.uptime(), 3),
+                "version": self.daemon.version, "pid": os.getpid(),
+                "plugins": self.manager.counts(), "connections": len(self.router.connections)}
+
+    @event_handler("system:discover", returns=DiscoverReply)
+    def discover(self, data: DiscoverRequest):
+        """Every event the daemon answers, with its parameters as JSON Schema."""
+        events = describe_events(self.router, self.manager.active())
+        if data.namespace:
+            events = [e for e in events if e["event"].split(":", 1)[0] == data.namespace]
+        return {"events": events, "count": len(events)}
+
+    @event_handler("system:help")
+    def help(self, data: HelpRequest):
+        """One event's description, parameters and, where declared, what it returns."""
+        for entry in describe_events(self.router, self.manager.active(), with_returns=True):
+            if entry["event"] == data.event:
+                return entry
+        raise KSIError(NOT_FOUND, f"no event named {data.event}; see system:discover")
+
+    @event_handler("system:plugins", aliases=("system:plugin_status",), returns=PluginsReply)
+    def plugins(self, data):
+        """Every plugin with its state, error, events, hooks and load time."""
+        return {"plugins": self.manager.status()}
+
+    @event_handler("system:subscribe", returns=PatternsReply)
+    def subscribe(self, data: PatternsRequest, ctx):
+        """Receive a push for every event matching a pattern ('*', 'ns:*', fnmatch)."""
+        return {"patterns": self.router.subscribe(ctx.connection, data.patterns)}
+
+    @event_handler("system:unsubscribe", returns=PatternsReply)
+    def unsubscribe(self, data: UnsubscribeRequest, ctx):
+        """Stop receiving pushes for these patterns (no patterns: all of them)."""
+        return {"patterns": self.router.unsubscribe(ctx.connection, data.patterns)}
+
+    @event_handler("system:event_history")
+    def event_history(self, data: EventHistoryRequest):
+        """The most recent events that passed through the router, newest last."""
+        matches = compile_pattern(data.pattern) if data.pattern else None
+        entries = [e for e in self.router.history if matches is None or matches(e[0])]
+        entries = entries[-data.limit:] if data.limit else []
+        events = [{"event": e, "correlation_id": c, "timestamp": t, "source": s, "data": d}
+                  for e, c, t, s, d in entries]
+        return {"events": events, "count": len(events)}
+
+    @event_handler("system:metrics")
+    def metrics(self, data):
+        """Event counts and latency percentiles, connections, queue depths, memory."""
+        figures = self.router.metrics()
+        figures["queues"] = {
+            "in_flight_requests": figures.pop("in_flight"),
+            "output_buffered_bytes": sum(c.transport.get_write_buffer_size()
+                                         for c in self.router.connections if not c.closed),
+            "pushes_dropped": sum(c.pushes_dropped for c in self.router.connections)}
+        figures["rss_bytes"] = resident_memory()
+        return figures
+
+    @event_handler("system:shutdown")
+    def shutdown(self, data: ShutdownRequest):
+        """Stop the daemon: finish in-flight work (up to timeout_s), then exit 0."""
+        self.daemon.request_shutdown(data.timeout_s)
+        return {"status": "shutting_down"}
+
+
+def resident_memory() -> int:
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_SIZE
+
+
+ksi_plugin = SystemPlugin

@@ -1,0 +1,80 @@
+"""Schemas of the system events; system:discover shows them to clients as JSON Schema."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiscoverRequest(Request):
+    namespace: str | None = Field(None, description="only events of this namespace")
+
+
+class HelpRequest(Request):
+    event: str = Field(description="the event to describe, e.g. state:set")
+
+
+class PatternsRequest(Request):
+    patterns: list[str] = Field(min_length=1, description="'*', 'ns:*' or fnmatch patterns")
+
+
+class UnsubscribeRequest(Request):
+    patterns: list[str] | None = Field(None, description="patterns to drop; none: all")
+
+
+class EventHistoryRequest(Request):
+    limit: int = Field(100, ge=0, le=100_000, description="at most this many, newest last")
+    pattern: str | None = Field(None, description="only events matching this pattern")
+
+
+class ShutdownRequest(Request):
+    timeout_s: float | None = Field(None, ge=0, le=3600,
+                                    description="how long in-flight work may take to finish")
+
+
+class PluginCounts(BaseModel):
+    active: int
+    failed: int
+
+
+class HealthReply(BaseModel):
+    status: str
+    uptime_s: float
+    version: str
+    pid: int
+    plugins: PluginCounts
+    connections: int
+
+
+class EventDescription(BaseModel):
+    event: str
+    summary: str
+    parameters: dict[str, Any]
+    plugin: str
+
+
+class DiscoverReply(BaseModel):
+    events: list[EventDescription]
+    count: int
+
+
+class PluginStatus(BaseModel):
+    name: str
+    version: str
+    state: str
+    error: str | None
+    events: list[str]
+    hooks: list[str]
+    load_ms: float
+
+
+class PluginsReply(BaseModel):
+    plugins: list[PluginStatus]
+
+
+class PatternsReply(BaseModel):
+    patterns: list[str]

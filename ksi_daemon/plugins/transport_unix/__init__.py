@@ -1,0 +1,93 @@
+"""Unix-socket transport (PROTOCOL.md §1): the daemon's front door.
+
+Opens the socket after every other plugin has started (so no request reaches a plugin that is not
+ready), closes the listener first at shutdown, and removes the socket last.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from pathlib import Path
+
+from ...plugin_base import BasePlugin, hookimpl
+from ...plugin_types import PluginCapabilities, PluginMetadata
+from .connection import Connection
+
+CLOSE_GRACE_S = 2.0
+
+
+class UnixTransport(BasePlugin):
+    def __init__(self):
+        super().__init__(
+            PluginMetadata(name="transport_unix", version="0.1.0", priority=1000,
+                           description="Newline-delimited JSON over a Unix stream socket"),
+            PluginCapabilities(provides_services=["transport"]))
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: set[Connection] = set()
+        self.socket_path: Path | None = None
+
+    @hookimpl
+    def ksi_startup(self, config):
+        settings = config["daemon"]
+        self.enabled = config["transports"]["unix"]["enabled"]
+        self.socket_path = Path(settings["socket_path"])
+        self.allowed_uids = {os.getuid(), *settings["allowed_uids"]}
+        self.limits = {key: settings[key] for key in
+                       ("max_line_bytes", "output_buffer_bytes", "slow_consumer_grace_s")}
+
+    @hookimpl
+    async def ksi_ready(self, context):
+        if not self.enabled:
+            context.log.warning("unix_transport_disabled")
+            return
+        sock = bind_socket(self.socket_path)
+        router = context.router
+        self.server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Connection(router, self.limits, self.allowed_uids, self.connections),
+            sock=sock)
+        context.log.info("listening", socket=str(self.socket_path))
+
+    @hookimpl
+    def ksi_stopping(self):
+        if self.server is not None:
+            self.server.close()  # no new connections; open ones keep getting their replies
+
+    @hookimpl
+    async def ksi_shutdown(self):
+        for conn in list(self.connections):
+            conn.close()  # flushes what is buffered, then closes
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE_S
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.transport.abort()
+        if self.server is not None:
+            self.socket_path.unlink(missing_ok=True)
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind a listening socket at `path` with mode 0600, replacing a stale socket file.
+
+    The caller holds the single-instance lock, so a socket file already there is a dead
+    daemon's. Anything else at that path is left alone and reported.
+    """
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(socket.SOMAXCONN)
+    sock.setblocking(False)
+    return sock
+
+
+ksi_plugin = UnixTransport

@@ -1,0 +1,157 @@
+"""One client connection: newline framing in, replies and pushes out, with bounded buffers.
+
+asyncio.Protocol-level I/O: no StreamReader, no per-line task. Replies produced while a chunk of
+input is being processed are written with one `write()` call.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import struct
+
+import structlog
+
+from ...protocol import FORBIDDEN, PAYLOAD_TOO_LARGE, KSIError, encode_error
+
+log = structlog.get_logger("ksi.transport.unix")
+_ids = itertools.count(1)
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_credentials(transport: asyncio.Transport) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel (SO_PEERCRED)."""
+    sock = transport.get_extra_info("socket")
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                            _PEERCRED.size))
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, router, limits: dict, allowed_uids: set[int], registry: set):
+        self.router, self.registry, self.allowed_uids = router, registry, allowed_uids
+        self.max_line = limits["max_line_bytes"]
+        self.output_limit = limits["output_buffer_bytes"]
+        self.grace_s = limits["slow_consumer_grace_s"]
+        self.id = f"unix:{next(_ids)}"
+        self.peer_pid = self.peer_uid = None
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.pushes_dropped = 0
+        self._buffer = bytearray()
+        self._discarding = False  # inside an oversized line: skip up to the next newline
+        self._batch: list[bytes] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.peer_pid, self.peer_uid, _gid = peer_credentials(transport)
+        if self.peer_uid not in self.allowed_uids:
+            log.warning("peer_forbidden", uid=self.peer_uid, pid=self.peer_pid)
+            transport.write(encode_error(None, None, KSIError(
+                FORBIDDEN, f"uid {self.peer_uid} may not use this daemon")))
+            self.closed = True
+            transport.close()
+            return
+        self.id = f"unix:{self.id[5:]}:pid{self.peer_pid}"
+        self.registry.add(self)
+        self.router.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            data = data[newline + 1:]
+            self._discarding = False
+        if self._buffer:
+            self._buffer += data
+            if data.find(b"\n") < 0:  # still inside one long line: no copy until it ends
+                if len(self._buffer) > self.max_line:
+                    self._buffer.clear()
+                    self._too_large()
+                    self._discarding = True
+                return
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        batch = self._batch = []
+        handle_line, max_line, start = self.router.handle_line, self.max_line, 0
+        try:
+            while True:
+                newline = data.find(b"\n", start)
+                if newline < 0:
+                    break
+                line = data[start:newline]
+                start = newline + 1
+                if len(line) > max_line:
+                    self._too_large()
+                elif line and not line.isspace():
+                    handle_line(line, self)
+            if len(data) - start > max_line:
+                self._too_large()
+                self._discarding = True
+            elif start < len(data):
+                self._buffer += data[start:]
+        finally:
+            self._batch = None
+            if batch and not self.closed:
+                self.transport.write(b"".join(batch))
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests until it catches up.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        self.registry.discard(self)
+        self.router.connection_closed(self)
+
+    # ---- what the router calls ---------------------------------------------------------------
+
+    def send(self, line: bytes) -> None:
+        """A reply: always written (reading pauses while the client does not read)."""
+        if self._batch is not None:
+            self._batch.append(line)
+        elif not self.closed:
+            self.transport.write(line)
+
+    def push(self, line: bytes) -> None:
+        """A push: dropped while this connection's output is over its limit (slow consumer)."""
+        if self.closed:
+            return
+        if self.transport.get_write_buffer_size() + len(line) > self.output_limit:
+            self.pushes_dropped += 1
+            if self._grace_timer is None:
+                self._grace_timer = asyncio.get_running_loop().call_later(
+                    self.grace_s, self._disconnect_if_still_slow)
+            return
+        self.send(line)
+
+    # ---- slow consumers and limits -----------------------------------------------------------
+
+    def _disconnect_if_still_slow(self) -> None:
+        self._grace_timer = None
+        if not self.closed and self.transport.get_write_buffer_size() > self.output_limit // 2:
+            log.warning("slow_consumer_disconnected", connection=self.id,
+                        pushes_dropped=self.pushes_dropped,
+                        buffered=self.transport.get_write_buffer_size())
+            self.closed = True
+            self.transport.abort()
+
+    def _too_large(self) -> None:
+        self.send(encode_error(None, None, KSIError(
+            PAYLOAD_TOO_LARGE, f"request line exceeds {self.max_line} bytes; it was discarded")))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()

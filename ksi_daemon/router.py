@@ -1,0 +1,445 @@
+"""The core: a request line in, exactly one reply out.
+
+    line -> parse_request -> handler index (one dict lookup) -> validate -> handler -> reply
+                                                                        -> subscribers (pushes)
+                                                                        -> history ring, timings
+
+Sync handlers run inline (no task), so a trivial event costs a few microseconds; async handlers run
+as tasks, started in arrival order, each with the `event_timeout` deadline unless the handler
+declared its own. A handler that raises answers `handler_error`; the router never lets an
+exception escape to the transport. Plugins reach the router through `Context.emit()` (route an
+event to its handler and to subscribers) and `Context.push()` (send an event to the requesting
+connection and to subscribers).
+"""
+from __future__ import annotations
+
+import asyncio
+import difflib
+import fnmatch
+import inspect
+import time
+from collections import deque
+from typing import Any, Callable
+
+import pydantic
+import structlog
+
+from .event_system import DEFAULT_TIMEOUT
+from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
+                       KSIError, encode_error, encode_push, encode_reply, parse_request)
+
+log = structlog.get_logger("ksi.router")
+_perf = time.perf_counter
+_now = time.time
+TIMINGS_KEPT = 2048  # per event: enough for stable p99, small enough to sort on demand
+MAX_MATCH_CACHE = 4096
+
+
+class EventStats:
+    __slots__ = ("count", "errors", "durations")
+
+    def __init__(self):
+        self.count = 0
+        self.errors = 0
+        self.durations: deque[float] = deque(maxlen=TIMINGS_KEPT)
+
+    def record(self, started: float, ok: bool) -> None:
+        self.count += 1
+        if not ok:
+            self.errors += 1
+        self.durations.append(_perf() - started)
+
+
+class Handler:
+    """One entry of the dispatch index: everything about an event decided once, at start."""
+    __slots__ = ("event", "func", "model", "is_async", "wants_ctx", "plugin", "summary",
+                 "returns", "timeout", "stats")
+
+    def __init__(self, event: str, func: Callable, plugin: Any, model=None, summary=None,
+                 returns=None, timeout=DEFAULT_TIMEOUT):
+        self.event, self.func, self.plugin = event, func, plugin
+        self.model, self.summary, self.returns, self.timeout = model, summary, returns, timeout
+        self.is_async = inspect.iscoroutinefunction(func)
+        params = [p for p in inspect.signature(func).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.wants_ctx = len(params) >= 2
+        self.stats = EventStats()
+
+    def disable(self, reason: str) -> None:
+        """Answer `unavailable` from now on: the plugin behind this event failed."""
+        def unavailable(data):
+            raise KSIError(UNAVAILABLE, reason)
+        self.func, self.model, self.is_async, self.wants_ctx = unavailable, None, False, False
+
+
+class Context:
+    """What a handler knows about the request it serves, and how it talks back."""
+    __slots__ = ("router", "event", "correlation_id", "connection", "plugin")
+
+    def __init__(self, router: Router, event: str, correlation_id: str | None, connection,
+                 plugin=None):
+        self.router, self.event, self.correlation_id = router, event, correlation_id
+        self.connection, self.plugin = connection, plugin
+
+    async def emit(self, event: str, data: dict | None = None) -> Any:
+        """Route `event` as this request's consequence; return its handler's reply data."""
+        return await self.router.emit(event, data, correlation_id=self.correlation_id,
+                                      source=self.plugin, connection=self.connection)
+
+    def push(self, event: str, data: Any) -> None:
+        """Send `event` to the requesting connection (once) and to matching subscribers."""
+        self.router.push(event, data, self.correlation_id, self.connection)
+
+    @property
+    def config(self) -> dict:
+        return self.plugin.config if self.plugin is not None else {}
+
+    @property
+    def data_dir(self):
+        return self.plugin.data_dir if self.plugin is not None else None
+
+
+class Router:
+    def __init__(self, *, event_timeout: float = 30.0, max_event_history: int = 1000,
+                 log_events: bool = False):
+        self.event_timeout = event_timeout
+        self.log_events = log_events
+        self.handlers: dict[str, Handler] = {}
+        self.fallbacks: list[tuple[Any, Callable, tuple[str, ...]]] = []
+        self.pre_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
+        self.post_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
+        self.history: deque = deque(maxlen=max_event_history)
+        self.other_stats: dict[str, EventStats] = {"(rejected)": EventStats(),
+                                                   "(unknown)": EventStats()}
+        self.connections: set = set()
+        self.in_flight: set[asyncio.Task] = set()
+        self.accepting = True
+        self._slow_path = False
+        self._subscriptions: dict[Any, dict[str, Callable[[str], bool]]] = {}
+        self._match_cache: dict[str, tuple] = {}
+
+    # ---- set-up (called by the plugin manager at start) ---------------------------------------
+
+    def add_handler(self, handler: Handler) -> None:
+        self.handlers[handler.event] = handler
+
+    def seal(self) -> None:
+        """Decide once whether any request must take the slower middleware path."""
+        self._slow_path = bool(self.pre_hooks or self.post_hooks)
+
+    # ---- the hot path -------------------------------------------------------------------------
+
+    def handle_line(self, line: bytes, conn) -> None:
+        """Process one request line from `conn`; exactly one reply is written back to it."""
+        started = _perf()
+        try:
+            event, data, cid = parse_request(line)
+        except KSIError as exc:
+            conn.send(encode_error(getattr(exc, "event", None),
+                                   getattr(exc, "correlation_id", None), exc))
+            self.other_stats["(rejected)"].record(started, False)
+            return
+        if self.log_events:
+            log.debug("request", event=event, correlation_id=cid, connection=conn.id)
+        handler = self.handlers.get(event)
+        if handler is None or self._slow_path or not self.accepting:
+            self._spawn(self._dispatch_slowly(event, data, cid, conn, started))
+        elif handler.is_async:
+            self._spawn(self._run_async(handler, event, data, cid, conn, started))
+        else:
+            ok = True
+            try:
+                arg = handler.model.model_validate(data) if handler.model else data
+                if handler.wants_ctx:
+                    result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
+                else:
+                    result = handler.func(arg)
+                reply = encode_reply(event, cid, as_reply_data(result))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a coded reply
+                ok = False
+                reply = self._error_reply(handler, event, cid, exc)
+            conn.send(reply)
+            self._after(handler.stats, event, data, cid, conn, started, ok)
+
+    async def _run_async(self, handler: Handler, event: str, data: dict, cid: str, conn,
+                         started: float) -> None:
+        ok = True
+        try:
+            result = await self._call_with_deadline(handler, event, data, cid, conn)
+            reply = encode_reply(event, cid, as_reply_data(result))
+        except BaseException as exc:  # noqa: BLE001 - includes cancellation at shutdown
+            ok = False
+            reply = self._error_reply(handler, event, cid, exc)
+        conn.send(reply)
+        self._after(handler.stats, event, data, cid, conn, started, ok)
+
+    async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn,
+                                  source=None):
+        arg = handler.model.model_validate(data) if handler.model else data
+        args = (arg, Context(self, event, cid, conn, source or handler.plugin)) \
+            if handler.wants_ctx else (arg,)
+        if not handler.is_async:
+            return handler.func(*args)
+        deadline = self.event_timeout if handler.timeout == DEFAULT_TIMEOUT \
+            else handler.timeout
+        if deadline is None:
+            return await handler.func(*args)
+        try:
+            async with asyncio.timeout(deadline):
+                return await handler.func(*args)
+        except TimeoutError:
+            raise KSIError(TIMEOUT, f"{event} did not finish within {deadline} s") from None
+
+    async def _dispatch_slowly(self, event: str, data: dict, cid: str, conn,
+                               started: float) -> None:
+        """The path for unknown names, middleware, and requests arriving during shutdown."""
+        handler = self.handlers.get(event)
+        stats = None
+        ok = False
+        try:
+            if not self.accepting:
+                raise KSIError(UNAVAILABLE, "the daemon is shutting down")
+            ctx = Context(self, event, cid, conn, handler.plugin if handler else None)
+            data = await self._run_pre_hooks(event, data, ctx)
+            if handler is not None:
+                result = as_reply_data(
+                    await self._call_with_deadline(handler, event, data, cid, conn))
+            else:
+                result = await self._ask_fallbacks(event, data, ctx)
+            stats = self._stats_of(event)
+            result = await self._run_post_hooks(event, data, result, ctx)
+            reply = encode_reply(event, cid, result)
+            ok = True
+        except BaseException as exc:  # noqa: BLE001
+            reply = self._error_reply(handler, event, cid, exc)
+        conn.send(reply)
+        if stats is not None or handler is not None:
+            self._after(stats or handler.stats, event, data, cid, conn, started, ok)
+        else:
+            self.other_stats["(unknown)"].record(started, False)
+
+    def _after(self, stats: EventStats, event: str, data: dict, cid: str, conn, started: float,
+               ok: bool) -> None:
+        stats.record(started, ok)
+        self.history.append((event, cid, _now(), conn.id, data))
+        if self._subscriptions:
+            self._fan_out(event, data, cid, conn)
+
+    def _error_reply(self, handler: Handler | None, event: str, cid: str,
+                     exc: BaseException) -> bytes:
+        return encode_error(event, cid, self._as_ksi_error(handler, event, cid, exc))
+
+    def _as_ksi_error(self, handler, event, cid, exc: BaseException) -> KSIError:
+        if isinstance(exc, KSIError):
+            return exc
+        if isinstance(exc, pydantic.ValidationError):
+            return KSIError(VALIDATION_ERROR, f"data does not match the schema of {event}",
+                            exc.errors(include_url=False, include_context=False))
+        if isinstance(exc, asyncio.CancelledError):
+            return KSIError(UNAVAILABLE, "the daemon stopped before this request finished")
+        plugin = getattr(handler.plugin, "name", None) if handler else None
+        if plugin is not None:
+            handler.plugin.note_handler_error(event, exc)
+        log.error("handler_error", event=event, correlation_id=cid, plugin=plugin,
+                  error=repr(exc), exc_info=exc)
+        return KSIError(HANDLER_ERROR, f"{event} failed: {type(exc).__name__}: {exc}")
+
+    # ---- plugin-facing: emit and push -------------------------------------------------------
+
+    async def emit(self, event: str, data: dict | None = None, *, correlation_id=None,
+                   source=None, connection=None) -> Any:
+        """Route an event from inside the daemon: its handler runs (if any) and subscribers see it.
+
+        Returns the handler's reply data (None when nobody handles the event); a failing handler
+        raises KSIError, as the reply would carry it.
+        """
+        data = {} if data is None else data
+        started = _perf()
+        handler = self.handlers.get(event)
+        self.history.append((event, correlation_id, _now(), getattr(source, "name", source),
+                             data))
+        if self._subscriptions:
+            self._fan_out(event, data, correlation_id, None)
+        ok = False
+        try:
+            if handler is not None:
+                result = as_reply_data(await self._call_with_deadline(
+                    handler, event, data, correlation_id, connection, source))
+            elif self.fallbacks:
+                ctx = Context(self, event, correlation_id, connection, source)
+                result = await self._ask_fallbacks(event, data, ctx, missing_ok=True)
+            else:
+                result = None
+            ok = True
+            return result
+        except BaseException as exc:
+            raise self._as_ksi_error(handler, event, correlation_id, exc) from exc
+        finally:
+            self._stats_of(event).record(started, ok)
+
+    def push(self, event: str, data: Any, correlation_id: str | None, connection) -> None:
+        line = encode_push(event, data, correlation_id)
+        self._stats_of(event).count += 1
+        self.history.append((event, correlation_id, _now(), "push", data))
+        if connection is not None:
+            connection.push(line)
+        if self._subscriptions:
+            for subscriber in self._subscribers_of(event):
+                if subscriber is not connection:
+                    subscriber.push(line)
+
+    def _stats_of(self, event: str) -> EventStats:
+        """Timings of `event`; events without a handler of their own (pushes, fallback-answered
+        names) are counted by name, which plugins choose, never clients."""
+        handler = self.handlers.get(event)
+        if handler is not None:
+            return handler.stats
+        stats = self.other_stats.get(event)
+        if stats is None:
+            stats = self.other_stats[event] = EventStats()
+        return stats
+
+    # ---- fallbacks and middleware -------------------------------------------------------------
+
+    async def _ask_fallbacks(self, event: str, data: dict, ctx: Context, missing_ok=False):
+        for plugin, func, argnames in self.fallbacks:
+            result = await call_hook(func, argnames, event_name=event, data=data, context=ctx)
+            if result is not None:
+                return as_reply_data(result)
+        if missing_ok:
+            return None
+        names = list(self.handlers)
+        names += [c for p, _, _ in self.fallbacks for c in getattr(
+            getattr(p, "capabilities", None), "commands", ())]
+        suggestions = difflib.get_close_matches(event, names, n=5, cutoff=0.5)
+        raise KSIError(UNKNOWN_EVENT, f"no handler for {event}" + (
+            f"; did you mean {', '.join(suggestions)}?" if suggestions else ""),
+            {"suggestions": suggestions})
+
+    async def _run_pre_hooks(self, event: str, data: dict, ctx: Context) -> dict:
+        for _plugin, func, argnames in self.pre_hooks:
+            replaced = await call_hook(func, argnames, event_name=event, data=data, context=ctx)
+            if replaced is not None:
+                data = replaced
+        return data
+
+    async def _run_post_hooks(self, event: str, data: dict, result, ctx: Context):
+        for _plugin, func, argnames in self.post_hooks:
+            replaced = await call_hook(func, argnames, event_name=event, data=data,
+                                       result=result, context=ctx)
+            if replaced is not None:
+                result = replaced
+        return result
+
+    # ---- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, conn, patterns: list[str]) -> list[str]:
+        active = self._subscriptions.setdefault(conn, {})
+        for pattern in patterns:
+            active[pattern] = compile_pattern(pattern)
+        self._match_cache.clear()
+        return list(active)
+
+    def unsubscribe(self, conn, patterns: list[str] | None = None) -> list[str]:
+        active = self._subscriptions.get(conn, {})
+        for pattern in list(active) if patterns is None else patterns:
+            active.pop(pattern, None)
+        if not active:
+            self._subscriptions.pop(conn, None)
+        self._match_cache.clear()
+        return list(active)
+
+    def connection_closed(self, conn) -> None:
+        self.connections.discard(conn)
+        if self._subscriptions.pop(conn, None) is not None:
+            self._match_cache.clear()
+
+    def _subscribers_of(self, event: str) -> tuple:
+        subscribers = self._match_cache.get(event)
+        if subscribers is None:
+            if len(self._match_cache) >= MAX_MATCH_CACHE:
+                self._match_cache.clear()
+            subscribers = self._match_cache[event] = tuple(
+                conn for conn, patterns in self._subscriptions.items()
+                if any(match(event) for match in patterns.values()))
+        return subscribers
+
+    def _fan_out(self, event: str, data: dict, cid: str | None, origin) -> None:
+        subscribers = self._subscribers_of(event)
+        if subscribers:
+            line = encode_push(event, data, cid)
+            for conn in subscribers:
+                if conn is not origin:
+                    conn.push(line)
+
+    # ---- in-flight work and shutdown ----------------------------------------------------------
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def drain(self, deadline_s: float) -> int:
+        """Stop taking requests, wait for in-flight ones; cancel what is left at the deadline.
+
+        Returns how many requests were cancelled (each still gets its `unavailable` reply).
+        """
+        self.accepting = False
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=deadline_s)
+        left = list(self.in_flight)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=1.0)
+        return len(left)
+
+    # ---- figures for system:metrics ----------------------------------------------------------
+
+    def metrics(self) -> dict:
+        per_event = {}
+        entries = [(h.event, h.stats) for h in self.handlers.values()] + \
+            list(self.other_stats.items())
+        for name, stats in entries:
+            if stats.count:
+                per_event[name] = {"count": stats.count, "errors": stats.errors,
+                                   **percentiles_ms(stats.durations)}
+        return {"events_total": sum(s["count"] for s in per_event.values()),
+                "events": per_event, "connections": len(self.connections),
+                "in_flight": len(self.in_flight)}
+
+
+def as_reply_data(result: Any) -> Any:
+    if result is None:
+        return {}
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, pydantic.BaseModel):
+        return result.model_dump(mode="json")
+    return {"result": result}
+
+
+async def call_hook(func: Callable, argnames: tuple[str, ...], **available) -> Any:
+    """Call one hook implementation with the arguments it names; await what it returns."""
+    result = func(**{name: available[name] for name in argnames})
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    if pattern == "*":
+        return lambda event: True
+    if pattern.endswith(":*") and not any(c in pattern[:-2] for c in "*?["):
+        prefix = pattern[:-1]
+        return lambda event: event.startswith(prefix)
+    return lambda event: fnmatch.fnmatchcase(event, pattern)
+
+
+def percentiles_ms(durations) -> dict:
+    ordered = sorted(durations)
+    if not ordered:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+    last = len(ordered) - 1
+    return {f"p{q}_ms": round(ordered[min(last, int(q / 100 * len(ordered)))] * 1000, 4)
+            for q in (50, 95, 99)}

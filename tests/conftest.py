@@ -1,0 +1,153 @@
+"""Fixtures that run the real daemon as a subprocess and talk to it over its real socket."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ksi_daemon.launcher import wait_until_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
+            "HF_HUB_OFFLINE": "1"}
+os.environ.update(TEST_ENV)
+
+
+class LineClient:
+    """A bare socket speaking the wire protocol line by line, as `nc -U` would."""
+
+    def __init__(self, socket_path: str | Path, timeout: float = 10.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(socket_path))
+        self._buffer = b""
+
+    def send_raw(self, payload: bytes) -> None:
+        self.sock.sendall(payload)
+
+    def send(self, event: str, data: dict | None = None, **envelope) -> None:
+        message = {"event": event, **envelope}
+        if data is not None:
+            message["data"] = data
+        self.send_raw(orjson.dumps(message) + b"\n")
+
+    def recv(self) -> dict:
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("daemon closed the connection")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return orjson.loads(line)
+
+    def recv_reply(self) -> dict:
+        """The next reply, skipping pushes."""
+        while True:
+            message = self.recv()
+            if message["type"] == "reply":
+                return message
+
+    def request(self, event: str, data: dict | None = None, **envelope) -> dict:
+        self.send(event, data, **envelope)
+        return self.recv_reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class DaemonProcess:
+    def __init__(self, workdir: Path, config: dict | None = None, env: dict | None = None,
+                 args: list[str] | None = None):
+        self.workdir = workdir
+        self.var_dir = workdir / "var"
+        self.socket_path = self.var_dir / "run" / "daemon.sock"
+        self.config_path = workdir / "daemon.json"
+        self.config_path.write_bytes(orjson.dumps(config or {}))
+        self.env = {**os.environ, **TEST_ENV, "HOME": str(workdir), "KSI_VAR_DIR": str(self.var_dir),
+                    "PYTHONPATH": str(ROOT), **(env or {})}
+        self.env.pop("KSI_SOCKET_PATH", None)
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> "DaemonProcess":
+        self.output = open(self.workdir / "daemon.out", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ksi_daemon", "--foreground", "--config",
+             str(self.config_path), *self.args],
+            cwd=self.workdir, env=self.env, stdout=self.output, stderr=subprocess.STDOUT)
+        if wait and wait_until_healthy(str(self.socket_path), self.proc, timeout=30) is None:
+            raise RuntimeError(f"daemon did not start:\n{self.read_output()}")
+        return self
+
+    def read_output(self) -> str:
+        return (self.workdir / "daemon.out").read_text(errors="replace")
+
+    def client(self, timeout: float = 10.0) -> LineClient:
+        return LineClient(self.socket_path, timeout)
+
+    def request(self, event: str, data: dict | None = None) -> dict:
+        with self.client() as client:
+            return client.request(event, data)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon ignored signal {sig} for {timeout} s")
+        finally:
+            self.output.close()
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def workdir():
+    # Short path under /tmp: a Unix socket path may not exceed 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon_factory(workdir):
+    started: list[DaemonProcess] = []
+
+    def start(config: dict | None = None, env: dict | None = None, args=None, wait=True,
+              subdir: str | None = None) -> DaemonProcess:
+        directory = workdir / subdir if subdir else workdir
+        directory.mkdir(exist_ok=True)
+        daemon = DaemonProcess(directory, config, env, args)
+        started.append(daemon)
+        return daemon.start(wait=wait)
+
+    yield start
+    for daemon in started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+@pytest.fixture
+def daemon(daemon_factory) -> DaemonProcess:
+    return daemon_factory()
