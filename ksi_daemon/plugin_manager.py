@@ -35,6 +35,8 @@ ENTRY_POINT_GROUP = "ksi.plugins"
 BUILTIN_PLUGINS = {
     "system": "ksi_daemon.plugins.system",
     "transport_unix": "ksi_daemon.plugins.transport_unix",
+    "state": "ksi_daemon.plugins.state",
+    "conversation": "ksi_daemon.plugins.conversation",
 }
 log = structlog.get_logger("ksi.plugins")
 

@@ -140,7 +140,7 @@ class Router:
             self.other_stats["(rejected)"].record(started, False)
             return
         if self.log_events:
-            log.debug("request", event=event, correlation_id=cid, connection=conn.id)
+            log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
         handler = self.handlers.get(event)
         if handler is None or self._slow_path or not self.accepting:
             self._spawn(self._dispatch_slowly(event, data, cid, conn, started))
@@ -240,7 +240,7 @@ class Router:
         plugin = getattr(handler.plugin, "name", None) if handler else None
         if plugin is not None:
             handler.plugin.note_handler_error(event, exc)
-        log.error("handler_error", event=event, correlation_id=cid, plugin=plugin,
+        log.error("handler_error", event_name=event, correlation_id=cid, plugin=plugin,
                   error=repr(exc), exc_info=exc)
         return KSIError(HANDLER_ERROR, f"{event} failed: {type(exc).__name__}: {exc}")
 

@@ -1,0 +1,71 @@
+"""A session's earlier turns: from the conversation store when it runs, else kept in memory.
+
+The store answers `conversation:history` / `conversation:append`. Completion must still work when
+the store plugin is absent or failed, so turns are also kept in a bounded in-memory window.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+from pathlib import Path
+
+import orjson
+
+from ...protocol import UNAVAILABLE, UNKNOWN_EVENT, KSIError
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+class ConversationMemory:
+    def __init__(self, emit, log, window: int = 40):
+        self.emit, self.log, self.window = emit, log, window
+        self.local: dict[str, deque] = {}
+        self._warned = False
+
+    async def history(self, session_id: str, limit: int | None = None) -> list[dict]:
+        limit = self.window if limit is None else limit
+        if limit <= 0:
+            return []
+        reply = await self._ask_store("conversation:history",
+                                      {"session_id": session_id, "limit": limit})
+        if reply is not None and isinstance(reply.get("messages"), list):
+            return [{"role": m["role"], "content": m["content"]}
+                    for m in reply["messages"][-limit:] if m.get("role") and "content" in m]
+        return list(self.local.get(session_id, ()))[-limit:]
+
+    async def append(self, session_id: str, role: str, content: str, **extra) -> None:
+        self.local.setdefault(session_id, deque(maxlen=max(1, self.window))).append(
+            {"role": role, "content": content})
+        await self._ask_store("conversation:append", {
+            "session_id": session_id, "role": role, "content": content,
+            **{k: v for k, v in extra.items() if v is not None}})
+
+    async def _ask_store(self, event: str, data: dict):
+        try:
+            reply = await self.emit(event, data)
+        except KSIError as exc:
+            if exc.code not in (UNKNOWN_EVENT, UNAVAILABLE):
+                raise
+            reply = None
+        if reply is None or not isinstance(reply, dict):
+            if not self._warned:
+                self._warned = True
+                self.log.warning("conversation_store_missing",
+                                 detail=f"{event} is not answered; keeping turns in memory")
+            return None
+        return reply
+
+
+class ResponseLog:
+    """Appends each finished completion to var/logs/responses/<session_id>.jsonl."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def append(self, session_id: str, record: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = session_id if _SAFE_NAME.fullmatch(session_id) and session_id not in (".", "..") \
+            else "session-" + hashlib.sha256(session_id.encode()).hexdigest()
+        with open(self.directory / f"{name}.jsonl", "ab") as file:
+            file.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE, default=str))

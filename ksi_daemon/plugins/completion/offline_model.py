@@ -1,0 +1,150 @@
+"""The built-in offline model: deterministic, streaming, no key and no network.
+
+It is what a fresh machine talks to. It cannot think, but it answers in terms of what it was told:
+it picks out the prompt's key words, notices questions, remembers earlier turns of the
+conversation and any system prompt, so the chat and orchestration demos show a real exchange.
+The same conversation always gets the same answer, which also makes it useful in tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+PROVIDER = "ksi-offline"
+DEFAULT_MODEL = f"{PROVIDER}/default"
+WORDS_PER_CHUNK = 3
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'-]+")
+_STOPWORDS = frozenset("""
+a about above after again all also am an and any are as at be because been before being below
+between both but by can could did do does doing down during each few for from further had has
+have having he her here hers him his how i if in into is it its itself just let me more most my
+no nor not now of off on once only or other our out over own please same she should so some such
+than that the their them then there these they this those through to too under until up very
+was we were what when where which while who whom why will with would you your yours tell give
+explain write make think say said using use like get one two
+""".split())
+
+_OPENINGS = (
+    "Here is how I see {topic}.",
+    "Let me take up {topic}.",
+    "Thinking about {topic}:",
+    "On {topic}, a few points.",
+)
+_QUESTION_OPENINGS = (
+    "You ask about {topic}.",
+    "Good question about {topic}.",
+    "About {topic}, since you ask:",
+    "To answer your question on {topic}:",
+)
+_BODIES = (
+    "The heart of it is {first}; everything else follows from how {first} relates to {second}.",
+    "I would start from {first}, then check what {second} adds to it.",
+    "It helps to separate {first} from {second} and look at each on its own terms.",
+    "{First} is the part that matters most here, with {second} close behind.",
+)
+
+
+def reply_to(messages: list[dict]) -> str:
+    """The answer to `messages` (OpenAI-style dicts), the same every time for the same input."""
+    said = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
+    system = next((str(m.get("content") or "") for m in messages
+                   if m.get("role") == "system"), "")
+    last = said[-1] if said else ""
+    words = key_words(last) or ["your message"]
+    first, second = words[0], (words[1] if len(words) > 1 else "the context around it")
+    topic = " and ".join(words[:2])
+    pick = _stable_number(messages)
+    openings = _QUESTION_OPENINGS if last.rstrip().endswith("?") else _OPENINGS
+    sentences = []
+    if system:
+        sentences.append(f"(Answering as instructed: {_clip(system, 60)})")
+    sentences.append(openings[pick % len(openings)].format(topic=topic))
+    sentences.append(_BODIES[pick // 7 % len(_BODIES)].format(
+        first=first, second=second, First=first[:1].upper() + first[1:]))
+    if len(said) > 1:
+        earlier = key_words(" ".join(said[:-1]))[:2]
+        sentences.append(f"This is turn {len(said)} of our conversation; earlier we talked "
+                         f"about {' and '.join(earlier) or 'other things'}, and you first said "
+                         f"\"{_clip(said[0], 50)}\".")
+    sentences.append(f"You said: \"{_clip(last, 80)}\"")
+    return " ".join(sentences)
+
+
+def key_words(text: str, limit: int = 3) -> list[str]:
+    """The prompt's most telling words: longest non-stopwords first, ties in order of use."""
+    seen: dict[str, int] = {}
+    for position, word in enumerate(_WORD.findall(text)):
+        lowered = word.lower()
+        if lowered not in _STOPWORDS and lowered not in seen:
+            seen[lowered] = position
+    return sorted(seen, key=lambda w: (-len(w), seen[w]))[:limit]
+
+
+def chunks_of(text: str) -> list[str]:
+    """Streaming pieces whose concatenation is exactly `text`."""
+    pieces = re.findall(r"\S+\s*|\s+", text)
+    return ["".join(pieces[i:i + WORDS_PER_CHUNK]) for i in range(0, len(pieces), WORDS_PER_CHUNK)]
+
+
+def count_tokens(text: str) -> int:
+    """A deterministic stand-in for a tokenizer: about four characters per token."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def usage_of(messages: list[dict], text: str) -> dict:
+    prompt = sum(count_tokens(str(m.get("content") or "")) for m in messages)
+    completion = count_tokens(text)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def build_provider():
+    """The litellm custom provider; called from the thread that imports litellm."""
+    import litellm
+    from litellm import CustomLLM
+    from litellm.types.utils import ModelResponse
+
+    class OfflineModel(CustomLLM):
+        def completion(self, model, messages, *args, **kwargs):
+            return _response(model, messages)
+
+        async def acompletion(self, model, messages, *args, **kwargs):
+            return _response(model, messages)
+
+        def streaming(self, model, messages, *args, **kwargs):
+            yield from _stream(messages)
+
+        async def astreaming(self, model, messages, *args, **kwargs):
+            for chunk in _stream(messages):
+                yield chunk
+
+    def _response(model: str, messages: list[dict]):
+        text = reply_to(messages)
+        return ModelResponse(model=model, choices=[{"message": {"role": "assistant",
+                                                                "content": text},
+                                                    "finish_reason": "stop", "index": 0}],
+                             usage=litellm.Usage(**usage_of(messages, text)))
+
+    def _stream(messages: list[dict]):
+        text = reply_to(messages)
+        pieces = chunks_of(text) or [""]
+        last = len(pieces) - 1
+        for index, piece in enumerate(pieces):
+            yield {"text": piece, "is_finished": index == last,
+                   "finish_reason": "stop" if index == last else "", "index": 0,
+                   "usage": usage_of(messages, text) if index == last else None,
+                   "tool_use": None}
+
+    return OfflineModel()
+
+
+def _stable_number(messages: list[dict]) -> int:
+    digest = hashlib.sha256(repr([(m.get("role"), m.get("content")) for m in messages])
+                            .encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"

@@ -1,0 +1,76 @@
+"""Schemas of the conversation events; system:discover shows them to clients as JSON Schema."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SessionId = Field(min_length=1, max_length=256, description="the conversation's id")
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AppendRequest(Request):
+    session_id: str = SessionId
+    role: str = Field(min_length=1, max_length=64, description="user, assistant, system, ...")
+    content: str = Field(description="the turn's text")
+    model: str | None = None
+    usage: dict[str, Any] | None = Field(None, description="token counts, as the model gave")
+    request_id: str | None = Field(None, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+
+class AppendReply(BaseModel):
+    session_id: str
+    message_id: int
+    timestamp: float
+
+
+class HistoryRequest(Request):
+    session_id: str = SessionId
+    limit: int = Field(50, ge=1, le=10_000, description="the newest turns, oldest first")
+
+
+class ListRequest(Request):
+    limit: int = Field(50, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+    sort: Literal["updated_desc", "updated_asc", "created_desc", "created_asc",
+                  "messages_desc"] = "updated_desc"
+
+
+class GetRequest(Request):
+    session_id: str = SessionId
+    limit: int = Field(100, ge=1, le=10_000)
+    offset: int = Field(0, ge=0, description="skip this many of the oldest messages")
+
+
+class SearchRequest(Request):
+    query: str = Field(min_length=1, max_length=1000)
+    session_id: str | None = Field(None, description="only this conversation")
+    limit: int = Field(20, ge=1, le=1000)
+    syntax: Literal["words", "fts5"] = Field(
+        "words", description="words: every word must appear; fts5: SQLite FTS5 query syntax")
+
+
+class ExportRequest(Request):
+    session_id: str = SessionId
+    format: Literal["markdown", "json"] = "markdown"
+
+
+class ExportReply(BaseModel):
+    session_id: str
+    format: str
+    path: str
+    size: int
+    message_count: int
+
+
+class ConversationSettings(BaseModel):
+    """`plugins.conversation` in the config file."""
+    model_config = ConfigDict(extra="ignore")
+    enabled: bool = True
+    synchronous: Literal["FULL", "NORMAL", "full", "normal"] = "FULL"
+    db_path: str | None = None
+    exports_dir: str | None = None

@@ -1,0 +1,139 @@
+"""Conversation turns on SQLite: the schema, the append (writer thread only) and the reads.
+
+`messages` holds every turn; `sessions` keeps one summary row per session so listing is cheap;
+`messages_fts` is an FTS5 index over the content, kept in step by a trigger in the same
+transaction as the append.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id         INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    model      TEXT,
+    usage      TEXT,
+    request_id TEXT,
+    metadata   TEXT,
+    timestamp  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, id);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id    TEXT PRIMARY KEY,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    message_count INTEGER NOT NULL,
+    last_model    TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_update ON sessions (updated_at);
+CREATE INDEX IF NOT EXISTS sessions_by_creation ON sessions (created_at);
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5 (
+    content, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS messages_indexed AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+END;
+"""
+
+MESSAGE_COLUMNS = ("id", "session_id", "role", "content", "model", "usage", "request_id",
+                   "metadata", "timestamp")
+_SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
+SORTS = {
+    "updated_desc": "updated_at DESC, session_id DESC",
+    "updated_asc": "updated_at ASC, session_id ASC",
+    "created_desc": "created_at DESC, session_id DESC",
+    "created_asc": "created_at ASC, session_id ASC",
+    "messages_desc": "message_count DESC, session_id ASC",
+}
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def _json_or_none(value) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+# ---- the write: writer thread only ---------------------------------------------------------------
+
+def append_message(conn, session_id: str, role: str, content: str, model: str | None,
+                   usage, request_id: str | None, metadata) -> tuple[int, float]:
+    now = time.time()
+    message_id = conn.execute(
+        "INSERT INTO messages (session_id, role, content, model, usage, request_id, metadata, "
+        "timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (session_id, role, content, model, _json_or_none(usage), request_id,
+         _json_or_none(metadata), now)).fetchone()[0]
+    conn.execute(
+        "INSERT INTO sessions (session_id, created_at, updated_at, message_count, last_model) "
+        "VALUES (?, ?, ?, 1, ?) ON CONFLICT (session_id) DO UPDATE SET "
+        "updated_at = excluded.updated_at, message_count = message_count + 1, "
+        "last_model = coalesce(excluded.last_model, last_model)",
+        (session_id, now, now, model))
+    return message_id, now
+
+
+# ---- reads ----------------------------------------------------------------------------------------
+
+def message_of(row) -> dict:
+    message = dict(zip(MESSAGE_COLUMNS, row))
+    message["message_id"] = message.pop("id")
+    for name in ("usage", "metadata"):
+        if message[name] is not None:
+            message[name] = orjson.loads(message[name])
+    return message
+
+
+class ConversationReader:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def session(self, session_id: str) -> dict | None:
+        row = self.conn.execute(
+            "SELECT session_id, created_at, updated_at, message_count, last_model FROM sessions "
+            "WHERE session_id = ?", (session_id,)).fetchone()
+        return None if row is None else dict(zip(
+            ("session_id", "created_at", "updated_at", "message_count", "last_model"), row))
+
+    def sessions(self, sort: str, limit: int, offset: int) -> tuple[list[dict], int]:
+        rows = self.conn.execute(
+            "SELECT session_id, created_at, updated_at, message_count, last_model FROM sessions "
+            f"ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        total = self.conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        names = ("session_id", "created_at", "updated_at", "message_count", "last_model")
+        return [dict(zip(names, row)) for row in rows], total
+
+    def messages(self, session_id: str, limit: int, offset: int) -> list[dict]:
+        rows = self.conn.execute(
+            f"{_SELECT_MESSAGES} WHERE session_id = ? ORDER BY id LIMIT ? OFFSET ?",
+            (session_id, limit, offset)).fetchall()
+        return [message_of(row) for row in rows]
+
+    def latest_messages(self, session_id: str, limit: int) -> list[dict]:
+        rows = self.conn.execute(
+            f"{_SELECT_MESSAGES} WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+            (session_id, limit)).fetchall()
+        return [message_of(row) for row in reversed(rows)]
+
+    def search(self, match: str, session_id: str | None, limit: int) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT m.id, m.session_id, m.role, m.model, m.timestamp, "
+            "snippet(messages_fts, 0, '[', ']', '…', 16), bm25(messages_fts) "
+            "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
+            "WHERE messages_fts MATCH ? AND (?2 IS NULL OR m.session_id = ?2) "
+            "ORDER BY bm25(messages_fts) LIMIT ?3", (match, session_id, limit)).fetchall()
+        names = ("message_id", "session_id", "role", "model", "timestamp", "snippet", "rank")
+        return [dict(zip(names, row)) for row in rows]
+
+
+def fts_query_of(text: str) -> str:
+    """Plain words to an FTS5 query: every word must appear (each quoted, so no syntax leaks)."""
+    words = text.split()
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)

@@ -1,0 +1,160 @@
+"""The `state` events: persistent key-value storage over SQLite, one namespace per column.
+
+A reply to a write means the write is committed (see docs/STATE.md for what survives a crash and
+what survives power loss). Writes go through one writer thread with group commit; reads run
+inline on the event loop on their own read connection, which WAL lets read the last commit
+without waiting for writes in progress.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from ...event_system import event_handler
+from ...plugin_base import BasePlugin, hookimpl
+from ...plugin_types import PluginCapabilities, PluginMetadata
+from ...protocol import UNAVAILABLE, KSIError
+from .database import DatabaseUnusable, open_reader, open_writer
+from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
+                     ListReply, ListRequest, SetReply, SetRequest, StateSettings)
+from .store import (StateReader, clear_namespace, create_schema, delete_value, encode_value,
+                    purge_expired, set_value)
+from .writer import SqliteWriter, WriterStopped
+
+DB_FILE_NAME = "state.db"
+log = structlog.get_logger("ksi.plugin.state")
+
+
+def settings_from(context, config: dict) -> StateSettings:
+    """`plugins.state`, or the deployment guide's `plugins.state_service` when that is absent."""
+    section = context.config or (config.get("plugins") or {}).get("state_service") or {}
+    return StateSettings.model_validate(section)
+
+
+def database_path(settings: StateSettings, config: dict) -> Path:
+    if settings.db_path:
+        return Path(settings.db_path).expanduser()
+    return Path(config["daemon"]["var_dir"]) / "db" / DB_FILE_NAME
+
+
+class StatePlugin(BasePlugin):
+    def __init__(self):
+        super().__init__(
+            PluginMetadata(name="state", version="0.1.0", priority=10,
+                           description="Persistent namespaced key-value state on SQLite"),
+            PluginCapabilities(event_namespaces=["state"], provides_services=["state"]))
+        self.writer: SqliteWriter | None = None
+        self.reader: StateReader | None = None
+        self.audit_enabled = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @hookimpl
+    def ksi_startup(self, config, context):
+        settings = settings_from(context, config)
+        self.settings, self.audit_enabled = settings, settings.audit
+        self.path = database_path(settings, config)
+        try:
+            conn = open_writer(self.path, settings.synchronous.upper(), create_schema)
+        except DatabaseUnusable as exc:
+            # Start-up stops here on purpose: serving without the data, or over a fresh file,
+            # would answer "not found" for keys the user still has.
+            log.critical("state_database_unusable", path=str(self.path), error=str(exc))
+            raise SystemExit(f"ksi: state plugin: {exc}") from None
+        self.writer = SqliteWriter(conn, name="state-writer")
+        self.writer.start(asyncio.get_running_loop())
+        self.reader = StateReader(open_reader(self.path))
+        log.info("state_database_open", path=str(self.path),
+                 synchronous=settings.synchronous.upper(), audit=settings.audit)
+
+    @hookimpl
+    def ksi_ready(self, context):
+        return self._purge_expired_keys(context)
+
+    @hookimpl
+    async def ksi_shutdown(self, context):
+        if self.writer is not None:
+            await self.writer.stop()
+        if self.reader is not None:
+            self.reader.conn.close()
+
+    async def _purge_expired_keys(self, context) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_s)
+            try:
+                purged = await self._write(purge_expired, self._audit_of(None))
+            except KSIError:
+                return
+            for namespace, key, version in purged:
+                await context.emit("state:changed", {"namespace": namespace, "key": key,
+                                                     "version": version, "op": "expire"})
+
+    # ---- events ------------------------------------------------------------------------------
+
+    @event_handler("state:set", returns=SetReply)
+    async def set(self, data: SetRequest, ctx):
+        """Store a JSON value under (namespace, key); the reply comes after the commit."""
+        version = await self._write(set_value, data.namespace, data.key, encode_value(data.value),
+                                    data.ttl_s, data.if_version, self._audit_of(ctx))
+        await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
+                                         "version": version, "op": "set"})
+        return {"namespace": data.namespace, "key": data.key, "version": version}
+
+    @event_handler("state:get", returns=GetReply)
+    def get(self, data: KeyRequest):
+        """Read a value; `found` is false for a key never set, deleted or expired."""
+        found, value, version = self.reader.get(data.namespace, data.key)
+        return {"namespace": data.namespace, "key": data.key, "found": found, "value": value,
+                "version": version}
+
+    @event_handler("state:delete", returns=DeleteReply)
+    async def delete(self, data: KeyRequest, ctx):
+        """Delete a key; `deleted` says whether it existed."""
+        version = await self._write(delete_value, data.namespace, data.key, self._audit_of(ctx))
+        if version is not None:
+            await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
+                                             "version": version, "op": "delete"})
+        return {"deleted": version is not None}
+
+    @event_handler("state:list", returns=ListReply)
+    def list(self, data: ListRequest):
+        """Keys of a namespace in order, optionally only those with a prefix."""
+        keys = self.reader.keys(data.namespace, data.prefix, data.limit)
+        return {"keys": keys, "count": len(keys)}
+
+    @event_handler("state:clear", returns=ClearReply)
+    async def clear(self, data: ClearRequest, ctx):
+        """Delete every key of a namespace; `deleted` counts them."""
+        deleted = await self._write(clear_namespace, data.namespace, self._audit_of(ctx))
+        if deleted:
+            await ctx.emit("state:changed", {"namespace": data.namespace, "key": None,
+                                             "version": None, "op": "clear",
+                                             "deleted": deleted})
+        return {"deleted": deleted}
+
+    @event_handler("state:audit")
+    def audit(self, data: AuditRequest):
+        """The append-only record of changes (when `plugins.state.audit` is on), oldest first."""
+        entries = self.reader.audit(data.namespace, data.key, data.limit)
+        return {"enabled": self.audit_enabled, "entries": entries, "count": len(entries)}
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    async def _write(self, op, *args):
+        try:
+            future = self.writer.submit(op, *args)
+        except WriterStopped:
+            raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
+        return await future
+
+    def _audit_of(self, ctx):
+        if not self.audit_enabled:
+            return None
+        connection = getattr(ctx, "connection", None)
+        return (getattr(connection, "peer_pid", None), getattr(connection, "peer_uid", None),
+                getattr(ctx, "correlation_id", None))
+
+
+ksi_plugin = StatePlugin

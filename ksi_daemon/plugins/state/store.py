@@ -1,0 +1,150 @@
+"""The state table: its schema, the writes (run only by the writer thread) and the reads.
+
+Values are stored as JSON text, so every JSON type comes back as it went in. `version` counts the
+writes of a key since it was created (1 on creation); deleting a key ends its history. A key whose
+`expires_at` has passed is treated as absent by every read and write, and purged later.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import orjson
+
+from ...protocol import CONFLICT, KSIError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    namespace  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS state_by_expiry ON state (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS state_audit (
+    id             INTEGER PRIMARY KEY,
+    at             REAL NOT NULL,
+    namespace      TEXT NOT NULL,
+    key            TEXT,
+    op             TEXT NOT NULL,
+    version        INTEGER,
+    peer_pid       INTEGER,
+    peer_uid       INTEGER,
+    correlation_id TEXT
+);
+CREATE TRIGGER IF NOT EXISTS state_audit_is_append_only_update BEFORE UPDATE ON state_audit
+    BEGIN SELECT RAISE(ABORT, 'state_audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS state_audit_is_append_only_delete BEFORE DELETE ON state_audit
+    BEGIN SELECT RAISE(ABORT, 'state_audit is append-only'); END;
+"""
+
+_UPSERT = ("INSERT INTO state (namespace, key, value, version, updated_at, expires_at) "
+           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
+           "value = excluded.value, version = excluded.version, "
+           "updated_at = excluded.updated_at, expires_at = excluded.expires_at")
+_CURRENT = "SELECT version, expires_at FROM state WHERE namespace = ? AND key = ?"
+_AUDIT = ("INSERT INTO state_audit (at, namespace, key, op, version, peer_pid, peer_uid, "
+          "correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+# Above every key that starts with the prefix, in SQLite's binary (UTF-8 byte) order.
+_PREFIX_END = "\U0010ffff"
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def encode_value(value) -> str:
+    return orjson.dumps(value).decode()
+
+
+# ---- writes: called by the writer thread only, inside its transaction ----------------------------
+# `audit` is None when auditing is off, else (peer_pid, peer_uid, correlation_id).
+
+def set_value(conn, namespace: str, key: str, value_json: str, ttl_s: float | None,
+              if_version: int | None, audit) -> int:
+    now = time.time()
+    row = conn.execute(_CURRENT, (namespace, key)).fetchone()
+    current = row[0] if row is not None and _alive(row[1], now) else 0
+    if if_version is not None and if_version != current:
+        raise KSIError(CONFLICT, f"{namespace}:{key} is at version {current}, not {if_version}",
+                       {"namespace": namespace, "key": key, "current_version": current,
+                        "if_version": if_version})
+    version = current + 1
+    conn.execute(_UPSERT, (namespace, key, value_json, version, now,
+                           now + ttl_s if ttl_s is not None else None))
+    _record(conn, audit, now, namespace, key, "set", version)
+    return version
+
+
+def delete_value(conn, namespace: str, key: str, audit) -> int | None:
+    """The version the key had when deleted, or None if it did not exist (or had expired)."""
+    now = time.time()
+    row = conn.execute("DELETE FROM state WHERE namespace = ? AND key = ? "
+                       "RETURNING version, expires_at", (namespace, key)).fetchone()
+    if row is None or not _alive(row[1], now):
+        return None
+    _record(conn, audit, now, namespace, key, "delete", row[0])
+    return row[0]
+
+
+def clear_namespace(conn, namespace: str, audit) -> int:
+    now = time.time()
+    rows = conn.execute("DELETE FROM state WHERE namespace = ? RETURNING expires_at",
+                        (namespace,)).fetchall()
+    deleted = sum(1 for (expires_at,) in rows if _alive(expires_at, now))
+    _record(conn, audit, now, namespace, None, "clear", None)
+    return deleted
+
+
+def purge_expired(conn, audit) -> list[tuple[str, str, int]]:
+    now = time.time()
+    rows = conn.execute("DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                        "RETURNING namespace, key, version", (now,)).fetchall()
+    for namespace, key, version in rows:
+        _record(conn, audit, now, namespace, key, "expire", version)
+    return rows
+
+
+def _record(conn, audit, now, namespace, key, op, version) -> None:
+    if audit is not None:
+        conn.execute(_AUDIT, (now, namespace, key, op, version, *audit))
+
+
+def _alive(expires_at: float | None, now: float) -> bool:
+    return expires_at is None or expires_at > now
+
+
+# ---- reads: the reader connection, on the event loop ---------------------------------------------
+
+class StateReader:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._loads = orjson.loads
+
+    def get(self, namespace: str, key: str) -> tuple[bool, object, int | None]:
+        row = self.conn.execute(
+            "SELECT value, version FROM state WHERE namespace = ? AND key = ? "
+            "AND (expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time())
+        ).fetchone()
+        if row is None:
+            return False, None, None
+        return True, self._loads(row[0]), row[1]
+
+    def keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT key FROM state WHERE namespace = ? AND key >= ? AND key < ? "
+            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?",
+            (namespace, prefix, prefix + _PREFIX_END, time.time(), limit)).fetchall()
+        return [key for (key,) in rows if key.startswith(prefix)]
+
+    def audit(self, namespace: str | None, key: str | None, limit: int) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT id, at, namespace, key, op, version, peer_pid, peer_uid, correlation_id "
+            "FROM state_audit WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR key = ?2) "
+            "ORDER BY id DESC LIMIT ?3", (namespace, key, limit)).fetchall()
+        names = ("id", "at", "namespace", "key", "op", "version", "peer_pid", "peer_uid",
+                 "correlation_id")
+        return [dict(zip(names, row)) for row in reversed(rows)]

@@ -1,0 +1,1 @@
+PLUGIN_METADATA = {"name": "cycle_a", "dependencies": ["cycle_b"]}

@@ -1,0 +1,1 @@
+PLUGIN_METADATA = {"name": "cycle_b", "dependencies": ["cycle_a"]}

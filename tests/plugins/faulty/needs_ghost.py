@@ -1,0 +1,1 @@
+PLUGIN_METADATA = {"name": "needs_ghost", "dependencies": ["ghost"]}
