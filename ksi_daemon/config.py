@@ -69,7 +69,7 @@ def load_config(config_path: str | None = None, overrides: dict[str, Any] | None
     origins = {key: origin for key in daemon}
     for name in DaemonSettings.model_fields:
         value = environ.get(f"KSI_{name.upper()}")
-        if value is not None and name != "socket_path":
+        if value is not None:
             daemon[name] = value.split(_LIST_SEPARATORS[name]) if name in _LIST_SEPARATORS \
                 else value
             origins[name] = f"environment KSI_{name.upper()}"
@@ -89,7 +89,7 @@ def load_config(config_path: str | None = None, overrides: dict[str, Any] | None
             problems.append(f"{key}: {error['msg']} (from {source})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     config = settings.model_dump()
-    _resolve_paths(config, environ)
+    _resolve_paths(config)
     return config, _unknown_keys(settings)
 
 
@@ -109,11 +109,11 @@ def _read_file(path: str | None) -> tuple[dict, str]:
     return raw, f"config file {file}"
 
 
-def _resolve_paths(config: dict, environ) -> None:
+def _resolve_paths(config: dict) -> None:
     daemon = config["daemon"]
     daemon["var_dir"] = str(Path(daemon["var_dir"]).expanduser().resolve())
     socket_dir = config["transports"]["unix"]["socket_dir"]
-    socket_path = environ.get("KSI_SOCKET_PATH") or daemon["socket_path"] or (
+    socket_path = daemon["socket_path"] or (
         str(Path(socket_dir) / "daemon.sock") if socket_dir else
         str(Path(daemon["var_dir"]) / "run" / "daemon.sock"))
     socket_path = str(Path(socket_path).expanduser().absolute())

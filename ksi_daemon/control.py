@@ -76,8 +76,9 @@ def health_or_none(socket_path: str) -> dict | None:
 def lock_holder(socket_path: str) -> int | None:
     """The pid holding the daemon's single-instance lock (0 if unreadable), or None if free.
 
-    Probing takes the lock for an instant; a daemon starting in that instant would refuse with
-    "already running", which is the same answer it would give a moment later anyway.
+    Probing takes a shared lock for a few microseconds: a daemon starting in exactly that
+    window would refuse as "already running". Only the socket's owner can probe, so no other
+    user can keep a daemon from starting this way.
     """
     path = socket_path + ".lock"
     try:
@@ -163,19 +164,33 @@ def daemon_arguments(config: dict, args: argparse.Namespace) -> list[str]:
 def print_how_to_talk(socket_path: str) -> None:
     chat = PROJECT_ROOT / "interfaces" / "chat.py"
     chat_shown = "interfaces/chat.py" if Path.cwd() == PROJECT_ROOT else str(chat)
-    default_socket = str(Path("var/run/daemon.sock").absolute())
-    env_prefix = "" if socket_path == default_socket else f"KSI_SOCKET_PATH={socket_path} "
+    python = python_command()
+    # Clients find the socket the way the protocol says (KSI_SOCKET_PATH, KSI_VAR_DIR, ./var);
+    # only when --config/--var-dir/--socket moved it must they be told where it is.
+    env_prefix = "" if os.path.realpath(socket_path) == socket_clients_would_find() else \
+        f"KSI_SOCKET_PATH={socket_path} "
     print(f"""
 Talk to it:
   raw protocol:  echo '{{"event":"system:health"}}' | nc -U {socket_path}
-  chat:          {env_prefix}python {chat_shown}
-  Python (in `python -m asyncio`, which allows top-level await):
+  chat:          {env_prefix}{python} {chat_shown}
+  Python (in `{python} -m asyncio`, which allows top-level await):
     from ksi_client import EventClient
     async with EventClient(socket_path="{socket_path}") as client:
         print(await client.emit("system:health"))
 
 Stop it with `daemon_control.py stop`; see its log with `daemon_control.py logs -f`.""",
           flush=True)
+
+
+def python_command() -> str:
+    """`python` if that is this interpreter (an activated venv), else this interpreter's path."""
+    activated = sys.prefix != sys.base_prefix and os.environ.get("VIRTUAL_ENV") == sys.prefix
+    return "python" if activated else sys.executable
+
+
+def socket_clients_would_find() -> str:
+    from ksi_client import find_socket_path  # the client's own discovery rule, not a copy
+    return os.path.realpath(find_socket_path())
 
 
 def stop(config: dict, args: argparse.Namespace) -> int:
@@ -298,10 +313,13 @@ def status(config: dict, args: argparse.Namespace) -> int:
             report["plugins_error"] = plugins_error
         print(orjson.dumps(report).decode())
         return EXIT_OK
+    counts = data.get("plugins", {})
     print("KSI is running")
     print_fields([("pid", data.get("pid")), ("uptime", format_duration(data.get("uptime_s", 0))),
                   ("socket", socket_path), ("version", data.get("version")),
-                  ("connections", f"{data.get('connections')} (including this one)")],
+                  ("connections", f"{data.get('connections')} (including this one)"),
+                  ("plugins", f"{counts.get('active', 0)} active, "
+                              f"{counts.get('failed', 0)} failed")],
                  indent="  ")
     print()
     if plugins is None:
@@ -376,62 +394,63 @@ def format_duration(seconds: float) -> str:
 
 def logs(config: dict, args: argparse.Namespace) -> int:
     log_file = Path(config["daemon"]["var_dir"]) / "logs" / "daemon.log"
-    if not log_file.exists():
-        error(f"no log file at {log_file} (has the daemon been started with this var directory?)")
-        return EXIT_FAILED
     show = (lambda line: line) if args.raw else render_log_line
     try:
-        for line in last_lines(log_file, args.lines):
+        file = open(log_file, "rb")
+    except FileNotFoundError:
+        error(f"no log file at {log_file} (has the daemon been started with this var directory?)")
+        return EXIT_FAILED
+    try:
+        # One open file for both parts, so no line written in between is missed.
+        for line in last_lines(file, args.lines):
             print(show(line))
         sys.stdout.flush()
         if args.follow:
-            follow(log_file, show)
+            follow(log_file, file, show)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
         # The reader (`| head`) went away: that is not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        file.close()
     return EXIT_OK
 
 
-def last_lines(path: Path, count: int, block: int = 65536) -> list[str]:
-    """The last `count` lines, reading backwards so a large log costs only what is shown."""
-    if count <= 0:
-        return []
-    with open(path, "rb") as file:
-        end = file.seek(0, os.SEEK_END)
-        position, data = end, b""
-        while position > 0 and data.count(b"\n") <= count:
-            step = min(block, position)
-            position -= step
-            file.seek(position)
-            data = file.read(step) + data
+def last_lines(file, count: int, block: int = 65536) -> list[str]:
+    """The last `count` lines, read backwards so a large log costs only what is shown.
+
+    Leaves the file positioned at the end it saw, where following continues.
+    """
+    end = file.seek(0, os.SEEK_END)
+    position, data = end, b""
+    while count > 0 and position > 0 and data.count(b"\n") <= count:
+        step = min(block, position)
+        position -= step
+        file.seek(position)
+        data = file.read(step) + data
+    file.seek(end)
     lines = data.decode(errors="replace").splitlines()
-    return lines[-count:]
+    return lines[-count:] if count > 0 else []
 
 
-def follow(path: Path, show) -> None:
+def follow(path: Path, file, show) -> None:
     """Print lines as they are appended; start over when the file is replaced or truncated."""
-    file = open(path, "rb")
-    file.seek(0, os.SEEK_END)
     partial = b""
-    try:
-        while True:
-            chunk = file.readline()
-            if chunk:
-                partial += chunk
-                if partial.endswith(b"\n"):
-                    print(show(partial.decode(errors="replace").rstrip("\n")), flush=True)
-                    partial = b""
-                continue
-            if was_replaced(path, file):
-                file.close()
-                file = open(path, "rb")
+    while True:
+        chunk = file.readline()
+        if chunk:
+            partial += chunk
+            if partial.endswith(b"\n"):
+                print(show(partial.decode(errors="replace").rstrip("\n")), flush=True)
                 partial = b""
-                continue
-            time.sleep(0.2)
-    finally:
-        file.close()
+            continue
+        if was_replaced(path, file):
+            file.close()
+            file = open(path, "rb")
+            partial = b""
+            continue
+        time.sleep(0.2)
 
 
 def was_replaced(path: Path, file) -> bool:
@@ -475,14 +494,9 @@ def migrate_state(config: dict, args: argparse.Namespace) -> int:
         error("state migration is not available in this installation "
               f"(cannot import ksi_daemon.plugins.state.migrate: {exc})")
         return EXIT_UNAVAILABLE
-    # The migration resolves its own configuration; hand it ours through the documented
-    # environment variables, which work whatever its command line looks like.
-    if args.config:
-        os.environ["KSI_CONFIG"] = str(Path(args.config).expanduser().absolute())
-    if args.var_dir:
-        os.environ["KSI_VAR_DIR"] = config["daemon"]["var_dir"]
-    if args.socket:
-        os.environ["KSI_SOCKET_PATH"] = config["daemon"]["socket_path"]
+    # The migration finds the state database under $KSI_VAR_DIR unless told --db/--var-dir:
+    # give it the var directory the daemon would use, wherever that was configured.
+    os.environ["KSI_VAR_DIR"] = config["daemon"]["var_dir"]
     code = migrate.main(["--from", args.source, *args.extra])
     return int(code or 0)
 
@@ -520,8 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     help="import state from an older KSI installation")
     migrate_verb.add_argument("--from", dest="source", required=True, metavar="PATH",
                               help="the old state to import")
-    migrate_verb.add_argument("extra", nargs=argparse.REMAINDER,
-                              help="further options, passed to the migration unchanged")
+    migrate_verb.epilog = "Other options (--db FILE, --synchronous ...) go to the migration."
     return parser
 
 
@@ -536,7 +549,11 @@ def non_negative_seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.verb != "migrate-state":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     overrides = {"var_dir": args.var_dir, "socket_path": args.socket}
     try:
         config, warnings = load_config(args.config, overrides)

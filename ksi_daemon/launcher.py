@@ -58,12 +58,26 @@ def start_in_background(config: dict, argv: list[str]) -> int:
             env={**os.environ, "NO_COLOR": "1"})
     health = wait_until_healthy(settings["socket_path"], process)
     if health is None:
-        if process.poll() is None:
-            process.terminate()
+        timed_out = process.poll() is None
+        if timed_out:
+            stop_unresponsive(process)
         with open(out_path, "rb") as out:
             out.seek(start_offset)
             reason = out.read().decode(errors="replace").strip()
-        print(f"ksi: the daemon did not start:\n{reason or '(no output)'}", file=sys.stderr)
-        return process.returncode or 1
+        why = f" (no answer to system:health within {READY_TIMEOUT_S:g} s; stopped it)" \
+            if timed_out else ""
+        print(f"ksi: the daemon did not start{why}:\n{reason or '(no output)'}",
+              file=sys.stderr)
+        return 1 if timed_out else process.returncode or 1
     print(f"KSI daemon running: pid {health['pid']}, socket {settings['socket_path']}")
     return 0
+
+
+def stop_unresponsive(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    # A daemon stuck before its event loop runs ignores SIGTERM; it must not keep the lock.
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

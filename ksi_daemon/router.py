@@ -143,9 +143,9 @@ class Router:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
         handler = self.handlers.get(event)
         if handler is None or self._slow_path or not self.accepting:
-            self._spawn(self._dispatch_slowly(event, data, cid, conn, started))
+            self._spawn(self._dispatch_slowly(event, data, cid, conn, started), conn)
         elif handler.is_async:
-            self._spawn(self._run_async(handler, event, data, cid, conn, started))
+            self._spawn(self._run_async(handler, event, data, cid, conn, started), conn)
         else:
             ok = True
             try:
@@ -173,11 +173,10 @@ class Router:
         conn.send(reply)
         self._after(handler.stats, event, data, cid, conn, started, ok)
 
-    async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn,
-                                  source=None):
+    async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn):
         arg = handler.model.model_validate(data) if handler.model else data
-        args = (arg, Context(self, event, cid, conn, source or handler.plugin)) \
-            if handler.wants_ctx else (arg,)
+        args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
+            else (arg,)
         if not handler.is_async:
             return handler.func(*args)
         deadline = self.event_timeout if handler.timeout == DEFAULT_TIMEOUT \
@@ -264,7 +263,7 @@ class Router:
         try:
             if handler is not None:
                 result = as_reply_data(await self._call_with_deadline(
-                    handler, event, data, correlation_id, connection, source))
+                    handler, event, data, correlation_id, connection))
             elif self.fallbacks:
                 ctx = Context(self, event, correlation_id, connection, source)
                 result = await self._ask_fallbacks(event, data, ctx, missing_ok=True)
@@ -374,10 +373,12 @@ class Router:
 
     # ---- in-flight work and shutdown ----------------------------------------------------------
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro, conn) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
+        conn.pending += 1  # the connection stays open for this reply even after the client's EOF
+        task.add_done_callback(conn.request_done)
 
     async def drain(self, deadline_s: float) -> int:
         """Stop taking requests, wait for in-flight ones; cancel what is left at the deadline.

@@ -182,3 +182,14 @@ def test_disabled_plugin_is_listed_and_not_loaded(daemon_factory):
                              "plugins": {"custom_events": {"enabled": False}}})
     assert plugins_by_name(daemon)["custom_events"]["state"] == "disabled"
     assert daemon.request("my:custom:event")["error"]["code"] == "unknown_event"
+
+
+def test_client_that_half_closes_still_gets_every_reply(features):
+    import socket
+    with features.client() as client:
+        client.send("greet:slow", {"seconds": 0.3}, correlation_id="slow")
+        client.send("system:health", correlation_id="fast")
+        client.sock.shutdown(socket.SHUT_WR)  # as `nc -N` does after its last line
+        ids = {client.recv()["correlation_id"], client.recv()["correlation_id"]}
+        assert ids == {"slow", "fast"}
+        assert client.sock.recv(10) == b""  # then the daemon closes its side

@@ -163,8 +163,10 @@ def rss_bytes(pid: int) -> int:
 
 
 def test_subscriber_that_never_reads_neither_stalls_others_nor_grows_memory(daemon_factory):
+    # completion is off: its background litellm import would dwarf what is measured here
     daemon = daemon_factory({"daemon": {"output_buffer_bytes": 256 * 1024,
-                                        "slow_consumer_grace_s": 0.5}})
+                                        "slow_consumer_grace_s": 0.5},
+                             "plugins": {"completion": {"enabled": False}}})
     sleeper = daemon.client()
     sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sleeper.request("system:subscribe", {"patterns": ["*"]})

@@ -37,6 +37,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.pushes_dropped = 0
+        self.pending = 0  # requests whose reply has not been written yet
+        self._eof = False
         self._buffer = bytearray()
         self._discarding = False  # inside an oversized line: skip up to the next newline
         self._batch: list[bytes] | None = None
@@ -99,6 +101,16 @@ class Connection(asyncio.Protocol):
             self._batch = None
             if batch and not self.closed:
                 self.transport.write(b"".join(batch))
+
+    def eof_received(self) -> bool:
+        # `nc -N` and friends half-close after sending: still owe them their replies.
+        self._eof = True
+        return self.pending > 0  # True keeps the transport open until request_done closes it
+
+    def request_done(self, _task=None) -> None:
+        self.pending -= 1
+        if self._eof and self.pending == 0:
+            self.close()
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it catches up.

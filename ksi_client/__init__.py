@@ -1,0 +1,22 @@
+"""Python client of the KSI daemon: stdlib and orjson only, cheap to import.
+
+    from ksi_client import EventClient, SyncEventClient, KSIError
+
+`EventClient` is the asyncio client (emit, subscribe, events); `SyncEventClient` is the same
+client for code without asyncio. Every error is a `KSIError` whose `.code` is the daemon's error
+code (PROTOCOL.md §2) or "connection_error".
+"""
+from .errors import (CONNECTION_ERROR, KSIConflictError, KSIConnectionError, KSIError,
+                     KSINotFoundError, KSITimeoutError, KSIUnavailableError, KSIUnknownEventError,
+                     KSIValidationError, UnknownEventError, error_from_reply)
+from .event_client import DEFAULT_TIMEOUT_S, Event, EventClient, EventStream, Subscription
+from .socket_path import find_socket_path
+from .sync_client import SyncEventClient, SyncEventStream
+
+__all__ = [
+    "EventClient", "SyncEventClient", "Event", "EventStream", "SyncEventStream", "Subscription",
+    "KSIError", "KSIConnectionError", "KSITimeoutError", "KSIValidationError",
+    "KSINotFoundError", "KSIUnknownEventError", "UnknownEventError", "KSIConflictError",
+    "KSIUnavailableError", "CONNECTION_ERROR", "error_from_reply", "find_socket_path",
+    "DEFAULT_TIMEOUT_S",
+]

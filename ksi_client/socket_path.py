@@ -1,0 +1,39 @@
+"""Where the daemon's socket is, found the way the daemon decides where to put it.
+
+Order: `KSI_SOCKET_PATH`, then `$KSI_VAR_DIR/run/daemon.sock`, then `./var/run/daemon.sock`
+relative to the working directory (the daemon's default var directory is `./var` of the
+directory it was started from).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+START_COMMAND = "./daemon_control.py start"
+
+
+def find_socket_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("KSI_SOCKET_PATH")
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    var_dir = environ.get("KSI_VAR_DIR")
+    if var_dir:
+        return (Path(var_dir).expanduser() / "run" / "daemon.sock").absolute()
+    return (Path("var") / "run" / "daemon.sock").absolute()
+
+
+def resolve_socket_path(socket_path: str | os.PathLike | None) -> Path:
+    """The path given, or the discovered one when none was given."""
+    if socket_path is None:
+        return find_socket_path()
+    return Path(socket_path).expanduser().absolute()
+
+
+def no_daemon_message(path: Path, reason: str = "") -> str:
+    """What to tell someone whose client found nobody at `path`, and what to do about it."""
+    because = f" ({reason})" if reason else ""
+    return (f"no KSI daemon is listening at {path}{because}; start one with "
+            f"`{START_COMMAND}`, or point KSI_SOCKET_PATH (or KSI_VAR_DIR) at a running "
+            "daemon's socket")
