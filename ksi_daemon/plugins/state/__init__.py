@@ -10,20 +10,25 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import structlog
 
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import UNAVAILABLE, KSIError
-from .database import DatabaseUnusable, open_reader, open_writer
+from ...storage.sqlite_database import DatabaseUnusable, open_reader, open_writer
 from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
                      ListReply, ListRequest, SetReply, SetRequest, StateSettings)
 from .store import (StateReader, clear_namespace, create_schema, delete_value, encode_value,
                     purge_expired, set_value)
-from .writer import SqliteWriter, WriterStopped
+from .read_cache import ReadCache
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 
 DB_FILE_NAME = "state.db"
+# Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
+# the daemon's event_timeout), not by a timer per request.
+WRITER_DEADLINE = None
 log = structlog.get_logger("ksi.plugin.state")
 
 
@@ -63,15 +68,18 @@ class StatePlugin(BasePlugin):
             # would answer "not found" for keys the user still has.
             log.critical("state_database_unusable", path=str(self.path), error=str(exc))
             raise SystemExit(f"ksi: state plugin: {exc}") from None
-        self.writer = SqliteWriter(conn, name="state-writer")
+        self.writer = SqliteWriter(conn, name="state-writer",
+                                   deadline_s=config["daemon"]["event_timeout"])
         self.writer.start(asyncio.get_running_loop())
         self.reader = StateReader(open_reader(self.path))
+        self.cache = ReadCache(settings.read_cache_entries)
         log.info("state_database_open", path=str(self.path),
                  synchronous=settings.synchronous.upper(), audit=settings.audit)
 
     @hookimpl
     def ksi_ready(self, context):
-        return self._purge_expired_keys(context)
+        # Long-running services, supervised by the daemon and cancelled at shutdown.
+        return [self._purge_expired_keys(context), self.writer.enforce_deadlines()]
 
     @hookimpl
     async def ksi_shutdown(self, context):
@@ -84,7 +92,8 @@ class StatePlugin(BasePlugin):
         while True:
             await asyncio.sleep(self.settings.purge_interval_s)
             try:
-                purged = await self._write(purge_expired, self._audit_of(None))
+                purged = await self._write(purge_expired, self._audit_of(None),
+                                           on_commit=self._forget_purged)
             except KSIError:
                 return
             for namespace, key, version in purged:
@@ -93,11 +102,13 @@ class StatePlugin(BasePlugin):
 
     # ---- events ------------------------------------------------------------------------------
 
-    @event_handler("state:set", returns=SetReply)
+    @event_handler("state:set", returns=SetReply, timeout=WRITER_DEADLINE)
     async def set(self, data: SetRequest, ctx):
         """Store a JSON value under (namespace, key); the reply comes after the commit."""
-        version = await self._write(set_value, data.namespace, data.key, encode_value(data.value),
-                                    data.ttl_s, data.if_version, self._audit_of(ctx))
+        value_json = encode_value(data.value)
+        version, _expires_at = await self._write_key(
+            (data.namespace, data.key), _as_cached(value_json), set_value, data.namespace,
+            data.key, value_json, data.ttl_s, data.if_version, self._audit_of(ctx))
         await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
                                          "version": version, "op": "set"})
         return {"namespace": data.namespace, "key": data.key, "version": version}
@@ -105,14 +116,22 @@ class StatePlugin(BasePlugin):
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
         """Read a value; `found` is false for a key never set, deleted or expired."""
-        found, value, version = self.reader.get(data.namespace, data.key)
-        return {"namespace": data.namespace, "key": data.key, "found": found, "value": value,
-                "version": version}
+        cache_key = (data.namespace, data.key)
+        entry = self.cache.get(cache_key)
+        if entry is None:
+            entry = self.reader.get(data.namespace, data.key)
+            if entry is None:
+                return {"namespace": data.namespace, "key": data.key, "found": False,
+                        "value": None, "version": None}
+            self.cache.fill(cache_key, *entry)
+        return {"namespace": data.namespace, "key": data.key, "found": True,
+                "value": _loads(entry[0]), "version": entry[1]}
 
-    @event_handler("state:delete", returns=DeleteReply)
+    @event_handler("state:delete", returns=DeleteReply, timeout=WRITER_DEADLINE)
     async def delete(self, data: KeyRequest, ctx):
         """Delete a key; `deleted` says whether it existed."""
-        version = await self._write(delete_value, data.namespace, data.key, self._audit_of(ctx))
+        version = await self._write_key((data.namespace, data.key), _deleted, delete_value,
+                                        data.namespace, data.key, self._audit_of(ctx))
         if version is not None:
             await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
                                              "version": version, "op": "delete"})
@@ -124,10 +143,11 @@ class StatePlugin(BasePlugin):
         keys = self.reader.keys(data.namespace, data.prefix, data.limit)
         return {"keys": keys, "count": len(keys)}
 
-    @event_handler("state:clear", returns=ClearReply)
+    @event_handler("state:clear", returns=ClearReply, timeout=WRITER_DEADLINE)
     async def clear(self, data: ClearRequest, ctx):
         """Delete every key of a namespace; `deleted` counts them."""
-        deleted = await self._write(clear_namespace, data.namespace, self._audit_of(ctx))
+        deleted = await self._write(clear_namespace, data.namespace, self._audit_of(ctx),
+                                    on_commit=lambda _result, _error: self.cache.forget_all())
         if deleted:
             await ctx.emit("state:changed", {"namespace": data.namespace, "key": None,
                                              "version": None, "op": "clear",
@@ -142,12 +162,37 @@ class StatePlugin(BasePlugin):
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    async def _write(self, op, *args):
+    async def _write(self, op, *args, on_commit=None):
+        """Queue a write and wait for its commit.
+
+        `on_commit(result, error)` runs on the loop as soon as the commit is known, before this
+        request resumes and even if it gave up meanwhile (a cancelled wait does not cancel the
+        write): the read cache follows the commits, not the requests.
+        """
         try:
-            future = self.writer.submit(op, *args)
+            future = self.writer.submit(op, *args, on_commit=on_commit)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
         return await future
+
+    async def _write_key(self, cache_key, cached_entry_of, op, *args):
+        """A write of one key, whose cache entry is replaced by what the commit left."""
+        cache = self.cache
+
+        def committed(result, error):
+            cache.write_done(cache_key, None if error is not None else cached_entry_of(result))
+        try:
+            future = self.writer.submit(op, *args, on_commit=committed)
+        except WriterStopped:
+            raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
+        # Counted after the submit succeeded; `committed` cannot run before: it is called from
+        # the event loop, which is busy with this very line.
+        cache.write_queued(cache_key)
+        return await future
+
+    def _forget_purged(self, result, error) -> None:
+        for namespace, key, _version in result or ():
+            self.cache.forget((namespace, key))
 
     def _audit_of(self, ctx):
         if not self.audit_enabled:
@@ -155,6 +200,18 @@ class StatePlugin(BasePlugin):
         connection = getattr(ctx, "connection", None)
         return (getattr(connection, "peer_pid", None), getattr(connection, "peer_uid", None),
                 getattr(ctx, "correlation_id", None))
+
+
+_loads = orjson.loads
+
+
+def _as_cached(value_json: str):
+    """The cache entry a committed set leaves: (JSON text, version, expires_at)."""
+    return lambda result: (value_json, result[0], result[1])
+
+
+def _deleted(result):
+    return None
 
 
 ksi_plugin = StatePlugin

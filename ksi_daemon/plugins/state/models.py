@@ -100,3 +100,4 @@ class StateSettings(BaseModel):
     audit: bool = False
     purge_interval_s: float = Field(5.0, gt=0)
     db_path: str | None = None
+    read_cache_entries: int = Field(10_000, ge=0, description="0 turns the read cache off")

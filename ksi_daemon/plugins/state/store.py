@@ -45,6 +45,13 @@ _UPSERT = ("INSERT INTO state (namespace, key, value, version, updated_at, expir
            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
            "value = excluded.value, version = excluded.version, "
            "updated_at = excluded.updated_at, expires_at = excluded.expires_at")
+# A live row's version goes up by one; an expired row counts as absent, so it starts again at 1.
+_UPSERT_COUNTING = (
+    "INSERT INTO state (namespace, key, value, version, updated_at, expires_at) "
+    "VALUES (?1, ?2, ?3, 1, ?4, ?5) ON CONFLICT (namespace, key) DO UPDATE SET "
+    "value = excluded.value, updated_at = excluded.updated_at, "
+    "version = CASE WHEN state.expires_at IS NOT NULL AND state.expires_at <= ?6 THEN 1 "
+    "ELSE state.version + 1 END, expires_at = excluded.expires_at RETURNING version")
 _CURRENT = "SELECT version, expires_at FROM state WHERE namespace = ? AND key = ?"
 _AUDIT = ("INSERT INTO state_audit (at, namespace, key, op, version, peer_pid, peer_uid, "
           "correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -64,19 +71,25 @@ def encode_value(value) -> str:
 # `audit` is None when auditing is off, else (peer_pid, peer_uid, correlation_id).
 
 def set_value(conn, namespace: str, key: str, value_json: str, ttl_s: float | None,
-              if_version: int | None, audit) -> int:
+              if_version: int | None, audit) -> tuple[int, float | None]:
+    """(the new version, when the key expires or None)."""
     now = time.time()
+    expires_at = now + ttl_s if ttl_s is not None else None
+    if if_version is None:  # one statement: the version is worked out inside the upsert
+        version = conn.execute(_UPSERT_COUNTING, (namespace, key, value_json, now, expires_at,
+                                                  now)).fetchone()[0]
+        _record(conn, audit, now, namespace, key, "set", version)
+        return version, expires_at
     row = conn.execute(_CURRENT, (namespace, key)).fetchone()
     current = row[0] if row is not None and _alive(row[1], now) else 0
-    if if_version is not None and if_version != current:
+    if if_version != current:
         raise KSIError(CONFLICT, f"{namespace}:{key} is at version {current}, not {if_version}",
                        {"namespace": namespace, "key": key, "current_version": current,
                         "if_version": if_version})
     version = current + 1
-    conn.execute(_UPSERT, (namespace, key, value_json, version, now,
-                           now + ttl_s if ttl_s is not None else None))
+    conn.execute(_UPSERT, (namespace, key, value_json, version, now, expires_at))
     _record(conn, audit, now, namespace, key, "set", version)
-    return version
+    return version, expires_at
 
 
 def delete_value(conn, namespace: str, key: str, audit) -> int | None:
@@ -124,14 +137,13 @@ class StateReader:
         self.conn = conn
         self._loads = orjson.loads
 
-    def get(self, namespace: str, key: str) -> tuple[bool, object, int | None]:
+    def get(self, namespace: str, key: str) -> tuple | None:
+        """(value as JSON text, version, expires_at) of a live key, or None."""
         row = self.conn.execute(
-            "SELECT value, version FROM state WHERE namespace = ? AND key = ? "
+            "SELECT value, version, expires_at FROM state WHERE namespace = ? AND key = ? "
             "AND (expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time())
         ).fetchone()
-        if row is None:
-            return False, None, None
-        return True, self._loads(row[0]), row[1]
+        return row
 
     def keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
         rows = self.conn.execute(

@@ -1,0 +1,1 @@
+"""SQLite plumbing shared by the plugins that persist data (state, conversation)."""

@@ -1,0 +1,200 @@
+"""One writer thread per SQLite database, fed by a queue, committing in groups.
+
+Every write is a function `op(conn, *args) -> result` run by the writer thread. The thread takes
+whatever is queued, runs it all in one transaction, commits once, and only then resolves the
+callers' futures: a caller that got its result knows its write is committed. While one commit
+runs, new writes queue up and go into the next one (group commit), so many writers share one
+fsync.
+
+An op may refuse with `KSIError` only before it has written anything (a failed precondition such
+as `conflict`), so a refusal needs no rollback. Any other exception rolls the batch back and runs
+it again with one savepoint per op, so the op that failed fails alone and the others commit.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+import structlog
+
+from ..protocol import TIMEOUT, KSIError
+
+log = structlog.get_logger("ksi.sqlite_writer")
+
+_STOP = object()
+
+
+class WriterStopped(Exception):
+    """The writer no longer takes work (the daemon is shutting down)."""
+
+
+class SqliteWriter:
+    def __init__(self, conn: sqlite3.Connection, name: str = "sqlite-writer",
+                 max_batch: int = 1024, deadline_s: float | None = None):
+        # The connection was opened with check_same_thread=False and is used only by the thread.
+        self.conn = conn
+        self.max_batch = max_batch
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0
+        self.writes = 0
+        # Writes wait in `_items`; `_wake` carries wake-up tokens for the thread, at most one per
+        # pass of the event loop (see submit), so a burst of writes costs one thread wake-up.
+        self._items: deque = deque()
+        self._wake: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_scheduled = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stopping = False
+        # (deadline, future) in submit order; see enforce_deadlines().
+        self.deadline_s = deadline_s
+        self._deadlines: deque = deque()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._thread.start()
+
+    def submit(self, op: Callable[..., Any], *args,
+               on_commit: Callable[[Any, BaseException | None], None] | None = None
+               ) -> asyncio.Future:
+        """Queue `op(conn, *args)`; the future resolves after the commit that holds it.
+
+        `on_commit(result, error)` runs on the event loop when the outcome is known, just before
+        the future is resolved, even if the caller cancelled the future meanwhile (the write
+        still happens): what must follow the database, not the caller, goes there.
+        """
+        if self._stopping:
+            raise WriterStopped("the database writer is stopping")
+        future = self.loop.create_future()
+        self._items.append((op, args, future, on_commit))
+        if not self._wake_scheduled:
+            # Wake the thread once the loop has run what is ready now: waking it per write made
+            # it fight the loop for the GIL while the rest of the burst was still being queued.
+            self._wake_scheduled = True
+            self.loop.call_soon(self._wake_writer)
+        if self.deadline_s is not None:
+            self._deadlines.append((time.monotonic() + self.deadline_s, future))
+        return future
+
+    def _wake_writer(self) -> None:
+        self._wake_scheduled = False
+        self._wake.put(None)
+
+    async def enforce_deadlines(self, period_s: float = 0.25) -> None:
+        """Answer `timeout` for writes not committed within `deadline_s` (a supervised service).
+
+        One sweep a quarter second replaces a timer per write: the router's per-request
+        `asyncio.timeout` was a visible share of a write's time on the event loop. A write that
+        timed out is not withdrawn; it commits when the writer gets to it.
+        """
+        pending = self._deadlines
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.monotonic()
+            while pending and (pending[0][1].done() or pending[0][0] <= now):
+                _deadline, future = pending.popleft()
+                if not future.done():
+                    future.set_exception(KSIError(
+                        TIMEOUT, f"the write was not committed within {self.deadline_s} s "
+                        "(the database is slow or stuck); it may still commit later"))
+
+    async def stop(self) -> None:
+        """Finish everything already queued, commit, close the connection."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def stop_blocking(self) -> None:
+        self._stopping = True
+        self._wake.put(_STOP)
+        self._thread.join()
+
+    # ---- the writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        items, wake = self._items, self._wake
+        stop = False
+        try:
+            while not stop:
+                stop = wake.get() is _STOP
+                while True:  # one pass serves every token that piled up meanwhile
+                    try:
+                        stop = wake.get_nowait() is _STOP or stop
+                    except queue.Empty:
+                        break
+                # Everything queued before a stop was appended before its token: none is lost.
+                while items:
+                    batch = []
+                    while items and len(batch) < self.max_batch:
+                        batch.append(items.popleft())
+                    self._commit_batch(batch)
+        finally:
+            self.conn.close()
+
+    def _commit_batch(self, batch: list) -> None:
+        try:
+            outcomes = self._run_in_one_transaction(batch, savepoints=False)
+        except _RetryWithSavepoints:
+            try:
+                outcomes = self._run_in_one_transaction(batch, savepoints=True)
+            except Exception as exc:  # noqa: BLE001 - the commit failed: nothing is durable
+                outcomes = [(item, None, exc) for item in batch]
+        except Exception as exc:  # noqa: BLE001
+            outcomes = [(item, None, exc) for item in batch]
+        self.commits += 1
+        self.writes += len(batch)
+        # One wake-up of the event loop per batch, not one per write.
+        self.loop.call_soon_threadsafe(_resolve_all, outcomes)
+
+    def _run_in_one_transaction(self, batch: list, savepoints: bool) -> list:
+        conn = self.conn
+        outcomes = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for item in batch:
+                op, args = item[0], item[1]
+                if savepoints:
+                    conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((item, op(conn, *args), None))
+                except KSIError as exc:  # a refusal, raised before the op wrote anything
+                    outcomes.append((item, None, exc))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller that asked
+                    if not savepoints:
+                        raise _RetryWithSavepoints() from exc
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((item, None, exc))
+                if savepoints:
+                    conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return outcomes
+
+
+class _RetryWithSavepoints(Exception):
+    """An op failed unexpectedly mid-batch: run the batch again, isolating each op."""
+
+
+def _resolve_all(outcomes: list) -> None:
+    for (_op, _args, future, on_commit), result, exc in outcomes:
+        if on_commit is not None:
+            try:
+                on_commit(result, exc)
+            except Exception:  # noqa: BLE001 - one bad callback must not strand the others
+                log.exception("on_commit_failed")
+        if future.done():  # the caller gave up (timeout, cancellation); the write still stands
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
