@@ -169,10 +169,11 @@ def print_how_to_talk(socket_path: str) -> None:
     # only when --config/--var-dir/--socket moved it must they be told where it is.
     env_prefix = "" if os.path.realpath(socket_path) == socket_clients_would_find() else \
         f"KSI_SOCKET_PATH={socket_path} "
+    # The chat script arrives with its own issue: only advertise what is there.
+    chat_line = f"\n  chat:          {env_prefix}{python} {chat_shown}" if chat.exists() else ""
     print(f"""
 Talk to it:
-  raw protocol:  echo '{{"event":"system:health"}}' | nc -U {socket_path}
-  chat:          {env_prefix}{python} {chat_shown}
+  raw protocol:  echo '{{"event":"system:health"}}' | nc -U {socket_path}{chat_line}
   Python (in `{python} -m asyncio`, which allows top-level await):
     from ksi_client import EventClient
     async with EventClient(socket_path="{socket_path}") as client:
