@@ -3,9 +3,10 @@
     from ksi_client import EventClient, SyncEventClient, KSIError
 
 `EventClient` is the asyncio client (emit, subscribe, events); `SyncEventClient` is the same
-client for code without asyncio. Every error is a `KSIError` whose `.code` is the daemon's error
+client for code without asyncio; `AsyncClient` adds completion helpers on top of EventClient. Every error is a `KSIError` whose `.code` is the daemon's error
 code (PROTOCOL.md §2) or "connection_error".
 """
+from .completion import AsyncClient, CompletionCancelled, CompletionResponse
 from .errors import (CONNECTION_ERROR, KSIConflictError, KSIConnectionError, KSIError,
                      KSINotFoundError, KSITimeoutError, KSIUnavailableError, KSIUnknownEventError,
                      KSIValidationError, UnknownEventError, error_from_reply)
@@ -18,5 +19,5 @@ __all__ = [
     "KSIError", "KSIConnectionError", "KSITimeoutError", "KSIValidationError",
     "KSINotFoundError", "KSIUnknownEventError", "UnknownEventError", "KSIConflictError",
     "KSIUnavailableError", "CONNECTION_ERROR", "error_from_reply", "find_socket_path",
-    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S", "AsyncClient", "CompletionResponse", "CompletionCancelled",
 ]

@@ -78,3 +78,29 @@ def ksi_post_event(event_name, data, result, context):
 
     Costs nothing on the hot path when no plugin implements it (checked once at start).
     """
+
+
+@hookspec
+def ksi_completion_pre_call(context):
+    """A completion is about to call its model. Change the call by changing `context` in place.
+
+    context: a `PreCallContext` (ksi_daemon.plugins.completion.models) with `request_id`,
+        `session_id`, `agent_id`, `model` (the litellm model name, alias already resolved),
+        `messages` (OpenAI-style dicts: the session's earlier turns, then this turn), `params`
+        (extra litellm arguments such as temperature) and `metadata` (free for plugins).
+    Assign `context.model` or edit `context.messages` / `context.params`; the return value is
+    ignored. Raise `KSIError` to refuse the completion with that code (it ends with
+    `completion:error`); any other exception is logged and this implementation is skipped.
+    May be async. See docs/COMPLETION.md for runnable examples.
+    """
+
+
+@hookspec
+def ksi_completion_post_response(context):
+    """A completion has its answer, before it is stored and sent. Observe it or annotate it.
+
+    context: a `PostResponseContext` with `request_id`, `session_id`, `agent_id`, `model`,
+        `messages` (what was sent), `text`, `usage`, `cost_usd`, `attempts` and `annotations`,
+        a dict whose entries are returned to the client in the result's `annotations`.
+    Exceptions other than `KSIError` are logged and ignored. May be async.
+    """

@@ -37,6 +37,8 @@ BUILTIN_PLUGINS = {
     "transport_unix": "ksi_daemon.plugins.transport_unix",
     "state": "ksi_daemon.plugins.state",
     "conversation": "ksi_daemon.plugins.conversation",
+    "completion": "ksi_daemon.plugins.completion",
+    "message": "ksi_daemon.plugins.message",
 }
 log = structlog.get_logger("ksi.plugins")
 
@@ -267,7 +269,11 @@ class PluginManager:
     async def ready_all(self) -> None:
         for record in self.active():
             try:
-                for result in await self._call(record, "ksi_ready"):
+                for impl in self._impls(record, "ksi_ready"):
+                    result = impl.function(**{name: record.context for name in impl.argnames})
+                    if inspect.iscoroutinefunction(impl.function):
+                        result = await result  # `async def ksi_ready` returns its services
+                    # a plain `def ksi_ready` returning a coroutine hands over a service
                     for coro in (result if isinstance(result, (list, tuple)) else [result]):
                         if coro is not None:
                             self._supervise(record, coro)

@@ -23,6 +23,7 @@ class Job:
         self.state = "queued"
         self.task: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.waiters: list[asyncio.Future] = []  # completion:request handlers awaiting the end
 
     @property
     def finished(self) -> bool:

@@ -1,0 +1,83 @@
+"""One call to a model through litellm: plain or streamed, with usage and cost when known."""
+from __future__ import annotations
+
+from typing import Callable
+
+from . import offline_model
+
+# litellm's own retries are off: the plugin retries, so that each attempt is announced.
+NO_HIDDEN_RETRIES = {"num_retries": 0, "max_retries": 0}
+
+
+class Answer:
+    __slots__ = ("text", "usage", "cost_usd", "chunks")
+
+    def __init__(self, text: str, usage: dict, cost_usd: float | None, chunks: int = 0):
+        self.text, self.usage, self.cost_usd, self.chunks = text, usage, cost_usd, chunks
+
+
+async def call_model(litellm, model: str, messages: list[dict], params: dict,
+                     timeout_s: float, session_id: str,
+                     on_delta: Callable[[str], None] | None = None) -> Answer:
+    """Ask `model`; with `on_delta`, stream and hand each text delta to it as it arrives."""
+    kwargs = {**NO_HIDDEN_RETRIES, **params, "model": model, "messages": messages,
+              "timeout": timeout_s, "metadata": {"ksi_session_id": session_id}}
+    if on_delta is None:
+        response = await litellm.acompletion(**kwargs)
+        text = response.choices[0].message.content or ""
+        usage = usage_dict(getattr(response, "usage", None))
+        return Answer(text, usage or estimate_usage(messages, text),
+                      cost_of(litellm, model, response, usage))
+    response = await litellm.acompletion(**kwargs, stream=True,
+                                         stream_options={"include_usage": True})
+    parts: list[str] = []
+    usage = None
+    async for chunk in response:
+        choices = getattr(chunk, "choices", None) or ()
+        delta = choices[0].delta.content if choices and choices[0].delta else None
+        if delta:
+            parts.append(delta)
+            on_delta(delta)
+        usage = usage_dict(getattr(chunk, "usage", None)) or usage
+    text = "".join(parts)
+    usage = usage or estimate_usage(messages, text)
+    return Answer(text, usage, cost_of(litellm, model, None, usage), len(parts))
+
+
+def usage_dict(usage) -> dict | None:
+    if usage is None:
+        return None
+    get = usage.get if isinstance(usage, dict) else lambda k, d=None: getattr(usage, k, d)
+    prompt, completion = int(get("prompt_tokens", 0) or 0), int(get("completion_tokens", 0) or 0)
+    if not prompt and not completion:
+        return None
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": int(get("total_tokens", 0) or prompt + completion)}
+
+
+def estimate_usage(messages: list[dict], text: str) -> dict:
+    """When a server reports no usage, count the way the offline model does, and say nothing
+    more precise than that."""
+    return offline_model.usage_of(messages, text)
+
+
+def cost_of(litellm, model: str, response, usage: dict) -> float | None:
+    """litellm's price for the call when it knows the model; the offline model is free."""
+    if model.startswith(offline_model.PROVIDER + "/"):
+        return 0.0
+    hidden = getattr(response, "_hidden_params", None) or {}
+    if hidden.get("ksi_cost_usd") is not None:
+        return float(hidden["ksi_cost_usd"])
+    if "response_cost" in hidden:
+        # litellm priced the call already (None: it does not know the model); asking again
+        # would cost 0.1 ms on every completion.
+        return None if hidden["response_cost"] is None else float(hidden["response_cost"])
+    try:
+        if response is not None:
+            return float(litellm.completion_cost(completion_response=response))
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"])
+        return float(prompt_cost + completion_cost)
+    except Exception:  # noqa: BLE001 - an unpriced model has no known cost, not an error
+        return None

@@ -1,0 +1,77 @@
+"""Import litellm in a background thread so the socket answers at once.
+
+litellm takes seconds and a lot of memory to import. The plugin starts this loader when the daemon
+is ready; requests that arrive earlier wait for `ready()` instead of failing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from ...protocol import UNAVAILABLE, KSIError
+
+# litellm must not fetch its price list or phone home; the daemon works offline.
+LITELLM_ENVIRONMENT = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
+                       "HF_HUB_OFFLINE": "1"}
+
+
+class LiteLLMLoader:
+    def __init__(self, providers: Callable[[], dict], log):
+        self.providers, self.log = providers, log
+        self.module = None
+        self.error: BaseException | None = None
+        self.load_s: float | None = None
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.module is not None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        threading.Thread(target=self._load, name="litellm-import", daemon=True).start()
+
+    async def ready(self):
+        """The litellm module, once imported; raises `unavailable` if the import failed."""
+        if self.module is None and self.error is None:
+            await self._event.wait()
+        if self.error is not None:
+            raise KSIError(UNAVAILABLE, f"litellm could not be loaded: {self.error!r}")
+        return self.module
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            for name, value in LITELLM_ENVIRONMENT.items():
+                os.environ.setdefault(name, value)
+            import litellm
+            from litellm.utils import custom_llm_setup
+
+            litellm.suppress_debug_info = True
+            # litellm logs every call at INFO: noise in the daemon log and time on the hot path.
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            litellm.telemetry = False
+            registered = {item["provider"] for item in litellm.custom_provider_map}
+            for provider, handler in self.providers().items():
+                if provider not in registered:
+                    litellm.custom_provider_map.append(
+                        {"provider": provider, "custom_handler": handler})
+            custom_llm_setup()
+            self.module = litellm
+        except BaseException as exc:  # noqa: BLE001 - reported to every waiting request
+            self.error = exc
+            self.log.error("litellm_import_failed", error=repr(exc))
+        self.load_s = time.perf_counter() - started
+        if self.module is not None:
+            self.log.info("litellm_ready", load_s=round(self.load_s, 3))
+        try:
+            self._loop.call_soon_threadsafe(self._event.set)
+        except RuntimeError:
+            pass  # the loop closed while we were importing: the daemon is gone

@@ -1,0 +1,188 @@
+"""A local OpenAI-compatible chat completions server for tests and benchmarks (loopback only).
+
+The model name in the request chooses the behaviour, so one server serves every test:
+
+    echo...          answers with the conversation it was sent (plain JSON or SSE)
+    jitter...        like echo, after a short delay that differs from request to request
+    pause...         like echo, after one second
+    slow...          streams one word every 0.2 s (40 words); plain calls take as long
+    hang...          answers nothing for a minute
+    ratelimited-KEY  the first call per KEY gets 429 with `Retry-After: 1`, later calls echo
+    broken-KEY       always 500
+
+Every request is recorded in `server.requests` (model, messages, stream, time).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+
+
+def echo_text(messages: list[dict]) -> str:
+    said = [str(m.get("content")) for m in messages if m.get("role") == "user"]
+    text = f"turn {len(said)}: you said '{said[-1] if said else ''}'"
+    if len(said) > 1:
+        text += " after " + " / ".join(f"'{s}'" for s in said[:-1])
+    return text
+
+
+def usage_for(messages: list[dict], text: str) -> dict:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    completion = len(text.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops connections when 100 clients arrive at once,
+    # and a dropped SYN costs a second or more before the client tries again.
+    request_queue_size = 1024
+
+
+class FakeOpenAIHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Buffer each response into one write: headers and body sent apart meet the peer's delayed
+    # ACK and cost 40 ms per call on loopback. Streams flush every event themselves.
+    wbufsize = 1 << 16
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = orjson.loads(self.rfile.read(length) or b"{}")
+        model = str(body.get("model", ""))
+        messages = body.get("messages") or []
+        stream = bool(body.get("stream"))
+        server: FakeOpenAIServer = self.server.owner
+        server.record(model, messages, stream)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            return self._json(404, {"error": {"message": f"no route {self.path}"}})
+        if model.startswith("broken"):
+            return self._json(500, {"error": {"message": "the fake server is broken on purpose",
+                                              "type": "server_error"}})
+        if model.startswith("ratelimited") and server.count(model) == 1:
+            return self._json(429, {"error": {"message": "slow down", "type": "rate_limit"}},
+                              {"Retry-After": "1"})
+        if model.startswith("hang"):
+            time.sleep(60)
+            return self._json(500, {"error": {"message": "hung"}})
+        if model.startswith("jitter"):
+            digest = hashlib.sha256(orjson.dumps(messages)).digest()
+            time.sleep(digest[0] / 255 * 0.15)
+        if model.startswith("pause"):
+            time.sleep(1.0)
+        if model.startswith("slow"):
+            pieces = [f"word{i} " for i in range(40)]
+            text = "".join(pieces)
+            delay = 0.2
+        else:
+            text = echo_text(messages)
+            pieces = [piece + " " for piece in text.split(" ")]
+            pieces[-1] = pieces[-1][:-1]
+            delay = 0.0
+        usage = usage_for(messages, text)
+        if stream:
+            return self._stream(model, pieces, usage, delay,
+                                bool((body.get("stream_options") or {}).get("include_usage")))
+        time.sleep(delay * len(pieces))
+        return self._json(200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "usage": usage,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}]})
+
+    def _json(self, status: int, payload: dict, headers: dict | None = None):
+        data = orjson.dumps(payload)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, model: str, pieces: list[str], usage: dict, delay: float,
+                include_usage: bool):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(choices, extra=None):
+            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model, "choices": choices,
+                     **(extra or {})}
+            self.wfile.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            self.wfile.flush()
+
+        try:
+            event([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                    "finish_reason": None}])
+            for piece in pieces:
+                if delay:
+                    time.sleep(delay)
+                event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+            if include_usage:
+                event([], {"usage": usage})
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.owner.disconnects += 1
+
+
+class FakeOpenAIServer:
+    """`with FakeOpenAIServer() as server:` serves on 127.0.0.1 at `server.api_base`."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.disconnects = 0
+        self._counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self.httpd = _Server(("127.0.0.1", 0), FakeOpenAIHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.api_base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def record(self, model: str, messages: list, stream: bool) -> None:
+        with self._lock:
+            self._counts[model] += 1
+            self.requests.append({"model": model, "messages": messages, "stream": stream,
+                                  "time": time.time()})
+
+    def count(self, model: str) -> int:
+        with self._lock:
+            return self._counts[model]
+
+    def calls_to(self, model: str) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["model"] == model]
+
+    def start(self) -> "FakeOpenAIServer":
+        threading.Thread(target=self.httpd.serve_forever, name="fake-openai",
+                         daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+if __name__ == "__main__":
+    with FakeOpenAIServer() as server:
+        print(server.api_base, flush=True)
+        threading.Event().wait()
