@@ -105,6 +105,7 @@ class PluginManager:
         self.order: list[PluginRecord] = []
         self.services: list[asyncio.Task] = []
         self.var_dir = Path(config["daemon"]["var_dir"])
+        self._counts: dict | None = None
 
     # ---- loading ------------------------------------------------------------------------------
 
@@ -235,6 +236,7 @@ class PluginManager:
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
         record.state, record.error = "failed", reason
+        self._counts = None
         log.error("plugin_failed", plugin=record.name, error=reason)
         message = f"plugin {record.name} failed: {reason}"
         for handler in self.router.handlers.values():
@@ -262,6 +264,7 @@ class PluginManager:
                 record.data_dir.mkdir(parents=True, exist_ok=True)
                 await self._call(record, "ksi_startup", config=self.config)
                 record.state, record.started = "active", True
+                self._counts = None
             except Exception as exc:  # noqa: BLE001
                 record.started = True  # let it release what it opened before failing
                 self._fail(record, f"startup failed: {_reason(exc)}")
@@ -299,6 +302,7 @@ class PluginManager:
                 await self._call(record, "ksi_shutdown")
             except Exception as exc:  # noqa: BLE001
                 record.state, record.error = "failed", f"shutdown failed: {_reason(exc)}"
+                self._counts = None
                 log.error("plugin_shutdown_failed", plugin=record.name, error=record.error)
 
     async def _call(self, record: PluginRecord, hook_name: str, **kwargs) -> list:
@@ -329,8 +333,11 @@ class PluginManager:
         return [r.as_status() for r in self.order]
 
     def counts(self) -> dict:
-        return {"active": sum(r.state == "active" for r in self.order),
-                "failed": sum(r.state == "failed" for r in self.order)}
+        # system:health asks on every call; states change rarely, so count only after a change.
+        if self._counts is None:
+            self._counts = {"active": sum(r.state == "active" for r in self.order),
+                            "failed": sum(r.state == "failed" for r in self.order)}
+        return dict(self._counts)
 
 
 def _import_target(target: str):

@@ -29,12 +29,13 @@ class SystemPlugin(BasePlugin):
     @hookimpl
     def ksi_startup(self, context):
         self.router, self.manager, self.daemon = context.router, context.manager, context.daemon
+        self.pid = os.getpid()
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
         """Is the daemon up: status, uptime, version, pid, plugin counts, connections."""
         return {"status": "healthy", "uptime_s": round(self.daemon.uptime(), 3),
-                "version": self.daemon.version, "pid": os.getpid(),
+                "version": self.daemon.version, "pid": self.pid,
                 "plugins": self.manager.counts(), "connections": len(self.router.connections)}
 
     @event_handler("system:discover", returns=DiscoverReply)
