@@ -88,18 +88,21 @@ class Daemon:
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_shutdown)
-        self.plugins.load_all()
-        await self.plugins.start_all()
-        await self.plugins.ready_all()
-        if not self.plugins.active_services("transport"):
-            log.error("no_transport", reason="no transport plugin is active; see the log above")
+        # A plugin that hangs while starting must not make the daemon deaf to SIGTERM.
+        starting = asyncio.ensure_future(self._start())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.warning("stopped_during_start_up")
+            starting.cancel()
+            await asyncio.wait({starting})
+            await self.plugins.shutdown_all()
+            return 0
+        if not starting.result():
+            stopping.cancel()
             await self.plugins.shutdown_all()
             return 1
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(str(os.getpid()))
-        log.info("daemon_started", pid=os.getpid(), version=self.version,
-                 socket=self.config["daemon"]["socket_path"], plugins=self.plugins.counts())
-        await self._stop.wait()
+        await stopping
         log.info("daemon_stopping", deadline_s=self.shutdown_timeout)
         self.router.accepting = False
         await self.plugins.stopping_all()
@@ -108,6 +111,20 @@ class Daemon:
         self.pid_file.unlink(missing_ok=True)
         log.info("daemon_stopped", cancelled_requests=cancelled)
         return 0
+
+    async def _start(self) -> bool:
+        """Load, start and ready every plugin; False when no transport came up."""
+        self.plugins.load_all()
+        await self.plugins.start_all()
+        await self.plugins.ready_all()
+        if not self.plugins.active_services("transport"):
+            log.error("no_transport", reason="no transport plugin is active; see the log above")
+            return False
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(str(os.getpid()))
+        log.info("daemon_started", pid=os.getpid(), version=self.version,
+                 socket=self.config["daemon"]["socket_path"], plugins=self.plugins.counts())
+        return True
 
     def uptime(self) -> float:
         return time.time() - self.started_at

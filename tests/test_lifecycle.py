@@ -169,3 +169,12 @@ def test_background_start_returns_once_healthy(workdir):
 def test_router_stays_under_500_lines():
     lines = (ROOT / "ksi_daemon" / "router.py").read_text().count("\n")
     assert lines < 500, f"router.py has {lines} lines"
+
+
+def test_sigterm_during_a_hanging_start_up_still_exits(daemon_factory):
+    hanging = str(Path(__file__).parent / "plugins" / "hanging")
+    daemon = daemon_factory({"daemon": {"plugin_dirs": [hanging]}}, wait=False)
+    time.sleep(1.5)  # the plugin's ksi_startup never returns
+    assert daemon.proc.poll() is None
+    assert not daemon.socket_path.exists()
+    assert daemon.stop(signal.SIGTERM, timeout=10) == 0
