@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from conftest import DaemonProcess
 from ksi_daemon.launcher import wait_until_healthy

@@ -198,3 +198,20 @@ def _resolve_all(outcomes: list) -> None:
             future.set_result(result)
         else:
             future.set_exception(exc)
+
+
+def start_database(path, synchronous: str, create_schema, *, name: str, deadline_s: float):
+    """Open `path` (integrity-checked), start its writer thread; return (writer, reader conn).
+
+    An unusable database stops start-up (SystemExit) on purpose: serving without the data, or
+    over a fresh file, would answer "not found" for data the user still has.
+    """
+    from .sqlite_database import DatabaseUnusable, open_reader, open_writer
+    try:
+        conn = open_writer(path, synchronous.upper(), create_schema)
+    except DatabaseUnusable as exc:
+        log.critical("database_unusable", database=name, path=str(path), error=str(exc))
+        raise SystemExit(f"ksi: {name} database: {exc}") from None
+    writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s)
+    writer.start(asyncio.get_running_loop())
+    return writer, open_reader(path)

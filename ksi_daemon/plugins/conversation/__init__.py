@@ -17,8 +17,8 @@ from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, UNAVAILABLE, VALIDATION_ERROR, KSIError
 # Storage machinery shared with the state plugin (a library, not the state plugin's events).
-from ...storage.sqlite_database import DatabaseUnusable, open_reader, open_writer
-from ...storage.sqlite_writer import SqliteWriter, WriterStopped
+from ...storage.sqlite_database import open_reader
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
 from .export import write_export
 from .models import (AppendReply, AppendRequest, ConversationSettings, ExportReply,
                      ExportRequest, GetRequest, HistoryRequest, ListRequest, SearchRequest)
@@ -48,15 +48,10 @@ class ConversationPlugin(BasePlugin):
             var_dir / "db" / DB_FILE_NAME
         self.exports_dir = Path(settings.exports_dir).expanduser() if settings.exports_dir \
             else var_dir / "exports"
-        try:
-            conn = open_writer(self.path, settings.synchronous.upper(), create_schema)
-        except DatabaseUnusable as exc:
-            log.critical("conversation_database_unusable", path=str(self.path), error=str(exc))
-            raise SystemExit(f"ksi: conversation plugin: {exc}") from None
-        self.writer = SqliteWriter(conn, name="conversation-writer",
-                                   deadline_s=config["daemon"]["event_timeout"])
-        self.writer.start(asyncio.get_running_loop())
-        self.reader = ConversationReader(open_reader(self.path))
+        self.writer, reader_conn = start_database(
+            self.path, settings.synchronous, create_schema, name="conversation",
+            deadline_s=config["daemon"]["event_timeout"])
+        self.reader = ConversationReader(reader_conn)
 
     @hookimpl
     def ksi_ready(self, context):

@@ -17,13 +17,12 @@ from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import UNAVAILABLE, KSIError
-from ...storage.sqlite_database import DatabaseUnusable, open_reader, open_writer
 from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
                      ListReply, ListRequest, SetReply, SetRequest, StateSettings)
 from .store import (StateReader, clear_namespace, create_schema, delete_value, encode_value,
                     purge_expired, set_value)
 from .read_cache import ReadCache
-from ...storage.sqlite_writer import SqliteWriter, WriterStopped
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
@@ -61,17 +60,10 @@ class StatePlugin(BasePlugin):
         settings = settings_from(context, config)
         self.settings, self.audit_enabled = settings, settings.audit
         self.path = database_path(settings, config)
-        try:
-            conn = open_writer(self.path, settings.synchronous.upper(), create_schema)
-        except DatabaseUnusable as exc:
-            # Start-up stops here on purpose: serving without the data, or over a fresh file,
-            # would answer "not found" for keys the user still has.
-            log.critical("state_database_unusable", path=str(self.path), error=str(exc))
-            raise SystemExit(f"ksi: state plugin: {exc}") from None
-        self.writer = SqliteWriter(conn, name="state-writer",
-                                   deadline_s=config["daemon"]["event_timeout"])
-        self.writer.start(asyncio.get_running_loop())
-        self.reader = StateReader(open_reader(self.path))
+        self.writer, reader_conn = start_database(
+            self.path, settings.synchronous, create_schema, name="state",
+            deadline_s=config["daemon"]["event_timeout"])
+        self.reader = StateReader(reader_conn)
         self.cache = ReadCache(settings.read_cache_entries)
         log.info("state_database_open", path=str(self.path),
                  synchronous=settings.synchronous.upper(), audit=settings.audit)
