@@ -21,6 +21,17 @@ TEST_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION"
 os.environ.update(TEST_ENV)
 
 
+def data_of(reply: dict) -> dict:
+    """The reply's data, failing the test with the whole reply when it is an error."""
+    assert "data" in reply, reply
+    return reply["data"]
+
+
+def error_of(reply: dict) -> dict:
+    assert "error" in reply, reply
+    return reply["error"]
+
+
 class LineClient:
     """A bare socket speaking the wire protocol line by line, as `nc -U` would."""
 

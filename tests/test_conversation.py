@@ -6,15 +6,8 @@ from pathlib import Path
 
 import orjson
 
+from conftest import data_of, error_of
 
-def data_of(reply: dict) -> dict:
-    assert "data" in reply, reply
-    return reply["data"]
-
-
-def error_of(reply: dict) -> dict:
-    assert "error" in reply, reply
-    return reply["error"]
 
 
 def append(client, session_id: str, role: str, content: str, **extra) -> dict:

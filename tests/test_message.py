@@ -8,15 +8,8 @@ import time
 
 import pytest
 
+from conftest import data_of, error_of
 
-def data_of(reply: dict) -> dict:
-    assert "data" in reply, reply
-    return reply["data"]
-
-
-def error_of(reply: dict) -> dict:
-    assert "error" in reply, reply
-    return reply["error"]
 
 
 def next_push(client, event: str = "message:received") -> dict:

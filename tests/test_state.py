@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from conftest import data_of, error_of
+
 UNICODE = "naïve café — 東京 🚀 \u202e"
 ROUND_TRIP_VALUES = [
     "123", "", "0", "null", "true", 123, 0, -7, 2 ** 53 + 1, 1.5, -0.25, 1e-300, 3.141592653589793,
@@ -18,15 +20,6 @@ ROUND_TRIP_VALUES = [
     UNICODE, {"emoji 🚀": ["東京", 2.5]},
 ]
 
-
-def data_of(reply: dict) -> dict:
-    assert "data" in reply, reply
-    return reply["data"]
-
-
-def error_of(reply: dict) -> dict:
-    assert "error" in reply, reply
-    return reply["error"]
 
 
 def query(path, sql: str) -> list:
