@@ -7,11 +7,12 @@ so a test can see what the tool sent, e.g. that a resumed session carries the ea
 """
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import orjson
+
+from local_http_server import LocalHTTPServer
 
 
 def texts_of(message: dict) -> list[str]:
@@ -32,11 +33,6 @@ def typed_by_user(messages: list[dict]) -> str:
                 return text.strip()
     return ""
 
-
-class _Server(ThreadingHTTPServer):
-    # socketserver's default backlog of 5 drops connections when 100 clients arrive at once,
-    # and a dropped SYN costs a second or more before the client tries again.
-    request_queue_size = 1024
 
 
 class FakeAnthropicHandler(BaseHTTPRequestHandler):
@@ -125,14 +121,10 @@ class FakeAnthropicHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away mid-stream, as on cancel
 
 
-class FakeAnthropicServer:
+class FakeAnthropicServer(LocalHTTPServer):
     def __init__(self):
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", 0), FakeAnthropicHandler)
-        self.httpd.daemon_threads = True
-        self.httpd.owner = self
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        super().__init__(FakeAnthropicHandler)
+        self.base_url = self.url
 
     def record(self, body: dict) -> None:
         with self._lock:
@@ -143,23 +135,7 @@ class FakeAnthropicServer:
             return [text for r in self.requests for m in r.get("messages") or ()
                     for text in texts_of(m)]
 
-    def start(self) -> "FakeAnthropicServer":
-        threading.Thread(target=self.httpd.serve_forever, name="fake-anthropic",
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
 
 if __name__ == "__main__":
-    with FakeAnthropicServer() as server:
-        print(server.base_url, flush=True)
-        threading.Event().wait()
+    server = FakeAnthropicServer()
+    server.serve_until_killed(server.base_url)

@@ -15,12 +15,13 @@ Every request is recorded in `server.requests` (model, messages, stream, time).
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import orjson
+
+from local_http_server import LocalHTTPServer
 
 
 def echo_text(messages: list[dict]) -> str:
@@ -37,11 +38,6 @@ def usage_for(messages: list[dict], text: str) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
-
-class _Server(ThreadingHTTPServer):
-    # socketserver's default backlog of 5 drops connections when 100 clients arrive at once,
-    # and a dropped SYN costs a second or more before the client tries again.
-    request_queue_size = 1024
 
 
 class FakeOpenAIHandler(BaseHTTPRequestHandler):
@@ -139,18 +135,14 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             self.server.owner.disconnects += 1
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalHTTPServer):
     """`with FakeOpenAIServer() as server:` serves on 127.0.0.1 at `server.api_base`."""
 
     def __init__(self):
-        self.requests: list[dict] = []
+        super().__init__(FakeOpenAIHandler)
         self.disconnects = 0
         self._counts: Counter = Counter()
-        self._lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", 0), FakeOpenAIHandler)
-        self.httpd.daemon_threads = True
-        self.httpd.owner = self
-        self.api_base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.api_base = f"{self.url}/v1"
 
     def record(self, model: str, messages: list, stream: bool) -> None:
         with self._lock:
@@ -166,23 +158,7 @@ class FakeOpenAIServer:
         with self._lock:
             return [r for r in self.requests if r["model"] == model]
 
-    def start(self) -> "FakeOpenAIServer":
-        threading.Thread(target=self.httpd.serve_forever, name="fake-openai",
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
 
 if __name__ == "__main__":
-    with FakeOpenAIServer() as server:
-        print(server.api_base, flush=True)
-        threading.Event().wait()
+    server = FakeOpenAIServer()
+    server.serve_until_killed(server.api_base)

@@ -75,6 +75,17 @@ def pushes_until_end(client, request_id: str, timeout: float = 30.0) -> list[dic
     return seen
 
 
+def wait_for_chunks(client, count: int) -> None:
+    """Read until `count` completion:chunk pushes arrived (the stream is under way)."""
+    seen = 0
+    while seen < count:
+        message = client.recv()
+        if message["event"] == "completion:chunk":
+            seen += 1
+        else:
+            client.kept.append(message)
+
+
 def terminal_of(pushes: list[dict]) -> dict:
     ends = [m for m in pushes if m["event"] in TERMINAL]
     assert len(ends) == 1, ends
@@ -179,13 +190,7 @@ def test_cancel_stops_a_stream_and_a_queued_request(daemon_factory, fake_openai)
                                          "session_id": "a"}, "slow-1")
         queued = start_async(client, {"prompt": "never", "model": "echo", "session_id": "b"},
                              "queued-1")
-        chunks = 0
-        while chunks < 2:
-            message = client.recv()
-            if message["event"] == "completion:chunk":
-                chunks += 1
-            else:
-                client.kept.append(message)
+        wait_for_chunks(client, 2)
         status = ask(client, "completion:status", {"request_id": queued})["data"]
         assert status["status"] == "queued"
         assert ask(client, "completion:cancel", {"request_id": queued})["data"]["status"] \
@@ -544,13 +549,7 @@ def test_cancelling_a_claude_cli_completion_kills_the_tool(claude_daemon):
     with daemon.client(timeout=90) as client:
         request_id = start_async(client, {"prompt": "take your time", "model": "claude-cli/sonnet",
                                           "stream": True}, "cc-1")
-        chunks = 0
-        while chunks < 2:
-            message = client.recv()
-            if message["event"] == "completion:chunk":
-                chunks += 1
-            else:
-                client.kept.append(message)
+        wait_for_chunks(client, 2)
         assert running_with(marker), "the claude process should be running mid-stream"
         assert ask(client, "completion:cancel", {"request_id": request_id})["data"]["status"] \
             == "cancelled"
