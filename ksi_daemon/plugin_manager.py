@@ -39,6 +39,8 @@ BUILTIN_PLUGINS = {
     "conversation": "ksi_daemon.plugins.conversation",
     "completion": "ksi_daemon.plugins.completion",
     "message": "ksi_daemon.plugins.message",
+    "agent": "ksi_daemon.plugins.agent",
+    "orchestration": "ksi_daemon.plugins.orchestration",
 }
 log = structlog.get_logger("ksi.plugins")
 
