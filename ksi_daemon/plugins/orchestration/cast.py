@@ -1,0 +1,70 @@
+"""Bringing an orchestration's agents into being, and letting them go.
+
+Each participant is spawned from its role's built-in profile with an inline config: the same
+character, model and temperature, but a system prompt that starts with the role's part in this
+conversation, and enough turns for every round.
+"""
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import structlog
+
+from ...protocol import NOT_FOUND, KSIError
+from .modes import Mode, system_prompt_for
+from .models import Participant
+
+Ask = Callable[[str, dict], Awaitable[dict]]
+log = structlog.get_logger("ksi.plugin.orchestration")
+
+
+async def spawn_cast(ask: Ask, orchestration_id: str, mode: Mode, topic: str, agents: int,
+                     rounds: int, model: str | None) -> list[Participant]:
+    """Spawn one agent per role; if one cannot be spawned, the others are terminated again."""
+    profiles = {p["name"]: p for p in (await ask("agent:profiles", {}))["profiles"]}
+    cast = mode.cast(agents)
+    participants: list[Participant] = []
+    try:
+        for role, agent_id in zip(cast, agent_ids(orchestration_id, cast)):
+            profile = profiles.get(role.profile)
+            if profile is None:
+                raise KSIError(NOT_FOUND, f"mode {mode.name} needs the agent profile "
+                                          f"{role.profile!r}, which agent:profiles does not list")
+            config = {
+                "name": role.profile,
+                "model": model or profile.get("model"),
+                "system_prompt": system_prompt_for(role, topic, profile.get("system_prompt") or ""),
+                "temperature": profile.get("temperature"),
+                # Each agent speaks once per round; its own limit must not end the run early.
+                "max_turns": max(int(profile.get("max_turns") or 0), rounds + 1)}
+            spawned = await ask("agent:spawn", {"agent_id": agent_id, "config": {
+                key: value for key, value in config.items() if value is not None}})
+            participants.append(Participant(agent_id=spawned["agent_id"], role=role.name,
+                                            profile=role.profile,
+                                            session_id=spawned.get("session_id")))
+    except BaseException:
+        await terminate_agents(ask, participants)
+        raise
+    return participants
+
+
+def agent_ids(orchestration_id: str, cast) -> list[str]:
+    """Readable ids: `<orchestration>-opponent`, numbered when a role appears more than once."""
+    names = [role.name for role in cast]
+    seen: dict[str, int] = {}
+    ids = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        suffix = f"-{seen[name]}" if names.count(name) > 1 else ""
+        ids.append(f"{orchestration_id}-{name}{suffix}")
+    return ids
+
+
+async def terminate_agents(ask: Ask, participants: list[Participant]) -> None:
+    for participant in participants:
+        try:
+            await ask("agent:terminate", {"agent_id": participant.agent_id})
+        except KSIError as exc:
+            if exc.code != NOT_FOUND:  # already gone is what we wanted
+                log.warning("orchestration_agent_not_terminated", agent_id=participant.agent_id,
+                            error=exc.message)
