@@ -1,8 +1,44 @@
-"""The `agent` events: supervised agents with profiles, inboxes and sessions (being built)."""
+"""The `agent` events: supervised agents with profiles, inboxes and sessions.
+
+    agent:spawn {profile? | config?, agent_id?, task?, session_id?, model?, max_turns?, topics?}
+    agent:terminate / agent:restart / agent:info {agent_id}
+    agent:list {status?}
+    agent:send {agent_id, content, sender?, wait?, timeout_s?}
+    agent:profiles {}
+    agent:inbox   (emitted by the message plugin: a topic message for one of our agents)
+
+Each agent is a task (supervisor.py) answering its inbox through completion:request; agents and
+their inboxes live in agents.db under the plugin's data directory (store.py), written ahead of
+every reply, so a restarted daemon carries on every conversation where it stood.
+"""
 from __future__ import annotations
 
-from ...plugin_base import BasePlugin
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import structlog
+
+from ...event_system import event_handler
+from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
+from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, VALIDATION_ERROR, KSIError)
+from ...storage.sqlite_database import DatabaseUnusable, open_writer
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped
+from . import store
+from .agent import CALLER, DIRECT, TOPIC, Agent, Message
+from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, ListReply,
+                     ListRequest, ProfilesReply, ProfilesRequest, SendReply, SendRequest,
+                     SpawnReply, SpawnRequest, TerminateReply)
+from .profiles import Profile, ProfileBook
+from .supervisor import AgentRuntime, text_of, turn_record
+
+DB_FILE_NAME = "agents.db"
+DEFAULT_PROFILE = "assistant"
+STOP_GRACE_S = 3.0  # a turn whose completion already finished gets this long to be recorded
+log = structlog.get_logger("ksi.plugin.agent")
 
 
 class AgentPlugin(BasePlugin):
@@ -11,6 +47,321 @@ class AgentPlugin(BasePlugin):
             PluginMetadata(name="agent", version="0.1.0", priority=60,
                            description="Supervised AI agents", dependencies=["message"]),
             PluginCapabilities(event_namespaces=["agent"], provides_services=["agent"]))
+        self.writer: SqliteWriter | None = None
+        self.agents: dict[str, Agent] = {}
+        self.terminated: OrderedDict[str, dict] = OrderedDict()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @hookimpl
+    def ksi_startup(self, config, context):
+        settings = self.settings = AgentSettings.model_validate(context.config or {})
+        var_dir = Path(config["daemon"]["var_dir"])
+        self.book = ProfileBook(Path(settings.profiles_dir).expanduser() if settings.profiles_dir
+                                else var_dir / "agent_profiles")
+        self.book.refresh()
+        path = Path(settings.db_path).expanduser() if settings.db_path else \
+            Path(context.data_dir) / DB_FILE_NAME
+        try:
+            conn = open_writer(path, settings.synchronous.upper(), store.create_schema)
+        except DatabaseUnusable as exc:
+            log.critical("agent_database_unusable", path=str(path), error=str(exc))
+            raise SystemExit(f"ksi: agent plugin: {exc}") from None
+        loaded = store.load(conn)
+        self.writer = SqliteWriter(conn, name="agent-writer")
+        self.writer.start(asyncio.get_running_loop())
+        self.runtime = AgentRuntime(settings, self._emit, self._write, self.agents)
+        self.runtime.continue_seq_after(loaded.last_seq)
+        self._unpublished = self._restore(loaded)
+        log.info("agent_store_open", path=str(path), agents=len(self.agents),
+                 terminated=len(self.terminated))
+
+    def _restore(self, loaded: store.Loaded) -> list[tuple]:
+        """Rebuild the agents from their rows; return topic replies that were not published."""
+        unpublished = []
+        for row in loaded.terminated:
+            self._remember_terminated(terminated_record(row))
+        for row in loaded.agents:
+            agent = Agent(row["agent_id"], Profile.model_validate_json(row["config"]),
+                          row["session_id"], row["created_at"], self.settings.recent_kept)
+            # A crash while restarting was a stop like any other: it runs again.
+            agent.status = "failed" if row["status"] == "failed" else "running"
+            agent.turns, agent.messages_handled = row["turns"], row["messages_handled"]
+            agent.restarts, agent.error = row["restarts"], row["error"]
+            for m in loaded.messages.get(agent.agent_id, ()):
+                message = Message(m["message_id"], m["seq"], m["content"], m["reply_to"],
+                                  m["sender"], m["topic"], m["attempts"])
+                if m["state"] == store.PENDING:
+                    agent.inbox.append(message)
+                else:
+                    agent.recent.append(turn_record(message, m["state"], m["reply"],
+                                                    m["request_id"], m["turn"]))
+                    if m["state"] == store.ANSWERED:
+                        unpublished.append((agent.agent_id, m["message_id"], m["topic"],
+                                            m["reply"]))
+            self.agents[agent.agent_id] = agent
+        return unpublished
+
+    @hookimpl
+    async def ksi_ready(self, context):
+        for agent in self.agents.values():
+            if agent.status == "running":
+                self.runtime.start(agent)
+        # Topic subscriptions came back paused: resume them, handing over what arrived meanwhile
+        # (an agent with no stored subscription answers validation_error, which is fine).
+        await asyncio.gather(*(self._resume_topics(agent_id) for agent_id in list(self.agents)))
+        for agent_id, message_id, topic, text in self._unpublished:
+            await self.runtime.publish_reply(agent_id, message_id, topic, text)
+        self._unpublished = []
+
+    async def _resume_topics(self, agent_id: str) -> None:
+        try:
+            await self._emit("message:subscribe", {"agent_id": agent_id, "replay": True})
+        except KSIError as exc:
+            if exc.code != VALIDATION_ERROR:
+                log.warning("agent_topics_not_resumed", agent_id=agent_id, error=exc.message)
+
+    @hookimpl
+    def ksi_stopping(self, context):
+        # No new turns from now on; a turn already asking its model may finish (completion
+        # lets running calls end within the shutdown deadline) and is then recorded.
+        self.runtime.stopping = True
+        stopping = KSIError(UNAVAILABLE, "the daemon is shutting down; the message is kept and "
+                                         "answered after the restart")
+        for agent in self.agents.values():
+            agent.fail_waiters(stopping, keep_current=True)
+        self.runtime.wake_all()
+
+    @hookimpl
+    async def ksi_shutdown(self, context):
+        if self.writer is None:
+            return
+        self.runtime.stopping = True
+        self.runtime.wake_all()
+        tasks = list(self.runtime.tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        await self.writer.stop()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    async def _emit(self, event: str, data: dict, correlation_id: str | None = None):
+        return await self.context.emit(event, data, correlation_id=correlation_id)
+
+    async def _write(self, op, *args):
+        try:
+            return await self.writer.submit(op, *args)
+        except WriterStopped:
+            raise KSIError(UNAVAILABLE, "the daemon is shutting down") from None
+
+    def _live(self, agent_id: str) -> Agent:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            if agent_id in self.terminated:
+                raise KSIError(CONFLICT, f"agent {agent_id} was terminated")
+            raise KSIError(NOT_FOUND, f"no agent {agent_id}; see agent:list")
+        return agent
+
+    def _remember_terminated(self, record: dict) -> None:
+        self.terminated[record["agent_id"]] = record
+        self.terminated.move_to_end(record["agent_id"])
+        while len(self.terminated) > self.settings.keep_terminated:
+            self.terminated.popitem(last=False)
+
+    # ---- events ------------------------------------------------------------------------------
+
+    @event_handler("agent:spawn", returns=SpawnReply)
+    async def spawn(self, data: SpawnRequest, ctx):
+        """Start an agent from a profile (or an inline config); `task` is its first message."""
+        profile = self._profile_for(data)
+        agent_id = data.agent_id or f"{profile.name}-{os.urandom(4).hex()}"
+        if agent_id in self.agents:
+            raise KSIError(CONFLICT, f"agent {agent_id} already exists",
+                           {"agent_id": agent_id, "status": self.agents[agent_id].status})
+        now = time.time()
+        agent = Agent(agent_id, profile, data.session_id or f"{agent_id}-{os.urandom(4).hex()}",
+                      now, self.settings.recent_kept)
+        self.agents[agent_id] = agent  # taken from here on, even while the write is pending
+        first = None
+        if data.task is not None:
+            first = self.runtime.new_message(data.task, DIRECT)
+            first.ctx, first.correlation_id = ctx, ctx.correlation_id
+        row = {"agent_id": agent_id, "profile": profile.name, "session_id": agent.session_id,
+               "config": profile.model_dump_json(), "status": "running", "created_at": now}
+        try:
+            await self._write(store.insert_agent, row, first.row(agent_id, now) if first else None)
+            if data.topics:
+                await self._emit("message:subscribe", {"agent_id": agent_id,
+                                                       "topics": data.topics}, ctx.correlation_id)
+        except BaseException:
+            self.agents.pop(agent_id, None)
+            await asyncio.shield(self._forget(agent_id))
+            raise
+        self.terminated.pop(agent_id, None)
+        if first is not None:
+            agent.deliver(first)
+        self.runtime.start(agent)
+        await self._emit("agent:spawned", {"agent_id": agent_id, "profile": profile.name,
+                                           "session_id": agent.session_id}, ctx.correlation_id)
+        return {"agent_id": agent_id, "status": agent.status, "profile": profile.name,
+                "session_id": agent.session_id}
+
+    def _profile_for(self, data: SpawnRequest) -> Profile:
+        if data.config is not None:
+            profile = data.config
+        else:
+            name = data.profile or DEFAULT_PROFILE
+            profile = self.book.get(name)
+            if profile is None:
+                raise KSIError(NOT_FOUND, f"no agent profile {name!r}; see agent:profiles",
+                               {"profile": name, "profiles": sorted(self.book.profiles())})
+        changes = {k: v for k, v in (("model", data.model), ("max_turns", data.max_turns))
+                   if v is not None}
+        return profile.model_copy(update=changes) if changes else profile
+
+    async def _forget(self, agent_id: str) -> None:
+        try:
+            await self._write(store.delete_agent, agent_id)
+        except KSIError:
+            pass
+
+    @event_handler("agent:terminate", returns=TerminateReply)
+    async def terminate(self, data: AgentIdRequest, ctx):
+        """Stop an agent for good: its task ends, its inbox and topic subscriptions go."""
+        agent = self.agents.get(data.agent_id)
+        if agent is None:
+            detail = " (already terminated)" if data.agent_id in self.terminated else ""
+            raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}{detail}")
+        del self.agents[data.agent_id]
+        current = agent.current
+        await self.runtime.stop_task(agent)
+        agent.status = "terminated"
+        agent.fail_waiters(KSIError(CONFLICT, f"agent {agent.agent_id} was terminated"))
+        await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
+        self._remember_terminated({**agent.info(), "pending": 0, "recent": []})
+        if current is not None:
+            await self._quietly("completion:cancel",
+                                {"request_id": current.request_id(agent.agent_id)})
+        await self._quietly("message:unsubscribe", {"agent_id": agent.agent_id})
+        await self._emit("agent:terminated", {"agent_id": agent.agent_id,
+                                              "reason": "terminated by request"},
+                         ctx.correlation_id)
+        return {"agent_id": agent.agent_id, "status": "terminated"}
+
+    async def _quietly(self, event: str, data: dict) -> None:
+        try:
+            await self._emit(event, data)
+        except KSIError as exc:
+            log.info("agent_cleanup_refused", event_name=event, error=exc.message)
+
+    @event_handler("agent:restart", returns=TerminateReply)
+    async def restart(self, data: AgentIdRequest, ctx):
+        """Run an agent again: a failed one gets a fresh set of restarts, a running one a new task."""
+        agent = self._live(data.agent_id)
+        await self.runtime.stop_task(agent)
+        agent.status, agent.error, agent.failures, agent.current = "running", None, 0, None
+        await self._write(store.save_status, agent.agent_id, "running", agent.restarts, None)
+        if self.agents.get(agent.agent_id) is agent and agent.task is None:
+            self.runtime.start(agent)
+        await self._emit("agent:status", {"agent_id": agent.agent_id, "status": "running",
+                                          "reason": "restarted by request"}, ctx.correlation_id)
+        return {"agent_id": agent.agent_id, "status": agent.status}
+
+    @event_handler("agent:list", returns=ListReply)
+    def list_agents(self, data: ListRequest):
+        """Agents and their states (terminated ones only when asked by status)."""
+        if data.status == "terminated":
+            agents = [{k: r[k] for k in RECORD_KEYS} for r in self.terminated.values()]
+        else:
+            agents = [a.record() for a in self.agents.values()
+                      if data.status is None or a.status == data.status]
+        # Both figures are counted now, from the objects themselves: a leaked agent task shows.
+        return {"agents": agents, "count": len(agents), "tasks_alive": len(self.runtime.tasks),
+                "daemon_tasks": len(asyncio.all_tasks())}
+
+    @event_handler("agent:info", returns=InfoReply)
+    def info(self, data: AgentIdRequest):
+        """One agent: its record, model, turns, restarts, last error and recent turns."""
+        agent = self.agents.get(data.agent_id)
+        if agent is not None:
+            return agent.info()
+        record = self.terminated.get(data.agent_id)
+        if record is None:
+            raise KSIError(NOT_FOUND, f"no agent {data.agent_id}; see agent:list")
+        return record
+
+    @event_handler("agent:send", returns=SendReply, timeout=None)
+    async def send(self, data: SendRequest, ctx):
+        """Put a message in an agent's inbox; with wait, answer with the agent's reply."""
+        agent = self._live(data.agent_id)
+        if data.sender == agent.agent_id:
+            raise KSIError(VALIDATION_ERROR, "an agent does not answer its own messages",
+                           [{"loc": ["sender"], "msg": "equals agent_id"}])
+        if data.wait and agent.status == "failed":
+            raise KSIError(CONFLICT, f"agent {agent.agent_id} failed: {agent.error}; "
+                                     "agent:restart it first")
+        message = self.runtime.new_message(data.content, CALLER if data.wait else DIRECT,
+                                           sender=data.sender)
+        message.correlation_id = ctx.correlation_id
+        await self._write(store.add_message, message.row(agent.agent_id, time.time()))
+        if self.agents.get(agent.agent_id) is not agent:
+            raise KSIError(CONFLICT, f"agent {agent.agent_id} was terminated meanwhile")
+        running = agent.status != "failed"
+        if not data.wait:
+            message.ctx = ctx
+            agent.deliver(message)
+            return {"message_id": message.message_id, "delivered": running}
+        waiter = message.waiter = asyncio.get_running_loop().create_future()
+        agent.deliver(message)
+        timeout_s = data.timeout_s or self.settings.send_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await waiter
+        except TimeoutError:
+            message.waiter = None
+            raise KSIError(TIMEOUT, f"agent {agent.agent_id} did not answer within {timeout_s:g}"
+                                    " s; the message stays in its inbox") from None
+        return {"message_id": message.message_id, "delivered": True, "reply": reply}
+
+    @event_handler("agent:profiles", returns=ProfilesReply)
+    def profiles(self, data: ProfilesRequest):
+        """Built-in profiles and those in the profiles directory; bad files under errors."""
+        self.book.refresh()
+        entries = [{**profile.model_dump(), "source": source}
+                   for profile, source in self.book.profiles().values()]
+        return {"profiles": entries, "count": len(entries), "errors": self.book.errors()}
+
+    @event_handler("agent:inbox")
+    async def inbox(self, data: InboxDelivery):
+        """A topic message for an agent (from the message plugin); stored before it is taken."""
+        agent = self.agents.get(data.agent_id)
+        if agent is None or data.sender == agent.agent_id:
+            return {"accepted": False}
+        message = self.runtime.new_message(text_of(data.content), TOPIC, sender=data.sender,
+                                           topic=data.topic, message_id=data.message_id)
+        if not await self._write(store.add_message, message.row(agent.agent_id, time.time())):
+            return {"accepted": False, "duplicate": True}  # a replay of what we already have
+        if self.agents.get(agent.agent_id) is agent:
+            agent.deliver(message)
+        return {"accepted": True}
+
+
+def terminated_record(row: dict) -> dict:
+    """What agent:info still says about a terminated agent (its inbox and turns are gone)."""
+    profile = Profile.model_validate_json(row["config"])
+    return {"agent_id": row["agent_id"], "profile": row["profile"], "status": "terminated",
+            "created_at": row["created_at"], "session_id": row["session_id"],
+            "messages_handled": row["messages_handled"], "model": profile.model,
+            "max_turns": profile.max_turns, "turns": row["turns"], "restarts": row["restarts"],
+            "error": row["error"], "pending": 0, "system_prompt": profile.system_prompt,
+            "recent": []}
+
+
+RECORD_KEYS = ("agent_id", "profile", "status", "created_at", "session_id", "messages_handled")
 
 
 ksi_plugin = AgentPlugin

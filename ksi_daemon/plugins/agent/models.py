@@ -1,0 +1,167 @@
+"""Schemas of the agent events and of `plugins.agent`; system:discover shows them."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .profiles import NAME_PATTERN, Profile
+
+Status = Literal["running", "restarting", "failed", "terminated"]
+# Lookups accept any id (an id that was never valid is simply not found).
+AgentRef = Field(min_length=1, max_length=256, description="the agent")
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpawnRequest(Request):
+    profile: str | None = Field(None, max_length=64,
+                                description="a profile name (agent:profiles); default assistant")
+    config: Profile | None = Field(None, description="an inline profile instead of `profile`")
+    agent_id: str | None = Field(None, pattern=NAME_PATTERN,
+                                 description="default: <profile>-<random>; letters, digits, "
+                                             "_ . - (at most 64)")
+    task: str | None = Field(None, min_length=1, max_length=200_000,
+                             description="the agent's first message; it answers it")
+    session_id: str | None = Field(None, min_length=1, max_length=128,
+                                   description="the conversation to continue; default: a new one")
+    model: str | None = Field(None, max_length=256, description="overrides the profile's model")
+    max_turns: int | None = Field(None, ge=1, le=100_000,
+                                  description="overrides the profile's max_turns")
+    topics: list[str] = Field(default_factory=list, max_length=64,
+                              description="message topics the agent listens to and answers on")
+
+    @model_validator(mode="after")
+    def one_source_of_profile(self):
+        if self.profile is not None and self.config is not None:
+            raise ValueError("give either profile or config, not both")
+        return self
+
+
+class SpawnReply(BaseModel):
+    agent_id: str
+    status: str
+    profile: str
+    session_id: str
+
+
+class AgentIdRequest(Request):
+    agent_id: str = AgentRef
+
+
+class TerminateReply(BaseModel):
+    agent_id: str
+    status: str
+
+
+class ListRequest(Request):
+    status: Status | None = Field(None, description="only agents in this state; terminated "
+                                                    "agents are listed only when asked for")
+
+
+class AgentRecord(BaseModel):
+    agent_id: str
+    profile: str
+    status: str
+    created_at: float
+    session_id: str
+    messages_handled: int
+
+
+class ListReply(BaseModel):
+    agents: list[AgentRecord]
+    count: int
+    tasks_alive: int = Field(description="agent tasks of this plugin not finished yet")
+    daemon_tasks: int = Field(description="every asyncio task alive in the daemon")
+
+
+class TurnRecord(BaseModel):
+    message_id: str
+    sender: str | None
+    topic: str | None
+    content: str
+    reply: str | None
+    turn: int | None
+    request_id: str | None
+    state: str
+
+
+class InfoReply(AgentRecord):
+    model: str | None
+    max_turns: int
+    turns: int
+    restarts: int
+    error: str | None
+    pending: int
+    system_prompt: str
+    recent: list[TurnRecord]
+
+
+class SendRequest(Request):
+    agent_id: str = AgentRef
+    content: str = Field(min_length=1, max_length=200_000)
+    sender: str | None = Field(None, min_length=1, max_length=256,
+                               description="who speaks; an agent id makes the reply go to that "
+                                           "agent's inbox")
+    wait: bool = Field(False, description="answer with the agent's reply, which then goes only "
+                                          "to this caller")
+    timeout_s: float | None = Field(None, gt=0, le=3600,
+                                    description="with wait: how long to wait for the reply")
+
+
+class ReplyInfo(BaseModel):
+    text: str
+    request_id: str
+    session_id: str
+    turn: int
+
+
+class SendReply(BaseModel):
+    message_id: str
+    delivered: bool = Field(description="the message is stored in the agent's inbox and a "
+                                        "running agent will answer it")
+    reply: ReplyInfo | None = None
+
+
+class ProfilesRequest(Request):
+    pass
+
+
+class ProfileEntry(Profile):
+    source: str
+
+
+class ProfilesReply(BaseModel):
+    profiles: list[ProfileEntry]
+    count: int
+    errors: list[dict[str, Any]]
+
+
+class InboxDelivery(BaseModel):
+    """`agent:inbox`, emitted by the message plugin for each topic message an agent receives."""
+    model_config = ConfigDict(extra="ignore")
+    agent_id: str
+    message_id: str = Field(max_length=64)
+    topic: str
+    sender: str | None = None
+    content: Any = None
+    timestamp: float | None = None
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")  # `enabled` belongs to the plugin manager
+
+    max_restarts: int = Field(3, ge=0, description="crashes in a row before an agent is failed")
+    restart_base_delay_s: float = Field(1.0, gt=0, description="first back-off; doubles per crash")
+    restart_max_delay_s: float = Field(30.0, gt=0)
+    completion_timeout_s: float | None = Field(None, gt=0, le=3600,
+                                               description="deadline of one turn's completion; "
+                                                           "none: completion's default")
+    send_timeout_s: float = Field(300.0, gt=0, description="default wait of agent:send wait")
+    recent_kept: int = Field(20, ge=1, le=1000, description="answered messages kept per agent")
+    keep_terminated: int = Field(1000, ge=0, description="terminated agents still listed")
+    profiles_dir: str | None = Field(None, description="default: <var>/agent_profiles")
+    db_path: str | None = None
+    synchronous: Literal["NORMAL", "FULL", "normal", "full"] = "NORMAL"

@@ -1,0 +1,150 @@
+"""The agent database: every agent's record and the messages in its inbox.
+
+Write-ahead: an agent row is committed before agent:spawn answers, a message before agent:send
+answers (or before agent:inbox hands it over, which moves the message plugin's cursor), and a
+turn's reply together with the message it becomes in the next agent's inbox, before anyone is
+told. So after any stop, the database says exactly which messages still need an answer.
+
+Functions taking `conn` first are writer ops (SqliteWriter's thread, inside its transaction);
+`load` runs once at start-up, before the writer thread exists.
+
+Message states: pending (to be answered) -> answered (reply stored, not yet published to its
+topic) -> done; or skipped (not answered: max_turns reached, or its completion was cancelled).
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+PENDING, ANSWERED, DONE, SKIPPED = "pending", "answered", "done", "skipped"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    config BLOB NOT NULL,
+    session_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    turns INTEGER NOT NULL DEFAULT 0,
+    messages_handled INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agent_messages (
+    agent_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender TEXT,
+    topic TEXT,
+    reply_to TEXT NOT NULL,
+    content TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reply TEXT,
+    request_id TEXT,
+    turn INTEGER,
+    PRIMARY KEY (agent_id, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS agent_messages_in_order ON agent_messages (agent_id, seq);
+CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status, updated_at);
+"""
+
+MESSAGE_COLUMNS = "agent_id, message_id, seq, sender, topic, reply_to, content, received_at"
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+@dataclass
+class Loaded:
+    agents: list[dict] = field(default_factory=list)        # not terminated, oldest first
+    terminated: list[dict] = field(default_factory=list)    # oldest first
+    messages: dict[str, list[dict]] = field(default_factory=dict)  # agent -> rows by seq
+    last_seq: int = 0
+
+
+def load(conn: sqlite3.Connection) -> Loaded:
+    loaded = Loaded()
+    conn.row_factory = sqlite3.Row
+    try:
+        for row in conn.execute("SELECT * FROM agents ORDER BY created_at, agent_id"):
+            (loaded.terminated if row["status"] == "terminated" else loaded.agents).append(
+                dict(row))
+        for row in conn.execute("SELECT * FROM agent_messages ORDER BY agent_id, seq"):
+            loaded.messages.setdefault(row["agent_id"], []).append(dict(row))
+        loaded.last_seq = conn.execute("SELECT max(seq) FROM agent_messages").fetchone()[0] or 0
+    finally:
+        conn.row_factory = None
+    return loaded
+
+
+def insert_agent(conn: sqlite3.Connection, row: dict, first_message: tuple | None) -> None:
+    """A new agent (replacing a terminated one of the same id), with its task if it has one."""
+    conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (row["agent_id"],))
+    conn.execute(
+        "INSERT OR REPLACE INTO agents (agent_id, profile, config, session_id, status, "
+        "created_at, updated_at) VALUES (:agent_id, :profile, :config, :session_id, :status, "
+        ":created_at, :created_at)", row)
+    if first_message is not None:
+        add_message(conn, first_message)
+
+
+def delete_agent(conn: sqlite3.Connection, agent_id: str) -> None:
+    conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (agent_id,))
+    conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+
+
+def add_message(conn: sqlite3.Connection, row: tuple) -> bool:
+    """Store a message for an agent; False if it is already there (a replayed delivery)."""
+    return conn.execute(f"INSERT OR IGNORE INTO agent_messages ({MESSAGE_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row).rowcount == 1
+
+
+def save_status(conn: sqlite3.Connection, agent_id: str, status: str, restarts: int,
+                error: str | None, attempts: tuple[str, int] | None = None) -> None:
+    """An agent's new state; with `attempts`, the failed message's retry count goes with it."""
+    conn.execute("UPDATE agents SET status = ?, restarts = ?, error = ?, updated_at = ? "
+                 "WHERE agent_id = ?", (status, restarts, error, time.time(), agent_id))
+    if attempts is not None:
+        conn.execute("UPDATE agent_messages SET attempts = ? WHERE agent_id = ? AND "
+                     "message_id = ?", (attempts[1], agent_id, attempts[0]))
+
+
+def record_turn(conn: sqlite3.Connection, agent_id: str, message_id: str, state: str,
+                reply: str | None, request_id: str | None, turn: int | None, turns: int,
+                handled: int, forward: tuple | None, keep: int) -> None:
+    """One message handled: its reply, the agent's counters, and (atomically) the reply as a
+    message in the next agent's inbox. Older handled messages beyond `keep` are forgotten."""
+    conn.execute("UPDATE agent_messages SET state = ?, reply = ?, request_id = ?, turn = ? "
+                 "WHERE agent_id = ? AND message_id = ?",
+                 (state, reply, request_id, turn, agent_id, message_id))
+    conn.execute("UPDATE agents SET turns = ?, messages_handled = ?, updated_at = ? "
+                 "WHERE agent_id = ?", (turns, handled, time.time(), agent_id))
+    if forward is not None:
+        add_message(conn, forward)
+    cutoff = conn.execute(
+        "SELECT seq FROM agent_messages WHERE agent_id = ? AND state IN ('done', 'skipped') "
+        "ORDER BY seq DESC LIMIT 1 OFFSET ?", (agent_id, keep)).fetchone()
+    if cutoff is not None:
+        conn.execute("DELETE FROM agent_messages WHERE agent_id = ? AND seq <= ? AND "
+                     "state IN ('done', 'skipped')", (agent_id, cutoff[0]))
+
+
+def mark_done(conn: sqlite3.Connection, agent_id: str, message_id: str) -> None:
+    conn.execute("UPDATE agent_messages SET state = 'done' WHERE agent_id = ? AND "
+                 "message_id = ? AND state = 'answered'", (agent_id, message_id))
+
+
+def terminate(conn: sqlite3.Connection, agent_id: str, keep_terminated: int) -> None:
+    """Terminated: its inbox is dropped, its record kept (the newest `keep_terminated` only)."""
+    conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (agent_id,))
+    conn.execute("UPDATE agents SET status = 'terminated', updated_at = ? WHERE agent_id = ?",
+                 (time.time(), agent_id))
+    conn.execute("DELETE FROM agents WHERE status = 'terminated' AND agent_id NOT IN ("
+                 "SELECT agent_id FROM agents WHERE status = 'terminated' "
+                 "ORDER BY updated_at DESC LIMIT ?)", (keep_terminated,))
