@@ -23,6 +23,7 @@ from .link import RETRY_EVERY_S, DaemonLink
 from .state import AGENTS, COMPLETIONS, STREAM, EventFilter, Figures, MonitorState, StreamLine
 
 REDRAW_EVERY_S = 0.2
+MAX_LINES_PER_DRAW = 200  # stream lines written per redraw; more in one tick are summarised
 
 STATUS_STYLE = {"running": "green", "restarting": "yellow", "failed": "bold red",
                 "terminated": "dim"}
@@ -132,10 +133,14 @@ class MonitorApp(App):
 
     def daemon_agents(self, agents: list[dict] | None, problem: str) -> None:
         if agents is None:
+            changed = self.state.agents_unavailable != problem
             self.state.agents_unavailable = problem
         else:
-            self.state.replace_agents(agents)
-        self._dirty.add(AGENTS)
+            # Redrawn only when something changed: a redraw puts the table's cursor back.
+            was_unavailable = bool(self.state.agents_unavailable)
+            changed = self.state.replace_agents(agents) or was_unavailable
+        if changed:
+            self._dirty.add(AGENTS)
 
     def daemon_metrics(self, metrics: dict | None, problem: str) -> None:
         if metrics is not None:
@@ -194,9 +199,16 @@ class MonitorApp(App):
                 if line.seq <= self._written_seq:
                     break
                 unwritten.append(line)
-            for line in reversed(unwritten):
-                if self.filter.shows(line):
-                    log.write(self._stream_text(line))
+            shown = [line for line in reversed(unwritten) if self.filter.shows(line)]
+            if len(shown) > MAX_LINES_PER_DRAW:
+                # A burst larger than a screenful is not worth its drawing time; the skipped
+                # events are kept and come back when the filter changes.
+                skipped = len(shown) - MAX_LINES_PER_DRAW
+                log.write(Text(f"… {skipped} events not drawn (kept: set a filter to see "
+                               "them)", style="dim italic"))
+                shown = shown[skipped:]
+            for line in shown:
+                log.write(self._stream_text(line))
             if unwritten:
                 self._written_seq = unwritten[0].seq
         title = f"Events ({self.state.events_seen} received)"
@@ -230,7 +242,7 @@ class MonitorApp(App):
         self.state.clear_history()
         self.query_one("#stream", RichLog).clear()
         self.held = 0
-        self._dirty |= {STREAM, COMPLETIONS}
+        self._dirty |= {STREAM, COMPLETIONS, AGENTS}
         self.redraw()
 
     def action_edit_filter(self) -> None:

@@ -63,7 +63,7 @@ class DaemonLink:
         await client.subscribe("*")
         self.listener.daemon_connected(self.socket_path)
         await self._read_agents(client)
-        poller = asyncio.create_task(self._poll_metrics(client))
+        poller = asyncio.create_task(self._poll(client))
         try:
             async for event in stream:
                 self.listener.daemon_event(event)
@@ -81,12 +81,15 @@ class DaemonLink:
             return
         self.listener.daemon_agents(list(reply.get("agents") or []), "")
 
-    async def _poll_metrics(self, client: EventClient) -> None:
+    async def _poll(self, client: EventClient) -> None:
+        """The figures, and the agent list again: pushes keep the table current, the list
+        brings the counts pushes do not carry and repairs anything a dropped push missed."""
         while True:
+            await asyncio.sleep(self.metrics_every_s)
             try:
                 self.listener.daemon_metrics(await client.emit("system:metrics"), "")
+                await self._read_agents(client)
             except KSIConnectionError:
                 return  # the event stream reports the loss
             except KSIError as exc:
                 self.listener.daemon_metrics(None, f"system:metrics: {exc.code}")
-            await asyncio.sleep(self.metrics_every_s)

@@ -117,9 +117,10 @@ class MonitorState:
         return self._add_line(self.clock(), None, text)
 
     def clear_history(self) -> None:
-        """What `c` clears: the stream and the finished completions (agents are current state,
-        not history, so they stay)."""
+        """What `c` clears: the stream, the finished completions and the terminated agents;
+        what is still running stays."""
         self.events.clear()
+        self.agents = {a: row for a, row in self.agents.items() if row.status != "terminated"}
         for request_id in [r for r, row in self.completions.items() if is_finished(row.status)]:
             del self.completions[request_id]
 
@@ -140,16 +141,28 @@ class MonitorState:
             changed.add(COMPLETIONS)
         return changed
 
-    def replace_agents(self, agents: list[dict]) -> None:
-        """The daemon's own list (agent:list), taken at every (re)connection."""
+    def replace_agents(self, agents: list[dict]) -> bool:
+        """The daemon's own list (agent:list). It leaves terminated agents out; those the
+        monitor saw end stay on screen, marked, until `c`. Returns whether anything changed."""
         self.agents_unavailable = ""
-        self.agents = {}
+        listed = {}
         for record in agents:
             agent_id = str(record.get("agent_id", ""))
-            if agent_id:
-                self.agents[agent_id] = AgentRow(
-                    agent_id, str(record.get("profile") or "?"), str(record.get("status", "?")),
-                    str(record.get("session_id") or ""), record.get("messages_handled"))
+            if not agent_id:
+                continue
+            row = listed[agent_id] = AgentRow(
+                agent_id, str(record.get("profile") or "?"), str(record.get("status", "?")),
+                str(record.get("session_id") or ""), _number(record.get("messages_handled")))
+            known = self.agents.get(agent_id)
+            if known is not None and known.status == row.status:
+                row.reason = known.reason
+        for agent_id, row in self.agents.items():
+            if agent_id not in listed and row.status == "terminated":
+                listed[agent_id] = row
+        listed = dict(sorted(listed.items()))
+        changed = listed != self.agents
+        self.agents = listed
+        return changed
 
     def _apply_agent_event(self, name: str, data: dict) -> bool:
         agent_id = data.get("agent_id")
