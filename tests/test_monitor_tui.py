@@ -253,10 +253,15 @@ async def test_the_screen_matches_its_snapshot(monkeypatch):
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     try:
-        app = monitor("/nonexistent/ksi-monitor-snapshot/daemon.sock",
-                      clock=FixedClock(1_800_000_000.0))
+        # No link runs (connect=False): the test reports to the app what the link reports
+        # on a connection, so nothing on screen depends on timing.
+        app = monitor("/run/ksi-snapshot/daemon.sock", clock=FixedClock(1_799_999_990.0),
+                      connect=False)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_until(pilot, lambda: "no KSI daemon" in status_of(app), "no daemon")
+            app.daemon_connected(app.link.socket_path)
+            app.daemon_agents([{"agent_id": "analyst-1", "profile": "analyst",
+                                "status": "running", "created_at": 1_799_999_000.0,
+                                "session_id": "s-0", "messages_handled": 4}], "")
             for index, (name, data) in enumerate(SNAPSHOT_EVENTS):
                 app.daemon_event(Event(name, data, None, 1_800_000_000.0 + index * 0.25))
             app.daemon_metrics({"events_total": 100, "connections": 3, "events": {}}, "")

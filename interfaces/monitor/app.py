@@ -124,6 +124,10 @@ class MonitorApp(App):
         else:
             status = f"{message}; retrying every {self.link.retry_every_s:g} s"
         self._set_status(status, down=True)
+        self._metrics_problem = "no daemon" if not was_connected else \
+            "no daemon: the figures are the last ones it gave"
+        self.query_one("#metrics", Static).update(
+            figures_text(self.state.figures, self._metrics_problem))
 
     def daemon_event(self, event: Event) -> None:
         changed = self.state.apply(event)
@@ -191,9 +195,9 @@ class MonitorApp(App):
             table.move_cursor(row=table.row_count - 1, animate=False)
         table.border_title = f"Completions ({len(self.state.completions)})"
 
-    def _draw_stream(self) -> None:
+    def _draw_stream(self, even_if_paused: bool = False) -> None:
         log = self.query_one("#stream", RichLog)
-        if not self.paused:
+        if even_if_paused or not self.paused:
             unwritten = []
             for line in reversed(self.state.events):
                 if line.seq <= self._written_seq:
@@ -265,8 +269,9 @@ class MonitorApp(App):
         self.filter = EventFilter(pattern)
         self.query_one("#stream", RichLog).clear()
         self._written_seq = -1
-        self._dirty.add(STREAM)
+        self.held = 0
         self.redraw()
+        self._draw_stream(even_if_paused=True)  # a paused stream shows its new filter too
 
 
 def _cut(text: str, width: int) -> str:

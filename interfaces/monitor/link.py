@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ksi_client import Event, EventClient, KSIConnectionError, KSIError
+from ksi_client.socket_path import resolve_socket_path
 
 RETRY_EVERY_S = 1.0      # a refused connect costs next to nothing, so try often
 METRICS_EVERY_S = 2.0
@@ -32,7 +33,8 @@ class DaemonLink:
         self.listener = listener
         self.retry_every_s = retry_every_s
         self.metrics_every_s = metrics_every_s
-        self.socket_path = EventClient(socket_path).socket_path  # resolved once, as the client does
+        self._subscribed = False
+        self.socket_path = resolve_socket_path(socket_path)  # found once, as the client does
 
     async def run(self) -> None:
         """Connect, follow the daemon until it goes away, and start over, until cancelled."""
@@ -45,6 +47,7 @@ class DaemonLink:
                 self.listener.daemon_unreachable(exc.message, was_connected)
                 await asyncio.sleep(self.retry_every_s)
                 continue
+            self._subscribed = False
             try:
                 await self._follow(client)
                 reason = "the connection was closed"
@@ -52,8 +55,9 @@ class DaemonLink:
                 reason = exc.message
             finally:
                 await client.close()
-            was_connected = True
-            self.listener.daemon_unreachable(reason, True)
+            # A daemon that refuses us (`forbidden`) before the subscription never "went away".
+            was_connected = was_connected or self._subscribed
+            self.listener.daemon_unreachable(reason, was_connected)
             await asyncio.sleep(self.retry_every_s)
 
     async def _follow(self, client: EventClient) -> None:
@@ -61,6 +65,7 @@ class DaemonLink:
         # raises KSIConnectionError when the daemon goes away, which is how the loss is noticed.
         stream = client.events("*")
         await client.subscribe("*")
+        self._subscribed = True
         self.listener.daemon_connected(self.socket_path)
         await self._read_agents(client)
         poller = asyncio.create_task(self._poll(client))
