@@ -1,14 +1,16 @@
 """Process lifecycle: single-instance lock, plugins up, signals, graceful shutdown.
 
 Shutdown order (SIGTERM, SIGINT or system:shutdown): stop taking requests and close listeners
-(`ksi_stopping`), let in-flight requests finish up to the deadline (the rest answer
-`unavailable`), run `ksi_shutdown` in reverse plugin order (the transport removes its socket),
-remove the pid file, exit 0.
+(`ksi_stopping`, where plugins finish or checkpoint their work by `shutdown_deadline`), let
+in-flight requests finish up to that same deadline (the rest answer `unavailable`), run
+`ksi_shutdown` in reverse plugin order (the transport removes its socket), remove the pid file,
+exit 0. Work that ignores cancellation does not keep the process alive.
 """
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import signal
 import time
@@ -21,6 +23,7 @@ from .plugin_manager import PluginManager
 from .router import Router
 
 log = structlog.get_logger("ksi.daemon")
+LEFTOVER_GRACE_S = 2.0
 
 
 class AlreadyRunning(Exception):
@@ -74,6 +77,8 @@ class Daemon:
                              log_events=settings["log_events"])
         self.plugins = PluginManager(config, self.router, self)
         self.shutdown_timeout = settings["shutdown_timeout"]
+        # time.monotonic() by which in-flight work must be done; set when shutdown begins.
+        self.shutdown_deadline: float | None = None
         self._stop: asyncio.Event | None = None
 
     def request_shutdown(self, timeout_s: float | None = None) -> None:
@@ -104,13 +109,32 @@ class Daemon:
             return 1
         await stopping
         log.info("daemon_stopping", deadline_s=self.shutdown_timeout)
+        self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
         self.router.accepting = False
         await self.plugins.stopping_all()
-        cancelled = await self.router.drain(self.shutdown_timeout)
+        cancelled = await self.router.drain(max(0.0, self.shutdown_deadline - time.monotonic()))
         await self.plugins.shutdown_all()
         self.pid_file.unlink(missing_ok=True)
         log.info("daemon_stopped", cancelled_requests=cancelled)
+        await self._leave_no_task_behind()
         return 0
+
+    async def _leave_no_task_behind(self) -> None:
+        """Cancel what is still running; if something ignores that, exit without waiting for it.
+
+        The event loop's own clean-up waits for every task without a limit, so one call that
+        swallows cancellation (a model client, a plugin) would keep the process alive forever.
+        """
+        leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=LEFTOVER_GRACE_S)
+        stuck = [task for task in leftovers if not task.done()]
+        if stuck:
+            log.warning("exiting_past_stuck_tasks", tasks=[t.get_name() for t in stuck][:20])
+            logging.shutdown()
+            os._exit(0)
 
     async def _start(self) -> bool:
         """Load, start and ready every plugin; False when no transport came up."""

@@ -7,6 +7,7 @@ The model name in the request chooses the behaviour, so one server serves every 
     pause...         like echo, after one second
     slow...          streams one word every 0.2 s (40 words); plain calls take as long
     hang...          answers nothing for a minute
+    gated...         like echo, once the test calls `server.open_gate()` (at most a minute)
     ratelimited-KEY  the first call per KEY gets 429 with `Retry-After: 1`, later calls echo
     broken-KEY       always 500
 
@@ -15,6 +16,7 @@ Every request is recorded in `server.requests` (model, messages, stream, time).
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
@@ -65,6 +67,8 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
         if model.startswith("ratelimited") and server.count(model) == 1:
             return self._json(429, {"error": {"message": "slow down", "type": "rate_limit"}},
                               {"Retry-After": "1"})
+        if model.startswith("gated"):
+            server.gate.wait(60)
         if model.startswith("hang"):
             time.sleep(60)
             return self._json(500, {"error": {"message": "hung"}})
@@ -142,6 +146,7 @@ class FakeOpenAIServer(LocalHTTPServer):
         super().__init__(FakeOpenAIHandler)
         self.disconnects = 0
         self._counts: Counter = Counter()
+        self.gate = threading.Event()
         self.api_base = f"{self.url}/v1"
 
     def record(self, model: str, messages: list, stream: bool) -> None:
@@ -153,6 +158,15 @@ class FakeOpenAIServer(LocalHTTPServer):
     def count(self, model: str) -> int:
         with self._lock:
             return self._counts[model]
+
+    def open_gate(self) -> None:
+        self.gate.set()
+
+    def calls_saying(self, text: str) -> int:
+        """How many calls had `text` as their last message (one request's calls)."""
+        with self._lock:
+            return sum(1 for r in self.requests
+                       if r["messages"] and r["messages"][-1].get("content") == text)
 
     def calls_to(self, model: str) -> list[dict]:
         with self._lock:

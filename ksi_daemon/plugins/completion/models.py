@@ -70,12 +70,17 @@ class CompletionResult(BaseModel):
     attempts: int
     status: str = "completed"
     annotations: dict[str, Any] = Field(default_factory=dict)
+    resumed: bool = Field(False, description="run again after a daemon restart")
+    deduplicated: bool = Field(False, description="a repeated request_id: this job's outcome, "
+                                                   "not a new run")
 
 
 class AsyncReply(BaseModel):
     request_id: str
     status: str
     session_id: str
+    deduplicated: bool = Field(False, description="the request_id was known: its job's status")
+    resumed: bool = Field(False, description="the job runs again after a daemon restart")
 
 
 @dataclass

@@ -4,6 +4,11 @@ A request becomes a Job in the SessionScheduler; when its turn comes, `_run` ask
 through litellm (imported in the background at start), retrying transient failures, and ends the
 job with exactly one of completion:result, completion:error or completion:cancelled, pushed to
 the requesting connection (with its correlation id) and to subscribers.
+
+Every accepted request is journaled before it is answered, and its outcome before it is pushed
+(journal.py): at start, what has no outcome runs again (`resumed`), and a request_id seen before
+is answered from its job instead of run twice. At shutdown, what cannot finish in time is
+checkpointed: it stays in the journal and resumes at the next start.
 """
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ from pathlib import Path
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
-from ...protocol import CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, KSIError
+from ...protocol import NOT_FOUND, TIMEOUT, UNAVAILABLE, KSIError
+from ...storage.sqlite_writer import WriterStopped
 from . import claude_cli, offline_model
 from .calls import call_model
 from .hooks import CompletionHooks
+from .journal import Entry, Journal
 from .litellm_loader import LiteLLMLoader
 from .memory import ConversationMemory, ResponseLog
 from .models import (AsyncReply, CancelRequest, CompletionRequest, CompletionResult,
@@ -27,8 +34,9 @@ from .models import (AsyncReply, CancelRequest, CompletionRequest, CompletionRes
 from .queue import Job, SessionScheduler
 from .retries import RetryPolicy, error_code_of, is_transient, reason_of
 
-FINISHED_KEPT = 2000  # finished requests completion:status can still describe
 ALIAS_DEPTH = 5
+STOP_GRACE_S = 1.0  # how long a cancelled call may take to stop before it is left behind
+PRUNE_EVERY_S = 60.0
 
 
 class CompletionPlugin(BasePlugin):
@@ -40,13 +48,16 @@ class CompletionPlugin(BasePlugin):
                                provides_services=["completion"]))
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.loader: LiteLLMLoader | None = None
+        self.journal: Journal | None = None
+        self.stopping = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @hookimpl
-    def ksi_startup(self, config, context):
+    async def ksi_startup(self, config, context):
         own = context.config
         self.log = context.log
+        self.router, self.daemon = context.router, context.daemon
         self.default_model = own.get("default_model") or offline_model.DEFAULT_MODEL
         self.aliases = dict(own.get("aliases") or {})
         self.default_timeout_s = float(own.get("timeout_s", 300))
@@ -72,35 +83,74 @@ class CompletionPlugin(BasePlugin):
         self.loader = LiteLLMLoader(self._providers, self.log)
         self.counts = {"completed": 0, "failed": 0, "cancelled": 0}
         self._resolved: dict[str, tuple[str, dict]] = {}
+        journal = own.get("journal") or {}
+        self.keep_finished = int(journal.get("keep_finished", 2000))
+        self.keep_finished_s = float(journal.get("keep_finished_s", 86400))
+        self.journal = Journal(context.data_dir / "journal.db",
+                               str(journal.get("synchronous", "FULL")),
+                               deadline_s=config["daemon"]["event_timeout"])
+        await self.journal.prune(self.keep_finished, self.keep_finished_s)
+        # Known before the socket opens, so a repeated request_id finds its job at once.
+        self._to_resume, self._turns_to_store = [], []
+        for entry in self.journal.read_all():
+            self._load(entry)
 
     @hookimpl
     def ksi_ready(self, context):
         self.loader.start()
+        for job in self._to_resume:
+            self._push(job, "completion:progress", self._progress(job, "queued"))
+            self.scheduler.submit(job)
+        self.log.info("completions_resumed", count=len(self._to_resume))
+        self._to_resume = []
+        return [self.journal.writer.enforce_deadlines(), self._prune_now_and_then(),
+                self._store_interrupted_turns()]
 
     @hookimpl
     async def ksi_stopping(self, context):
-        # Queued work will not start; running work may finish within the shutdown deadline, and
-        # what is left then ends with completion:error `unavailable` while connections are open.
+        # No new work. Queued work is checkpointed at once; running work may finish within the
+        # shutdown deadline, and what is still running then is checkpointed too: it stays in
+        # the journal and runs again at the next start.
+        self.stopping = True
         for job in list(self.jobs.values()):
             if job.state == "queued" and self.scheduler.withdraw(job):
-                self._end_with_error(job, UNAVAILABLE, "the daemon is shutting down")
+                self._checkpoint(job)
         running = [job.task for job in self.scheduler.running if job.task is not None]
         if running:
-            await asyncio.wait(running, timeout=self.shutdown_timeout_s)
-        await self._cancel_running()
+            await asyncio.wait(running, timeout=self._shutdown_time_left())
+        await self._stop_running()
 
     @hookimpl
     async def ksi_shutdown(self, context):
-        await self._cancel_running()
+        await self._stop_running()
         self.responses.close()
+        if self.journal is not None:
+            await self.journal.close()
 
-    async def _cancel_running(self) -> None:
-        running = [job.task for job in self.scheduler.running
-                   if job.task is not None and not job.task.done()]
-        for task in running:
+    def _shutdown_time_left(self) -> float:
+        deadline = getattr(self.daemon, "shutdown_deadline", None)
+        if deadline is None:
+            return self.shutdown_timeout_s
+        return max(0.0, deadline - time.monotonic())
+
+    async def _stop_running(self) -> None:
+        running = {job: job.task for job in self.scheduler.running
+                   if job.task is not None and not job.task.done()}
+        for task in running.values():
             task.cancel()
         if running:
-            await asyncio.wait(running, timeout=2.0)
+            await asyncio.wait(running.values(), timeout=STOP_GRACE_S)
+        # A call that ignores cancellation is left behind (the daemon exits without it); its
+        # requesters are told now, and the journal still holds it.
+        for job, task in running.items():
+            if not task.done():
+                self.log.warning("completion_ignored_cancel", request_id=job.request_id)
+                self._checkpoint(job)
+
+    async def _prune_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            await self.journal.prune(self.keep_finished, self.keep_finished_s)
 
     def _providers(self) -> dict:
         return {offline_model.PROVIDER: offline_model.build_provider(),
@@ -112,32 +162,38 @@ class CompletionPlugin(BasePlugin):
     # ---- events ------------------------------------------------------------------------------
 
     @event_handler("completion:async", returns=AsyncReply)
-    def completion_async(self, data: CompletionRequest, ctx):
+    async def completion_async(self, data: CompletionRequest, ctx):
         """Queue a completion; its chunks and result arrive later as pushes."""
-        job = self._submit(data, ctx)
+        job, repeated = await self._submit(data, ctx)
         return {"request_id": job.request_id, "status": job.state,
-                "session_id": job.session_id}
+                "session_id": job.session_id, "deduplicated": repeated, "resumed": job.resumed}
 
     @event_handler("completion:request", returns=CompletionResult, timeout=None)
     async def completion_request(self, data: CompletionRequest, ctx):
         """Ask a model and answer with its result once done (deadline: timeout_s)."""
-        job = self._submit(data, ctx)
-        # A future of its own: cancelling this handler must not cancel the job's outcome, and
-        # a direct waiter wakes one loop turn sooner than asyncio.shield would.
-        waiter = asyncio.get_running_loop().create_future()
-        job.waiters.append(waiter)
-        outcome = await waiter
+        job, repeated = await self._submit(data, ctx)
+        if job.finished:
+            outcome = job.done.result()
+        else:
+            # A future of its own: cancelling this handler must not cancel the job's outcome,
+            # and a direct waiter wakes one loop turn sooner than asyncio.shield would.
+            waiter = asyncio.get_running_loop().create_future()
+            job.waiters.append(waiter)
+            outcome = await waiter
         if isinstance(outcome, KSIError):
+            if repeated:
+                raise KSIError(outcome.code, outcome.message,
+                               {**(outcome.details or {}), "deduplicated": True})
             raise outcome
-        return outcome
+        return {**outcome, "deduplicated": True} if repeated else outcome
 
     @event_handler("completion:cancel")
     def cancel(self, data: CancelRequest):
         """Cancel a queued or running completion; it ends with completion:cancelled."""
-        job = self.jobs.get(data.request_id)
+        job = self._known(data.request_id)
         if job is None:
             return {"request_id": data.request_id, "status": "not_found"}
-        if job.finished:
+        if job.finished or job.ending:
             return {"request_id": data.request_id, "status": "finished"}
         job.cancel_requested = True
         if self.scheduler.withdraw(job):
@@ -150,12 +206,13 @@ class CompletionPlugin(BasePlugin):
     def status(self, data: StatusRequest):
         """Queue and in-flight figures, or one request's state."""
         if data.request_id is not None:
-            job = self.jobs.get(data.request_id)
+            job = self._known(data.request_id)
             if job is None:
                 raise KSIError(NOT_FOUND, f"no completion request {data.request_id}")
             return {"request_id": job.request_id, "status": job.state,
                     "session_id": job.session_id, "model": job.model,
                     "priority": job.priority, "attempts": job.attempts,
+                    "resumed": job.resumed,
                     "queued_s": round((job.started_at or time.time()) - job.queued_at, 4)}
         return {"queued": self.scheduler.queued_count(),
                 "processing": len(self.scheduler.running),
@@ -178,29 +235,98 @@ class CompletionPlugin(BasePlugin):
 
     # ---- submitting ----------------------------------------------------------------------------
 
-    def _submit(self, data: CompletionRequest, ctx) -> Job:
-        request_id = data.request_id or uuid.uuid4().hex
-        existing = self.jobs.get(request_id)
-        if existing is not None and not existing.finished:
-            raise KSIError(CONFLICT, f"completion request {request_id} is still in progress")
+    async def _submit(self, data: CompletionRequest, ctx) -> tuple[Job, bool]:
+        """The job for this request, and whether it was known already (then it is not rerun).
+
+        The reply waits for the journal's commit; what happens to the job then follows the
+        database, not this handler (it may be cancelled meanwhile).
+        """
+        if self.stopping:
+            raise KSIError(UNAVAILABLE, "the daemon is shutting down")
+        if data.request_id is not None:
+            known = self._known(data.request_id)
+            if known is not None:
+                return known, True
         model_name = data.model or self.default_model
         if self.loader.is_ready:
             self._resolve(model_name)  # unknown models are refused in the reply itself
-        job = Job(request_id, data.session_id or uuid.uuid4().hex, model_name, data.priority,
-                  data)
-        job.ctx, job.attempts, job.cancel_requested = ctx, 0, False
-        job.new_session = data.session_id is None
-        job.queued_at, job.started_at = time.time(), None
+        job = self._new_job(data.request_id or uuid.uuid4().hex,
+                            data.session_id or uuid.uuid4().hex, data.session_id is None,
+                            model_name, data, time.time())
+        job.connection, job.correlation_id = ctx.connection, ctx.correlation_id
+        self._remember(job)  # before the commit: a repeat arriving meanwhile finds it
+        entry = Entry(job.request_id, job.session_id, job.new_session, model_name,
+                      data.agent_id, ctx.correlation_id, data.model_dump(mode="json"),
+                      job.queued_at, "pending", None, None, False)
+        try:
+            await self.journal.accept(entry, on_commit=lambda _r, exc: self._accepted(job, exc))
+        except WriterStopped as exc:
+            self._accepted(job, exc)
+        if job.state == "refused":
+            raise job.done.result()
+        return job, False
+
+    def _accepted(self, job: Job, error: BaseException | None) -> None:
+        """The journal holds the request (or could not take it): queue it, or refuse it."""
+        if error is not None:
+            self.log.error("journal_write_failed", request_id=job.request_id, error=repr(error))
+            self.jobs.pop(job.request_id, None)
+            job.state = "refused"
+            self._settle(job, KSIError(UNAVAILABLE, "the request could not be recorded in the "
+                                                    f"completion journal: {error}"))
+        elif self.stopping:
+            self._checkpoint(job)
+        else:
+            self._push(job, "completion:progress", self._progress(job, "queued"))
+            self.scheduler.submit(job)
+
+    def _new_job(self, request_id: str, session_id: str, new_session: bool, model: str,
+                 data: CompletionRequest, queued_at: float) -> Job:
+        job = Job(request_id, session_id, model, data.priority, data)
+        job.attempts, job.cancel_requested, job.new_session = 0, False, new_session
+        job.queued_at, job.started_at = queued_at, None
         job.timeout_s = data.timeout_s or self.default_timeout_s
+        return job
+
+    def _load(self, entry: Entry) -> None:
+        """A journaled request back in memory: to resume, or to answer repeats of its id."""
+        try:
+            data = CompletionRequest.model_validate(entry.request)
+        except ValueError as exc:  # written by another version; never run something unreadable
+            self.log.error("journal_entry_unreadable", request_id=entry.request_id,
+                           error=repr(exc))
+            return
+        job = self._new_job(entry.request_id, entry.session_id, entry.new_session, entry.model,
+                            data, entry.accepted_at)
+        job.correlation_id = entry.correlation_id
         self._remember(job)
-        self._push(job, "completion:progress", {"request_id": request_id, "status": "queued"})
-        self.scheduler.submit(job)
+        if entry.outcome is None:
+            job.resumed = True
+            self._to_resume.append(job)
+            return
+        job.state, job.ended_at, job.started_at = entry.state, entry.ended_at, entry.ended_at
+        job.resumed = bool(entry.outcome.get("resumed"))
+        if entry.state == "failed":
+            outcome = KSIError(entry.outcome["code"], entry.outcome["message"])
+        else:
+            outcome = entry.outcome
+        job.done.set_result(outcome)
+        if entry.state == "completed" and not entry.turns_stored:
+            self._turns_to_store.append(job)
+
+    def _known(self, request_id: str) -> Job | None:
+        """The job with this id, unless it ended longer ago than finished jobs are kept."""
+        job = self.jobs.get(request_id)
+        if job is not None and job.ended_at is not None \
+                and job.ended_at < time.time() - self.keep_finished_s:
+            del self.jobs[request_id]
+            return None
         return job
 
     def _remember(self, job: Job) -> None:
         self.jobs[job.request_id] = job
         self.jobs.move_to_end(job.request_id)
-        while len(self.jobs) > FINISHED_KEPT:
+        while len(self.jobs) > self.keep_finished:
             oldest = next(iter(self.jobs.values()))
             if not oldest.finished:
                 break
@@ -241,8 +367,7 @@ class CompletionPlugin(BasePlugin):
 
     async def _run(self, job: Job) -> None:
         job.started_at = time.time()
-        self._push(job, "completion:progress",
-                   {"request_id": job.request_id, "status": "processing"})
+        self._push(job, "completion:progress", self._progress(job, "processing"))
         try:
             async with asyncio.timeout(job.timeout_s):
                 result = await self._complete(job)
@@ -250,7 +375,7 @@ class CompletionPlugin(BasePlugin):
             if job.cancel_requested:
                 self._end_cancelled(job)
                 return
-            self._end_with_error(job, UNAVAILABLE, "the daemon stopped before this finished")
+            self._checkpoint(job)  # only shutdown cancels otherwise: resume at the next start
             raise
         except TimeoutError:
             self._end_with_error(job, TIMEOUT, f"the completion did not finish within "
@@ -267,8 +392,7 @@ class CompletionPlugin(BasePlugin):
         started = time.perf_counter()
         litellm = await self.loader.ready()
         model, extra = self._resolve(job.model)
-        new_messages = [{"role": "user", "content": request.prompt}] if request.prompt is not None \
-            else [m.model_dump(exclude_none=True) for m in request.messages]
+        new_messages = _messages_of(request)
         history = [] if job.new_session else await self.memory.history(job.session_id)
         params = {k: v for k, v in (("temperature", request.temperature),
                                     ("max_tokens", request.max_tokens)) if v is not None}
@@ -284,10 +408,18 @@ class CompletionPlugin(BasePlugin):
             request_id=job.request_id, session_id=job.session_id, model=call.model,
             text=answer.text, usage=answer.usage, cost_usd=answer.cost_usd,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            attempts=job.attempts, annotations=seen.annotations).model_dump()
-        # The client gets its answer first; the session stays busy until the turns are stored,
-        # so its next turn still sees this one, but the store's commit is not on the latency path.
-        self._end_with_result(job, result)
+            attempts=job.attempts, annotations=seen.annotations,
+            resumed=job.resumed).model_dump()
+        # The client gets its answer once the journal holds it; the session stays busy until
+        # the turns are stored, so its next turn still sees this one. Storing the turns only
+        # after the outcome is committed keeps a resumed request from storing them twice.
+        committed = self._end_with_result(job, result)
+        if committed is None:
+            return result
+        try:
+            await committed
+        except Exception:  # noqa: BLE001 - logged where the commit failed; the answer is out
+            pass
         await asyncio.sleep(0)  # let a waiting completion:request send its reply first
         try:
             await self._store_turns(job, new_messages, answer.text, call.model, answer.usage)
@@ -305,6 +437,22 @@ class CompletionPlugin(BasePlugin):
                                          request_id=job.request_id)
         await self.memory.append(job.session_id, "assistant", text, model=model, usage=usage,
                                  request_id=job.request_id)
+        self.journal.turns_stored(job.request_id)
+
+    async def _store_interrupted_turns(self) -> None:
+        """Turns of results committed just before a stop, whose turns were not stored yet."""
+        jobs, self._turns_to_store = self._turns_to_store, []
+        for job in jobs:
+            outcome = job.done.result()
+            try:
+                if not await self.memory.holds_turn_of(job.session_id, job.request_id):
+                    await self._store_turns(job, _messages_of(job.payload), outcome["text"],
+                                            outcome["model"], outcome["usage"])
+                else:
+                    self.journal.turns_stored(job.request_id)
+            except Exception as exc:  # noqa: BLE001 - one session's store must not stop others
+                self.log.error("conversation_store_failed", session_id=job.session_id,
+                               error=repr(exc))
 
     async def _call_with_retries(self, job: Job, litellm, call: PreCallContext):
         index = 0
@@ -335,39 +483,74 @@ class CompletionPlugin(BasePlugin):
 
     # ---- ending: exactly one of result, error, cancelled ------------------------------------
 
-    def _end_with_result(self, job: Job, result: dict) -> None:
-        if job.finished:
-            return
-        job.state = "completed"
-        self.counts["completed"] += 1
+    def _end_with_result(self, job: Job, result: dict) -> asyncio.Future | None:
         if job.payload.agent_id:
             result["agent_id"] = job.payload.agent_id
+
+        def deliver() -> None:
+            self.counts["completed"] += 1
+            try:
+                self.responses.append(job.session_id, {**result, "timestamp": time.time()})
+            except OSError as exc:
+                self.log.error("response_log_failed", error=repr(exc))
+            self._push(job, "completion:result", result)
+        return self._end(job, "completed", result, result, deliver)
+
+    def _end_with_error(self, job: Job, code: str, message: str) -> asyncio.Future | None:
+        def deliver() -> None:
+            self.counts["failed"] += 1
+            self._push(job, "completion:error", {
+                "request_id": job.request_id, "session_id": job.session_id,
+                "error": {"code": code, "message": message}, **self._resumed_mark(job)})
+        return self._end(job, "failed", {"code": code, "message": message},
+                         KSIError(code, message), deliver)
+
+    def _end_cancelled(self, job: Job) -> asyncio.Future | None:
+        outcome = {"request_id": job.request_id, "session_id": job.session_id,
+                   "status": "cancelled", **self._resumed_mark(job)}
+
+        def deliver() -> None:
+            self.counts["cancelled"] += 1
+            self._push(job, "completion:cancelled", {"request_id": job.request_id,
+                                                     "session_id": job.session_id,
+                                                     **self._resumed_mark(job)})
+        return self._end(job, "cancelled", outcome, outcome, deliver)
+
+    def _end(self, job: Job, state: str, recorded: dict, outcome, deliver) -> asyncio.Future | None:
+        """Commit the outcome to the journal, then tell everyone; None if the job already ended.
+
+        Write-ahead: once anyone has seen the outcome, the journal holds it, so a restart can
+        never run the request again. Delivery follows the commit even if nobody awaits it.
+        """
+        if job.finished or job.ending or job.checkpointed:
+            return None
+        job.ending = True
+
+        def after_commit(_result, error) -> None:
+            if error is not None:  # the outcome is still delivered; a restart would rerun it
+                self.log.error("journal_write_failed", request_id=job.request_id,
+                               error=repr(error))
+            job.state, job.ended_at = state, time.time()
+            deliver()
+            self._settle(job, outcome)
         try:
-            self.responses.append(job.session_id, {**result, "timestamp": time.time()})
-        except OSError as exc:
-            self.log.error("response_log_failed", error=repr(exc))
-        self._push(job, "completion:result", result)
-        self._settle(job, result)
+            return self.journal.finish(job.request_id, state, recorded, on_commit=after_commit)
+        except WriterStopped as exc:
+            after_commit(None, exc)
+            return None
 
-    def _end_with_error(self, job: Job, code: str, message: str) -> None:
-        if job.finished:
+    def _checkpoint(self, job: Job) -> None:
+        """Shutdown: leave the job in the journal for the next start and tell who is waiting."""
+        if job.finished or job.ending or job.checkpointed:
             return
-        job.state = "failed"
-        self.counts["failed"] += 1
-        self._push(job, "completion:error", {"request_id": job.request_id,
-                                             "session_id": job.session_id,
-                                             "error": {"code": code, "message": message}})
-        self._settle(job, KSIError(code, message))
-
-    def _end_cancelled(self, job: Job) -> None:
-        if job.finished:
-            return
-        job.state = "cancelled"
-        self.counts["cancelled"] += 1
-        self._push(job, "completion:cancelled", {"request_id": job.request_id,
-                                                 "session_id": job.session_id})
-        self._settle(job, {"request_id": job.request_id, "session_id": job.session_id,
-                             "status": "cancelled"})
+        job.checkpointed, job.state = True, "checkpointed"
+        self._push(job, "completion:progress", self._progress(job, "checkpointed"))
+        error = KSIError(UNAVAILABLE, "the daemon is shutting down; this request is kept and "
+                         "runs at the next start: ask again with the same request_id for its "
+                         "result", {"request_id": job.request_id, "checkpointed": True})
+        for waiter in job.waiters:
+            if not waiter.done():
+                waiter.set_result(error)
 
     @staticmethod
     def _settle(job: Job, outcome) -> None:
@@ -376,8 +559,22 @@ class CompletionPlugin(BasePlugin):
             if not waiter.done():
                 waiter.set_result(outcome)
 
+    def _progress(self, job: Job, status: str) -> dict:
+        return {"request_id": job.request_id, "status": status, **self._resumed_mark(job)}
+
+    @staticmethod
+    def _resumed_mark(job: Job) -> dict:
+        return {"resumed": True} if job.resumed else {}
+
     def _push(self, job: Job, event: str, data: dict) -> None:
-        job.ctx.push(event, data)
+        self.router.push(event, data, job.correlation_id, job.connection)
+
+
+def _messages_of(request: CompletionRequest) -> list[dict]:
+    """This turn's new messages, as the model and the conversation store receive them."""
+    if request.prompt is not None:
+        return [{"role": "user", "content": request.prompt}]
+    return [m.model_dump(exclude_none=True) for m in request.messages]
 
 
 def _message_of(exc: BaseException) -> str:

@@ -24,6 +24,14 @@ class Job:
         self.task: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.waiters: list[asyncio.Future] = []  # completion:request handlers awaiting the end
+        # Pushes go to the requesting connection (none for a request resumed after a restart)
+        # under the request's correlation id, and to subscribers.
+        self.connection = None
+        self.correlation_id: str | None = None
+        self.resumed = False
+        self.ending = False  # its outcome is being committed: nothing else may end it
+        self.checkpointed = False  # left for the next start at shutdown
+        self.ended_at: float | None = None
 
     @property
     def finished(self) -> bool:

@@ -1,0 +1,141 @@
+"""The write-ahead journal of completion requests: what was accepted, and how each one ended.
+
+A request is written here (and committed) before its "queued" reply, with everything needed to
+run it again; its outcome is committed before the result is pushed. So after any stop, a row
+without an outcome is exactly a request nobody got an answer to: it runs again, once. Finished
+rows are kept for a while so that a repeated request_id is answered from them instead of run.
+
+The SQL runs on the database's one writer thread (ksi_daemon/storage); reads happen only at
+start, before anything is written.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from ...storage.sqlite_writer import SqliteWriter, start_database
+
+PENDING = "pending"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id     TEXT PRIMARY KEY,
+    session_id     TEXT NOT NULL,
+    new_session    INTEGER NOT NULL,
+    model          TEXT NOT NULL,
+    agent_id       TEXT,
+    correlation_id TEXT,
+    request        BLOB NOT NULL,
+    accepted_at    REAL NOT NULL,
+    state          TEXT NOT NULL,
+    outcome        BLOB,
+    ended_at       REAL,
+    turns_stored   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS requests_by_end ON requests (ended_at) WHERE ended_at IS NOT NULL;
+"""
+
+
+@dataclass
+class Entry:
+    """One journaled request as read back at start."""
+    request_id: str
+    session_id: str
+    new_session: bool
+    model: str
+    agent_id: str | None
+    correlation_id: str | None
+    request: dict
+    accepted_at: float
+    state: str
+    outcome: dict | None
+    ended_at: float | None
+    turns_stored: bool
+
+
+class Journal:
+    def __init__(self, path: Path, synchronous: str, deadline_s: float):
+        self.path = path
+        self.writer: SqliteWriter
+        self.writer, self._reader = start_database(path, synchronous, _create_schema,
+                                                   name="completion-journal",
+                                                   deadline_s=deadline_s)
+
+    def read_all(self) -> list[Entry]:
+        """Every row, in the order the requests were accepted (start-up only)."""
+        rows = self._reader.execute(
+            "SELECT request_id, session_id, new_session, model, agent_id, correlation_id, "
+            "request, accepted_at, state, outcome, ended_at, turns_stored "
+            "FROM requests ORDER BY rowid").fetchall()
+        self._reader.close()
+        return [Entry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], orjson.loads(r[6]), r[7], r[8],
+                      orjson.loads(r[9]) if r[9] is not None else None, r[10], bool(r[11]))
+                for r in rows]
+
+    # Each returns a future resolved after the commit; `on_commit(result, error)` runs then
+    # whether or not anyone awaits the future (see SqliteWriter.submit).
+
+    def accept(self, entry: Entry, on_commit=None):
+        return self._write(_accept, entry, on_commit=on_commit)
+
+    def finish(self, request_id: str, state: str, outcome: dict, on_commit=None):
+        return self._write(_finish, request_id, state, orjson.dumps(outcome), time.time(),
+                           on_commit=on_commit)
+
+    def turns_stored(self, request_id: str):
+        return self._write(_mark_turns_stored, request_id)
+
+    def prune(self, keep: int, keep_s: float):
+        """Forget finished requests beyond the newest `keep`, or ended more than keep_s ago."""
+        return self._write(_prune, keep, time.time() - keep_s)
+
+    def _write(self, op, *args, on_commit=None):
+        future = self.writer.submit(op, *args, on_commit=on_commit)
+        # Some writes are not awaited: their failure is reported by on_commit or not at all,
+        # never as "exception was never retrieved".
+        future.add_done_callback(_retrieve)
+        return future
+
+    async def close(self) -> None:
+        await self.writer.stop()
+
+
+# ---- writer thread only ---------------------------------------------------------------------------
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def _accept(conn, e: Entry) -> None:
+    # A request_id forgotten after its retention may come again: the new request replaces it.
+    conn.execute(
+        "INSERT OR REPLACE INTO requests (request_id, session_id, new_session, model, agent_id, "
+        "correlation_id, request, accepted_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (e.request_id, e.session_id, int(e.new_session), e.model, e.agent_id, e.correlation_id,
+         orjson.dumps(e.request), e.accepted_at, PENDING))
+
+
+def _finish(conn, request_id: str, state: str, outcome: bytes, ended_at: float) -> None:
+    conn.execute("UPDATE requests SET state = ?, outcome = ?, ended_at = ? WHERE request_id = ?",
+                 (state, outcome, ended_at, request_id))
+
+
+def _mark_turns_stored(conn, request_id: str) -> None:
+    conn.execute("UPDATE requests SET turns_stored = 1 WHERE request_id = ?", (request_id,))
+
+
+def _prune(conn, keep: int, ended_before: float) -> int:
+    removed = conn.execute("DELETE FROM requests WHERE ended_at < ?", (ended_before,)).rowcount
+    removed += conn.execute(
+        "DELETE FROM requests WHERE ended_at IS NOT NULL AND rowid NOT IN (SELECT rowid FROM "
+        "requests WHERE ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?)", (keep,)).rowcount
+    return removed
+
+
+def _retrieve(future) -> None:
+    if not future.cancelled():
+        future.exception()
