@@ -204,6 +204,7 @@ async def test_no_daemon_at_start_then_a_restart_under_the_monitor(workdir):
             await wait_until(pilot, lambda: "the daemon went away" in status_of(app),
                              "that the daemon went away")
             assert stream_shows(app, "lost the daemon")
+            assert "no daemon" in str(app.query_one("#metrics", Static).render())
             await pilot.pause(0.5)  # a few failed attempts to reconnect must not hurt
 
             await asyncio.to_thread(daemon.start)
@@ -213,6 +214,7 @@ async def test_no_daemon_at_start_then_a_restart_under_the_monitor(workdir):
             await wait_until(pilot, lambda: stream_shows(app, "second-life"),
                              "an event from the restarted daemon (so it subscribed again)")
             assert stream_shows(app, "first-life")  # the history survives the restart
+            assert sum("connected to the daemon" in line for line in stream_lines(app)) == 2
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()

@@ -77,7 +77,6 @@ class MonitorApp(App):
         self.held = 0              # events that arrived while paused
         self._written_seq = -1     # the last stream line written to the log
         self._dirty: set[str] = {AGENTS, COMPLETIONS, STREAM}
-        self._metrics_problem = ""
         self._down_since: float | None = None
 
     # ---- layout -----------------------------------------------------------------------------
@@ -124,10 +123,9 @@ class MonitorApp(App):
         else:
             status = f"{message}; retrying every {self.link.retry_every_s:g} s"
         self._set_status(status, down=True)
-        self._metrics_problem = "no daemon" if not was_connected else \
-            "no daemon: the figures are the last ones it gave"
-        self.query_one("#metrics", Static).update(
-            figures_text(self.state.figures, self._metrics_problem))
+        problem = "no daemon: the figures are the last ones it gave" if was_connected \
+            else "no daemon"
+        self.query_one("#metrics", Static).update(figures_text(self.state.figures, problem))
 
     def daemon_event(self, event: Event) -> None:
         changed = self.state.apply(event)
@@ -149,7 +147,6 @@ class MonitorApp(App):
     def daemon_metrics(self, metrics: dict | None, problem: str) -> None:
         if metrics is not None:
             self.state.take_metrics(metrics)
-        self._metrics_problem = problem
         self.query_one("#metrics", Static).update(figures_text(self.state.figures, problem))
 
     def _set_status(self, text: str, down: bool) -> None:

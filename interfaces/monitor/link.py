@@ -51,7 +51,8 @@ class DaemonLink:
             try:
                 await self._follow(client)
                 reason = "the connection was closed"
-            except KSIConnectionError as exc:
+            except KSIError as exc:
+                # Lost, or a daemon that cannot serve us now (shutting down, hung): start over.
                 reason = exc.message
             finally:
                 await client.close()
