@@ -254,6 +254,7 @@ SNAPSHOT_EVENTS = [
 
 async def test_the_screen_matches_its_snapshot(monkeypatch):
     monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.delenv("NO_COLOR", raising=False)
     time.tzset()
     try:
         # No link runs (connect=False): the test reports to the app what the link reports
@@ -261,6 +262,7 @@ async def test_the_screen_matches_its_snapshot(monkeypatch):
         app = monitor("/run/ksi-snapshot/daemon.sock", clock=FixedClock(1_799_999_990.0),
                       connect=False)
         async with app.run_test(size=SIZE) as pilot:
+            app.theme = "textual-dark"  # whatever TEXTUAL_THEME says
             app.daemon_connected(app.link.socket_path)
             app.daemon_agents([{"agent_id": "analyst-1", "profile": "analyst",
                                 "status": "running", "created_at": 1_799_999_000.0,

@@ -62,6 +62,7 @@ class MonitorApp(App):
         Binding("f", "edit_filter", "Filter"),
         Binding("c", "clear", "Clear"),
         Binding("escape", "close_filter", "Close filter", show=False),
+        Binding("ctrl+c", "quit", "Quit", show=False),  # what a terminal user tries first
     ]
 
     def __init__(self, socket_path: str | Path | None = None, *,
