@@ -1,0 +1,437 @@
+"""Agents through the real daemon and its socket: conversations, crashes, restarts, leaks.
+
+Models are the built-in offline model or tests/fake_openai_server.py (loopback), whose `echo`
+replies are a pure function of the messages it was sent, so a test can tell from the server's
+request log exactly what each agent's model was given and what it answered.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from conftest import data_of, error_of
+from fake_openai_server import FakeOpenAIServer, echo_text
+
+TOPIC = "Is P equal to NP?"
+MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "broken-a")
+
+
+@pytest.fixture
+def fake_openai():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+def config_for(api_base: str | None = None, **agent_settings) -> dict:
+    plugins = {"agent": {"restart_base_delay_s": 0.2, **agent_settings}}
+    if api_base is not None:
+        plugins["completion"] = {
+            "aliases": {name: {"model": f"openai/{name}", "api_base": api_base,
+                               "api_key": "sk-test"} for name in MODELS},
+            "retry": {"max_attempts": 1, "base_delay_s": 0.05}}
+    return {"plugins": plugins}
+
+
+def next_event(client, event: str, timeout: float = 30.0, **expected) -> dict:
+    """The data of the next push named `event` whose fields include `expected`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {event} {expected} within {timeout} s"
+        client.sock.settimeout(left)
+        message = client.recv()
+        if message["type"] == "event" and message["event"] == event and \
+                all(message["data"].get(k) == v for k, v in expected.items()):
+            return message
+
+
+def replies(watcher, count: int, timeout: float = 60.0) -> list[dict]:
+    return [next_event(watcher, "agent:reply", timeout)["data"] for _ in range(count)]
+
+
+def watch(daemon, patterns=("agent:*",)):
+    watcher = daemon.client(timeout=30)
+    assert data_of(watcher.request("system:subscribe", {"patterns": list(patterns)}))
+    return watcher
+
+
+def info(client, agent_id: str) -> dict:
+    return data_of(client.request("agent:info", {"agent_id": agent_id}))
+
+
+def wait_until(check, timeout: float = 30.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(every)
+
+
+def start_debate(client, turns: int, pro_model: str | None = None,
+                 con_model: str | None = None) -> None:
+    """Two debaters; the first message reaches pro as if con had said it, so they take turns."""
+    for agent_id, model in (("pro", pro_model), ("con", con_model)):
+        spawn = {"profile": "debater", "agent_id": agent_id, "max_turns": turns}
+        if model:
+            spawn["model"] = model
+        assert data_of(client.request("agent:spawn", spawn))["status"] == "running"
+    sent = data_of(client.request("agent:send", {"agent_id": "pro", "content": TOPIC,
+                                                 "sender": "con"}))
+    assert sent["delivered"] is True
+
+
+def both_finished(client, turns: int):
+    """Both debaters gave `turns` replies, and nothing is left in their inboxes."""
+    agents = [info(client, agent_id) for agent_id in ("pro", "con")]
+    return all(a["turns"] == turns and a["pending"] == 0 for a in agents) and agents
+
+
+def assert_turns_alternate(seen: list[dict], turns: int) -> None:
+    assert [r["agent_id"] for r in seen] == ["pro", "con"] * turns
+    assert [r["turn"] for r in seen] == [n for n in range(1, turns + 1) for _ in (0, 1)]
+    assert [r["sender"] for r in seen] == ["con", "pro"] * turns
+    assert all(r["request_id"] == f"{r['agent_id']}:{r['in_reply_to']}" for r in seen)
+
+
+def assert_chain(calls: list[dict], prompt_of: dict[str, str]) -> None:
+    """Server calls alternate pro/con, each answering the text the previous call produced."""
+    assert [c["model"].split("-")[1] for c in calls] == \
+        ["pro", "con"] * (len(calls) // 2)
+    assert calls[0]["messages"][-1] == {"role": "user", "content": TOPIC}
+    for before, after in zip(calls, calls[1:]):
+        assert after["messages"][-1] == {"role": "user", "content": echo_text(before["messages"])}
+    for call in calls:
+        speaker = call["model"].split("-")[1]
+        assert {"role": "system", "content": prompt_of[speaker]} in call["messages"]
+
+
+# ---- conversations ------------------------------------------------------------------------------
+
+def test_a_four_round_debate_with_the_offline_model_ends_by_itself(daemon):
+    with watch(daemon) as watcher, daemon.client(timeout=30) as client:
+        start_debate(client, turns=4)
+        seen = replies(watcher, 8)
+        assert_turns_alternate(seen, 4)
+        done = wait_until(lambda: both_finished(client, 4))
+        # Con's fourth reply reached pro after pro's last turn: kept, not answered.
+        pro = info(client, "pro")
+        wait_until(lambda: info(client, "pro")["messages_handled"] == 5)
+        assert info(client, "pro")["recent"][-1]["state"] == "skipped"
+        assert info(client, "con")["messages_handled"] == 4
+        # What each model was given: its session holds the other's replies as the user turns.
+        for agent, other in (("pro", "con"), ("con", "pro")):
+            session = next(a for a in done if a["agent_id"] == agent)["session_id"]
+            stored = data_of(client.request("conversation:get", {"session_id": session}))
+            said = [m["content"] for m in stored["messages"] if m["role"] == "user"]
+            answered = [m["content"] for m in stored["messages"] if m["role"] == "assistant"]
+            theirs = [r["text"] for r in seen if r["agent_id"] == other]
+            assert said == ([TOPIC] + theirs[:3] if agent == "pro" else theirs)
+            assert answered == [r["text"] for r in seen if r["agent_id"] == agent]
+        # The offline model answers what it was told: the system prompt and the last message.
+        assert all(r["text"].startswith("(Answering as instructed: You are a debater")
+                   for r in seen)
+        assert f'You said: "{TOPIC}"' in seen[0]["text"]
+        assert pro["turns"] == 4 and pro["max_turns"] == 4
+
+
+def test_a_four_round_debate_with_the_openai_compatible_server(daemon_factory, fake_openai):
+    daemon = daemon_factory(config=config_for(fake_openai.api_base))
+    with watch(daemon) as watcher, daemon.client(timeout=30) as client:
+        start_debate(client, turns=4, pro_model="echo-pro", con_model="echo-con")
+        seen = replies(watcher, 8)
+        assert_turns_alternate(seen, 4)
+        wait_until(lambda: both_finished(client, 4))
+        wait_until(lambda: info(client, "pro")["messages_handled"] == 5)
+        prompts = {a: info(client, a)["system_prompt"] for a in ("pro", "con")}
+    calls = fake_openai.calls_to("echo-pro") + fake_openai.calls_to("echo-con")
+    calls.sort(key=lambda c: c["time"])
+    assert len(calls) == 8  # one completion per turn, none for the unanswered ninth message
+    assert_chain(calls, prompts)
+    assert [r["text"] for r in seen] == [echo_text(c["messages"]) for c in calls]
+
+
+def test_agents_on_a_topic_answer_each_other_there_until_max_turns(daemon):
+    with daemon.client(timeout=30) as room, daemon.client(timeout=30) as client:
+        data_of(room.request("message:subscribe", {"topics": ["room:lab"]}))
+        for agent_id in ("ann", "bob"):
+            data_of(client.request("agent:spawn", {"profile": "collaborator",
+                                                   "agent_id": agent_id, "max_turns": 2,
+                                                   "topics": ["room:lab"]}))
+        published = data_of(client.request("message:publish", {
+            "topic": "room:lab", "content": "Plan the experiment", "sender": "alice"}))
+        assert published["delivered"] == 3  # the room's connection and both agents
+        said = [next_event(room, "message:received", timeout=30)["data"] for _ in range(5)]
+        assert sorted(m["sender"] for m in said) == ["alice", "ann", "ann", "bob", "bob"]
+        wait_until(lambda: all(info(client, a)["messages_handled"] == 3 and
+                               info(client, a)["pending"] == 0 for a in ("ann", "bob")))
+        for agent_id in ("ann", "bob"):
+            record = info(client, agent_id)
+            assert record["turns"] == 2
+            assert [t["sender"] for t in record["recent"][:2]] == \
+                ["alice", "bob" if agent_id == "ann" else "ann"]
+            assert record["recent"][2]["state"] == "skipped"
+        history = data_of(client.request("message:history", {"topic": "room:lab"}))
+        assert history["count"] == 5
+
+
+def test_a_task_is_answered_to_the_spawner_and_wait_answers_only_the_caller(daemon):
+    with daemon.client(timeout=30) as client, watch(daemon) as watcher:
+        client.send("agent:spawn", {"agent_id": "helper", "task": "Summarise the plan"},
+                    correlation_id="spawn-1")
+        pushed = next_event(client, "agent:reply", agent_id="helper")
+        assert pushed["correlation_id"] == "spawn-1"
+        assert "Summarise the plan" in pushed["data"]["text"]
+        assert pushed["data"]["sender"] is None and pushed["data"]["turn"] == 1
+        data_of(client.request("agent:spawn", {"agent_id": "other"}))
+        sent = data_of(client.request("agent:send", {
+            "agent_id": "helper", "content": "And the budget?", "sender": "other",
+            "wait": True, "timeout_s": 30}))
+        assert sent["delivered"] is True
+        assert sent["reply"]["turn"] == 2
+        assert sent["reply"]["request_id"] == f"helper:{sent['message_id']}"
+        assert "budget" in sent["reply"]["text"]
+        # Subscribers still see the reply; the sender agent does not get it in its inbox.
+        assert next_event(watcher, "agent:reply", turn=2)["data"]["text"] == \
+            sent["reply"]["text"]
+        assert info(client, "other")["messages_handled"] == 0
+        assert info(client, "other")["pending"] == 0
+
+
+# ---- crashes --------------------------------------------------------------------------------
+
+def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, fake_openai):
+    config = config_for(fake_openai.api_base, max_restarts=2)
+    daemon = daemon_factory(config=config)
+    with watch(daemon, ("agent:status", "completion:error")) as watcher, \
+            daemon.client(timeout=30) as client:
+        data_of(client.request("agent:spawn", {"agent_id": "crashy", "model": "broken-a",
+                                               "task": "hello"}))
+        statuses, errors = [], []
+        while not statuses or statuses[-1]["data"]["status"] != "failed":
+            message = watcher.recv()
+            if message["event"] == "agent:status":
+                statuses.append(message)
+            elif message["event"] == "completion:error":
+                errors.append(message["data"])
+        got = [(m["data"]["status"], m["data"].get("attempt")) for m in statuses]
+        assert got == [("restarting", 1), ("running", 1), ("restarting", 2), ("running", 2),
+                       ("failed", 3)]
+        delays = [m["data"]["delay_s"] for m in statuses if m["data"]["status"] == "restarting"]
+        assert delays == [0.2, 0.4]  # exponential back-off
+        for crashed, resumed in ((statuses[0], statuses[1]), (statuses[2], statuses[3])):
+            assert resumed["timestamp"] - crashed["timestamp"] >= crashed["data"]["delay_s"] - 0.01
+        assert "broken on purpose" in statuses[-1]["data"]["reason"]
+        # One completion per try, each a new request id derived from the same message.
+        first = errors[0]["request_id"]
+        assert first.startswith("crashy:m-")
+        assert [e["request_id"] for e in errors] == [first, f"{first}:1", f"{first}:2"]
+        assert len(fake_openai.calls_to("broken-a")) == 3
+        failed = info(client, "crashy")
+        assert (failed["status"], failed["restarts"], failed["pending"]) == ("failed", 2, 1)
+        assert "broken on purpose" in failed["error"]
+        assert error_of(client.request("agent:send", {"agent_id": "crashy", "content": "hi",
+                                                      "wait": True}))["code"] == "conflict"
+        assert data_of(client.request("agent:send", {"agent_id": "crashy",
+                                                     "content": "later"}))["delivered"] is False
+    assert daemon.stop() == 0
+    daemon = daemon_factory(config=config)  # the failure is remembered across a restart
+    with watch(daemon, ("agent:status",)) as watcher, daemon.client(timeout=30) as client:
+        again = info(client, "crashy")
+        assert (again["status"], again["error"], again["pending"]) == \
+            ("failed", failed["error"], 2)
+        assert data_of(client.request("agent:restart", {"agent_id": "crashy"})) == \
+            {"agent_id": "crashy", "status": "running"}
+        assert next_event(watcher, "agent:status", status="running")["data"]["reason"] == \
+            "restarted by request"
+        # A fresh set of restarts, still against a broken model.
+        assert next_event(watcher, "agent:status", status="restarting")["data"]["attempt"] == 1
+
+
+# ---- restarts of the daemon -----------------------------------------------------------------
+
+def interrupted_debate(daemon_factory, fake_openai, stop) -> dict[str, list[dict]]:
+    """A 3-round debate on a model that takes a second per call, stopped after two turns.
+
+    Returns each agent's stored conversation once the debate has finished after the restart.
+    """
+    config = config_for(fake_openai.api_base)
+    daemon = daemon_factory(config=config)
+    with watch(daemon) as watcher, daemon.client(timeout=30) as client:
+        start_debate(client, turns=3, pro_model="pause-pro", con_model="pause-con")
+        replies(watcher, 2)
+        before = {a["agent_id"]: a["session_id"]
+                  for a in data_of(client.request("agent:list"))["agents"]}
+    stop(daemon)  # pro's second completion is under way at the server
+    daemon = daemon_factory(config=config)
+    with daemon.client(timeout=30) as client:
+        after = {a["agent_id"]: a["session_id"]
+                 for a in data_of(client.request("agent:list"))["agents"]}
+        assert after == before  # the same agents, in the same sessions
+        finished = wait_until(lambda: both_finished(client, 3), timeout=90)
+        assert [a["restarts"] for a in finished] == [0, 0]  # a daemon stop is no crash
+        return {a["agent_id"]: data_of(client.request(
+            "conversation:get", {"session_id": a["session_id"]}))["messages"]
+            for a in finished}
+
+
+def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
+        daemon_factory, fake_openai):
+    def graceful(daemon):
+        assert daemon.stop(signal.SIGTERM) == 0
+
+    stored = interrupted_debate(daemon_factory, fake_openai, graceful)
+    calls = sorted(fake_openai.calls_to("pause-pro") + fake_openai.calls_to("pause-con"),
+                   key=lambda c: c["time"])
+    assert len(calls) == 6  # the call under way at SIGTERM finished; nothing ran twice
+    assert_chain(calls, {"pro": calls[0]["messages"][0]["content"],
+                         "con": calls[1]["messages"][0]["content"]})
+    for messages in stored.values():
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+
+
+def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_on(
+        daemon_factory, fake_openai):
+    def crash(daemon):
+        daemon.proc.kill()
+        daemon.proc.wait()
+        daemon.output.close()
+
+    stored = interrupted_debate(daemon_factory, fake_openai, crash)
+    calls = sorted(fake_openai.calls_to("pause-pro") + fake_openai.calls_to("pause-con"),
+                   key=lambda c: c["time"])
+    # The call cut off by the kill is asked again after the restart, once; all others once.
+    distinct = []
+    for call in calls:
+        if all((call["model"], call["messages"]) != (c["model"], c["messages"])
+               for c in distinct):
+            distinct.append(call)
+    assert len(distinct) == 6 and len(calls) <= 7
+    assert_chain(distinct, {"pro": calls[0]["messages"][0]["content"],
+                            "con": calls[1]["messages"][0]["content"]})
+    for messages in stored.values():  # no turn was answered twice in a session
+        answered = [m["request_id"] for m in messages if m["role"] == "assistant"]
+        assert len(answered) == len(set(answered))
+
+
+# ---- scale and errors -------------------------------------------------------------------------
+
+def pipelined(client, event: str, payloads: list[dict], batch: int = 100) -> list[dict]:
+    answers = []
+    for start in range(0, len(payloads), batch):
+        chunk = payloads[start:start + batch]
+        for payload in chunk:
+            client.send(event, payload)
+        answers += [client.recv_reply() for _ in chunk]
+    return answers
+
+
+def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(daemon):
+    with daemon.client(timeout=60) as client:
+        idle = data_of(client.request("agent:list"))
+        assert idle["tasks_alive"] == 0
+        ids = [f"bulk-{n}" for n in range(1000)]
+        spawned = pipelined(client, "agent:spawn", [{"agent_id": i} for i in ids])
+        assert all(data_of(r)["status"] == "running" for r in spawned)
+        busy = data_of(client.request("agent:list"))
+        assert busy["count"] == 1000 and busy["tasks_alive"] == 1000
+        assert busy["daemon_tasks"] >= idle["daemon_tasks"] + 1000  # the figure sees them
+        ended = pipelined(client, "agent:terminate", [{"agent_id": i} for i in ids])
+        assert all(data_of(r)["status"] == "terminated" for r in ended)
+        after = wait_until(lambda: (lambda d: d["daemon_tasks"] <= idle["daemon_tasks"] and d)(
+            data_of(client.request("agent:list"))), timeout=10)
+        assert (after["count"], after["tasks_alive"]) == (0, 0)
+        assert after["daemon_tasks"] == idle["daemon_tasks"]
+        assert data_of(client.request("agent:list", {"status": "terminated"}))["count"] == 1000
+
+
+@pytest.mark.parametrize("event,data,code", [
+    ("agent:spawn", {"profile": "nobody"}, "not_found"),
+    ("agent:spawn", {"profile": "assistant", "config": {"name": "x"}}, "validation_error"),
+    ("agent:spawn", {"agent_id": "no spaces allowed"}, "validation_error"),
+    ("agent:spawn", {"agent_id": "x" * 65}, "validation_error"),
+    ("agent:spawn", {"config": {"name": "hot", "temperature": 5}}, "validation_error"),
+    ("agent:spawn", {"config": {"name": "x", "colour": "red"}}, "validation_error"),
+    ("agent:spawn", {"max_turns": 0}, "validation_error"),
+    ("agent:spawn", {"topics": ["room:*"], "agent_id": "t", "task": ""}, "validation_error"),
+    ("agent:terminate", {"agent_id": "ghost"}, "not_found"),
+    ("agent:terminate", {}, "validation_error"),
+    ("agent:info", {"agent_id": "ghost"}, "not_found"),
+    ("agent:restart", {"agent_id": "ghost"}, "not_found"),
+    ("agent:send", {"agent_id": "ghost", "content": "hi"}, "not_found"),
+    ("agent:send", {"agent_id": "a1", "content": ""}, "validation_error"),
+    ("agent:send", {"agent_id": "a1", "content": "hi", "sender": "a1"}, "validation_error"),
+    ("agent:send", {"agent_id": "a1", "content": {"not": "text"}}, "validation_error"),
+    ("agent:send", {"agent_id": "a1", "content": "hi", "timeout_s": -1}, "validation_error"),
+    ("agent:list", {"status": "sleeping"}, "validation_error"),
+    ("agent:profiles", {"extra": 1}, "validation_error"),
+])
+def test_user_errors_are_coded_replies_and_the_connection_keeps_working(daemon, event, data,
+                                                                         code):
+    with daemon.client() as client:
+        data_of(client.request("agent:spawn", {"agent_id": "a1"}))
+        assert error_of(client.request(event, data))["code"] == code
+        assert data_of(client.request("system:health"))["status"] == "healthy"
+        assert info(client, "a1")["status"] == "running"
+
+
+def test_taken_and_terminated_ids_are_conflicts(daemon):
+    with daemon.client() as client:
+        data_of(client.request("agent:spawn", {"agent_id": "solo"}))
+        assert error_of(client.request("agent:spawn", {"agent_id": "solo"}))["code"] == \
+            "conflict"
+        assert data_of(client.request("agent:terminate", {"agent_id": "solo"})) == \
+            {"agent_id": "solo", "status": "terminated"}
+        for event, data in (("agent:send", {"agent_id": "solo", "content": "hi"}),
+                            ("agent:restart", {"agent_id": "solo"})):
+            assert error_of(client.request(event, data))["code"] == "conflict"
+        assert error_of(client.request("agent:terminate", {"agent_id": "solo"}))["code"] == \
+            "not_found"
+        assert info(client, "solo")["status"] == "terminated"
+        # A terminated agent's id may be used again.
+        assert data_of(client.request("agent:spawn", {"agent_id": "solo"}))["status"] == \
+            "running"
+
+
+# ---- profiles -----------------------------------------------------------------------------------
+
+BUILT_IN = {"assistant", "debater", "collaborator", "teacher", "student", "creative", "critic",
+            "analyst", "researcher"}
+
+
+def test_profiles_are_built_in_or_read_from_files_and_bad_files_are_reported(daemon_factory,
+                                                                              workdir):
+    profiles_dir = workdir / "var" / "agent_profiles"
+    profiles_dir.mkdir(parents=True)
+    (profiles_dir / "pirate.yaml").write_text(
+        "system_prompt: Talk like a pirate.\ntemperature: 1.1\nmax_turns: 3\n")
+    (profiles_dir / "debater.json").write_text(
+        '{"name": "debater", "system_prompt": "Argue briefly.", "max_turns": 2}')
+    (profiles_dir / "typo.yaml").write_text("system_promt: oops\n")
+    (profiles_dir / "broken.json").write_text("{not json")
+    daemon = daemon_factory()
+    with daemon.client() as client:
+        listed = data_of(client.request("agent:profiles"))
+        by_name = {p["name"]: p for p in listed["profiles"]}
+        assert set(by_name) == BUILT_IN | {"pirate"}
+        assert by_name["assistant"]["source"] == "builtin"
+        assert all(p["model"] is None and p["system_prompt"] and p["max_turns"] >= 1
+                   for p in listed["profiles"])
+        assert by_name["pirate"] == {"name": "pirate", "model": None, "temperature": 1.1,
+                                     "system_prompt": "Talk like a pirate.", "max_turns": 3,
+                                     "source": str(profiles_dir / "pirate.yaml")}
+        assert by_name["debater"]["system_prompt"] == "Argue briefly."
+        errors = {e["file"].rsplit("/", 1)[1]: e["error"] for e in listed["errors"]}
+        assert set(errors) == {"typo.yaml", "broken.json"}
+        assert "system_promt" in errors["typo.yaml"]
+        data_of(client.request("agent:spawn", {"profile": "pirate", "agent_id": "jack"}))
+        jack = info(client, "jack")
+        assert (jack["profile"], jack["max_turns"], jack["system_prompt"]) == \
+            ("pirate", 3, "Talk like a pirate.")
+        # A file added while the daemon runs is used at once.
+        (profiles_dir / "owl.yml").write_text("system_prompt: Hoot.\n")
+        assert data_of(client.request("agent:spawn", {"profile": "owl"}))["profile"] == "owl"
+        assert data_of(client.request("system:health"))["plugins"]["failed"] == 0
