@@ -1,4 +1,4 @@
-"""AsyncClient: completions on top of EventClient.
+"""The completion helpers of AsyncClient: ask, stream, cancel.
 
     from ksi_client import AsyncClient   # or: from ksi_client.completion import AsyncClient
 
@@ -11,6 +11,8 @@
             print(delta, end="")
 
 Everything else EventClient offers (emit, subscribe, events) works on an AsyncClient too.
+AsyncClient itself is assembled in async_client.py; it is still importable from here, where it
+was first defined.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from .errors import error_from_reply
-from .event_client import EventClient
 
 DEFAULT_COMPLETION_WAIT_S = 300.0  # the daemon's default timeout_s
 MARGIN_S = 10.0  # the daemon's own deadline should speak before the client gives up
@@ -51,7 +52,8 @@ class CompletionCancelled(Exception):
     """The completion was cancelled (by `completion:cancel`) before it finished."""
 
 
-class AsyncClient(EventClient):
+class CompletionHelpers:
+    """Mixed into AsyncClient (an EventClient): uses its emit() and events()."""
     last_response: CompletionResponse | None = None  # set when stream_completion() ends
 
     async def create_completion(self, prompt: str | None = None, model: str | None = None,
@@ -64,7 +66,7 @@ class AsyncClient(EventClient):
             the daemon's code (`not_found` for an unknown model, `timeout`, ...).
         """
         data = _request_data(prompt, model, session_id, options)
-        result = await self.emit("completion:request", data, timeout=_wait_for(data))
+        result = await self.emit("completion:request", data, timeout=wait_for_completion(data))
         if result.get("status") == "cancelled":
             raise CompletionCancelled(f"completion {result.get('request_id')} was cancelled")
         return CompletionResponse.from_result(result)
@@ -86,7 +88,7 @@ class AsyncClient(EventClient):
             accepted = await self.emit("completion:async", data, correlation_id=correlation_id)
             request_id = accepted["request_id"]
             while True:
-                event = await stream.get(timeout=_wait_for(data))
+                event = await stream.get(timeout=wait_for_completion(data))
                 if event.event == "completion:chunk":
                     yield event.data["delta"]
                 elif event.event == "completion:result":
@@ -120,5 +122,13 @@ def _request_data(prompt, model, session_id, options: dict) -> dict:
     return data
 
 
-def _wait_for(data: dict) -> float:
+def wait_for_completion(data: dict) -> float:
+    """How long the client waits for a completion whose request data is `data`."""
     return float(data.get("timeout_s") or DEFAULT_COMPLETION_WAIT_S) + MARGIN_S
+
+
+def __getattr__(name: str):
+    if name == "AsyncClient":  # imported lazily: async_client.py imports this module
+        from .async_client import AsyncClient
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

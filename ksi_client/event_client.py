@@ -28,6 +28,7 @@ import inspect
 import itertools
 import logging
 import math
+import re
 import uuid
 import weakref
 from collections import deque
@@ -46,6 +47,10 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a reply longer than this ends the connection (see below)
 EVENTS_QUEUE_SIZE = 10_000
 MAX_CORRELATION_ID = 128
+# Requests longer than this are remembered while they wait: the daemon answers a line over its
+# limit without reading its correlation id, and that answer must still reach its caller.
+LONG_LINE_BYTES = 64 * 1024
+_LIMIT_IN_MESSAGE = re.compile(r"exceeds (\d+) bytes")
 CLOSE_GRACE_S = 2.0
 CLIENT_DEFAULT: Any = object()  # "use the client's own timeout"
 
@@ -74,6 +79,11 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
         prefix = pattern[:-1]
         return lambda name: name.startswith(prefix)
     return lambda name: fnmatch.fnmatchcase(name, pattern)
+
+
+def _is_line_too_long(message: dict) -> bool:
+    error = message.get("error")
+    return isinstance(error, dict) and error.get("code") == "payload_too_large"
 
 
 def checked_timeout(timeout: Any) -> float:
@@ -171,11 +181,13 @@ class EventStream:
     """
 
     def __init__(self, pattern: str, correlation_id: str | None, max_queue: int,
-                 on_close: Callable[[EventStream], None]):
+                 on_close: Callable[[EventStream], None],
+                 where: Callable[[Event], bool] | None = None):
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.pattern = pattern
         self.correlation_id = correlation_id
+        self.where = where
         self.dropped = 0
         self._matches = compile_pattern(pattern)
         self._queue: deque[Event] = deque(maxlen=max_queue)
@@ -190,6 +202,8 @@ class EventStream:
             return
         if self.correlation_id is not None and event.correlation_id != self.correlation_id:
             return
+        if self.where is not None and not self._wanted(event):
+            return
         if len(self._queue) == self._queue.maxlen:
             if self.dropped == 0:
                 log.warning("events(%r) is full (%d unread): dropping the oldest events",
@@ -197,6 +211,13 @@ class EventStream:
             self.dropped += 1
         self._queue.append(event)
         self._arrived.set()
+
+    def _wanted(self, event: Event) -> bool:
+        try:
+            return bool(self.where(event))
+        except Exception:  # noqa: BLE001 - a broken filter must not stop the dispatch of replies
+            log.exception("events(%r): the where= filter failed on %s", self.pattern, event.event)
+            return False
 
     def end(self, error: KSIConnectionError | None = None) -> None:
         """No more events will come; `error` is raised to the reader once the queue is read."""
@@ -273,6 +294,7 @@ class EventClient:
         self._lost_message = ""
         self._refusal: str | None = None  # an error the daemon sent unasked, e.g. `forbidden`
         self._pending: dict[str, asyncio.Future] = {}
+        self._long_lines: dict[str, int] = {}  # correlation id -> line length, in send order
         self._outbox: list[bytes] = []
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._matchers: dict[str, Callable[[str], bool]] = {}
@@ -397,6 +419,8 @@ class EventClient:
                              "correlation_id": cid}, option=orjson.OPT_APPEND_NEWLINE)
         future = self._loop.create_future()
         self._pending[cid] = future
+        if len(line) > LONG_LINE_BYTES:
+            self._long_lines[cid] = len(line)
         self._send(line)
         try:
             async with asyncio.timeout(timeout):
@@ -409,6 +433,8 @@ class EventClient:
         finally:
             if self._pending.get(cid) is future:
                 del self._pending[cid]
+            if self._long_lines:
+                self._long_lines.pop(cid, None)
             if not future.done():
                 future.cancel()
         if "error" in reply:
@@ -459,11 +485,26 @@ class EventClient:
         if future is not None:
             if not future.done():
                 future.set_result(message)
+        elif self._long_lines and _is_line_too_long(message):
+            self._answer_the_discarded_line(message)
         elif isinstance(message.get("error"), dict):
             # An error nobody asked for comes before the daemon hangs up on us (`forbidden`);
             # keep it, it is the reason the connection-lost error will give.
             error = message["error"]
             self._refusal = f"{error.get('code')}: {error.get('message')}"
+
+    def _answer_the_discarded_line(self, message: dict) -> None:
+        # The daemon reads lines in order and discards a long one whole: the answer belongs to
+        # the oldest waiting request longer than the limit it names.
+        found = _LIMIT_IN_MESSAGE.search(str(message["error"].get("message")))
+        limit = int(found[1]) if found else LONG_LINE_BYTES
+        for cid, length in list(self._long_lines.items()):
+            if length > limit:
+                del self._long_lines[cid]
+                future = self._pending.pop(cid, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+                return
 
     def _dispatch(self, message: dict) -> None:
         name = message.get("event")
@@ -555,16 +596,18 @@ class EventClient:
             self._matchers.pop(subscription.pattern, None)
 
     def events(self, pattern: str = "*", *, correlation_id: str | None = None,
-               max_queue: int = EVENTS_QUEUE_SIZE) -> EventStream:
+               max_queue: int = EVENTS_QUEUE_SIZE,
+               where: Callable[[Event], bool] | None = None) -> EventStream:
         """Pushes arriving on this connection that match `pattern`, as an async iterator.
 
         This does not ask the daemon for anything: pushes caused by this client's own requests
         (e.g. `completion:chunk` after `completion:async`) arrive anyway, while events caused by
         others arrive only for patterns passed to `subscribe()`. `correlation_id` keeps only
-        the pushes caused by that request. See EventStream for the bounded queue.
+        the pushes caused by that request; `where(event)`, when given, keeps only the events
+        it returns true for. See EventStream for the bounded queue.
         """
         if self._state in ("lost", "closed"):
             raise self._unusable_error()
-        stream = EventStream(pattern, correlation_id, max_queue, self._streams.discard)
+        stream = EventStream(pattern, correlation_id, max_queue, self._streams.discard, where)
         self._streams.add(stream)
         return stream

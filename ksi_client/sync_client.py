@@ -1,4 +1,4 @@
-"""SyncEventClient: the EventClient for scripts without asyncio, httpx-style.
+"""SyncEventClient and SyncClient: EventClient and AsyncClient for scripts without asyncio.
 
     with SyncEventClient() as client:
         print(client.emit("system:health")["status"])
@@ -6,9 +6,16 @@
         for event in client.events("agent:*"):
             print(event.event, event.data)
 
-There is one implementation: this class owns a private event loop running in a background
-thread and hands every call to the same EventClient there, waiting for its result. Nothing about
-the protocol lives in this file.
+    with SyncClient() as client:                       # every AsyncClient helper, blocking
+        print(client.create_completion("Explain quantum computing").text)
+        for delta in client.stream_completion("And briefly?"):
+            print(delta, end="")
+
+There is one implementation: each class owns a private event loop running in a background
+thread and hands every call to the same async client there, waiting for its result. SyncClient's
+methods are generated from AsyncClient's helpers: a coroutine's result is returned, an async
+generator becomes a plain generator, an EventStream a SyncEventStream. Nothing about the
+protocol lives in this file.
 
 Subscription handlers run on that background thread. A handler that calls back into the same
 SyncEventClient would wait for itself, so that raises RuntimeError; hand the work to your own
@@ -17,11 +24,15 @@ thread or queue instead.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .async_client import AsyncClient, helper_names
+from .completion import CompletionResponse
 from .errors import KSIConnectionError
 from .event_client import (CLIENT_DEFAULT, DEFAULT_TIMEOUT_S, EVENTS_QUEUE_SIZE, MAX_LINE_BYTES,
                            Event, EventClient, EventStream, Subscription)
@@ -79,10 +90,12 @@ class _LoopThread:
 
 class SyncEventClient:
     """Blocking face of EventClient; the arguments and errors are the same."""
+    _async_class: type[EventClient] = EventClient
 
     def __init__(self, socket_path: str | Path | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT_S, max_line_bytes: int = MAX_LINE_BYTES):
-        self._client = EventClient(socket_path, timeout=timeout, max_line_bytes=max_line_bytes)
+        self._client = self._async_class(socket_path, timeout=timeout,
+                                         max_line_bytes=max_line_bytes)
         self._runner = _LoopThread()
         self._closed = False
 
@@ -123,11 +136,13 @@ class SyncEventClient:
         return self._run(self._client.unsubscribe(target, timeout=timeout))
 
     def events(self, pattern: str = "*", *, correlation_id: str | None = None,
-               max_queue: int = EVENTS_QUEUE_SIZE) -> SyncEventStream:
-        """See EventClient.events; a plain iterator that blocks until the next push."""
+               max_queue: int = EVENTS_QUEUE_SIZE,
+               where: Callable[[Event], bool] | None = None) -> SyncEventStream:
+        """See EventClient.events; a plain iterator that blocks until the next push.
+        `where` runs on the client's background thread."""
         async def open_stream() -> EventStream:
             return self._client.events(pattern, correlation_id=correlation_id,
-                                       max_queue=max_queue)
+                                       max_queue=max_queue, where=where)
         return SyncEventStream(self._run(open_stream()), self)
 
     def close(self) -> None:
@@ -150,6 +165,59 @@ class SyncEventClient:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class SyncClient(SyncEventClient):
+    """Blocking face of AsyncClient: the same helpers, arguments, results and errors.
+
+    `stream_completion()` returns a generator of deltas: leaving it early (break, an exception,
+    Ctrl-C) cancels the completion in the daemon, as in AsyncClient.
+    """
+    _async_class = AsyncClient
+
+    @property
+    def last_response(self) -> CompletionResponse | None:
+        """The result of the last stream_completion() that ran to its end."""
+        return self._client.last_response
+
+    def _call_helper(self, name: str, args: tuple, kwargs: dict) -> Any:
+        method = getattr(self._client, name)
+        if inspect.isasyncgenfunction(method):
+            if self._closed:
+                raise KSIConnectionError("this SyncClient is closed; create a new one")
+            return self._iterate(method(*args, **kwargs))
+        result = self._run(method(*args, **kwargs))
+        if isinstance(result, EventStream):
+            return SyncEventStream(result, self)
+        return result
+
+    def _iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
+        finished = False
+        try:
+            while True:
+                item = self._run(_next_or_none(items))
+                if item is None:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished and not self._closed:
+                try:
+                    self._run(items.aclose())  # runs the async generator's own clean-up
+                except RuntimeError:
+                    pass  # still unwinding from a cancelled step: it cleans up by itself
+
+
+def _blocking(helper: Callable) -> Callable:
+    @functools.wraps(helper)
+    def call(self: SyncClient, *args, **kwargs):
+        return self._call_helper(helper.__name__, args, kwargs)
+    call.__wrapped__ = helper
+    return call
+
+
+for _name in helper_names():
+    setattr(SyncClient, _name, _blocking(getattr(AsyncClient, _name)))
 
 
 class SyncEventStream:
@@ -198,7 +266,7 @@ class SyncEventStream:
         self.close()
 
 
-async def _next_or_none(stream: EventStream) -> Event | None:
+async def _next_or_none(stream: AsyncIterator[T]) -> T | None:
     # StopAsyncIteration must not cross into a concurrent.futures.Future; None stands for it.
     try:
         return await stream.__anext__()

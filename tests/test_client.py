@@ -166,6 +166,19 @@ async def test_large_replies_arrive_whole_and_oversized_ones_end_the_connection(
             await client.emit("system:health")
 
 
+async def test_a_request_over_the_daemons_line_limit_gets_its_own_error(probe_daemon):
+    # The daemon cannot read the correlation id of a line it discards; the answer still
+    # reaches the request that caused it, and only that one.
+    async with EventClient(socket_path=probe_daemon.socket_path) as client:
+        small_but_long = client.emit("probe:echo", {"value": "y" * (300 * 1024), "delay": 0.2})
+        too_long = client.emit("probe:echo", {"value": "x" * (2 * 1024 * 1024)}, timeout=5)
+        results = await asyncio.gather(small_but_long, too_long, client.emit("system:health"),
+                                       return_exceptions=True)
+        assert len(results[0]["echo"]) == 300 * 1024
+        assert isinstance(results[1], KSIError) and results[1].code == "payload_too_large"
+        assert results[2]["status"] == "healthy"
+
+
 async def test_non_json_data_is_refused_before_sending(daemon):
     async with EventClient(socket_path=daemon.socket_path) as client:
         with pytest.raises(TypeError):
