@@ -115,7 +115,7 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
         assert [(t["role"], t["request_id"]) for t in turns] == \
             [("user", f"kill-{i}"), ("assistant", f"kill-{i}")]
     figures = data_of(second.request("completion:status"))
-    assert figures["completed"] == 10 and figures["queued"] == 0
+    assert (figures["completed"], figures["resumed"], figures["queued"]) == (10, 10, 0)
     assert second.stop() == 0
     assert journal_states(second) == ["completed"] * 10
 

@@ -81,7 +81,7 @@ class CompletionPlugin(BasePlugin):
             extra_args=cli.get("extra_args"),
             sessions=claude_cli.ClaudeSessions(context.data_dir / "claude_sessions.json"))
         self.loader = LiteLLMLoader(self._providers, self.log)
-        self.counts = {"completed": 0, "failed": 0, "cancelled": 0}
+        self.counts = {"completed": 0, "failed": 0, "cancelled": 0, "resumed": 0}
         self._resolved: dict[str, tuple[str, dict]] = {}
         journal = own.get("journal") or {}
         self.keep_finished = int(journal.get("keep_finished", 2000))
@@ -101,6 +101,7 @@ class CompletionPlugin(BasePlugin):
         for job in self._to_resume:
             self._push(job, "completion:progress", self._progress(job, "queued"))
             self.scheduler.submit(job)
+        self.counts["resumed"] = len(self._to_resume)
         self.log.info("completions_resumed", count=len(self._to_resume))
         self._to_resume = []
         return [self.journal.writer.enforce_deadlines(), self._prune_now_and_then(),
@@ -502,7 +503,8 @@ class CompletionPlugin(BasePlugin):
             self._push(job, "completion:error", {
                 "request_id": job.request_id, "session_id": job.session_id,
                 "error": {"code": code, "message": message}, **self._resumed_mark(job)})
-        return self._end(job, "failed", {"code": code, "message": message},
+        return self._end(job, "failed", {"code": code, "message": message,
+                                         **self._resumed_mark(job)},
                          KSIError(code, message), deliver)
 
     def _end_cancelled(self, job: Job) -> asyncio.Future | None:
