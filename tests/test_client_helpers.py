@@ -269,7 +269,8 @@ async def test_agent_helpers_spawn_talk_list_and_terminate(daemon):
         assert listed["tutor"]["status"] == "running"
         assert listed["tutor"]["messages_handled"] >= 1
         info = await client.agent_info("tutor")
-        assert info["agent_id"] == "tutor" and info["model"]
+        assert info["agent_id"] == "tutor" and info["turns"] == 1
+        assert "photosynthesis" in str(info["recent"])
 
         seen = set()
         while not {"agent:spawned", "agent:reply"} <= seen:
