@@ -4,10 +4,11 @@
                                                                         -> subscribers (pushes)
                                                                         -> history ring, timings
 
-Sync handlers run inline (no task), so a trivial event costs a few microseconds; async handlers run
-as tasks, started in arrival order, each with the `event_timeout` deadline unless the handler
-declared its own. A handler that raises answers `handler_error`; the router never lets an
-exception escape to the transport. Plugins reach the router through `Context.emit()` (route an
+Sync handlers run inline (no task), so a trivial event costs a few microseconds; a sync handler
+may return an asyncio Future instead of its reply (answered from the future's done-callback, still
+no task: how the state plugin waits for a commit); async handlers run as tasks, started in arrival
+order. Both get the `event_timeout` deadline unless the handler declared its own. A handler that
+raises answers `handler_error`; the router never lets an exception escape to the transport. Plugins reach the router through `Context.emit()` (route an
 event to its handler and to subscribers) and `Context.push()` (send an event to the requesting
 connection and to subscribers).
 """
@@ -90,6 +91,10 @@ class Context:
         """Send `event` to the requesting connection (once) and to matching subscribers."""
         self.router.push(event, data, self.correlation_id, self.connection)
 
+    def announce(self, event: str, data: dict) -> None:
+        """`emit` for code that cannot await (a done-callback); the reply data is not returned."""
+        self.router.announce(event, data, self.correlation_id, self.plugin, self.connection)
+
     @property
     def config(self) -> dict:
         return self.plugin.config if self.plugin is not None else {}
@@ -145,7 +150,9 @@ class Router:
         if handler is None or self._slow_path or not self.accepting:
             self._spawn(self._dispatch_slowly(event, data, cid, conn, started), conn)
         elif handler.is_async:
-            self._spawn(self._run_async(handler, event, data, cid, conn, started), conn)
+            task = asyncio.get_running_loop().create_task(
+                self._call_with_deadline(handler, event, data, cid, conn))
+            self._reply_when_done(task, handler, event, data, cid, conn, started, None)
         else:
             ok = True
             try:
@@ -154,6 +161,9 @@ class Router:
                     result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
                 else:
                     result = handler.func(arg)
+                if isinstance(result, asyncio.Future):
+                    return self._reply_when_done(result, handler, event, data, cid, conn,
+                                                 started, self._deadline_of(handler))
                 reply = encode_reply(event, cid, as_reply_data(result))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a coded reply
                 ok = False
@@ -161,31 +171,52 @@ class Router:
             conn.send(reply)
             self._after(handler.stats, event, data, cid, conn, started, ok)
 
-    async def _run_async(self, handler: Handler, event: str, data: dict, cid: str, conn,
-                         started: float) -> None:
-        ok = True
-        try:
-            result = await self._call_with_deadline(handler, event, data, cid, conn)
-            reply = encode_reply(event, cid, as_reply_data(result))
-        except BaseException as exc:  # noqa: BLE001 - includes cancellation at shutdown
-            ok = False
-            reply = self._error_reply(handler, event, cid, exc)
-        conn.send(reply)
-        self._after(handler.stats, event, data, cid, conn, started, ok)
+    def _reply_when_done(self, future: asyncio.Future, handler: Handler, event: str, data: dict,
+                         cid: str, conn, started: float, deadline: float | None) -> None:
+        """Reply with the future's outcome (an async handler's task, or the future a sync handler
+        returned) from its done-callback; past `deadline` the future is cancelled and the reply
+        is `timeout`."""
+        timer = timed_out = None
+        if deadline is not None:
+            def expire() -> None:  # cancelled like an async handler's task past its deadline
+                nonlocal timed_out
+                timed_out = KSIError(TIMEOUT, f"{event} did not finish within {deadline} s")
+                future.cancel()
+            timer = future.get_loop().call_later(deadline, expire)
+
+        def reply(_future) -> None:
+            if timer is not None:
+                timer.cancel()
+            self.in_flight.discard(future)
+            ok = True
+            try:
+                line = encode_reply(event, cid, as_reply_data(future.result()))
+            except BaseException as exc:  # noqa: BLE001 - includes cancellation at shutdown
+                ok = False
+                line = self._error_reply(handler, event, cid, timed_out or exc)
+            conn.send(line)
+            self._after(handler.stats, event, data, cid, conn, started, ok)
+            conn.request_done()
+        self.in_flight.add(future)
+        conn.pending += 1  # as in _spawn: the reply is owed even after the client's EOF
+        future.add_done_callback(reply)
+
+    def _deadline_of(self, handler: Handler) -> float | None:
+        return self.event_timeout if handler.timeout == DEFAULT_TIMEOUT else handler.timeout
 
     async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn):
         arg = handler.model.model_validate(data) if handler.model else data
         args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
             else (arg,)
-        if not handler.is_async:
-            return handler.func(*args)
-        deadline = self.event_timeout if handler.timeout == DEFAULT_TIMEOUT \
-            else handler.timeout
+        waiting = handler.func(*args)
+        if not (handler.is_async or isinstance(waiting, asyncio.Future)):
+            return waiting
+        deadline = self._deadline_of(handler)
         if deadline is None:
-            return await handler.func(*args)
+            return await waiting
         try:
             async with asyncio.timeout(deadline):
-                return await handler.func(*args)
+                return await waiting
         except TimeoutError:
             raise KSIError(TIMEOUT, f"{event} did not finish within {deadline} s") from None
 
@@ -255,10 +286,7 @@ class Router:
         data = {} if data is None else data
         started = _perf()
         handler = self.handlers.get(event)
-        self.history.append((event, correlation_id, _now(), getattr(source, "name", source),
-                             data))
-        if self._subscriptions:
-            self._fan_out(event, data, correlation_id, None)
+        self._record_emit(event, data, correlation_id, source)
         ok = False
         try:
             if handler is not None:
@@ -275,6 +303,31 @@ class Router:
             raise self._as_ksi_error(handler, event, correlation_id, exc) from exc
         finally:
             self._stats_of(event).record(started, ok)
+
+    def announce(self, event: str, data: dict, correlation_id=None, source=None,
+                 connection=None) -> None:
+        """`emit` for code that cannot await (done-callbacks): when only subscribers can see the
+        event, it is fanned out here with no task; else the emit is a task, its failure logged."""
+        if event in self.handlers or self.fallbacks:
+            task = asyncio.get_running_loop().create_task(self.emit(
+                event, data, correlation_id=correlation_id, source=source, connection=connection))
+            self.in_flight.add(task)
+            task.add_done_callback(self._announced)
+            return
+        started = _perf()
+        self._record_emit(event, data, correlation_id, source)
+        self._stats_of(event).record(started, True)
+
+    def _announced(self, task: asyncio.Task) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("announce_failed", error=str(task.exception()))
+
+    def _record_emit(self, event: str, data: dict, correlation_id, source) -> None:
+        self.history.append((event, correlation_id, _now(), getattr(source, "name", source),
+                             data))
+        if self._subscriptions:
+            self._fan_out(event, data, correlation_id, None)
 
     def push(self, event: str, data: Any, correlation_id: str | None, connection) -> None:
         line = encode_push(event, data, correlation_id)

@@ -135,6 +135,9 @@ class SqliteWriter:
                     self._commit_batch(batch)
         finally:
             self.conn.close()
+            # How well commits were shared (bench/state_bench.py reads this line).
+            log.info("database_writer_stopped", writer=self._thread.name, commits=self.commits,
+                     writes=self.writes)
 
     def _commit_batch(self, batch: list) -> None:
         try:

@@ -8,6 +8,7 @@ without waiting for writes in progress.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import orjson
@@ -95,15 +96,23 @@ class StatePlugin(BasePlugin):
     # ---- events ------------------------------------------------------------------------------
 
     @event_handler("state:set", returns=SetReply, timeout=WRITER_DEADLINE)
-    async def set(self, data: SetRequest, ctx):
+    def set(self, data: SetRequest, ctx):
         """Store a JSON value under (namespace, key); the reply comes after the commit."""
-        value_json = encode_value(data.value)
-        version, _expires_at = await self._write_key(
-            (data.namespace, data.key), _as_cached(value_json), set_value, data.namespace,
-            data.key, value_json, data.ttl_s, data.if_version, self._audit_of(ctx))
-        await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
-                                         "version": version, "op": "set"})
-        return {"namespace": data.namespace, "key": data.key, "version": version}
+        # The hot write: a plain handler returning the commit's future, which the router answers
+        # from a done-callback. A coroutine here would cost a task per write on the event loop,
+        # the loop's biggest share of a write (bench/RESULTS.md, "State").
+        namespace, key, value_json = data.namespace, data.key, encode_value(data.value)
+        expires_at = None if data.ttl_s is None else time.time() + data.ttl_s
+
+        def committed(reply, error):
+            if error is not None:
+                return None
+            version = reply["version"]
+            ctx.announce("state:changed", {"namespace": namespace, "key": key,
+                                           "version": version, "op": "set"})
+            return (value_json, version, expires_at)
+        return self._submit_key((namespace, key), committed, set_value, namespace, key,
+                                value_json, expires_at, data.if_version, self._audit_of(ctx))
 
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
@@ -122,8 +131,8 @@ class StatePlugin(BasePlugin):
     @event_handler("state:delete", returns=DeleteReply, timeout=WRITER_DEADLINE)
     async def delete(self, data: KeyRequest, ctx):
         """Delete a key; `deleted` says whether it existed."""
-        version = await self._write_key((data.namespace, data.key), _deleted, delete_value,
-                                        data.namespace, data.key, self._audit_of(ctx))
+        version = await self._submit_key((data.namespace, data.key), _deleted, delete_value,
+                                         data.namespace, data.key, self._audit_of(ctx))
         if version is not None:
             await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
                                              "version": version, "op": "delete"})
@@ -167,20 +176,25 @@ class StatePlugin(BasePlugin):
             raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
         return await future
 
-    async def _write_key(self, cache_key, cached_entry_of, op, *args):
-        """A write of one key, whose cache entry is replaced by what the commit left."""
+    def _submit_key(self, cache_key, committed, op, *args) -> asyncio.Future:
+        """Queue a write of one key; the future resolves after its commit.
+
+        `committed(result, error)` runs on the loop first and returns the key's new cache entry
+        (None: forget the key); it is what must follow the commit whether or not the request is
+        still waiting for it.
+        """
         cache = self.cache
 
-        def committed(result, error):
-            cache.write_done(cache_key, None if error is not None else cached_entry_of(result))
+        def settle(result, error):
+            cache.write_done(cache_key, committed(result, error))
         try:
-            future = self.writer.submit(op, *args, on_commit=committed)
+            future = self.writer.submit(op, *args, on_commit=settle)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
-        # Counted after the submit succeeded; `committed` cannot run before: it is called from
+        # Counted after the submit succeeded; `settle` cannot run before: it is called from
         # the event loop, which is busy with this very line.
         cache.write_queued(cache_key)
-        return await future
+        return future
 
     def _forget_purged(self, result, error) -> None:
         for namespace, key, _version in result or ():
@@ -197,12 +211,7 @@ class StatePlugin(BasePlugin):
 _loads = orjson.loads
 
 
-def _as_cached(value_json: str):
-    """The cache entry a committed set leaves: (JSON text, version, expires_at)."""
-    return lambda result: (value_json, result[0], result[1])
-
-
-def _deleted(result):
+def _deleted(_result, _error):
     return None
 
 

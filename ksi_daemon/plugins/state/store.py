@@ -70,16 +70,15 @@ def encode_value(value) -> str:
 # ---- writes: called by the writer thread only, inside its transaction ----------------------------
 # `audit` is None when auditing is off, else (peer_pid, peer_uid, correlation_id).
 
-def set_value(conn, namespace: str, key: str, value_json: str, ttl_s: float | None,
-              if_version: int | None, audit) -> tuple[int, float | None]:
-    """(the new version, when the key expires or None)."""
+def set_value(conn, namespace: str, key: str, value_json: str, expires_at: float | None,
+              if_version: int | None, audit) -> dict:
+    """The `state:set` reply: {namespace, key, version (the new one)}."""
     now = time.time()
-    expires_at = now + ttl_s if ttl_s is not None else None
     if if_version is None:  # one statement: the version is worked out inside the upsert
         version = conn.execute(_UPSERT_COUNTING, (namespace, key, value_json, now, expires_at,
                                                   now)).fetchone()[0]
         _record(conn, audit, now, namespace, key, "set", version)
-        return version, expires_at
+        return {"namespace": namespace, "key": key, "version": version}
     row = conn.execute(_CURRENT, (namespace, key)).fetchone()
     current = row[0] if row is not None and _alive(row[1], now) else 0
     if if_version != current:
@@ -89,7 +88,7 @@ def set_value(conn, namespace: str, key: str, value_json: str, ttl_s: float | No
     version = current + 1
     conn.execute(_UPSERT, (namespace, key, value_json, version, now, expires_at))
     _record(conn, audit, now, namespace, key, "set", version)
-    return version, expires_at
+    return {"namespace": namespace, "key": key, "version": version}
 
 
 def delete_value(conn, namespace: str, key: str, audit) -> int | None:
