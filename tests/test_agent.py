@@ -317,6 +317,26 @@ def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_o
         assert len(answered) == len(set(answered))
 
 
+def test_topic_subscriptions_come_back_after_a_restart(daemon_factory):
+    daemon = daemon_factory()
+    with daemon.client(timeout=30) as client:
+        data_of(client.request("agent:spawn", {"agent_id": "reader", "topics": ["news"],
+                                               "task": "Read the news"}))
+        wait_until(lambda: info(client, "reader")["turns"] == 1)
+    assert daemon.stop() == 0
+    daemon = daemon_factory()
+    with daemon.client(timeout=30) as room:
+        data_of(room.request("message:subscribe", {"topics": ["news"]}))
+        published = data_of(room.request("message:publish", {
+            "topic": "news", "content": "Rain tomorrow", "sender": "weather"}))
+        assert published["delivered"] == 2  # this connection and the restored agent
+        answer = next_event(room, "message:received", sender="reader")["data"]
+        assert answer["topic"] == "news" and "Rain tomorrow" in answer["content"]
+        assert info(room, "reader")["turns"] == 2
+        # Marked published right after, so it is not published again after a restart.
+        wait_until(lambda: info(room, "reader")["recent"][-1]["state"] == "done")
+
+
 # ---- scale and errors -------------------------------------------------------------------------
 
 def pipelined(client, event: str, payloads: list[dict], batch: int = 100) -> list[dict]:

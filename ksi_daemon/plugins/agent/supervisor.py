@@ -220,7 +220,7 @@ class AgentRuntime:
             await self._announce("agent:reply", reply, message.correlation_id)
         message.settle({"text": reply["text"], "request_id": reply["request_id"],
                         "session_id": agent.session_id, "turn": reply["turn"]})
-        if target is not None and forward is not None and target.agent_id in self.agents:
+        if forward is not None and self.agents.get(target.agent_id) is target:
             target.deliver(forward)
         if message.reply_to == TOPIC:
             await self.publish_reply(agent.agent_id, message.message_id, message.topic,
@@ -240,6 +240,11 @@ class AgentRuntime:
             await self._write(store.mark_done, agent_id, message_id)
         except Exception as exc:  # noqa: BLE001 - at worst it is published again after a crash
             log.warning("agent_reply_not_marked", agent_id=agent_id, error=repr(exc))
+            return
+        agent = self.agents.get(agent_id)
+        for turn in agent.recent if agent is not None else ():
+            if turn["message_id"] == message_id:
+                turn["state"] = store.DONE
 
     async def _skip(self, agent: Agent, message: Message, why: str) -> None:
         await self._write(store.record_turn, agent.agent_id, message.message_id, store.SKIPPED,
