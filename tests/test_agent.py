@@ -15,7 +15,7 @@ from conftest import data_of, error_of
 from fake_openai_server import FakeOpenAIServer, echo_text
 
 TOPIC = "Is P equal to NP?"
-MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "broken-a")
+MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "broken-a", "hang-a")
 
 
 @pytest.fixture
@@ -315,6 +315,24 @@ def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_o
     for messages in stored.values():  # no turn was answered twice in a session
         answered = [m["request_id"] for m in messages if m["role"] == "assistant"]
         assert len(answered) == len(set(answered))
+
+
+def test_sigterm_with_a_turn_that_never_ends_exits_and_waiting_callers_are_told(
+        daemon_factory, fake_openai):
+    config = {**config_for(fake_openai.api_base), "daemon": {"shutdown_timeout": 2}}
+    daemon = daemon_factory(config=config)
+    with daemon.client(timeout=30) as first, daemon.client(timeout=30) as second:
+        data_of(first.request("agent:spawn", {"agent_id": "stuck", "model": "hang-a"}))
+        for client, text in ((first, "one"), (second, "two")):
+            client.send("agent:send", {"agent_id": "stuck", "content": text, "wait": True})
+        wait_until(lambda: fake_openai.count("hang-a") == 1)  # "one" is at the model
+        assert daemon.stop(signal.SIGTERM) == 0
+        for client in (first, second):
+            assert error_of(client.recv_reply())["code"] == "unavailable"
+    daemon = daemon_factory(config=config)
+    with daemon.client() as client:
+        kept = info(client, "stuck")
+        assert (kept["status"], kept["pending"], kept["restarts"]) == ("running", 2, 0)
 
 
 def test_topic_subscriptions_come_back_after_a_restart(daemon_factory):

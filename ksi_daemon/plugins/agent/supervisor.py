@@ -89,7 +89,12 @@ class AgentRuntime:
             try:
                 await self._serve(agent)
                 return
-            except (Stopping, asyncio.CancelledError):
+            except Stopping:
+                agent.fail_waiters(KSIError(UNAVAILABLE, "the daemon is shutting down; the "
+                                                         "message is kept and answered after "
+                                                         "the restart"))
+                return
+            except asyncio.CancelledError:
                 return
             except Exception as exc:  # noqa: BLE001 - every crash is handled the same way
                 if self.stopping:
