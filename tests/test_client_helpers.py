@@ -10,11 +10,16 @@ import asyncio
 import contextlib
 import inspect
 import io
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, TEST_ENV
 from fake_anthropic_server import FakeAnthropicServer
 from fake_openai_server import FakeOpenAIServer
 from ksi_client import (AsyncClient, Event, EventClient, EventStream, KSIConflictError,
@@ -447,3 +452,26 @@ async def test_the_seed_client_examples_run_as_written(claude_daemon, monkeypatc
     async def haiku_asked():
         return any("Write a haiku about coding" in text for text in api.all_texts())
     await wait_until(haiku_asked, "the model to be asked for the haiku")
+
+
+# ---- docs/CLIENT.md -------------------------------------------------------------------------
+
+def client_doc_scripts() -> list[str]:
+    text = (ROOT / "docs" / "CLIENT.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    return [block for block in blocks if "claude-cli" not in block]  # the seed's, run above
+
+
+def test_every_helper_has_an_example_in_the_client_doc():
+    examples = "\n".join(client_doc_scripts())
+    missing = [name for name in helper_names() if f".{name}(" not in examples]
+    assert missing == []
+
+
+def test_every_client_doc_example_runs(daemon):
+    env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(daemon.socket_path)}
+    for script in client_doc_scripts():
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=120)
+        assert done.returncode == 0, f"{script}\n{done.stderr}"
+        assert done.stdout.strip() and "Traceback" not in done.stderr
