@@ -78,8 +78,9 @@ class Printer:
     def started(self, start: dict) -> None:
         if self.as_json:
             return self.json("orchestration:started", start)
-        print(f"{start['mode'].capitalize()} on \"{start['topic']}\": {len(start['agents'])} "
-              f"agents, {start['rounds']} rounds ({start['orchestration_id']})")
+        print(f"{start['mode'].capitalize()} on \"{start['topic']}\": "
+              f"{plural(len(start['agents']), 'agent')}, {plural(start['rounds'], 'round')} "
+              f"({start['orchestration_id']})")
         for agent in start["agents"]:
             print(f"  {agent['role']:<12} {agent['agent_id']}  (profile {agent['profile']})")
         print(flush=True)
@@ -97,9 +98,14 @@ class Printer:
     def finished(self, end: dict) -> None:
         if self.as_json:
             return self.json("orchestration:finished", end)
-        line = f"{end['status'].capitalize()}: {end['turns']} turns in {end['duration_s']:.1f} s"
-        print(line + (f" ({end['reason']})" if end.get("reason") else ""))
+        # The reason of a failed or terminated run goes to stderr (see _report_end).
+        print(f"{end['status'].capitalize()}: {plural(end['turns'], 'turn')} in "
+              f"{end['duration_s']:.1f} s")
         print(f"Sessions: {', '.join(end['session_ids']) or '(none)'}", flush=True)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def error(message: str) -> None:

@@ -118,7 +118,7 @@ def test_ctrl_c_terminates_the_orchestration_in_the_daemon(daemon_factory, fake_
     assert proc.returncode == 130, err
     assert f"interrupted: orchestration {run_id} is terminated in the daemon" in err
     assert "Traceback" not in err
-    assert re.search(r"^Terminated: \d+ turns", out, re.M)
+    assert re.search(r"^Terminated: \d+ turns? in \d+\.\d s$", out, re.M)
     detail = data_of(daemon.request("orchestration:status", {"orchestration_id": run_id}))
     assert detail["status"] == "terminated" and detail["turns"] < 40
     live = {a["agent_id"] for a in data_of(daemon.request("agent:list"))["agents"]}

@@ -271,3 +271,18 @@ def test_a_daemon_that_stops_ends_running_orchestrations_as_terminated(daemon_fa
         turns, finished = pushes_until_finished(client, started["orchestration_id"])
     assert finished["status"] == "terminated" and "shutting down" in finished["reason"]
     assert daemon.wait(30) == 0
+
+
+def test_ended_orchestrations_are_forgotten_past_the_configured_number(daemon_factory):
+    daemon = daemon_factory(config={"plugins": {"orchestration": {"finished_kept": 1}}})
+    with daemon.client(timeout=60) as client:
+        first = start(client, mode="debate", topic="Tea or coffee?", rounds=1)
+        pushes_until_finished(client, first["orchestration_id"])
+        second = start(client, mode="debate", topic="Tea or coffee?", rounds=1)
+        pushes_until_finished(client, second["orchestration_id"])
+        listed = data_of(client.request("orchestration:status"))
+        assert [o["orchestration_id"] for o in listed["orchestrations"]] == \
+            [second["orchestration_id"]]
+        gone = error_of(client.request("orchestration:status",
+                                       {"orchestration_id": first["orchestration_id"]}))
+        assert gone["code"] == "not_found"

@@ -21,7 +21,7 @@ from .modes import Mode, opening_message
 from .models import Participant
 
 RUNNING, FINISHED, TERMINATED, FAILED = "running", "finished", "terminated", "failed"
-CANCEL_GRACE_S = 5.0
+STOP_GRACE_S = 5.0
 log = structlog.get_logger("ksi.plugin.orchestration")
 
 
@@ -100,11 +100,10 @@ class Orchestration:
             return False
         self.status, self.reason, self.finished_at = status, reason, time.time()
         try:
-            if self.task is not None and self.task is not asyncio.current_task():
-                # The agent:send in flight is abandoned; its agent is terminated just below.
-                self.task.cancel()
-                await asyncio.wait([self.task], timeout=CANCEL_GRACE_S)
+            # Terminating the agents also fails an agent:send in flight, which stops the loop;
+            # cancelling it instead would cut into the agent plugin's handler mid-turn.
             await terminate_agents(self._ask, self.participants)
+            await self._stop_the_loop()
         finally:
             self._announce("orchestration:finished", {
                 "orchestration_id": self.orchestration_id, "status": status,
@@ -114,6 +113,14 @@ class Orchestration:
             log.info("orchestration_ended", orchestration_id=self.orchestration_id,
                      status=status, reason=reason, turns=len(self.transcript))
         return True
+
+    async def _stop_the_loop(self) -> None:
+        if self.task is None or self.task is asyncio.current_task() or self.task.done():
+            return
+        done, _ = await asyncio.wait([self.task], timeout=STOP_GRACE_S)
+        if not done:
+            self.task.cancel()
+            await asyncio.wait([self.task], timeout=STOP_GRACE_S)
 
     # ---- what status shows -------------------------------------------------------------------
 
