@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -390,6 +391,30 @@ def test_sync_client_runs_the_helpers_in_a_plain_script(daemon):
             client.conversation("nope")
     with pytest.raises(KSIConnectionError, match="closed"):
         client.health()
+
+
+def test_one_sync_client_serves_several_threads_at_once(daemon):
+    results: dict[int, tuple] = {}
+
+    def worker(index: int) -> None:
+        version = client.set_state(f"t{index}", {"thread": index}, namespace="threads")
+        answer = client.create_completion(f"Tell me about planet{index}",
+                                          session_id=f"thread-{index}")
+        deltas = list(client.stream_completion("And its moons?", session_id=f"thread-{index}"))
+        results[index] = (version, client.get_state(f"t{index}", namespace="threads"),
+                          answer.session_id, "".join(deltas))
+
+    with SyncClient(daemon.socket_path, timeout=60) as client:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert client.list_state(namespace="threads") == [f"t{i}" for i in range(6)]
+    for index in range(6):
+        version, value, session_id, streamed = results[index]
+        assert (version, value, session_id) == (1, {"thread": index}, f"thread-{index}")
+        assert "This is turn 2" in streamed and f"planet{index}" in streamed
 
 
 def test_leaving_a_sync_stream_early_cancels_the_completion(model_daemon, fake_openai):
