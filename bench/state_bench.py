@@ -8,6 +8,11 @@ answered by the next request on that connection. Every round measures the three 
 the other; the table shows medians over rounds, and each event's ratio to `system:health` as the
 median of the per-round ratios (each round's events run seconds apart, so a neighbour process
 that slows the machine for a while affects both sides of a ratio alike).
+The machine is shared: every measurement also prints the CPU that other processes used meanwhile
+("others", in % of one CPU, from /proc/stat minus this benchmark's processes), so a run can be
+judged by the load it ran under. The daemon's CPU per request is split into its event loop (the
+main thread) and its other threads (the SQLite writers), and the writes per commit come from the
+writer's own count, logged when the daemon stops.
 `state:set` writes a different value every time (so every request is a real commit), to 16 keys;
 `state:get` reads those keys. With 2 or more CPUs the daemon is pinned to CPU 0 and the load
 generator to CPU 1. Every process started here is stopped before the script exits.
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 import orjson
+import resource
 
 PYTHON = sys.executable
 EVENTS = ("system:health", "state:set", "state:get")
@@ -167,10 +173,23 @@ def start_daemon(workdir: Path, synchronous: str, cpu: int | None) -> subprocess
     return proc
 
 
-def cpu_seconds_of(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds_of(pid: int, task: int | None = None) -> float:
+    """User + system CPU time of a process (all its threads), or of one thread, from /proc."""
+    stat = Path(f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every process on the machine has used since boot (all CPUs), from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_until_idle(pid: int, limit_s: float = 30.0) -> None:
@@ -185,6 +204,9 @@ def wait_until_idle(pid: int, limit_s: float = 30.0) -> None:
 
 def measure(socket_path: str, event: str, args, cpu: int | None, daemon_pid: int) -> dict:
     cpu_before = cpu_seconds_of(daemon_pid)
+    loop_before = cpu_seconds_of(daemon_pid, daemon_pid)  # the main thread runs the event loop
+    machine_before, load_before, started = (machine_busy_seconds(), children_cpu_seconds(),
+                                            time.monotonic())
     output = subprocess.run(
         [PYTHON, __file__, "--load", "--socket", socket_path, "--event", event,
          "--connections", str(args.connections), "--depth", str(args.depth),
@@ -192,9 +214,16 @@ def measure(socket_path: str, event: str, args, cpu: int | None, daemon_pid: int
          "--duration", str(args.duration)],
         capture_output=True, check=True, preexec_fn=pinned_to(cpu), timeout=120).stdout
     result = orjson.loads(output)
-    # Daemon CPU per reply (event loop and writer thread together): unlike req/s, this barely
-    # moves when neighbours steal the machine, so it shows where the time goes.
-    result["cpu_us"] = (cpu_seconds_of(daemon_pid) - cpu_before) / max(result["replies"], 1) * 1e6
+    elapsed = time.monotonic() - started
+    daemon_s = cpu_seconds_of(daemon_pid) - cpu_before
+    loop_s = cpu_seconds_of(daemon_pid, daemon_pid) - loop_before
+    ours_s = daemon_s + children_cpu_seconds() - load_before  # the daemon and the load generator
+    # Daemon CPU per reply: unlike req/s, this barely moves when neighbours steal the machine,
+    # so it shows where the time goes.
+    replies = max(result["replies"], 1)
+    result["cpu_us"] = daemon_s / replies * 1e6
+    result["loop_us"] = loop_s / replies * 1e6
+    result["others_pct"] = max(0.0, machine_busy_seconds() - machine_before - ours_s) / elapsed * 100
     return result
 
 
@@ -228,6 +257,8 @@ def main(argv=None) -> int:
     wait_until_idle(proc.pid)
     results: dict[str, list[float]] = {event: [] for event in EVENTS}
     cpu_us: dict[str, list[float]] = {event: [] for event in EVENTS}
+    loop_us: dict[str, list[float]] = {event: [] for event in EVENTS}
+    others: list[float] = []
     errors = 0
     try:
         for round_number in range(args.rounds):
@@ -235,10 +266,14 @@ def main(argv=None) -> int:
                 result = measure(socket_path, event, args, load_cpu, proc.pid)
                 results[event].append(result["rps"])
                 cpu_us[event].append(result["cpu_us"])
+                loop_us[event].append(result["loop_us"])
+                others.append(result["others_pct"])
                 errors += result["errors"]
                 print(f"round {round_number + 1} {event:14s} {result['rps']:9.0f} req/s "
                       f"({result['requests']} requests, {result['errors']} errors, "
-                      f"daemon CPU {result['cpu_us']:.1f} µs/request)", flush=True)
+                      f"daemon CPU {result['cpu_us']:.1f} µs/request of which event loop "
+                      f"{result['loop_us']:.1f}; others {result['others_pct']:.0f} % CPU)",
+                      flush=True)
         db_size = sum(f.stat().st_size for f in (workdir / "var" / "db").glob("state.db*"))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -247,14 +282,18 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        per_commit = writes_per_commit(workdir / "daemon.out", "state-writer")
         shutil.rmtree(workdir, ignore_errors=True)
 
     health = statistics.median(results["system:health"])
     print(f"\nstate benchmark: {args.connections} connections × {args.depth} in flight, "
           f"{args.rounds} rounds × {args.duration} s, synchronous={args.synchronous}, "
           f"pinned={'yes' if pin else 'no'}, errors={errors}, state files {db_size} bytes")
+    print(f"other processes: median {statistics.median(others):.0f} % of one CPU "
+          f"(min {min(others):.0f}, max {max(others):.0f}; the machine has {os.cpu_count()}); "
+          f"state writes per commit: {per_commit}")
     print(f"{'event':16s} {'median req/s':>13s} {'ratio':>7s} {'target':>7s}  {'verdict':8s} "
-          f"{'daemon CPU µs/request':>22s}")
+          f"{'daemon CPU µs/request':>22s} {'(event loop)':>12s}")
     for event in EVENTS:
         rps = statistics.median(results[event])
         ratio = statistics.median(r / h for r, h in zip(results[event],
@@ -263,8 +302,19 @@ def main(argv=None) -> int:
         verdict = "baseline" if target is None else ("met" if ratio >= target else "MISSED")
         print(f"{event:16s} {rps:13.0f} {ratio:7.2f} "
               f"{'' if target is None else f'≥{target}':>7s}  {verdict:8s} "
-              f"{statistics.median(cpu_us[event]):22.1f}")
+              f"{statistics.median(cpu_us[event]):22.1f} "
+              f"{statistics.median(loop_us[event]):12.1f}")
     return 0 if errors == 0 else 1
+
+
+def writes_per_commit(log_path: Path, writer: str) -> str:
+    """From the writer's own count, logged at stop ("database_writer_stopped")."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "database_writer_stopped" in line and f"writer={writer}" in line:
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            commits, writes = int(fields["commits"]), int(fields["writes"])
+            return f"{writes / max(commits, 1):.1f} ({writes} writes in {commits} commits)"
+    return "unknown (the writer's stop line is missing from the daemon log)"
 
 
 if __name__ == "__main__":
