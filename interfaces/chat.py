@@ -121,13 +121,13 @@ class Chat:
     # ---- choosing the session ---------------------------------------------------------------
 
     def start(self, args: argparse.Namespace) -> None:
-        remembered = {} if args.new or args.session else self._remembered()
-        self.model = args.model or remembered.get("model")
+        remembered = self._remembered()
+        self.model = args.model or remembered.get("model")  # kept by --new and --session too
         if self.model == "default":
             self.model = None
         if args.session:
             self.switch_to(args.session)
-        elif remembered.get("session_id"):
+        elif not args.new and remembered.get("session_id"):
             self.switch_to(remembered["session_id"], resumed=True)
         elif self.screen.interactive:
             self.screen.notice("new session" + self._model_note() + " · /help for commands")
@@ -148,9 +148,9 @@ class Chat:
     def _remembered(self) -> dict:
         try:
             value = self.client.get_state(MEMORY_KEY, namespace=MEMORY_NAMESPACE)
-        except KSIError as exc:
-            if isinstance(exc, KSIConnectionError):
-                raise
+        except KSIConnectionError:
+            raise
+        except KSIError:
             return {}  # no state plugin: nothing remembered, the chat still works
         return value if isinstance(value, dict) else {}
 
@@ -160,9 +160,10 @@ class Chat:
             self.client.set_state(MEMORY_KEY, {"session_id": self.session_id,
                                                "model": self.model},
                                   namespace=MEMORY_NAMESPACE)
-        except KSIError as exc:
-            if isinstance(exc, KSIConnectionError):
-                raise
+        except KSIConnectionError:
+            raise
+        except KSIError:
+            pass  # as above: the chat goes on, it just will not be resumed
 
     # ---- talking ----------------------------------------------------------------------------
 
@@ -170,21 +171,27 @@ class Chat:
         try:
             for delta in self.client.stream_completion(prompt, model=self.model,
                                                        session_id=self.session_id):
-                if not self.answering:
-                    self.answering = True
-                    self.screen.answer_starts()
-                self.screen.delta(delta)
+                self._show(delta)
         except KeyboardInterrupt:
             self._end_answer()
             self.screen.notice("[answer stopped]")
             return
-        finally:
-            self._end_answer()
+        except BaseException:
+            self._end_answer()  # a failed turn leaves no answer line, only its error
+            raise
+        self._show("")  # an empty answer is still one line
+        self._end_answer()
         response = self.client.last_response
         if response.session_id != self.session_id:
             self.session_id, self.stored = response.session_id, 0
         self.stored += 2  # the question and its answer
         self._remember()
+
+    def _show(self, delta: str) -> None:
+        if not self.answering:
+            self.answering = True
+            self.screen.answer_starts()
+        self.screen.delta(delta)
 
     def _end_answer(self) -> None:
         if self.answering:

@@ -195,8 +195,8 @@ class SyncClient(SyncEventClient):
         finished = False
         try:
             while True:
-                item = self._run(_next_or_none(items))
-                if item is None:
+                item = self._run(_next_or_end(items))
+                if item is _END:
                     finished = True
                     return
                 yield item
@@ -212,7 +212,6 @@ def _blocking(helper: Callable) -> Callable:
     @functools.wraps(helper)
     def call(self: SyncClient, *args, **kwargs):
         return self._call_helper(helper.__name__, args, kwargs)
-    call.__wrapped__ = helper
     return call
 
 
@@ -245,8 +244,8 @@ class SyncEventStream:
             except StopAsyncIteration:
                 event = None
         else:
-            event = self._client._run(_next_or_none(self._stream))
-        if event is None:
+            event = self._client._run(_next_or_end(self._stream))
+        if event is None or event is _END:
             raise StopIteration
         return event
 
@@ -266,9 +265,12 @@ class SyncEventStream:
         self.close()
 
 
-async def _next_or_none(stream: AsyncIterator[T]) -> T | None:
-    # StopAsyncIteration must not cross into a concurrent.futures.Future; None stands for it.
+_END: Any = object()
+
+
+async def _next_or_end(stream: AsyncIterator[T]) -> T:
+    # StopAsyncIteration must not cross into a concurrent.futures.Future; _END stands for it.
     try:
         return await stream.__anext__()
     except StopAsyncIteration:
-        return None
+        return _END
