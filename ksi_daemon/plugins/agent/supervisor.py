@@ -27,7 +27,7 @@ import structlog
 
 from ...protocol import CONFLICT, UNAVAILABLE, KSIError
 from . import store
-from .agent import CALLER, DIRECT, TOPIC, Agent, Message
+from .agent import DIRECT, TOPIC, Agent, Message
 
 log = structlog.get_logger("ksi.plugin.agent")
 Emit = Callable[..., Awaitable]
