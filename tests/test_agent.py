@@ -376,13 +376,13 @@ def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(daemon):
         assert all(data_of(r)["status"] == "running" for r in spawned)
         busy = data_of(client.request("agent:list"))
         assert busy["count"] == 1000 and busy["tasks_alive"] == 1000
-        assert busy["daemon_tasks"] >= idle["daemon_tasks"] + 1000  # the figure sees them
         ended = pipelined(client, "agent:terminate", [{"agent_id": i} for i in ids])
         assert all(data_of(r)["status"] == "terminated" for r in ended)
+        # No more tasks than before (a one-shot task of another plugin may have ended since).
         after = wait_until(lambda: (lambda d: d["daemon_tasks"] <= idle["daemon_tasks"] and d)(
             data_of(client.request("agent:list"))), timeout=10)
         assert (after["count"], after["tasks_alive"]) == (0, 0)
-        assert after["daemon_tasks"] == idle["daemon_tasks"]
+        assert busy["daemon_tasks"] - after["daemon_tasks"] >= 1000  # the figure saw them
         assert data_of(client.request("agent:list", {"status": "terminated"}))["count"] == 1000
 
 
