@@ -158,6 +158,11 @@ class Orchestrate:
             # A second Ctrl-C while we clean up leaves at once (KeyboardInterrupt in main()).
             loop.remove_signal_handler(signal.SIGINT)
             return await self._terminate_after_interrupt()
+        except BrokenPipeError:
+            # Whoever read our output is gone (`| head`): stop the run instead of leaving it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            await self._terminate_after_interrupt("the output was closed")
+            return EXIT_FAILED
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
@@ -193,10 +198,10 @@ class Orchestrate:
             error(f"orchestration {end['orchestration_id']} failed: {end.get('reason')}")
         return EXIT_FAILED
 
-    async def _terminate_after_interrupt(self) -> int:
+    async def _terminate_after_interrupt(self, why: str = "interrupted") -> int:
         orchestration_id = await self._started_id()
         if orchestration_id is None:
-            error("interrupted before the orchestration started")
+            error(f"{why} before the orchestration started")
             return EXIT_INTERRUPTED
         reply = await self.client.emit("orchestration:terminate",
                                        {"orchestration_id": orchestration_id})
@@ -204,7 +209,7 @@ class Orchestrate:
         end = self._already_received("orchestration:finished")
         if end is not None:
             self.out.finished(end)
-        error(f"interrupted: orchestration {orchestration_id} is {reply['status']} in the "
+        error(f"{why}: orchestration {orchestration_id} is {reply['status']} in the "
               "daemon, its agents with it")
         return EXIT_INTERRUPTED
 

@@ -73,7 +73,12 @@ def test_list_modes_shows_every_mode(daemon):
     for mode in ("debate", "collaboration", "teaching", "brainstorm", "analysis"):
         assert re.search(rf"^{mode} ", result.stdout, re.M)
     assert "proponent (debater), opponent (debater)" in result.stdout
-    as_json = orchestrate(daemon, "--list-modes", "--json")
+    # --socket finds the daemon without any environment variable.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KSI_")}
+    as_json = subprocess.run([sys.executable, str(SCRIPT), "--list-modes", "--json", "--socket",
+                              str(daemon.socket_path)], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
     assert [orjson.loads(line)["data"]["mode"] for line in as_json.stdout.splitlines()] == \
         ["debate", "collaboration", "teaching", "brainstorm", "analysis"]
 
@@ -123,3 +128,25 @@ def test_ctrl_c_terminates_the_orchestration_in_the_daemon(daemon_factory, fake_
     assert detail["status"] == "terminated" and detail["turns"] < 40
     live = {a["agent_id"] for a in data_of(daemon.request("agent:list"))["agents"]}
     assert not {a["agent_id"] for a in detail["agents"]} & live
+
+
+def test_a_reader_that_goes_away_terminates_the_orchestration(daemon_factory, fake_openai):
+    aliases = {"pause": {"model": "openai/pause", "api_base": fake_openai.api_base,
+                         "api_key": "sk-test"}}
+    daemon = daemon_factory(config={"plugins": {"completion": {"aliases": aliases}}})
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "Is P=NP?", "--rounds", "20",
+                             "--model", "pause"], env=cli_env(daemon.socket_path),
+                            cwd=daemon.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        run_id = re.search(r"\((orch-\w+)\)", proc.stdout.readline()).group(1)
+        proc.stdout.close()  # as `| head -1` does
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"the output was closed: orchestration {run_id} is terminated" in err
+    assert "Traceback" not in err
+    detail = data_of(daemon.request("orchestration:status", {"orchestration_id": run_id}))
+    assert detail["status"] == "terminated"
