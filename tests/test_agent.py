@@ -335,6 +335,40 @@ def test_sigterm_with_a_turn_that_never_ends_exits_and_waiting_callers_are_told(
         assert (kept["status"], kept["pending"], kept["restarts"]) == ("running", 2, 0)
 
 
+def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(daemon_factory,
+                                                                           fake_openai):
+    config = config_for(fake_openai.api_base)
+    daemon = daemon_factory(config=config)
+    with watch(daemon, ("agent:status", "agent:reply")) as watcher, \
+            daemon.client(timeout=30) as client:
+        for agent_id in ("gone", "again"):
+            data_of(client.request("agent:spawn", {"agent_id": agent_id, "model": "pause-pro",
+                                                   "task": f"question for {agent_id}"}))
+        wait_until(lambda: fake_openai.count("pause-pro") == 2)  # both turns are at the model
+        data_of(client.request("agent:terminate", {"agent_id": "gone"}))
+        data_of(client.request("agent:restart", {"agent_id": "again"}))
+        time.sleep(1.5)  # past the end of the cut-off calls to the model
+        # The restarted agent asks again for the same message and gets its one answer.
+        reply = next_event(watcher, "agent:reply", timeout=30)["data"]
+        assert (reply["agent_id"], reply["turn"]) == ("again", 1)
+        listed = data_of(client.request("agent:list"))
+        assert [a["agent_id"] for a in listed["agents"]] == ["again"]
+        assert listed["tasks_alive"] == 1
+        assert info(client, "again")["restarts"] == 0
+        assert info(client, "gone")["status"] == "terminated"
+        # The router's history: no crash, no status or reply of the terminated agent.
+        watcher.send("system:event_history", {"pattern": "agent:*", "limit": 1000})
+        history = watcher.recv_reply()["data"]["events"]
+        seen = [(e["event"], e["data"].get("agent_id"), e["data"].get("status"))
+                for e in history if e["event"] in ("agent:status", "agent:reply")]
+        assert seen == [("agent:status", "again", "running"), ("agent:reply", "again", None)]
+    assert daemon.stop() == 0
+    daemon = daemon_factory(config=config)
+    with daemon.client() as client:
+        assert data_of(client.request("agent:list"))["count"] == 1
+        assert info(client, "gone")["status"] == "terminated"
+
+
 def test_topic_subscriptions_come_back_after_a_restart(daemon_factory):
     daemon = daemon_factory()
     with daemon.client(timeout=30) as client:

@@ -150,7 +150,15 @@ class AgentPlugin(BasePlugin):
     # ---- plumbing ----------------------------------------------------------------------------
 
     async def _emit(self, event: str, data: dict, correlation_id: str | None = None):
-        return await self.context.emit(event, data, correlation_id=correlation_id)
+        try:
+            return await self.context.emit(event, data, correlation_id=correlation_id)
+        except KSIError:
+            # The router answers a cancelled emit with `unavailable`; an agent task being
+            # terminated or restarted must see its cancellation, not a crash to recover from.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError() from None
+            raise
 
     async def _write(self, op, *args):
         try:
