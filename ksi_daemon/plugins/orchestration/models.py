@@ -129,4 +129,5 @@ class Settings(BaseModel):
     finished_kept: int = Field(100, ge=0, description="finished ones orchestration:status "
                                                       "still shows")
     finished_kept_s: float = Field(3600.0, ge=0, description="... and for how long")
-    turn_timeout_s: float = Field(600.0, gt=0, description="one agent's answer, at most")
+    turn_timeout_s: float = Field(600.0, gt=0, le=3600,  # agent:send's own bound
+                                  description="one agent's answer, at most")

@@ -96,7 +96,8 @@ class Orchestration:
     async def end(self, status: str, reason: str | None = None) -> bool:
         """End the run as `status`; False (and nothing happens) if it has already ended."""
         if self.status != RUNNING:
-            await self._ended.wait()
+            if asyncio.current_task() is not self.task:  # the ending waits for the loop
+                await self._ended.wait()
             return False
         self.status, self.reason, self.finished_at = status, reason, time.time()
         try:
