@@ -286,3 +286,12 @@ def test_ended_orchestrations_are_forgotten_past_the_configured_number(daemon_fa
         gone = error_of(client.request("orchestration:status",
                                        {"orchestration_id": first["orchestration_id"]}))
         assert gone["code"] == "not_found"
+
+
+def test_a_run_goes_on_when_the_client_that_started_it_goes_away(daemon):
+    with daemon.client(timeout=60) as watcher:
+        data_of(watcher.request("system:subscribe", {"patterns": ["orchestration:*"]}))
+        with daemon.client() as starter:
+            started = start(starter, mode="brainstorm", topic="Names for a cat", rounds=2)
+        turns, finished = pushes_until_finished(watcher, started["orchestration_id"])
+    assert finished["status"] == "finished" and len(turns) == finished["turns"] == 6
