@@ -34,9 +34,9 @@ def chat_env(daemon) -> dict:
     return env
 
 
-def run_chat(daemon, *args: str, stdin: str = "", env: dict | None = None):
+def run_chat(daemon, *args: str, stdin: str = "", env: dict | None = None, cwd: Path = ROOT):
     return subprocess.run([sys.executable, str(CHAT), *args], input=stdin, text=True,
-                          capture_output=True, env=env or chat_env(daemon), cwd=ROOT,
+                          capture_output=True, env=env or chat_env(daemon), cwd=cwd,
                           timeout=WAIT_S)
 
 
@@ -103,13 +103,16 @@ class Terminal:
             except EOFError:
                 break
         code = self.proc.wait(WAIT_S)
-        os.close(self.master)
+        self.kill()
         return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
 
 
 @pytest.fixture
@@ -229,6 +232,12 @@ def test_one_shot_prints_the_answer_and_continues_the_last_session(daemon):
     again = run_chat(daemon, "--session", "named-one", "How deep?")
     assert "caves" in named.stdout and "This is turn 2" in again.stdout
     assert "caves" in again.stdout
+    # Found as ./var/run/daemon.sock of the working directory, like a daemon started there.
+    env = {key: value for key, value in chat_env(daemon).items()
+           if key not in ("KSI_SOCKET_PATH", "KSI_VAR_DIR")}
+    local = run_chat(daemon, "And the bats?", env=env, cwd=daemon.workdir)
+    assert local.returncode == 0, local.stderr
+    assert "This is turn 3" in local.stdout and "caves" in local.stdout
 
 
 def test_piped_lines_get_one_answer_line_each(daemon):
