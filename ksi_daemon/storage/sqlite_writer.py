@@ -27,6 +27,11 @@ from ..protocol import TIMEOUT, KSIError
 log = structlog.get_logger("ksi.sqlite_writer")
 
 _STOP = object()
+# Commits slower than this (an fsync: synchronous FULL) let the next group gather first, for at
+# most one commit's time and never longer than GATHER_AT_MOST_S (a disk stalling for seconds must
+# not add its stall to every write).
+GATHER_ABOVE_S = 0.0002
+GATHER_AT_MOST_S = 0.005
 
 
 class WriterStopped(Exception):
@@ -52,6 +57,8 @@ class SqliteWriter:
         # (deadline, future) in submit order; see enforce_deadlines().
         self.deadline_s = deadline_s
         self._deadlines: deque = deque()
+        self._commit_s = 0.0  # the last COMMIT's own duration, measured by the thread
+        self._last_batch = 0  # how many writes it held
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -127,6 +134,8 @@ class SqliteWriter:
                         stop = wake.get_nowait() is _STOP or stop
                     except queue.Empty:
                         break
+                if not stop and self._commit_s >= GATHER_ABOVE_S and self._last_batch > 1:
+                    stop = self._gather()
                 # Everything queued before a stop was appended before its token: none is lost.
                 while items:
                     batch = []
@@ -138,6 +147,29 @@ class SqliteWriter:
             # How well commits were shared (bench/state_bench.py reads this line).
             log.info("database_writer_stopped", writer=self._thread.name, commits=self.commits,
                      writes=self.writes)
+
+    def _gather(self) -> bool:
+        """Let a group form before a slow commit; True if a stop token came meanwhile.
+
+        With one request in flight per client and a commit slower than a client's round trip,
+        group commit settles into two halves of the clients taking turns (one half commits while
+        the other is answered and writes again): half the writes per fsync. Waiting while writes
+        keep arriving, a quarter of a commit's time at most between two arrivals and one commit's
+        time in all, lets both halves into one commit. Fast commits (synchronous NORMAL: no fsync)
+        never wait: there the wait would cost more than the commit it saves; nor does a lone
+        writer (the last commit held one write), which would only wait longer for its reply.
+        """
+        wake, commit_s = self._wake, min(self._commit_s, GATHER_AT_MOST_S)
+        give_up = time.perf_counter() + commit_s
+        while True:
+            left = give_up - time.perf_counter()
+            if left <= 0:
+                return False
+            try:
+                if wake.get(timeout=min(commit_s / 4, left)) is _STOP:
+                    return True
+            except queue.Empty:  # nothing arrived for a while: the group is complete
+                return False
 
     def _commit_batch(self, batch: list) -> None:
         try:
@@ -151,6 +183,7 @@ class SqliteWriter:
             outcomes = [(item, None, exc) for item in batch]
         self.commits += 1
         self.writes += len(batch)
+        self._last_batch = len(batch)
         # One wake-up of the event loop per batch, not one per write.
         self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
 
@@ -196,7 +229,11 @@ class SqliteWriter:
                     outcomes.append((item, None, exc))
                 if savepoints:
                     conn.execute("RELEASE op")
+            committing = time.perf_counter()
             conn.execute("COMMIT")
+            # How long the last COMMIT alone took (its fsync): the group gathers only when
+            # commits are slow enough to be worth waiting for (see _gather).
+            self._commit_s = time.perf_counter() - committing
         except BaseException:
             try:
                 conn.execute("ROLLBACK")
