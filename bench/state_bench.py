@@ -1,6 +1,7 @@
 """State benchmark: `state:set` and `state:get` against `system:health`, in the same run.
 
-    python bench/state_bench.py [--rounds 7 --duration 1.5 --synchronous FULL|NORMAL --depth 1]
+    python bench/state_bench.py [--rounds 7 --duration 1.5 --synchronous NORMAL|FULL --depth 1]
+    python bench/state_bench.py --commit-cost    # what one commit of 16 writes costs on this disk
 
 One daemon (a subprocess, in a temporary var dir) is loaded by a separate load-generator process
 (this script with --load) with 16 connections × 1 request in flight, closed loop: each reply is
@@ -149,6 +150,45 @@ def compare_read_placement(keys: int = 100_000, reads: int = 20_000) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# ---- what a commit costs on this disk (why FULL cannot keep up with 16 writers × 1) -------------
+
+def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from ksi_daemon.storage.sqlite_database import open_writer
+    from ksi_daemon.plugins.state.store import create_schema, encode_value, set_value
+    # Beside the repository's var/ (the daemon's default place), not /tmp, which may be memory.
+    workdir = Path(tempfile.mkdtemp(prefix="ksi-cc-", dir=Path(__file__).resolve().parent))
+    try:
+        with open(workdir / "probe", "wb") as probe:
+            took = []
+            for n in range(batches):
+                probe.write(b"x" * 4096)
+                probe.flush()
+                started = time.perf_counter()
+                os.fsync(probe.fileno())
+                took.append(time.perf_counter() - started)
+        print(f"fsync of a 4 KiB append: median {statistics.median(took) * 1e6:.0f} µs")
+        for level in ("FULL", "NORMAL"):
+            conn = open_writer(workdir / f"{level}.db", level, create_schema)
+            whole, commit = [], []
+            for n in range(batches):
+                started = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                for key in range(writes):
+                    set_value(conn, "bench", f"bench-{key}", encode_value({"n": n}), None, None,
+                              None)
+                committing = time.perf_counter()
+                conn.execute("COMMIT")
+                commit.append(time.perf_counter() - committing)
+                whole.append(time.perf_counter() - started)
+            conn.close()
+            print(f"synchronous={level}: {writes} upserts + COMMIT median "
+                  f"{statistics.median(whole) * 1e6:.0f} µs, of which COMMIT "
+                  f"{statistics.median(commit) * 1e6:.0f} µs")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # ---- the orchestrator ---------------------------------------------------------------------------
 
 def pinned_to(cpu: int | None):
@@ -235,10 +275,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
-    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="NORMAL",
+                        help="the state plugin's setting (default: the daemon's, NORMAL)")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--read-placement", action="store_true",
                         help="only compare point reads inline and in a thread, then exit")
+    parser.add_argument("--commit-cost", action="store_true",
+                        help="only time fsync and 16-write commits (FULL, NORMAL), then exit")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
@@ -247,6 +290,9 @@ def main(argv=None) -> int:
         return run_load_process(args)
     if args.read_placement:
         compare_read_placement()
+        return 0
+    if args.commit_cost:
+        compare_commit_cost()
         return 0
 
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2

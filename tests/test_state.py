@@ -215,10 +215,12 @@ def _write_until_killed(daemon, worker: int, cycle: int, acked: dict, errors: li
         client.close()
 
 
-def test_kill_9_loses_no_acknowledged_write(daemon_factory):
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+def test_kill_9_loses_no_acknowledged_write(daemon_factory, synchronous):
+    config = {"plugins": {"state": {"synchronous": synchronous}}}
     counters = {worker: 0 for worker in range(8)}
     for cycle in range(5):
-        daemon = daemon_factory()
+        daemon = daemon_factory(config=config)
         acked = {worker: {"keys": [], "counter": None} for worker in range(8)}
         errors: list = []
         threads = [threading.Thread(target=_write_until_killed,
@@ -237,7 +239,7 @@ def test_kill_9_loses_no_acknowledged_write(daemon_factory):
         assert sum(len(a["keys"]) for a in acked.values()) >= 400
         assert query(state_db(daemon), "PRAGMA integrity_check") == [("ok",)]
 
-        daemon = daemon_factory()
+        daemon = daemon_factory(config=config)
         with daemon.client() as client:
             for worker, record in acked.items():
                 stored = set(data_of(client.request("state:list", {

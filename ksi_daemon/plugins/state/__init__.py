@@ -131,11 +131,15 @@ class StatePlugin(BasePlugin):
     @event_handler("state:delete", returns=DeleteReply, timeout=WRITER_DEADLINE)
     async def delete(self, data: KeyRequest, ctx):
         """Delete a key; `deleted` says whether it existed."""
-        version = await self._submit_key((data.namespace, data.key), _deleted, delete_value,
-                                         data.namespace, data.key, self._audit_of(ctx))
-        if version is not None:
-            await ctx.emit("state:changed", {"namespace": data.namespace, "key": data.key,
-                                             "version": version, "op": "delete"})
+        namespace, key = data.namespace, data.key
+
+        def committed(version, error):  # announced on commit, even if the request gave up
+            if error is None and version is not None:
+                ctx.announce("state:changed", {"namespace": namespace, "key": key,
+                                               "version": version, "op": "delete"})
+            return None  # the key is gone: forget its cache entry
+        version = await self._submit_key((namespace, key), committed, delete_value, namespace,
+                                         key, self._audit_of(ctx))
         return {"deleted": version is not None}
 
     @event_handler("state:list", returns=ListReply)
@@ -147,12 +151,16 @@ class StatePlugin(BasePlugin):
     @event_handler("state:clear", returns=ClearReply, timeout=WRITER_DEADLINE)
     async def clear(self, data: ClearRequest, ctx):
         """Delete every key of a namespace; `deleted` counts them."""
-        deleted = await self._write(clear_namespace, data.namespace, self._audit_of(ctx),
-                                    on_commit=lambda _result, _error: self.cache.forget_all())
-        if deleted:
-            await ctx.emit("state:changed", {"namespace": data.namespace, "key": None,
-                                             "version": None, "op": "clear",
-                                             "deleted": deleted})
+        namespace = data.namespace
+
+        def committed(deleted, error):  # announced on commit, even if the request gave up
+            self.cache.forget_all()
+            if error is None and deleted:
+                ctx.announce("state:changed", {"namespace": namespace, "key": None,
+                                               "version": None, "op": "clear",
+                                               "deleted": deleted})
+        deleted = await self._write(clear_namespace, namespace, self._audit_of(ctx),
+                                    on_commit=committed)
         return {"deleted": deleted}
 
     @event_handler("state:audit")
@@ -209,10 +217,6 @@ class StatePlugin(BasePlugin):
 
 
 _loads = orjson.loads
-
-
-def _deleted(_result, _error):
-    return None
 
 
 ksi_plugin = StatePlugin

@@ -96,7 +96,7 @@ class StateSettings(BaseModel):
     """`plugins.state` (alias `plugins.state_service`) in the config file."""
     model_config = ConfigDict(extra="ignore")
     enabled: bool = True
-    synchronous: Literal["FULL", "NORMAL", "full", "normal"] = "FULL"
+    synchronous: Literal["FULL", "NORMAL", "full", "normal"] = "NORMAL"
     audit: bool = False
     purge_interval_s: float = Field(5.0, gt=0)
     db_path: str | None = None
