@@ -49,6 +49,14 @@ def pushes_until_finished(client, orchestration_id: str) -> tuple[list[dict], di
             return turns, message["data"]
 
 
+def sends_to(client, agents: list[dict]) -> int:
+    """How many agent:send requests went to these agents (from the daemon's event history)."""
+    ids = {agent["agent_id"] for agent in agents}
+    history = data_of(client.request("system:event_history",
+                                     {"limit": 1000, "pattern": "agent:send"}))["events"]
+    return sum(event["data"].get("agent_id") in ids for event in history)
+
+
 def live_agent_ids(client) -> set[str]:
     return {a["agent_id"] for a in data_of(client.request("agent:list"))["agents"]}
 
@@ -175,10 +183,15 @@ def test_modes_lists_every_mode_with_roles_from_the_built_in_profiles(daemon):
 
 
 def test_terminate_stops_a_run_mid_way_and_its_agents(daemon_factory, fake_openai):
-    daemon = daemon_factory(config=with_fake_models(fake_openai.api_base))
+    config = with_fake_models(fake_openai.api_base)
+    config["plugins"]["orchestration"] = {"max_running": 1}
+    daemon = daemon_factory(config=config)
     with daemon.client(timeout=60) as client, daemon.client(timeout=60) as other:
         started = start(client, mode="debate", topic="Is P=NP?", rounds=20, model="pause")
         run_id = started["orchestration_id"]
+        busy = error_of(other.request("orchestration:start",
+                                      {"mode": "debate", "topic": "One more?"}))
+        assert busy["code"] == "rate_limited" and "max_running" in busy["message"]
         first = client.recv()
         assert first["event"] == "orchestration:turn" and first["data"]["turn"] == 1
         running = data_of(other.request("orchestration:status", {"orchestration_id": run_id}))
@@ -190,10 +203,11 @@ def test_terminate_stops_a_run_mid_way_and_its_agents(daemon_factory, fake_opena
 
         turns, finished = pushes_until_finished(client, run_id)
         assert finished["status"] == "terminated" and finished["turns"] == 1 + len(turns)
-        calls_at_end = fake_openai.count("pause")
-        # Past the turn that was in flight, nothing more is asked of the model or pushed.
+        # Past the turn that was in flight, no agent is asked anything and nothing is pushed.
+        sends_at_end = sends_to(other, started["agents"])
+        assert finished["turns"] <= sends_at_end <= finished["turns"] + 1
         time.sleep(1.5)
-        assert fake_openai.count("pause") == calls_at_end
+        assert sends_to(other, started["agents"]) == sends_at_end
         client.send("system:health", {}, correlation_id="later")
         assert client.recv()["correlation_id"] == "later"
 
@@ -206,6 +220,8 @@ def test_terminate_stops_a_run_mid_way_and_its_agents(daemon_factory, fake_opena
         listed = data_of(other.request("orchestration:status"))
         assert [o["orchestration_id"] for o in listed["orchestrations"]] == [run_id]
         assert listed["count"] == 1 and "transcript" not in listed["orchestrations"][0]
+        # Its slot is free again.
+        assert start(other, mode="debate", topic="One more?", rounds=1)["status"] == "running"
 
 
 def test_an_agent_that_fails_ends_the_run_as_failed_with_the_reason(daemon_factory,

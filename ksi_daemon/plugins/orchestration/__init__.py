@@ -22,7 +22,7 @@ from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, RATE_LIMITED, UNAVAILABLE, KSIError
-from .cast import spawn_cast
+from .cast import spawn_cast, terminate_agents
 from .modes import MODES
 from .models import (ModesReply, ModesRequest, OrchestrationRequest, Settings,
                      StartReply, StartRequest, StatusReply, StatusRequest, TerminateReply)
@@ -41,6 +41,7 @@ class OrchestrationPlugin(BasePlugin):
             PluginCapabilities(event_namespaces=["orchestration"]))
         self.orchestrations: OrderedDict[str, Orchestration] = OrderedDict()
         self.accepting = True
+        self._starting = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -77,7 +78,8 @@ class OrchestrationPlugin(BasePlugin):
         if not self.accepting:
             raise KSIError(UNAVAILABLE, SHUTDOWN_REASON)
         self._forget_old()
-        running = sum(o.status == RUNNING for o in self.orchestrations.values())
+        running = self._starting + sum(o.status == RUNNING
+                                       for o in self.orchestrations.values())
         if running >= self.settings.max_running:
             raise KSIError(RATE_LIMITED, f"{running} orchestrations are running already "
                                          "(plugins.orchestration.max_running)")
@@ -91,8 +93,15 @@ class OrchestrationPlugin(BasePlugin):
             # carries its correlation id, so its events can be traced back to the start.
             return await self.context.emit(event, payload, correlation_id=ctx.correlation_id)
 
-        participants = await spawn_cast(ask, orchestration_id, mode, data.topic, agents,
-                                        rounds, data.model)
+        self._starting += 1  # counted while its agents are spawned, so that N starts at once
+        try:                 # cannot all pass the max_running check
+            participants = await spawn_cast(ask, orchestration_id, mode, data.topic, agents,
+                                            rounds, data.model)
+        finally:
+            self._starting -= 1
+        if not self.accepting:  # the daemon began to stop while the agents were spawned
+            await terminate_agents(ask, participants)
+            raise KSIError(UNAVAILABLE, SHUTDOWN_REASON)
         run = Orchestration(orchestration_id, mode, data.topic, rounds, data.model,
                             participants, ask, ctx.push, self.settings.turn_timeout_s)
         self.orchestrations[orchestration_id] = run
