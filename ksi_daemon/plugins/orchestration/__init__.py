@@ -64,8 +64,7 @@ class OrchestrationPlugin(BasePlugin):
 
     @event_handler("orchestration:modes", returns=ModesReply)
     def modes(self, data: ModesRequest):
-        """The orchestration modes with their roles (and the profile each role uses) and
-        defaults."""
+        """The orchestration modes: roles (each with its agent profile), defaults, bounds."""
         return {"modes": self._modes, "count": len(self._modes)}
 
     @event_handler("orchestration:start", returns=StartReply)
@@ -112,8 +111,10 @@ class OrchestrationPlugin(BasePlugin):
 
     @event_handler("orchestration:status", returns=StatusReply)
     def status(self, data: StatusRequest):
-        """One orchestration with its transcript so far, or a summary of every one still
-        remembered (running ones, and finished ones for plugins.orchestration.finished_kept_s)."""
+        """One orchestration with its transcript so far, or a summary of every one remembered.
+
+        Running ones are always listed; ended ones for plugins.orchestration.finished_kept_s.
+        """
         self._forget_old()
         if data.orchestration_id is not None:
             return self._find(data.orchestration_id).detail()
@@ -122,8 +123,10 @@ class OrchestrationPlugin(BasePlugin):
 
     @event_handler("orchestration:terminate", returns=TerminateReply)
     async def terminate(self, data: OrchestrationRequest):
-        """Stop an orchestration and terminate its agents; no turn follows its
-        orchestration:finished. One that has already ended answers its final status."""
+        """Stop an orchestration and terminate its agents; no turn follows its end.
+
+        One that has already ended answers its final status.
+        """
         run = self._find(data.orchestration_id)
         await run.end(TERMINATED, "terminated by request")
         return {"orchestration_id": run.orchestration_id, "status": run.status}

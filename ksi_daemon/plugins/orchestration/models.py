@@ -116,8 +116,24 @@ class StatusReply(BaseModel):
     count: int
 
 
+class RoleInfo(BaseModel):
+    role: str
+    profile: str = Field(description="the built-in agent profile that plays it")
+    instruction: str = Field(description="what it is told to do; {topic} is filled in")
+
+
+class ModeInfo(BaseModel):
+    mode: str
+    description: str
+    roles: list[RoleInfo] = Field(description="in speaking order")
+    default_agents: int
+    default_rounds: int
+    min_agents: int
+    max_agents: int
+
+
 class ModesReply(BaseModel):
-    modes: list[dict]
+    modes: list[ModeInfo]
     count: int
 
 
