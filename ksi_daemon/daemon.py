@@ -23,7 +23,7 @@ from .plugin_manager import PluginManager
 from .router import Router
 
 log = structlog.get_logger("ksi.daemon")
-LEFTOVER_GRACE_S = 2.0
+LEFTOVER_GRACE_S = 1.0
 
 
 class AlreadyRunning(Exception):

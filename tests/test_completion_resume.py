@@ -43,7 +43,7 @@ def journal_states(daemon) -> list[str]:
         conn.close()
 
 
-def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(condition, timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -71,7 +71,7 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
                                                                           fake_openai):
     config = config_for(fake_openai.api_base, max_concurrent=3)
     first = daemon_factory(config=config, subdir="d")
-    with first.client(timeout=60) as client:
+    with first.client(timeout=120) as client:
         for i in range(10):
             reply = send_async(client, {"prompt": prompt(i), "model": "gated",
                                         "request_id": f"kill-{i}", "session_id": f"s-{i}"},
@@ -85,10 +85,10 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
     assert sum(called_before.values()) == 3
 
     second = daemon_factory(config=config, subdir="d")
-    watcher = second.client(timeout=60)
+    watcher = second.client(timeout=120)
     data_of(watcher.request("system:subscribe", {"patterns": ["completion:*"]}))
     fake_openai.open_gate()
-    with second.client(timeout=60) as client:
+    with second.client(timeout=120) as client:
         for i in range(10):
             # What a restored agent does: ask again with the same request_id.
             result = data_of(client.request("completion:request", {
@@ -123,10 +123,10 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
 def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake_openai):
     config = config_for(fake_openai.api_base, shutdown_timeout=1)
     first = daemon_factory(config=config, subdir="d")
-    waiting = first.client(timeout=60)
+    waiting = first.client(timeout=120)
     waiting.send("completion:request", {"prompt": prompt(0), "model": "gated",
                                         "request_id": "term-0"}, correlation_id="w")
-    with first.client(timeout=60) as client:
+    with first.client(timeout=120) as client:
         for i in (1, 2):
             send_async(client, {"prompt": prompt(i), "model": "gated",
                                 "request_id": f"term-{i}"}, f"a-{i}")
@@ -148,7 +148,7 @@ def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake
 
     second = daemon_factory(config=config, subdir="d")
     fake_openai.open_gate()
-    with second.client(timeout=60) as client:
+    with second.client(timeout=120) as client:
         for i in range(3):
             result = data_of(client.request("completion:request", {
                 "prompt": prompt(i), "model": "gated", "request_id": f"term-{i}"}))
@@ -162,7 +162,7 @@ def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_fac
                                                                        fake_openai):
     config = config_for(fake_openai.api_base)
     first = daemon_factory(config=config, subdir="d")
-    with first.client(timeout=60) as client, first.client(timeout=60) as other:
+    with first.client(timeout=120) as client, first.client(timeout=120) as other:
         # While it runs: the repeat waits for the same job.
         started = send_async(client, {"prompt": "while running", "model": "gated",
                                       "request_id": "r-1"}, "a-1")
@@ -202,7 +202,7 @@ def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_fac
 
     # Remembered across a restart: answered from the journal, still without a call.
     second = daemon_factory(config=config, subdir="d")
-    with second.client(timeout=60) as client:
+    with second.client(timeout=120) as client:
         again = data_of(client.request("completion:request", {
             "prompt": "once", "model": "echo", "request_id": "r-2"}))
         assert again["text"] == first_result["text"] and again["deduplicated"] is True
@@ -216,7 +216,7 @@ def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_fac
 def test_finished_requests_are_forgotten_beyond_the_kept_count(daemon_factory, fake_openai):
     config = config_for(fake_openai.api_base, journal={"keep_finished": 2})
     daemon = daemon_factory(config=config)
-    with daemon.client(timeout=60) as client:
+    with daemon.client(timeout=120) as client:
         for i in range(3):
             data_of(client.request("completion:request", {
                 "prompt": f"kept {i}", "model": "echo", "request_id": f"k-{i}"}))
@@ -261,7 +261,7 @@ def test_a_call_that_ignores_cancellation_does_not_keep_the_daemon_alive(daemon_
     (plugins / "stubborn.py").write_text(STUBBORN_PLUGIN)
     config = {"daemon": {"plugin_dirs": [str(plugins)], "shutdown_timeout": 30}}
     first = daemon_factory(config=config, subdir="d")
-    waiting = first.client(timeout=60)
+    waiting = first.client(timeout=120)
     waiting.send("completion:request", {"prompt": "are you there", "request_id": "st-1"},
                  correlation_id="w")
     wait_until(lambda: (plugins / "was-stubborn").exists(), what="the stubborn call")
@@ -273,7 +273,7 @@ def test_a_call_that_ignores_cancellation_does_not_keep_the_daemon_alive(daemon_
     assert "exiting_past_stuck_tasks" in first.read_output()
 
     second = daemon_factory(config=config, subdir="d")
-    with second.client(timeout=60) as client:
+    with second.client(timeout=120) as client:
         result = data_of(client.request("completion:request", {
             "prompt": "are you there", "request_id": "st-1"}))
     assert result["resumed"] is True and result["text"]
@@ -281,7 +281,7 @@ def test_a_call_that_ignores_cancellation_does_not_keep_the_daemon_alive(daemon_
 
 
 def test_errors_a_user_can_cause_are_coded_and_leave_the_connection_working(daemon):
-    with daemon.client(timeout=60) as client:
+    with daemon.client(timeout=120) as client:
         assert error_of(client.request("completion:status", {"request_id": "nobody"}))[
             "code"] == "not_found"
         assert data_of(client.request("completion:cancel", {"request_id": "nobody"}))[

@@ -123,7 +123,8 @@ class CompletionPlugin(BasePlugin):
 
     @hookimpl
     async def ksi_shutdown(self, context):
-        await self._stop_running()
+        if not self.stopping:  # start-up failed or was interrupted: ksi_stopping did not run
+            await self._stop_running()
         self.responses.close()
         if self.journal is not None:
             await self.journal.close()
