@@ -51,10 +51,10 @@ class Entry:
     correlation_id: str | None
     request: dict
     accepted_at: float
-    state: str
-    outcome: dict | None
-    ended_at: float | None
-    turns_stored: bool
+    state: str = PENDING
+    outcome: dict | None = None
+    ended_at: float | None = None
+    turns_stored: bool = False
 
 
 class Journal:

@@ -257,9 +257,10 @@ class CompletionPlugin(BasePlugin):
                             model_name, data, time.time())
         job.connection, job.correlation_id = ctx.connection, ctx.correlation_id
         self._remember(job)  # before the commit: a repeat arriving meanwhile finds it
-        entry = Entry(job.request_id, job.session_id, job.new_session, model_name,
-                      data.agent_id, ctx.correlation_id, data.model_dump(mode="json"),
-                      job.queued_at, "pending", None, None, False)
+        entry = Entry(request_id=job.request_id, session_id=job.session_id,
+                      new_session=job.new_session, model=model_name, agent_id=data.agent_id,
+                      correlation_id=ctx.correlation_id, request=data.model_dump(mode="json"),
+                      accepted_at=job.queued_at)
         try:
             await self.journal.accept(entry, on_commit=lambda _r, exc: self._accepted(job, exc))
         except WriterStopped as exc:
