@@ -121,16 +121,19 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
 
 
 def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake_openai):
-    config = config_for(fake_openai.api_base, shutdown_timeout=1)
+    config = config_for(fake_openai.api_base, shutdown_timeout=1, max_concurrent=2)
     first = daemon_factory(config=config, subdir="d")
     waiting = first.client(timeout=120)
     waiting.send("completion:request", {"prompt": prompt(0), "model": "gated",
                                         "request_id": "term-0"}, correlation_id="w")
+    assert waiting.recv()["data"] == {"request_id": "term-0", "status": "queued"}
     with first.client(timeout=120) as client:
         for i in (1, 2):
             send_async(client, {"prompt": prompt(i), "model": "gated",
                                 "request_id": f"term-{i}"}, f"a-{i}")
-        wait_until(lambda: fake_openai.count("gated") == 3, what="three calls in flight")
+        wait_until(lambda: fake_openai.count("gated") == 2, what="two calls in flight")
+        status = data_of(client.request("completion:status", {"request_id": "term-2"}))
+        assert status["status"] == "queued"  # term-0 and term-1 hold both slots
         first.proc.send_signal(signal.SIGTERM)
         told = set()
         while len(told) < 2:
@@ -154,8 +157,10 @@ def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake
                 "prompt": prompt(i), "model": "gated", "request_id": f"term-{i}"}))
             assert result["text"] == f"turn 1: you said '{prompt(i)}'"
             assert result["resumed"] is True
-            assert fake_openai.calls_saying(prompt(i)) == 2  # cut off once, run once
+    # The two cut off by the deadline called the model again; the queued one only once.
+    assert [fake_openai.calls_saying(prompt(i)) for i in range(3)] == [2, 2, 1]
     assert second.stop() == 0
+    assert journal_states(second) == ["completed"] * 3
 
 
 def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_factory,
@@ -296,3 +301,48 @@ def test_errors_a_user_can_cause_are_coded_and_leave_the_connection_working(daem
             "code"] == "not_found"  # a refused request is not remembered
         result = data_of(client.request("completion:request", {"prompt": "still here"}))
         assert result["text"] and result["resumed"] is False
+
+
+def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(daemon_factory):
+    first = daemon_factory(subdir="d")
+    texts = {}
+    with first.client(timeout=120) as client:
+        for name in ("kept", "lost"):
+            texts[name] = data_of(client.request("completion:request", {
+                "prompt": f"remember the {name} one", "session_id": name,
+                "request_id": f"t-{name}"}))["text"]
+    for name in ("kept", "lost"):
+        wait_until(lambda: len(turns_of(first, name)) == 2, what=f"{name} stored")
+    assert first.stop() == 0
+    # As if the daemon died between committing both results and storing their turns: the
+    # journal says "not stored" for both, and the store lost the turns of one of them.
+    journal = sqlite3.connect(first.var_dir / "plugins" / "completion" / "journal.db")
+    with journal:
+        journal.execute("UPDATE requests SET turns_stored = 0")
+    journal.close()
+    store = sqlite3.connect(first.var_dir / "db" / "conversations.db")
+    with store:
+        store.execute("DELETE FROM messages WHERE session_id = 'lost'")
+        store.execute("DELETE FROM sessions WHERE session_id = 'lost'")
+        store.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+    store.close()
+
+    second = daemon_factory(subdir="d")
+    wait_until(lambda: len(turns_of(second, "lost")) >= 2, what="the lost turns stored again")
+    for name in ("kept", "lost"):
+        turns = turns_of(second, name)
+        assert [(t["role"], t["request_id"]) for t in turns] == \
+            [("user", f"t-{name}"), ("assistant", f"t-{name}")]
+        assert turns[0]["content"] == f"remember the {name} one"
+        assert turns[1]["content"] == texts[name]
+    wait_until(lambda: _turns_stored_flags(second) == [1, 1], what="the journal to know it")
+    assert second.stop() == 0
+
+
+def _turns_stored_flags(daemon) -> list[int]:
+    path = daemon.var_dir / "plugins" / "completion" / "journal.db"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in conn.execute("SELECT turns_stored FROM requests ORDER BY rowid")]
+    finally:
+        conn.close()
