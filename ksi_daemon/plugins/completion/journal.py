@@ -104,7 +104,7 @@ class Journal:
         await self.writer.stop()
 
 
-# ---- writer thread only ---------------------------------------------------------------------------
+# ---- writer thread only --------------------------------------------------------------------------
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
