@@ -278,11 +278,8 @@ class Router:
 
     async def emit(self, event: str, data: dict | None = None, *, correlation_id=None,
                    source=None, connection=None) -> Any:
-        """Route an event from inside the daemon: its handler runs (if any) and subscribers see it.
-
-        Returns the handler's reply data (None when nobody handles the event); a failing handler
-        raises KSIError, as the reply would carry it.
-        """
+        """Route an event from inside the daemon: its handler runs (if any), subscribers see it.
+        Returns the handler's reply data (None if unhandled); a failing handler raises KSIError."""
         data = {} if data is None else data
         started = _perf()
         handler = self.handlers.get(event)
@@ -300,6 +297,8 @@ class Router:
             ok = True
             return result
         except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():
+                raise  # the caller is being cancelled, no handler failed: it must see that
             raise self._as_ksi_error(handler, event, correlation_id, exc) from exc
         finally:
             self._stats_of(event).record(started, ok)
