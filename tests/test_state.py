@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 
+import orjson
 import pytest
 
 from conftest import data_of, error_of
@@ -375,3 +376,37 @@ def test_a_write_stuck_behind_a_lock_answers_timeout_then_commits(daemon_factory
             time.sleep(0.05)
         assert data_of(client.request("state:get", {"key": "stuck"}))["value"] == "late"
         assert data_of(client.request("state:set", {"key": "after", "value": 2}))["version"] == 1
+
+
+def test_writes_sent_together_count_versions_in_order(daemon_factory):
+    """Writes that arrive in one burst share a commit (and, for plain sets, a statement); each
+    still gets its own version, a key written twice in one burst included."""
+    keys = ["hot", "cold", "hot", "hot", "warm", "cold", "hot"] * 6
+    # No purge sweep during the test: it would announce the expiry of "warm" among the sets.
+    daemon = daemon_factory(config={"plugins": {"state": {"purge_interval_s": 3600}}})
+    with daemon.client() as watcher, daemon.client() as client:
+        watcher.request("system:subscribe", {"patterns": ["state:changed"]})
+        client.request("state:set", {"key": "warm", "value": 0, "namespace": "burst",
+                                     "ttl_s": 0.05})
+        time.sleep(0.1)  # "warm" has expired: its next write starts again at version 1
+        client.send_raw(b"".join(
+            orjson.dumps({"event": "state:set", "correlation_id": f"w{n}",
+                          "data": {"key": key, "value": [key, n], "namespace": "burst"}}) + b"\n"
+            for n, key in enumerate(keys)))
+        replies = {reply["correlation_id"]: data_of(reply)
+                   for reply in (client.recv_reply() for _ in keys)}
+        expected, seen = {}, {}
+        for n, key in enumerate(keys):
+            expected[key] = expected.get(key, 0) + 1
+            assert replies[f"w{n}"] == {"namespace": "burst", "key": key,
+                                        "version": expected[key]}
+        for key, version in expected.items():
+            got = data_of(client.request("state:get", {"key": key, "namespace": "burst"}))
+            last = max(n for n, k in enumerate(keys) if k == key)
+            assert (got["value"], got["version"]) == ([key, last], version)
+        pushes = [watcher.recv()["data"] for _ in range(len(keys) + 1)]
+    for push in pushes[1:]:
+        seen[push["key"]] = seen.get(push["key"], 0) + 1
+        assert push == {"namespace": "burst", "key": push["key"], "version": seen[push["key"]],
+                        "op": "set"}
+    assert seen == expected

@@ -21,7 +21,7 @@ from ...protocol import UNAVAILABLE, KSIError
 from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
                      ListReply, ListRequest, SetReply, SetRequest, StateSettings)
 from .store import (StateReader, clear_namespace, create_schema, delete_value, encode_value,
-                    purge_expired, set_value)
+                    purge_expired, set_plain, set_value)
 from .read_cache import ReadCache
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
 
@@ -111,6 +111,9 @@ class StatePlugin(BasePlugin):
             ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                            "version": version, "op": "set"})
             return (value_json, version, expires_at)
+        if data.if_version is None and not self.audit_enabled:  # combinable with its group
+            return self._submit_key((namespace, key), committed, set_plain, namespace, key,
+                                    value_json, expires_at)
         return self._submit_key((namespace, key), committed, set_value, namespace, key,
                                 value_json, expires_at, data.if_version, self._audit_of(ctx))
 
