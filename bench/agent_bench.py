@@ -15,94 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
+from bench_daemon import Connection, start_daemon, stop, wait_until_litellm_loaded
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ksi_daemon.launcher import wait_until_healthy  # noqa: E402
-
-PYTHON = sys.executable
-DAEMON_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
-              "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
 TARGET_MB = 50.0
 MB = 1024 * 1024
-
-
-class Connection:
-    """One socket speaking the wire protocol, reading replies in order."""
-
-    def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(60)
-        self.sock.connect(path)
-        self.buffer = b""
-
-    def send(self, event: str, data: dict) -> None:
-        self.sock.sendall(orjson.dumps({"event": event, "data": data}) + b"\n")
-
-    def reply(self) -> dict:
-        while True:
-            while b"\n" not in self.buffer:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise SystemExit("the daemon closed the connection")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            message = orjson.loads(line)
-            if message["type"] == "reply":
-                if "error" in message:
-                    raise SystemExit(f"{message['event']} failed: {message['error']}")
-                return message["data"]
-
-    def ask(self, event: str, data: dict | None = None) -> dict:
-        self.send(event, data or {})
-        return self.reply()
-
-    def pipelined(self, event: str, payloads: list[dict], batch: int = 100) -> None:
-        for start in range(0, len(payloads), batch):
-            chunk = payloads[start:start + batch]
-            for payload in chunk:
-                self.send(event, payload)
-            for _ in chunk:
-                self.reply()
-
-
-def start_daemon(workdir: Path) -> tuple[subprocess.Popen, str]:
-    config = workdir / "daemon.json"
-    config.write_bytes(orjson.dumps({"daemon": {"log_level": "WARNING"}}))
-    env = {**os.environ, **DAEMON_ENV, "KSI_VAR_DIR": str(workdir / "var"),
-           "HOME": str(workdir)}
-    env.pop("KSI_SOCKET_PATH", None)
-    log = open(workdir / "daemon.out", "wb")
-    proc = subprocess.Popen([PYTHON, "-m", "ksi_daemon", "--foreground", "--config",
-                             str(config)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    path = str(workdir / "var" / "run" / "daemon.sock")
-    if wait_until_healthy(path, proc, timeout=30) is None:
-        proc.kill()
-        raise SystemExit((workdir / "daemon.out").read_text(errors="replace"))
-    return proc, path
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def steady_rss(conn: Connection, timeout_s: float = 60.0) -> int:
@@ -123,11 +46,7 @@ def one_run(agents: int, settle_s: float) -> dict:
         proc, path = start_daemon(Path(tmp))
         try:
             conn = Connection(path)
-            deadline = time.monotonic() + 60
-            while not conn.ask("completion:status").get("litellm_ready"):
-                if time.monotonic() > deadline:
-                    raise SystemExit("litellm did not load within 60 s")
-                time.sleep(0.2)
+            wait_until_litellm_loaded(conn)
             before = steady_rss(conn)
             ids = [f"idle-{n}" for n in range(agents)]
             started = time.perf_counter()

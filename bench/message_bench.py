@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,14 +33,8 @@ from pathlib import Path
 import orjson
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench_daemon import PYTHON, start_daemon, stop
 
-from ksi_daemon.launcher import wait_until_healthy  # noqa: E402
-
-PYTHON = sys.executable
-DAEMON_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
-              "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
 TARGET_RATIO = 0.5
 ROUND_TIMEOUT_S = 20.0
 
@@ -186,34 +179,10 @@ def start_raw(workdir: Path, cpu) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the raw broker did not start")
 
 
-def start_daemon(workdir: Path, cpu, retention: int | None) -> tuple[subprocess.Popen, str]:
-    var_dir = workdir / "var"
-    config = workdir / "daemon.json"
-    settings = {"daemon": {"log_level": "WARNING"}}
-    if retention is not None:
-        settings["plugins"] = {"message": {"retention_per_topic": retention}}
-    config.write_bytes(orjson.dumps(settings))
-    env = {**os.environ, **DAEMON_ENV, "KSI_VAR_DIR": str(var_dir), "HOME": str(workdir)}
-    env.pop("KSI_SOCKET_PATH", None)
-    log = open(workdir / "daemon.out", "wb")
-    proc = subprocess.Popen([PYTHON, "-m", "ksi_daemon", "--foreground", "--config",
-                             str(config)], cwd=workdir, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, preexec_fn=pinned(cpu))
-    path = str(var_dir / "run" / "daemon.sock")
-    if wait_until_healthy(path, proc, timeout=30) is None:
-        proc.kill()
-        raise SystemExit((workdir / "daemon.out").read_text(errors="replace"))
-    return proc, path
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def start_ksi(workdir: Path, cpu, retention: int | None) -> tuple[subprocess.Popen, str]:
+    settings = {} if retention is None else \
+        {"plugins": {"message": {"retention_per_topic": retention}}}
+    return start_daemon(workdir, settings, preexec_fn=pinned(cpu))
 
 
 # ---- main -------------------------------------------------------------------------------------
@@ -252,7 +221,7 @@ def main() -> int:
     try:
         raw, raw_path = start_raw(workdir, server_cpu)
         processes.append(raw)
-        daemon, ksi_path = start_daemon(workdir, server_cpu, args.retention)
+        daemon, ksi_path = start_ksi(workdir, server_cpu, args.retention)
         processes.append(daemon)
         if client_cpu is not None:
             os.sched_setaffinity(0, {client_cpu})

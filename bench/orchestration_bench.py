@@ -20,72 +20,12 @@ stopped before the script exits.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ksi_daemon.launcher import wait_until_healthy  # noqa: E402
-
-DAEMON_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
-              "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-
-
-class Connection:
-    def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(120)
-        self.sock.connect(path)
-        self.buffer = b""
-
-    def next_message(self) -> dict:
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise SystemExit("the daemon closed the connection")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return orjson.loads(line)
-
-    def ask(self, event: str, data: dict | None = None) -> dict:
-        self.sock.sendall(orjson.dumps({"event": event, "data": data or {}}) + b"\n")
-        while (message := self.next_message())["type"] != "reply":
-            pass
-        if "error" in message:
-            raise SystemExit(f"{event} failed: {message['error']}")
-        return message["data"]
-
-    def wait_for(self, event: str) -> dict:
-        while (message := self.next_message()).get("event") != event \
-                or message["type"] != "event":
-            pass
-        return message["data"]
-
-
-def start_daemon(workdir: Path) -> tuple[subprocess.Popen, str]:
-    config = workdir / "daemon.json"
-    config.write_bytes(orjson.dumps({"daemon": {"log_level": "WARNING"}}))
-    env = {**os.environ, **DAEMON_ENV, "KSI_VAR_DIR": str(workdir / "var"),
-           "HOME": str(workdir)}
-    env.pop("KSI_SOCKET_PATH", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ksi_daemon", "--foreground", "--config",
-                             str(config)], cwd=ROOT, env=env,
-                            stdout=open(workdir / "daemon.out", "wb"), stderr=subprocess.STDOUT)
-    path = str(workdir / "var" / "run" / "daemon.sock")
-    if wait_until_healthy(path, proc, timeout=30) is None:
-        proc.kill()
-        raise SystemExit((workdir / "daemon.out").read_text(errors="replace"))
-    return proc, path
+from bench_daemon import Connection, start_daemon, stop, wait_until_litellm_loaded
 
 
 def orchestrated(conn: Connection, rounds: int) -> float:
@@ -123,8 +63,7 @@ def main() -> None:
         proc, path = start_daemon(Path(tmp))
         try:
             conn = Connection(path)
-            while not conn.ask("completion:status").get("litellm_ready"):
-                time.sleep(0.2)
+            wait_until_litellm_loaded(conn)
             orchestrated(conn, 2)  # warm-up: first completions, first SQLite writes
             by_hand(conn, 2)
             rows = []
@@ -136,11 +75,7 @@ def main() -> None:
                 rows.append((timed["orchestrated"] / turns * 1000,
                              timed["by_hand"] / turns * 1000))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 30)
     print(f"debate, offline model, {args.rounds} rounds ({turns} turns) per run, "
           f"{args.runs} runs")
     print(f"{'run':>4} {'orchestration ms/turn':>22} {'by hand ms/turn':>16} {'ratio':>6}")
