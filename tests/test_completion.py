@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -153,6 +154,31 @@ def test_a_second_turn_sees_the_first(daemon_factory, fake_openai):
     assert sent == [{"role": "user", "content": "my name is Ada"},
                     {"role": "assistant", "content": first["data"]["text"]},
                     {"role": "user", "content": "what is my name?"}]
+
+
+def test_a_system_prompt_sent_with_every_turn_reaches_the_model_once_and_first(
+        daemon_factory, fake_openai):
+    # As the agent plugin does: the system prompt is messages[0] of every turn's request.
+    daemon = daemon_factory(config=completion_config(fake_openai.api_base))
+    system = {"role": "system", "content": "You are a terse pirate."}
+    answers = []
+    with daemon.client(timeout=60) as client:
+        for prompt in ("ahoy", "where is the gold?", "and the map?"):
+            reply = client.request("completion:request", {
+                "messages": [system, {"role": "user", "content": prompt}],
+                "model": "echo", "session_id": "pirate"})
+            answers.append(reply["data"]["text"])
+    calls = fake_openai.calls_to("echo")
+    assert len(calls) == 3
+    for call in calls:
+        assert [m["role"] for m in call["messages"]].count("system") == 1
+        assert call["messages"][0] == system
+    assert calls[2]["messages"] == [
+        system, {"role": "user", "content": "ahoy"},
+        {"role": "assistant", "content": answers[0]},
+        {"role": "user", "content": "where is the gold?"},
+        {"role": "assistant", "content": answers[1]},
+        {"role": "user", "content": "and the map?"}]
 
 
 def test_twenty_concurrent_requests_over_four_sessions_keep_each_sessions_order(
@@ -363,6 +389,25 @@ def test_shutdown_lets_running_completions_finish_and_checkpoints_the_rest(
         assert told[0]["event"] == "completion:progress"
     assert daemon.wait(30) == 0
 
+
+
+def test_a_daemon_that_served_completions_exits_on_sigterm_without_waiting_out_the_deadline(
+        daemon_factory, fake_openai):
+    config = completion_config(fake_openai.api_base)
+    config["daemon"] = {"shutdown_timeout": 30}
+    daemon = daemon_factory(config=config)
+    with daemon.client(timeout=60) as client:
+        for prompt in ("one", "two"):
+            assert client.request("completion:request", {"prompt": prompt})["data"]["text"]
+            assert client.request("completion:request", {"prompt": prompt,
+                                                         "model": "echo"})["data"]["text"]
+        streamed = start_async(client, {"prompt": "three", "model": "echo", "stream": True},
+                               "st-1")
+        assert terminal_of(pushes_until_end(client, streamed))["event"] == "completion:result"
+    # Nothing is in flight: stopping must not wait for the 30 s deadline (or anything like it).
+    assert daemon.stop(signal.SIGTERM, timeout=15) == 0
+    assert "daemon_stopped" in daemon.read_output()
+    assert "exiting_past_stuck_tasks" not in daemon.read_output()
 
 HOOK_PLUGIN = '''
 from ksi_daemon.plugin_base import hookimpl

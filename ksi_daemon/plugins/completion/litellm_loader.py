@@ -6,6 +6,7 @@ is ready; requests that arrive earlier wait for `ready()` instead of failing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -64,6 +65,12 @@ class LiteLLMLoader:
                     litellm.custom_provider_map.append(
                         {"provider": provider, "custom_handler": handler})
             custom_llm_setup()
+            # litellm's import leaves a few hundred thousand long-lived objects. Left to the
+            # cyclic GC, each full collection walks them all (a pause of tenths of a second on
+            # the loop), and so do the collections of interpreter finalization: seconds between
+            # "daemon_stopped" and the process's exit. Frozen, the GC skips them. (Garbage
+            # cycles that exist at this moment are never freed: a one-time, small cost.)
+            gc.freeze()
             self.module = litellm
         except BaseException as exc:  # noqa: BLE001 - reported to every waiting request
             self.error = exc

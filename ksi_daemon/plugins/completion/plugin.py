@@ -399,8 +399,9 @@ class CompletionPlugin(BasePlugin):
         history = [] if job.new_session else await self.memory.history(job.session_id)
         params = {k: v for k, v in (("temperature", request.temperature),
                                     ("max_tokens", request.max_tokens)) if v is not None}
-        call = PreCallContext(job.request_id, job.session_id, model, history + new_messages,
-                              {**extra, **params}, request.agent_id)
+        call = PreCallContext(job.request_id, job.session_id, model,
+                              _in_model_order(history, new_messages), {**extra, **params},
+                              request.agent_id)
         await self.hooks.pre_call(call)
         answer = await self._call_with_retries(job, litellm, call)
         seen = PostResponseContext(job.request_id, job.session_id, call.model, call.messages,
@@ -579,6 +580,19 @@ def _messages_of(request: CompletionRequest) -> list[dict]:
     if request.prompt is not None:
         return [{"role": "user", "content": request.prompt}]
     return [m.model_dump(exclude_none=True) for m in request.messages]
+
+
+def _in_model_order(history: list[dict], new_messages: list[dict]) -> list[dict]:
+    """This turn's system messages first, then the session's history, then the rest of the turn.
+
+    Agents send their system prompt with every turn; models expect it before the conversation,
+    not between the last answer and the new question. It is never stored (see _store_turns),
+    so it appears once.
+    """
+    system = [m for m in new_messages if m.get("role") == "system"]
+    if not system:
+        return history + new_messages
+    return system + history + [m for m in new_messages if m.get("role") != "system"]
 
 
 def _message_of(exc: BaseException) -> str:
