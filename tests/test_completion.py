@@ -329,6 +329,38 @@ def test_the_offline_default_model_works_without_network_or_key(daemon_factory):
     assert second["text"] != first["text"]
 
 
+def test_the_offline_model_answers_what_another_speaker_said_not_its_own_stock_phrases(
+        daemon_factory):
+    daemon = daemon_factory()
+    system = {"role": "system", "content": "You are a geologist; granite is your favourite."}
+
+    def answer(session: str, text: str) -> str:
+        reply = client.request("completion:request", {
+            "messages": [system, {"role": "user", "content": text}], "session_id": session})
+        return reply["data"]["text"]
+
+    def own_words(reply: str) -> str:  # the reply without its note and its quote of the prompt
+        return reply.split(") ", 1)[1].split(' You said: "')[0].lower()
+
+    with daemon.client(timeout=60) as client:
+        earlier = answer("a", "Tell me about lighthouses")
+        # Another agent answers, quoting that reply: its own words come first, and the system
+        # prompt's (granite) after them; none of the offline reply's stock phrases.
+        quoting = f"Granite quarries outlast everything. Earlier you said: {earlier}"
+        reply = answer("b", quoting)
+        again = answer("c", quoting)
+        # An offline reply alone, as in a debate: it is about what that reply was about.
+        to_reply = answer("d", earlier)
+    assert earlier.startswith("(Answering as instructed: You are a geologist")
+    assert "quarries" in own_words(reply) and "outlast" in own_words(reply)
+    for stock in ("instructed", "answering", "heart", "conversation", "granite", "lighthouses"):
+        assert stock not in own_words(reply), (stock, reply)
+    assert again == reply  # deterministic
+    assert "lighthouses" in own_words(to_reply)
+    for stock in ("instructed", "answering", "heart", "conversation", "geologist"):
+        assert stock not in own_words(to_reply), (stock, to_reply)
+
+
 def test_requests_sent_before_litellm_is_loaded_wait_for_it(daemon_factory):
     daemon = daemon_factory()
     with daemon.client(timeout=60) as client:

@@ -4,6 +4,11 @@ It is what a fresh machine talks to. It cannot think, but it answers in terms of
 it picks out the prompt's key words, notices questions, remembers earlier turns of the
 conversation and any system prompt, so the chat and orchestration demos show a real exchange.
 The same conversation always gets the same answer, which also makes it useful in tests.
+
+When agents talk to each other, the prompt is often another offline reply. Its stock phrases
+("Answering as instructed", "The heart of it is", the quotes of older messages) are not what
+that speaker said: key words come first from the prompt's own words, then from the words its
+quoted offline sentences were about, and words of the system prompt come after the others.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ have having he her here hers him his how i if in into is it its itself just let 
 no nor not now of off on once only or other our out over own please same she should so some such
 than that the their them then there these they this those through to too under until up very
 was we were what when where which while who whom why will with would you your yours tell give
-explain write make think say said using use like get one two
+explain write make think say said using use like get one two first speak everything
+anything something nothing else
 """.split())
 
 _OPENINGS = (
@@ -44,6 +50,24 @@ _BODIES = (
     "{First} is the part that matters most here, with {second} close behind.",
 )
 
+# When the prompt is another offline reply (agents talking to each other): take up its point.
+_RETORTS = (
+    "You made {first} your main point; I take it up, but not without {second}.",
+    "I hear your point on {first}; it holds only as far as {second} allows.",
+    "You keep coming back to {first}; what about {second}?",
+    "Your case rests on {first}; mine weighs {second} as well.",
+)
+
+# The offline reply's fixed sentences, found again when a reply is quoted back to the model.
+_NOTE = re.compile(r"\(Answering as instructed: [^)\"]*\)")
+_HISTORY = re.compile(r"This is turn \d+ of our conversation; earlier we talked about "
+                      r"[^\"]*?, and you first said \"[^\"]*\"\.")
+_ECHO = re.compile(r"You said: \"[^\"]*\"")
+_SLOT = re.compile(r"\\\{(?:topic|first|second|First)\\\}")
+_TEMPLATES = [re.compile(_SLOT.sub(lambda _m: r"([^.;:\"]+?)", re.escape(template)))
+              for template in (*_OPENINGS, *_QUESTION_OPENINGS, *_BODIES, *_RETORTS)]
+_FILLERS = ("the context around it", "your message")
+
 
 def reply_to(messages: list[dict]) -> str:
     """The answer to `messages` (OpenAI-style dicts), the same every time for the same input."""
@@ -51,34 +75,62 @@ def reply_to(messages: list[dict]) -> str:
     system = next((str(m.get("content") or "") for m in messages
                    if m.get("role") == "system"), "")
     last = said[-1] if said else ""
-    words = key_words(last) or ["your message"]
+    words = key_words(last, avoid=system) or ["your message"]
     first, second = words[0], (words[1] if len(words) > 1 else "the context around it")
     topic = " and ".join(words[:2])
     pick = _stable_number(messages)
     openings = _QUESTION_OPENINGS if last.rstrip().endswith("?") else _OPENINGS
     sentences = []
     if system:
-        sentences.append(f"(Answering as instructed: {_clip(system, 60)})")
+        note = _quote(system, 60).replace("(", "[").replace(")", "]")
+        sentences.append(f"(Answering as instructed: {note})")
     sentences.append(openings[pick % len(openings)].format(topic=topic))
     sentences.append(_BODIES[pick // 7 % len(_BODIES)].format(
         first=first, second=second, First=first[:1].upper() + first[1:]))
+    if _own_and_echoed(last)[1]:
+        sentences.append(_RETORTS[pick // 31 % len(_RETORTS)].format(first=first, second=second))
     if len(said) > 1:
-        earlier = key_words(" ".join(said[:-1]))[:2]
+        earlier = key_words(" ".join(said[:-1]), limit=2, avoid=system)
         sentences.append(f"This is turn {len(said)} of our conversation; earlier we talked "
                          f"about {' and '.join(earlier) or 'other things'}, and you first said "
-                         f"\"{_clip(said[0], 50)}\".")
-    sentences.append(f"You said: \"{_clip(last, 80)}\"")
+                         f"\"{_quote(said[0], 50)}\".")
+    sentences.append(f"You said: \"{_quote(last, 80)}\"")
     return " ".join(sentences)
 
 
-def key_words(text: str, limit: int = 3) -> list[str]:
-    """The prompt's most telling words: longest non-stopwords first, ties in order of use."""
-    seen: dict[str, int] = {}
-    for position, word in enumerate(_WORD.findall(text)):
-        lowered = word.lower()
-        if lowered not in _STOPWORDS and lowered not in seen:
-            seen[lowered] = position
-    return sorted(seen, key=lambda w: (-len(w), seen[w]))[:limit]
+def key_words(text: str, limit: int = 3, avoid: str = "") -> list[str]:
+    """The text's most telling words, best first.
+
+    The text's own words before those its quoted offline sentences were about (stock phrases
+    count for nothing), words that are not in `avoid` (the system prompt) before those that
+    are; then the most frequent, the longest, the first used.
+    """
+    own, echoed = _own_and_echoed(text)
+    avoided = {w.lower() for w in _WORD.findall(avoid)}
+    rank: dict[str, list] = {}  # lowered word -> [tier, -count, -length, order, as written]
+    for tier, part in ((0, own), (2, echoed)):
+        for word in _WORD.findall(part):
+            lowered = word.lower()
+            if lowered in _STOPWORDS:
+                continue
+            if lowered not in rank:
+                rank[lowered] = [tier + (lowered in avoided), 0, -len(lowered), len(rank), word]
+            rank[lowered][1] -= 1
+    return [rank[w][4] for w in sorted(rank, key=lambda w: rank[w][:4])[:limit]]
+
+
+def _own_and_echoed(text: str) -> tuple[str, str]:
+    """(what the text's author wrote, the words its quoted offline sentences were about)."""
+    for stock in (_HISTORY, _ECHO, _NOTE):  # quotes first: they may hold a clipped note
+        text = stock.sub(" ", text)
+    echoed: list[str] = []
+
+    def keep_the_words(match: re.Match) -> str:
+        echoed.extend(slot for slot in match.groups() if slot not in _FILLERS)
+        return " "
+    for template in _TEMPLATES:
+        text = template.sub(keep_the_words, text)
+    return text, " ".join(echoed)
 
 
 def chunks_of(text: str) -> list[str]:
@@ -143,6 +195,12 @@ def _stable_number(messages: list[dict]) -> int:
     digest = hashlib.sha256(repr([(m.get("role"), m.get("content")) for m in messages])
                             .encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def _quote(text: str, limit: int) -> str:
+    """`text` clipped, without the character that would end the quote it is put in, so that a
+    reply quoted back to the model can be taken apart again."""
+    return _clip(text, limit).replace('"', "'")
 
 
 def _clip(text: str, limit: int) -> str:

@@ -87,7 +87,7 @@ class CompletionPlugin(BasePlugin):
         self.keep_finished = int(journal.get("keep_finished", 2000))
         self.keep_finished_s = float(journal.get("keep_finished_s", 86400))
         self.journal = Journal(context.data_dir / "journal.db",
-                               str(journal.get("synchronous", "FULL")),
+                               str(journal.get("synchronous", "NORMAL")),
                                deadline_s=config["daemon"]["event_timeout"])
         await self.journal.prune(self.keep_finished, self.keep_finished_s)
         # Known before the socket opens, so a repeated request_id finds its job at once.
