@@ -1,20 +1,26 @@
 """Completion benchmark: what the daemon adds to a model call, against litellm called directly.
 
-    .venv/bin/python bench/completion_bench.py [--calls 300 --warmup 30 --sessions 100 --turns 2]
+    .venv/bin/python bench/completion_bench.py [--calls 300 --warmup 30 --sessions 100 --turns 2
+                                                --journals NORMAL,FULL --journal-requests 500]
 
 Both paths call the same local OpenAI-compatible server (tests/fake_openai_server.py, its own
 process) in the same run:
 
-1. Added latency: `--calls` sequential plain calls each way, alternating daemon and direct (and
-   who goes first). Direct = `litellm.acompletion(...)` in this process; daemon =
-   `completion:request` over the Unix socket (each call a new session, so the turn is stored
-   in the conversation store as well). Prints medians and the difference (target < 1 ms).
-2. Concurrency: `--sessions` sessions at once, `--turns` turns each, through
-   `completion:async` on one connection; every request must end with `completion:result` and
-   every turn must see the session's earlier turns. Baseline: the same number of direct
-   litellm calls per round, `asyncio.gather`ed. Prints wall time for both and the ratio.
+1. Added latency: `--calls` sequential plain calls each way, rotating direct and one daemon per
+   journal `synchronous` level in `--journals` (and who goes first). Direct =
+   `litellm.acompletion(...)` in this process; daemon = `completion:request` over the Unix
+   socket (each call a new session, so the turn is stored in the conversation store as well).
+   Prints medians and the difference to direct for each daemon (target < 1 ms).
+2. The journal alone, per level: `--journal-requests` requests written in this process through
+   the plugin's Journal, one after another: accept, then outcome (the two commits a completion
+   waits for), then the turns-stored mark. Prints the median of accept + outcome per request.
+3. Concurrency: `--sessions` sessions at once, `--turns` turns each, through
+   `completion:async` on one connection, for each daemon; every request must end with
+   `completion:result` and every turn must see the session's earlier turns. Baseline: the same
+   number of direct litellm calls per round, `asyncio.gather`ed. Prints wall time for both and
+   the ratio.
 
-The daemon runs with `max_concurrent` = `--sessions` so both sides may run every call at once.
+Each daemon runs with `max_concurrent` = `--sessions` so both sides may run every call at once.
 Every process started here is stopped before the script exits.
 """
 from __future__ import annotations
@@ -50,10 +56,10 @@ def start_fake_server() -> tuple[subprocess.Popen, str]:
     return process, api_base
 
 
-def start_daemon(workdir: Path, api_base: str, sessions: int) -> subprocess.Popen:
+def start_daemon(workdir: Path, api_base: str, sessions: int, journal: str) -> subprocess.Popen:
     from ksi_daemon.launcher import wait_until_healthy
     config = {"plugins": {"completion": {
-        "max_concurrent": sessions,
+        "max_concurrent": sessions, "journal": {"synchronous": journal},
         "aliases": {"echo": {"model": "openai/echo", "api_base": api_base,
                              "api_key": "sk-bench"}}}}}
     (workdir / "daemon.json").write_bytes(orjson.dumps(config))
@@ -102,8 +108,9 @@ class Connection:
         self.writer.close()
 
 
-async def measure_added_latency(conn: Connection, litellm, api_base: str, calls: int,
-                                warmup: int) -> dict:
+async def measure_added_latency(conns: dict[str, Connection], litellm, api_base: str,
+                                calls: int, warmup: int) -> dict:
+    """Median ms per call: "direct", and one entry per daemon (keyed like `conns`)."""
     messages = [{"role": "user", "content": "how long does this take?"}]
 
     async def direct() -> float:
@@ -112,26 +119,58 @@ async def measure_added_latency(conn: Connection, litellm, api_base: str, calls:
                                   api_key="sk-bench", num_retries=0, max_retries=0, timeout=30)
         return time.perf_counter() - started
 
-    async def daemon() -> float:
-        started = time.perf_counter()
-        reply = await conn.request("completion:request",
-                                   {"prompt": messages[0]["content"], "model": "echo"})
-        elapsed = time.perf_counter() - started
-        assert "data" in reply, reply
-        return elapsed
+    def through(conn: Connection):
+        async def daemon() -> float:
+            started = time.perf_counter()
+            reply = await conn.request("completion:request",
+                                       {"prompt": messages[0]["content"], "model": "echo"})
+            elapsed = time.perf_counter() - started
+            assert "data" in reply, reply
+            return elapsed
+        return daemon
 
+    paths = {"direct": direct, **{name: through(conn) for name, conn in conns.items()}}
     for _ in range(warmup):
-        await direct()
-        await daemon()
-    direct_s, daemon_s = [], []
+        for run in paths.values():
+            await run()
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
     for i in range(calls):
-        pair = (direct, daemon) if i % 2 == 0 else (daemon, direct)
-        for run in pair:
-            (direct_s if run is direct else daemon_s).append(await run())
-    direct_ms = statistics.median(direct_s) * 1000
-    daemon_ms = statistics.median(daemon_s) * 1000
-    return {"direct_ms": direct_ms, "daemon_ms": daemon_ms, "added_ms": daemon_ms - direct_ms,
-            "ratio": daemon_ms / direct_ms}
+        for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates
+            seconds[name].append(await paths[name]())
+    return {name: statistics.median(values) * 1000 for name, values in seconds.items()}
+
+
+async def measure_journal(level: str, requests: int) -> float:
+    """Median µs of accept + outcome, the two journal commits a completion waits for."""
+    import logging
+
+    import structlog
+
+    from ksi_daemon.plugins.completion.journal import Entry, Journal
+    # The writer's "stopped" line is for the daemon's log, not this report.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    directory = Path(tempfile.mkdtemp(prefix="ksi-cj-", dir="/tmp"))
+    journal = Journal(directory / "journal.db", level, deadline_s=30)
+    journal.read_all()  # start-up's read, which also closes the reader
+    outcome = {"text": "turn 1: you said 'how long does this take?'", "usage": {},
+               "status": "completed"}
+    times = []
+    try:
+        for n in range(requests):
+            entry = Entry(request_id=f"r{n}", session_id=f"s{n}", new_session=True,
+                          model="echo", agent_id=None, correlation_id=f"c{n}",
+                          request={"prompt": "how long does this take?", "model": "echo"},
+                          accepted_at=time.time())
+            started = time.perf_counter()
+            await journal.accept(entry)
+            await journal.finish(entry.request_id, "completed", outcome)
+            times.append(time.perf_counter() - started)
+            await journal.turns_stored(entry.request_id)
+    finally:
+        await journal.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    return statistics.median(times) * 1e6
 
 
 async def measure_concurrent_sessions(conn: Connection, litellm, api_base: str, sessions: int,
@@ -166,35 +205,49 @@ async def measure_concurrent_sessions(conn: Connection, litellm, api_base: str, 
 
 
 async def main_async(args) -> None:
+    levels = [level.strip().upper() for level in args.journals.split(",") if level.strip()]
     server, api_base = start_fake_server()
     workdir = Path(tempfile.mkdtemp(prefix="ksi-cb-", dir="/tmp"))
-    daemon = None
+    daemons: list[subprocess.Popen] = []
+    conns: dict[str, Connection] = {}
     try:
-        daemon = start_daemon(workdir, api_base, args.sessions)
+        for level in levels:
+            (workdir / level).mkdir()
+            daemons.append(start_daemon(workdir / level, api_base, args.sessions, level))
+            conns[level] = await Connection.open(str(workdir / level / "var" / "run" /
+                                                     "daemon.sock"))
         import litellm  # the baseline's own copy, loaded like the daemon loads it
         litellm.suppress_debug_info = True
         import logging
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)
-        conn = await Connection.open(str(workdir / "var" / "run" / "daemon.sock"))
-        latency = await measure_added_latency(conn, litellm, api_base, args.calls, args.warmup)
+        latency = await measure_added_latency(conns, litellm, api_base, args.calls, args.warmup)
         print(f"added latency, {args.calls} sequential plain calls each way (median):")
-        print(f"  litellm direct   {latency['direct_ms']:8.3f} ms")
-        print(f"  through daemon   {latency['daemon_ms']:8.3f} ms")
-        verdict = "PASS" if latency["added_ms"] < TARGET_ADDED_MS else "FAIL"
-        print(f"  added            {latency['added_ms']:8.3f} ms  (ratio "
-              f"{latency['ratio']:.3f}; target < {TARGET_ADDED_MS:g} ms: {verdict})")
-        for round_no in range(args.rounds):
-            figures = await measure_concurrent_sessions(conn, litellm, api_base, args.sessions,
-                                                        args.turns, f"r{round_no}")
-            print(f"concurrent sessions, round {round_no + 1}: {args.sessions} sessions x "
-                  f"{args.turns} turns = {figures['requests']} requests: "
-                  f"{figures['completed']} completed, {figures['errors']} errors, "
-                  f"every turn saw its history: {figures['turns_saw_history']}; "
-                  f"daemon {figures['daemon_s']:.3f} s, direct gather {figures['direct_s']:.3f} s, "
-                  f"ratio {figures['ratio']:.2f}")
-        conn.close()
+        print(f"  litellm direct                  {latency['direct']:8.3f} ms")
+        for level in levels:
+            added = latency[level] - latency["direct"]
+            verdict = "PASS" if added < TARGET_ADDED_MS else "FAIL"
+            print(f"  through daemon, journal {level:<7} {latency[level]:8.3f} ms  added "
+                  f"{added:.3f} ms (ratio {latency[level] / latency['direct']:.3f}; "
+                  f"target < {TARGET_ADDED_MS:g} ms: {verdict})")
+        for level in levels:
+            journal_us = await measure_journal(level, args.journal_requests)
+            print(f"journal alone, {level:<6}: accept + outcome, median of "
+                  f"{args.journal_requests} requests: {journal_us:8.1f} µs")
+        for level in levels:
+            for round_no in range(args.rounds):
+                figures = await measure_concurrent_sessions(
+                    conns[level], litellm, api_base, args.sessions, args.turns,
+                    f"r{round_no}")
+                print(f"concurrent sessions, journal {level}, round {round_no + 1}: "
+                      f"{args.sessions} sessions x {args.turns} turns = "
+                      f"{figures['requests']} requests: {figures['completed']} completed, "
+                      f"{figures['errors']} errors, every turn saw its history: "
+                      f"{figures['turns_saw_history']}; daemon {figures['daemon_s']:.3f} s, "
+                      f"direct gather {figures['direct_s']:.3f} s, ratio {figures['ratio']:.2f}")
     finally:
-        if daemon is not None:
+        for conn in conns.values():
+            conn.close()
+        for daemon in daemons:
             daemon.terminate()
             daemon.wait(20)
         server.terminate()
@@ -209,6 +262,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--journals", default="NORMAL,FULL",
+                        help="journal synchronous levels, one daemon each (default NORMAL,FULL)")
+    parser.add_argument("--journal-requests", type=int, default=500)
     asyncio.run(main_async(parser.parse_args()))
 
 
