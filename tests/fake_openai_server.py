@@ -6,7 +6,7 @@ The model name in the request chooses the behaviour, so one server serves every 
     jitter...        like echo, after a short delay that differs from request to request
     pause...         like echo, after one second
     slow...          streams one word every 0.2 s (40 words); plain calls take as long
-    hang...          answers nothing for a minute
+    hang...          answers nothing for a minute; a client hanging up counts in `disconnects`
     gated...         like echo, once the test calls `server.open_gate()` (at most a minute)
     ratelimited-KEY  the first call per KEY gets 429 with `Retry-After: 1`, later calls echo
     broken-KEY       always 500
@@ -16,6 +16,8 @@ Every request is recorded in `server.requests` (model, messages, stream, time).
 from __future__ import annotations
 
 import hashlib
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -70,7 +72,10 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
         if model.startswith("gated"):
             server.gate.wait(60)
         if model.startswith("hang"):
-            time.sleep(60)
+            if self._client_left_within(60):
+                server.disconnects += 1  # nobody to answer: the caller gave up the call
+                self.close_connection = True
+                return
             return self._json(500, {"error": {"message": "hung"}})
         if model.startswith("jitter"):
             digest = hashlib.sha256(orjson.dumps(messages)).digest()
@@ -96,6 +101,18 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             "model": model, "usage": usage,
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": text}}]})
+
+    def _client_left_within(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if the client closes the connection (then True)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if not readable:
+                continue
+            if not self.connection.recv(1, socket.MSG_PEEK):
+                return True
+            time.sleep(min(left, 0.05))  # a next request already sent: not a hang-up
+        return False
 
     def _json(self, status: int, payload: dict, headers: dict | None = None):
         data = orjson.dumps(payload)

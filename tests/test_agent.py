@@ -3,25 +3,58 @@
 Models are the built-in offline model or tests/fake_openai_server.py (loopback), whose `echo`
 replies are a pure function of the messages it was sent, so a test can tell from the server's
 request log exactly what each agent's model was given and what it answered.
+
+Tests that neither restart the daemon nor need settings of their own share one daemon
+(`shared`) and one fake server: each uses agent ids and model names no other test uses, and its
+agents are terminated after it, so it starts from a daemon with no agents.
 """
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import data_of, error_of
+from conftest import DaemonProcess, data_of, error_of
 from fake_openai_server import FakeOpenAIServer, echo_text
 
 TOPIC = "Is P equal to NP?"
-MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "broken-a", "hang-a")
+MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "pause-long", "broken-a", "hang-a",
+          "hang-b", "gated-a")
 
 
 @pytest.fixture
 def fake_openai():
     with FakeOpenAIServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def shared_openai():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_openai):
+    workdir = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
+    daemon = DaemonProcess(workdir, config_for(shared_openai.api_base)).start()
+    yield daemon
+    exit_code = daemon.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    assert exit_code == 0
+
+
+@pytest.fixture
+def shared(shared_daemon):
+    """The shared daemon, left with no agents by the test."""
+    yield shared_daemon
+    with shared_daemon.client(timeout=60) as client:
+        for agent in data_of(client.request("agent:list"))["agents"]:
+            data_of(client.request("agent:terminate", {"agent_id": agent["agent_id"]}))
 
 
 def config_for(api_base: str | None = None, **agent_settings) -> dict:
@@ -71,6 +104,16 @@ def wait_until(check, timeout: float = 30.0, every: float = 0.05):
         time.sleep(every)
 
 
+def stored_turns(client, session_id: str, answers: int) -> list[dict]:
+    """The session's messages once it holds `answers` answers: the completion plugin stores a
+    turn right after answering it, so a reader may be a moment early."""
+    def stored():
+        messages = data_of(client.request("conversation:get",
+                                          {"session_id": session_id}))["messages"]
+        return sum(m["role"] == "assistant" for m in messages) >= answers and messages
+    return wait_until(stored)
+
+
 def start_debate(client, turns: int, pro_model: str | None = None,
                  con_model: str | None = None) -> None:
     """Two debaters; the first message reaches pro as if con had said it, so they take turns."""
@@ -111,8 +154,8 @@ def assert_chain(calls: list[dict], prompt_of: dict[str, str]) -> None:
 
 # ---- conversations ------------------------------------------------------------------------------
 
-def test_a_four_round_debate_with_the_offline_model_ends_by_itself(daemon):
-    with watch(daemon) as watcher, daemon.client(timeout=30) as client:
+def test_a_four_round_debate_with_the_offline_model_ends_by_itself(shared):
+    with watch(shared) as watcher, shared.client(timeout=30) as client:
         start_debate(client, turns=4)
         seen = replies(watcher, 8)
         assert_turns_alternate(seen, 4)
@@ -125,9 +168,9 @@ def test_a_four_round_debate_with_the_offline_model_ends_by_itself(daemon):
         # What each model was given: its session holds the other's replies as the user turns.
         for agent, other in (("pro", "con"), ("con", "pro")):
             session = next(a for a in done if a["agent_id"] == agent)["session_id"]
-            stored = data_of(client.request("conversation:get", {"session_id": session}))
-            said = [m["content"] for m in stored["messages"] if m["role"] == "user"]
-            answered = [m["content"] for m in stored["messages"] if m["role"] == "assistant"]
+            stored = stored_turns(client, session, 4)
+            said = [m["content"] for m in stored if m["role"] == "user"]
+            answered = [m["content"] for m in stored if m["role"] == "assistant"]
             theirs = [r["text"] for r in seen if r["agent_id"] == other]
             assert said == ([TOPIC] + theirs[:3] if agent == "pro" else theirs)
             assert answered == [r["text"] for r in seen if r["agent_id"] == agent]
@@ -138,24 +181,23 @@ def test_a_four_round_debate_with_the_offline_model_ends_by_itself(daemon):
         assert pro["turns"] == 4 and pro["max_turns"] == 4
 
 
-def test_a_four_round_debate_with_the_openai_compatible_server(daemon_factory, fake_openai):
-    daemon = daemon_factory(config=config_for(fake_openai.api_base))
-    with watch(daemon) as watcher, daemon.client(timeout=30) as client:
+def test_a_four_round_debate_with_the_openai_compatible_server(shared, shared_openai):
+    with watch(shared) as watcher, shared.client(timeout=30) as client:
         start_debate(client, turns=4, pro_model="echo-pro", con_model="echo-con")
         seen = replies(watcher, 8)
         assert_turns_alternate(seen, 4)
         wait_until(lambda: both_finished(client, 4))
         wait_until(lambda: info(client, "pro")["messages_handled"] == 5)
         prompts = {a: info(client, a)["system_prompt"] for a in ("pro", "con")}
-    calls = fake_openai.calls_to("echo-pro") + fake_openai.calls_to("echo-con")
+    calls = shared_openai.calls_to("echo-pro") + shared_openai.calls_to("echo-con")
     calls.sort(key=lambda c: c["time"])
     assert len(calls) == 8  # one completion per turn, none for the unanswered ninth message
     assert_chain(calls, prompts)
     assert [r["text"] for r in seen] == [echo_text(c["messages"]) for c in calls]
 
 
-def test_agents_on_a_topic_answer_each_other_there_until_max_turns(daemon):
-    with daemon.client(timeout=30) as room, daemon.client(timeout=30) as client:
+def test_agents_on_a_topic_answer_each_other_there_until_max_turns(shared):
+    with shared.client(timeout=30) as room, shared.client(timeout=30) as client:
         data_of(room.request("message:subscribe", {"topics": ["room:lab"]}))
         for agent_id in ("ann", "bob"):
             data_of(client.request("agent:spawn", {"profile": "collaborator",
@@ -178,8 +220,8 @@ def test_agents_on_a_topic_answer_each_other_there_until_max_turns(daemon):
         assert history["count"] == 5
 
 
-def test_a_task_is_answered_to_the_spawner_and_wait_answers_only_the_caller(daemon):
-    with daemon.client(timeout=30) as client, watch(daemon) as watcher:
+def test_a_task_is_answered_to_the_spawner_and_wait_answers_only_the_caller(shared):
+    with shared.client(timeout=30) as client, watch(shared) as watcher:
         client.send("agent:spawn", {"agent_id": "helper", "task": "Summarise the plan"},
                     correlation_id="spawn-1")
         pushed = next_event(client, "agent:reply", agent_id="helper")
@@ -253,10 +295,12 @@ def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, 
 
 # ---- restarts of the daemon -----------------------------------------------------------------
 
-def interrupted_debate(daemon_factory, fake_openai, stop) -> dict[str, list[dict]]:
+def interrupted_debate(daemon_factory, fake_openai, stop,
+                       answers_stored: int) -> dict[str, list[dict]]:
     """A 3-round debate on a model that takes a second per call, stopped after two turns.
 
-    Returns each agent's stored conversation once the debate has finished after the restart.
+    Returns each agent's stored conversation once the debate has finished after the restart
+    and the conversation holds `answers_stored` answers.
     """
     config = config_for(fake_openai.api_base)
     daemon = daemon_factory(config=config)
@@ -273,9 +317,8 @@ def interrupted_debate(daemon_factory, fake_openai, stop) -> dict[str, list[dict
         assert after == before  # the same agents, in the same sessions
         finished = wait_until(lambda: both_finished(client, 3), timeout=90)
         assert [a["restarts"] for a in finished] == [0, 0]  # a daemon stop is no crash
-        return {a["agent_id"]: data_of(client.request(
-            "conversation:get", {"session_id": a["session_id"]}))["messages"]
-            for a in finished}
+        return {a["agent_id"]: stored_turns(client, a["session_id"], answers_stored)
+                for a in finished}
 
 
 def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
@@ -283,7 +326,7 @@ def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
     def graceful(daemon):
         assert daemon.stop(signal.SIGTERM) == 0
 
-    stored = interrupted_debate(daemon_factory, fake_openai, graceful)
+    stored = interrupted_debate(daemon_factory, fake_openai, graceful, answers_stored=3)
     calls = sorted(fake_openai.calls_to("pause-pro") + fake_openai.calls_to("pause-con"),
                    key=lambda c: c["time"])
     assert len(calls) == 6  # the call under way at SIGTERM finished; nothing ran twice
@@ -300,7 +343,7 @@ def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_o
         daemon.proc.wait()
         daemon.output.close()
 
-    stored = interrupted_debate(daemon_factory, fake_openai, crash)
+    stored = interrupted_debate(daemon_factory, fake_openai, crash, answers_stored=0)
     calls = sorted(fake_openai.calls_to("pause-pro") + fake_openai.calls_to("pause-con"),
                    key=lambda c: c["time"])
     # The call cut off by the kill is asked again after the restart, once; all others once.
@@ -339,18 +382,23 @@ def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(daemo
                                                                            fake_openai):
     config = config_for(fake_openai.api_base)
     daemon = daemon_factory(config=config)
-    with watch(daemon, ("agent:status", "agent:reply")) as watcher, \
+    with watch(daemon, ("agent:status", "agent:reply", "completion:cancelled")) as watcher, \
             daemon.client(timeout=30) as client:
         for agent_id in ("gone", "again"):
-            data_of(client.request("agent:spawn", {"agent_id": agent_id, "model": "pause-pro",
+            data_of(client.request("agent:spawn", {"agent_id": agent_id, "model": "gated-a",
                                                    "task": f"question for {agent_id}"}))
-        wait_until(lambda: fake_openai.count("pause-pro") == 2)  # both turns are at the model
+        wait_until(lambda: fake_openai.count("gated-a") == 2)  # both turns are at the model
         data_of(client.request("agent:terminate", {"agent_id": "gone"}))
         data_of(client.request("agent:restart", {"agent_id": "again"}))
-        time.sleep(1.5)  # past the end of the cut-off calls to the model
-        # The restarted agent asks again for the same message and gets its one answer.
+        # Both calls in flight were cancelled; the restarted agent asks again, a new request.
+        cut = [next_event(watcher, "completion:cancelled")["data"]["request_id"]
+               for _ in range(2)]
+        assert [c.split(":")[0] for c in cut] == ["gone", "again"]
+        wait_until(lambda: fake_openai.count("gated-a") == 3)
+        fake_openai.open_gate()
         reply = next_event(watcher, "agent:reply", timeout=30)["data"]
-        assert (reply["agent_id"], reply["turn"]) == ("again", 1)
+        assert (reply["agent_id"], reply["turn"], reply["request_id"]) == \
+            ("again", 1, f"{cut[1]}:1")
         listed = data_of(client.request("agent:list"))
         assert [a["agent_id"] for a in listed["agents"]] == ["again"]
         assert listed["tasks_alive"] == 1
@@ -367,6 +415,73 @@ def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(daemo
     with daemon.client() as client:
         assert data_of(client.request("agent:list"))["count"] == 1
         assert info(client, "gone")["status"] == "terminated"
+
+
+def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_dropped(
+        shared, shared_openai):
+    with watch(shared, ("agent:status", "completion:cancelled")) as watcher, \
+            shared.client(timeout=30) as client:
+        idle = data_of(client.request("agent:list"))
+        dropped = shared_openai.disconnects
+        data_of(client.request("agent:spawn", {"agent_id": "midway", "model": "hang-b",
+                                               "task": "take your time"}))
+        wait_until(lambda: shared_openai.count("hang-b") == 1)  # the call is at the model
+        data_of(client.request("agent:restart", {"agent_id": "midway"}))
+        first = next_event(watcher, "completion:cancelled")["data"]["request_id"]
+        assert first.startswith("midway:m-")
+        wait_until(lambda: shared_openai.count("hang-b") == 2)  # asked again
+        data_of(client.request("agent:terminate", {"agent_id": "midway"}))
+        # Its task ended before agent:terminate answered.
+        listed = data_of(client.request("agent:list"))
+        assert (listed["count"], listed["tasks_alive"]) == (idle["count"], idle["tasks_alive"])
+        second = next_event(watcher, "completion:cancelled")["data"]["request_id"]
+        assert second == f"{first}:1"
+        assert data_of(client.request("completion:status",
+                                      {"request_id": second}))["status"] == "cancelled"
+        # The model server saw both calls hung up; every task on the agent's behalf ended.
+        wait_until(lambda: shared_openai.disconnects == dropped + 2)
+        wait_until(lambda: data_of(client.request("agent:list"))["daemon_tasks"] <=
+                   idle["daemon_tasks"])
+        assert shared_openai.count("hang-b") == 2
+        # No crash: no restart was scheduled, and the log says nothing of one.
+        watcher.send("system:event_history", {"pattern": "agent:status", "limit": 1000})
+        statuses = [(e["data"]["status"], e["data"].get("reason"))
+                    for e in watcher.recv_reply()["data"]["events"]
+                    if e["data"]["agent_id"] == "midway"]
+        assert statuses == [("running", "restarted by request")]
+    log = shared.read_output()
+    assert "agent_store_open" in log  # the daemon's log, where a crash would be told
+    assert [line for line in log.splitlines()
+            if "agent_crashed" in line and "agent_id=midway" in line] == []
+
+
+def test_a_256_character_agent_id_has_bounded_ids_that_a_kill_9_does_not_change(
+        daemon_factory, fake_openai):
+    config = config_for(fake_openai.api_base)
+    long_id = "a" * 256
+    daemon = daemon_factory(config=config)
+    with daemon.client(timeout=30) as client:
+        spawned = data_of(client.request("agent:spawn", {"agent_id": long_id, "task": "hello",
+                                                         "model": "pause-long"}))
+        assert len(spawned["session_id"]) <= 128 and spawned["session_id"].startswith("a" * 64)
+        wait_until(lambda: fake_openai.count("pause-long") == 1)  # the call is at the model
+    daemon.proc.kill()
+    daemon.proc.wait()
+    daemon.output.close()
+    daemon = daemon_factory(config=config)
+    with daemon.client(timeout=30) as client:
+        answered = wait_until(lambda: info(client, long_id)["recent"])[0]
+        request_id = answered["request_id"]
+        assert len(request_id) <= 128 and request_id.startswith("a" * 64)
+        # The agent asked again under the id it used before the kill: the completion journal
+        # answered it from the request it resumed, so the model was not asked a third time.
+        status = data_of(client.request("completion:status", {"request_id": request_id}))
+        assert status["resumed"] is True
+        assert fake_openai.count("pause-long") == 2
+        sent = data_of(client.request("agent:send", {"agent_id": long_id, "content": "again",
+                                                     "wait": True}))
+        assert sent["reply"]["request_id"] != request_id
+        assert len(sent["reply"]["request_id"]) <= 128
 
 
 def test_topic_subscriptions_come_back_after_a_restart(daemon_factory):
@@ -401,8 +516,8 @@ def pipelined(client, event: str, payloads: list[dict], batch: int = 100) -> lis
     return answers
 
 
-def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(daemon):
-    with daemon.client(timeout=60) as client:
+def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(shared):
+    with shared.client(timeout=60) as client:
         idle = data_of(client.request("agent:list"))
         assert idle["tasks_alive"] == 0
         ids = [f"bulk-{n}" for n in range(1000)]
@@ -417,14 +532,15 @@ def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(daemon):
             data_of(client.request("agent:list"))), timeout=10)
         assert (after["count"], after["tasks_alive"]) == (0, 0)
         assert busy["daemon_tasks"] - after["daemon_tasks"] >= 1000  # the figure saw them
-        assert data_of(client.request("agent:list", {"status": "terminated"}))["count"] == 1000
+        terminated = data_of(client.request("agent:list", {"status": "terminated"}))["agents"]
+        assert set(ids) <= {a["agent_id"] for a in terminated}
 
 
 @pytest.mark.parametrize("event,data,code", [
     ("agent:spawn", {"profile": "nobody"}, "not_found"),
     ("agent:spawn", {"profile": "assistant", "config": {"name": "x"}}, "validation_error"),
     ("agent:spawn", {"agent_id": "no spaces allowed"}, "validation_error"),
-    ("agent:spawn", {"agent_id": "x" * 65}, "validation_error"),
+    ("agent:spawn", {"agent_id": "x" * 257}, "validation_error"),
     ("agent:spawn", {"config": {"name": "hot", "temperature": 5}}, "validation_error"),
     ("agent:spawn", {"config": {"name": "x", "colour": "red"}}, "validation_error"),
     ("agent:spawn", {"max_turns": 0}, "validation_error"),
@@ -441,17 +557,17 @@ def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(daemon):
     ("agent:list", {"status": "sleeping"}, "validation_error"),
     ("agent:profiles", {"extra": 1}, "validation_error"),
 ])
-def test_user_errors_are_coded_replies_and_the_connection_keeps_working(daemon, event, data,
+def test_user_errors_are_coded_replies_and_the_connection_keeps_working(shared, event, data,
                                                                          code):
-    with daemon.client() as client:
+    with shared.client() as client:
         data_of(client.request("agent:spawn", {"agent_id": "a1"}))
         assert error_of(client.request(event, data))["code"] == code
         assert data_of(client.request("system:health"))["status"] == "healthy"
         assert info(client, "a1")["status"] == "running"
 
 
-def test_taken_and_terminated_ids_are_conflicts(daemon):
-    with daemon.client() as client:
+def test_taken_and_terminated_ids_are_conflicts(shared):
+    with shared.client() as client:
         data_of(client.request("agent:spawn", {"agent_id": "solo"}))
         assert error_of(client.request("agent:spawn", {"agent_id": "solo"}))["code"] == \
             "conflict"

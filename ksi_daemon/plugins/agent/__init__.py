@@ -28,7 +28,7 @@ from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, VALIDATION_E
 from ...storage.sqlite_database import DatabaseUnusable, open_writer
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import store
-from .agent import CALLER, DIRECT, TOPIC, Agent, Message
+from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, ListReply,
                      ListRequest, ProfilesReply, ProfilesRequest, SendReply, SendRequest,
                      SpawnReply, SpawnRequest, TerminateReply)
@@ -70,7 +70,7 @@ class AgentPlugin(BasePlugin):
         loaded = store.load(conn)
         self.writer = SqliteWriter(conn, name="agent-writer")
         self.writer.start(asyncio.get_running_loop())
-        self.runtime = AgentRuntime(settings, self._emit, self._write, self.agents)
+        self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
         self._unpublished = self._restore(loaded)
         log.info("agent_store_open", path=str(path), agents=len(self.agents),
@@ -116,7 +116,7 @@ class AgentPlugin(BasePlugin):
 
     async def _resume_topics(self, agent_id: str) -> None:
         try:
-            await self._emit("message:subscribe", {"agent_id": agent_id, "replay": True})
+            await self.context.emit("message:subscribe", {"agent_id": agent_id, "replay": True})
         except KSIError as exc:
             if exc.code != VALIDATION_ERROR:
                 log.warning("agent_topics_not_resumed", agent_id=agent_id, error=exc.message)
@@ -149,17 +149,6 @@ class AgentPlugin(BasePlugin):
 
     # ---- plumbing ----------------------------------------------------------------------------
 
-    async def _emit(self, event: str, data: dict, correlation_id: str | None = None):
-        try:
-            return await self.context.emit(event, data, correlation_id=correlation_id)
-        except KSIError:
-            # The router answers a cancelled emit with `unavailable`; an agent task being
-            # terminated or restarted must see its cancellation, not a crash to recover from.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError() from None
-            raise
-
     async def _write(self, op, *args):
         try:
             return await self.writer.submit(op, *args)
@@ -191,8 +180,9 @@ class AgentPlugin(BasePlugin):
             raise KSIError(CONFLICT, f"agent {agent_id} already exists",
                            {"agent_id": agent_id, "status": self.agents[agent_id].status})
         now = time.time()
-        agent = Agent(agent_id, profile, data.session_id or f"{agent_id}-{os.urandom(4).hex()}",
-                      now, self.settings.recent_kept)
+        # A new session is named after the agent, cut to what completion accepts.
+        session_id = data.session_id or f"{agent_id[:SESSION_ID_MAX - 9]}-{os.urandom(4).hex()}"
+        agent = Agent(agent_id, profile, session_id, now, self.settings.recent_kept)
         self.agents[agent_id] = agent  # taken from here on, even while the write is pending
         first = None
         if data.task is not None:
@@ -203,8 +193,8 @@ class AgentPlugin(BasePlugin):
         try:
             await self._write(store.insert_agent, row, first.row(agent_id, now) if first else None)
             if data.topics:
-                await self._emit("message:subscribe", {"agent_id": agent_id,
-                                                       "topics": data.topics}, ctx.correlation_id)
+                await self.context.emit("message:subscribe", {
+                    "agent_id": agent_id, "topics": data.topics}, ctx.correlation_id)
         except BaseException:
             self.agents.pop(agent_id, None)
             await asyncio.shield(self._forget(agent_id))
@@ -213,8 +203,9 @@ class AgentPlugin(BasePlugin):
         if first is not None:
             agent.deliver(first)
         self.runtime.start(agent)
-        await self._emit("agent:spawned", {"agent_id": agent_id, "profile": profile.name,
-                                           "session_id": agent.session_id}, ctx.correlation_id)
+        await self.context.emit("agent:spawned", {
+            "agent_id": agent_id, "profile": profile.name, "session_id": agent.session_id},
+            ctx.correlation_id)
         return {"agent_id": agent_id, "status": agent.status, "profile": profile.name,
                 "session_id": agent.session_id}
 
@@ -245,24 +236,19 @@ class AgentPlugin(BasePlugin):
             detail = " (already terminated)" if data.agent_id in self.terminated else ""
             raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}{detail}")
         del self.agents[data.agent_id]
-        current = agent.current
         await self.runtime.stop_task(agent)
         agent.status = "terminated"
         agent.fail_waiters(KSIError(CONFLICT, f"agent {agent.agent_id} was terminated"))
         await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
         self._remember_terminated({**agent.info(), "pending": 0, "recent": []})
-        if current is not None:
-            await self._quietly("completion:cancel",
-                                {"request_id": current.request_id(agent.agent_id)})
         await self._quietly("message:unsubscribe", {"agent_id": agent.agent_id})
-        await self._emit("agent:terminated", {"agent_id": agent.agent_id,
-                                              "reason": "terminated by request"},
-                         ctx.correlation_id)
+        await self.context.emit("agent:terminated", {
+            "agent_id": agent.agent_id, "reason": "terminated by request"}, ctx.correlation_id)
         return {"agent_id": agent.agent_id, "status": "terminated"}
 
     async def _quietly(self, event: str, data: dict) -> None:
         try:
-            await self._emit(event, data)
+            await self.context.emit(event, data)
         except KSIError as exc:
             log.info("agent_cleanup_refused", event_name=event, error=exc.message)
 
@@ -270,13 +256,20 @@ class AgentPlugin(BasePlugin):
     async def restart(self, data: AgentIdRequest, ctx):
         """Run an agent again: a failed one gets a fresh set of restarts, a running one a new task."""
         agent = self._live(data.agent_id)
-        await self.runtime.stop_task(agent)
-        agent.status, agent.error, agent.failures, agent.current = "running", None, 0, None
-        await self._write(store.save_status, agent.agent_id, "running", agent.restarts, None)
+        cancelled = await self.runtime.stop_task(agent)
+        # A cancelled completion would answer its request_id with "cancelled": ask anew.
+        attempts = None
+        if cancelled is not None:
+            cancelled.attempts += 1
+            attempts = (cancelled.message_id, cancelled.attempts)
+        agent.status, agent.error, agent.failures = "running", None, 0
+        await self._write(store.save_status, agent.agent_id, "running", agent.restarts, None,
+                          attempts)
         if self.agents.get(agent.agent_id) is agent and agent.task is None:
             self.runtime.start(agent)
-        await self._emit("agent:status", {"agent_id": agent.agent_id, "status": "running",
-                                          "reason": "restarted by request"}, ctx.correlation_id)
+        await self.context.emit("agent:status", {
+            "agent_id": agent.agent_id, "status": "running", "reason": "restarted by request"},
+            ctx.correlation_id)
         return {"agent_id": agent.agent_id, "status": agent.status}
 
     @event_handler("agent:list", returns=ListReply)

@@ -6,6 +6,7 @@ Agent can always be rebuilt from the database after a restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
 
 from .profiles import Profile
@@ -13,6 +14,14 @@ from .profiles import Profile
 # Where a reply goes: back to the sender (an agent's inbox, or the client that sent it), to the
 # topic the message came from, or only to the caller waiting in agent:send.
 DIRECT, TOPIC, CALLER = "direct", "topic", "caller"
+REQUEST_ID_MAX = SESSION_ID_MAX = 128  # what completion:request accepts
+
+
+def shortened(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, still telling apart any two texts: the readable start,
+    then a hash of the whole."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return f"{text[:limit - len(digest) - 1]}~{digest}"
 
 
 class Message:
@@ -29,9 +38,12 @@ class Message:
 
     def request_id(self, agent_id: str) -> str:
         """Deterministic, so a message asked again after a daemon crash is the same request;
-        each retry after an agent crash is a new attempt, hence a new id."""
-        base = f"{agent_id}:{self.message_id}"
-        return base if not self.attempts else f"{base}:{self.attempts}"
+        each retry after an agent crash or a restart by request is a new attempt, hence a new
+        id. Bounded to what completion accepts, however long the agent id."""
+        full = f"{agent_id}:{self.message_id}"
+        if self.attempts:
+            full = f"{full}:{self.attempts}"
+        return full if len(full) <= REQUEST_ID_MAX else shortened(full, REQUEST_ID_MAX)
 
     def row(self, agent_id: str, received_at: float) -> tuple:
         return (agent_id, self.message_id, self.seq, self.sender, self.topic, self.reply_to,

@@ -5,11 +5,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .profiles import NAME_PATTERN, Profile
+from .profiles import Profile
 
 Status = Literal["running", "restarting", "failed", "terminated"]
 # Lookups accept any id (an id that was never valid is simply not found).
 AgentRef = Field(min_length=1, max_length=256, description="the agent")
+AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$"
 
 
 class Request(BaseModel):
@@ -20,9 +21,9 @@ class SpawnRequest(Request):
     profile: str | None = Field(None, max_length=64,
                                 description="a profile name (agent:profiles); default assistant")
     config: Profile | None = Field(None, description="an inline profile instead of `profile`")
-    agent_id: str | None = Field(None, pattern=NAME_PATTERN,
+    agent_id: str | None = Field(None, pattern=AGENT_ID_PATTERN,
                                  description="default: <profile>-<random>; letters, digits, "
-                                             "_ . - (at most 64)")
+                                             "_ . - (at most 256)")
     task: str | None = Field(None, min_length=1, max_length=200_000,
                              description="the agent's first message; it answers it")
     session_id: str | None = Field(None, min_length=1, max_length=128,

@@ -32,6 +32,7 @@ from .agent import DIRECT, TOPIC, Agent, Message
 log = structlog.get_logger("ksi.plugin.agent")
 Emit = Callable[..., Awaitable]
 Write = Callable[..., Awaitable]
+STOP_TASK_S = 2.0  # a cancelled agent task ends at its next await; this only bounds a bug
 
 
 class Stopping(Exception):
@@ -72,11 +73,25 @@ class AgentRuntime:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def stop_task(self, agent: Agent) -> None:
+    async def stop_task(self, agent: Agent) -> Message | None:
+        """End the agent's task, and cancel the completion it was waiting for, which would
+        otherwise still run at the model. Returns the message of that completion if it was
+        cancelled; if it had finished, its request_id still answers with the outcome."""
         task, agent.task = agent.task, None
+        waiting_on, agent.current = agent.current, None
         if task is not None and not task.done():
             task.cancel()
-            await asyncio.wait([task], timeout=2.0)
+            await asyncio.wait([task], timeout=STOP_TASK_S)
+        if waiting_on is None:
+            return None
+        try:
+            cancel = await self._emit("completion:cancel",
+                                      {"request_id": waiting_on.request_id(agent.agent_id)})
+        except KSIError as exc:
+            log.warning("agent_completion_not_cancelled", agent_id=agent.agent_id,
+                        error=exc.message)
+            return None
+        return waiting_on if cancel.get("status") == "cancelled" else None
 
     def wake_all(self) -> None:
         for agent in self.agents.values():
