@@ -20,8 +20,8 @@ from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import UNAVAILABLE, KSIError
 from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
                      ListReply, ListRequest, SetReply, SetRequest, StateSettings)
-from .store import (StateReader, clear_namespace, create_schema, delete_value, encode_value,
-                    purge_expired, set_plain, set_value)
+from .store import (StateReader, clear_namespace, create_schema, delete_value, purge_expired,
+                    set_plain, set_value)
 from .read_cache import ReadCache
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
 
@@ -101,21 +101,27 @@ class StatePlugin(BasePlugin):
         # The hot write: a plain handler returning the commit's future, which the router answers
         # from a done-callback. A coroutine here would cost a task per write on the event loop,
         # the loop's biggest share of a write (bench/RESULTS.md, "State").
-        namespace, key, value_json = data.namespace, data.key, encode_value(data.value)
+        namespace, key, value_json = data.namespace, data.key, _dumps(data.value).decode()
         expires_at = None if data.ttl_s is None else time.time() + data.ttl_s
+        cache, cache_key = self.cache, (namespace, key)
 
-        def committed(reply, error):
+        def committed(reply, error):  # on the loop at the commit, even if the request gave up
             if error is not None:
-                return None
+                cache.write_done(cache_key, None)
+                return
             version = reply["version"]
+            cache.write_done(cache_key, (value_json, version, expires_at))
             ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                            "version": version, "op": "set"})
-            return (value_json, version, expires_at)
         if data.if_version is None and not self.audit_enabled:  # combinable with its group
-            return self._submit_key((namespace, key), committed, set_plain, namespace, key,
-                                    value_json, expires_at)
-        return self._submit_key((namespace, key), committed, set_value, namespace, key,
-                                value_json, expires_at, data.if_version, self._audit_of(ctx))
+            future = self._queue(committed, set_plain, namespace, key, value_json, expires_at)
+        else:
+            future = self._queue(committed, set_value, namespace, key, value_json, expires_at,
+                                 data.if_version, self._audit_of(ctx))
+        # Counted after the submit succeeded; `committed` cannot run before: it is called from
+        # the event loop, which is busy with this very line.
+        cache.write_queued(cache_key)
+        return future
 
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
@@ -181,11 +187,7 @@ class StatePlugin(BasePlugin):
         request resumes and even if it gave up meanwhile (a cancelled wait does not cancel the
         write): the read cache follows the commits, not the requests.
         """
-        try:
-            future = self.writer.submit(op, *args, on_commit=on_commit)
-        except WriterStopped:
-            raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
-        return await future
+        return await self._queue(on_commit, op, *args)
 
     def _submit_key(self, cache_key, committed, op, *args) -> asyncio.Future:
         """Queue a write of one key; the future resolves after its commit.
@@ -198,14 +200,15 @@ class StatePlugin(BasePlugin):
 
         def settle(result, error):
             cache.write_done(cache_key, committed(result, error))
+        future = self._queue(settle, op, *args)
+        cache.write_queued(cache_key)  # after the submit succeeded, before `settle` can run
+        return future
+
+    def _queue(self, on_commit, op, *args) -> asyncio.Future:
         try:
-            future = self.writer.submit(op, *args, on_commit=settle)
+            return self.writer.submit(op, *args, on_commit=on_commit)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
-        # Counted after the submit succeeded; `settle` cannot run before: it is called from
-        # the event loop, which is busy with this very line.
-        cache.write_queued(cache_key)
-        return future
 
     def _forget_purged(self, result, error) -> None:
         for namespace, key, _version in result or ():
@@ -219,7 +222,7 @@ class StatePlugin(BasePlugin):
                 getattr(ctx, "correlation_id", None))
 
 
-_loads = orjson.loads
+_loads, _dumps = orjson.loads, orjson.dumps
 
 
 ksi_plugin = StatePlugin

@@ -47,8 +47,11 @@ class ReadCache:
             pending[key] = left
         else:
             del pending[key]
+        entries = self._entries
         if entry is None or not self.max_entries:
-            self._entries.pop(key, None)
+            entries.pop(key, None)
+        elif key in entries or len(entries) < self.max_entries:  # the hot case, inline
+            entries[key] = entry
         else:
             self._store(key, entry)
 
