@@ -155,7 +155,8 @@ def compare_read_placement(keys: int = 100_000, reads: int = 20_000) -> None:
 def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ksi_daemon.storage.sqlite_database import open_writer
-    from ksi_daemon.plugins.state.store import create_schema, encode_value, set_value
+    from ksi_daemon.plugins.state.store import (create_schema, encode_value, set_plain,
+                                                set_plain_many)
     # Beside the repository's var/ (the daemon's default place), not /tmp, which may be memory.
     workdir = Path(tempfile.mkdtemp(prefix="ksi-cc-", dir=Path(__file__).resolve().parent))
     try:
@@ -168,21 +169,28 @@ def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
                 os.fsync(probe.fileno())
                 took.append(time.perf_counter() - started)
         print(f"fsync of a 4 KiB append: median {statistics.median(took) * 1e6:.0f} µs")
-        for level in ("FULL", "NORMAL"):
-            conn = open_writer(workdir / f"{level}.db", level, create_schema)
+        # One upsert statement per write (how the writer ran plain sets before it combined
+        # them) against one statement for the group (how it runs them now).
+        for level, combined in (("FULL", False), ("NORMAL", False), ("NORMAL", True)):
+            conn = open_writer(workdir / f"{level}-{combined}.db", level, create_schema)
             whole, commit = [], []
             for n in range(batches):
                 started = time.perf_counter()
                 conn.execute("BEGIN IMMEDIATE")
-                for key in range(writes):
-                    set_value(conn, "bench", f"bench-{key}", encode_value({"n": n}), None, None,
-                              None)
+                group = [("bench", f"bench-{key}", encode_value({"n": n}), None)
+                         for key in range(writes)]
+                if combined:
+                    set_plain_many(conn, group)
+                else:
+                    for write in group:
+                        set_plain(conn, *write)
                 committing = time.perf_counter()
                 conn.execute("COMMIT")
                 commit.append(time.perf_counter() - committing)
                 whole.append(time.perf_counter() - started)
             conn.close()
-            print(f"synchronous={level}: {writes} upserts + COMMIT median "
+            print(f"synchronous={level}: {writes} upserts "
+                  f"{'in one statement' if combined else 'one by one'} + COMMIT median "
                   f"{statistics.median(whole) * 1e6:.0f} µs, of which COMMIT "
                   f"{statistics.median(commit) * 1e6:.0f} µs")
     finally:
