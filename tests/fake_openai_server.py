@@ -6,7 +6,7 @@ The model name in the request chooses the behaviour, so one server serves every 
     jitter...        like echo, after a short delay that differs from request to request
     pause...         like echo, after one second
     slow...          streams one word every 0.2 s (40 words); plain calls take as long
-    hang...          answers nothing for a minute; a client hanging up counts in `disconnects`
+    hang...          answers nothing for a minute; a client leaving is counted in `hangups`
     gated...         like echo, once the test calls `server.open_gate()` (at most a minute)
     ratelimited-KEY  the first call per KEY gets 429 with `Retry-After: 1`, later calls echo
     broken-KEY       always 500
@@ -73,7 +73,7 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             server.gate.wait(60)
         if model.startswith("hang"):
             if self._client_left_within(60):
-                server.disconnects += 1  # nobody to answer: the caller gave up the call
+                server.note_hangup(model)  # nobody to answer: the caller gave up the call
                 self.close_connection = True
                 return
             return self._json(500, {"error": {"message": "hung"}})
@@ -162,6 +162,7 @@ class FakeOpenAIServer(LocalHTTPServer):
     def __init__(self):
         super().__init__(FakeOpenAIHandler)
         self.disconnects = 0
+        self.hangups: Counter = Counter()  # per model: calls whose client left before the answer
         self._counts: Counter = Counter()
         self.gate = threading.Event()
         self.api_base = f"{self.url}/v1"
@@ -171,6 +172,11 @@ class FakeOpenAIServer(LocalHTTPServer):
             self._counts[model] += 1
             self.requests.append({"model": model, "messages": messages, "stream": stream,
                                   "time": time.time()})
+
+    def note_hangup(self, model: str) -> None:
+        with self._lock:
+            self.disconnects += 1
+            self.hangups[model] += 1
 
     def count(self, model: str) -> int:
         with self._lock:

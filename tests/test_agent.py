@@ -4,9 +4,10 @@ Models are the built-in offline model or tests/fake_openai_server.py (loopback),
 replies are a pure function of the messages it was sent, so a test can tell from the server's
 request log exactly what each agent's model was given and what it answered.
 
-Tests that neither restart the daemon nor need settings of their own share one daemon
-(`shared`) and one fake server: each uses agent ids and model names no other test uses, and its
-agents are terminated after it, so it starts from a daemon with no agents.
+Tests share one daemon (`shared`) and one fake server, since every daemon start costs seconds
+(litellm loads before the first completion): each test uses agent ids and model names no other
+test uses, its agents are terminated after it, so it starts from a daemon with no agents; a
+test of what survives a restart restarts that daemon (SIGTERM or kill -9) and goes on with it.
 """
 from __future__ import annotations
 
@@ -22,14 +23,8 @@ from conftest import DaemonProcess, data_of, error_of
 from fake_openai_server import FakeOpenAIServer, echo_text
 
 TOPIC = "Is P equal to NP?"
-MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "pause-long", "broken-a", "hang-a",
-          "hang-b", "gated-a")
-
-
-@pytest.fixture
-def fake_openai():
-    with FakeOpenAIServer() as server:
-        yield server
+MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "pause-pro-k", "pause-con-k",
+          "pause-long", "broken-a", "hang-a", "hang-b", "gated-a")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,9 @@ def shared_openai():
 @pytest.fixture(scope="module")
 def shared_daemon(shared_openai):
     workdir = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
-    daemon = DaemonProcess(workdir, config_for(shared_openai.api_base)).start()
+    config = {**config_for(shared_openai.api_base, max_restarts=2),
+              "daemon": {"shutdown_timeout": 3}}
+    daemon = DaemonProcess(workdir, config).start()
     yield daemon
     exit_code = daemon.stop()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -51,14 +48,27 @@ def shared_daemon(shared_openai):
 @pytest.fixture
 def shared(shared_daemon):
     """The shared daemon, left with no agents by the test."""
+    if shared_daemon.proc.poll() is not None:  # an earlier test stopped it and failed
+        shared_daemon.start()
     yield shared_daemon
     with shared_daemon.client(timeout=60) as client:
         for agent in data_of(client.request("agent:list"))["agents"]:
             data_of(client.request("agent:terminate", {"agent_id": agent["agent_id"]}))
 
 
+def restart(daemon: DaemonProcess, kill: bool = False) -> None:
+    """Stop the daemon (SIGTERM, which must exit 0, or kill -9) and start it again."""
+    if kill:
+        daemon.proc.kill()
+        daemon.proc.wait()
+        daemon.output.close()
+    else:
+        assert daemon.stop() == 0
+    daemon.start()
+
+
 def config_for(api_base: str | None = None, **agent_settings) -> dict:
-    plugins = {"agent": {"restart_base_delay_s": 0.2, **agent_settings}}
+    plugins = {"agent": {"restart_base_delay_s": 0.05, **agent_settings}}
     if api_base is not None:
         plugins["completion"] = {
             "aliases": {name: {"model": f"openai/{name}", "api_base": api_base,
@@ -245,11 +255,9 @@ def test_a_task_is_answered_to_the_spawner_and_wait_answers_only_the_caller(shar
 
 # ---- crashes --------------------------------------------------------------------------------
 
-def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, fake_openai):
-    config = config_for(fake_openai.api_base, max_restarts=2)
-    daemon = daemon_factory(config=config)
-    with watch(daemon, ("agent:status", "completion:error")) as watcher, \
-            daemon.client(timeout=30) as client:
+def test_a_crashing_agent_is_restarted_with_backoff_then_failed(shared, shared_openai):
+    with watch(shared, ("agent:status", "completion:error")) as watcher, \
+            shared.client(timeout=30) as client:
         data_of(client.request("agent:spawn", {"agent_id": "crashy", "model": "broken-a",
                                                "task": "hello"}))
         statuses, errors = [], []
@@ -263,7 +271,7 @@ def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, 
         assert got == [("restarting", 1), ("running", 1), ("restarting", 2), ("running", 2),
                        ("failed", 3)]
         delays = [m["data"]["delay_s"] for m in statuses if m["data"]["status"] == "restarting"]
-        assert delays == [0.2, 0.4]  # exponential back-off
+        assert delays == [0.05, 0.1]  # exponential back-off
         for crashed, resumed in ((statuses[0], statuses[1]), (statuses[2], statuses[3])):
             assert resumed["timestamp"] - crashed["timestamp"] >= crashed["data"]["delay_s"] - 0.01
         assert "broken on purpose" in statuses[-1]["data"]["reason"]
@@ -271,7 +279,7 @@ def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, 
         first = errors[0]["request_id"]
         assert first.startswith("crashy:m-")
         assert [e["request_id"] for e in errors] == [first, f"{first}:1", f"{first}:2"]
-        assert len(fake_openai.calls_to("broken-a")) == 3
+        assert len(shared_openai.calls_to("broken-a")) == 3
         failed = info(client, "crashy")
         assert (failed["status"], failed["restarts"], failed["pending"]) == ("failed", 2, 1)
         assert "broken on purpose" in failed["error"]
@@ -279,9 +287,8 @@ def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, 
                                                       "wait": True}))["code"] == "conflict"
         assert data_of(client.request("agent:send", {"agent_id": "crashy",
                                                      "content": "later"}))["delivered"] is False
-    assert daemon.stop() == 0
-    daemon = daemon_factory(config=config)  # the failure is remembered across a restart
-    with watch(daemon, ("agent:status",)) as watcher, daemon.client(timeout=30) as client:
+    restart(shared)  # the failure is remembered across a restart
+    with watch(shared, ("agent:status",)) as watcher, shared.client(timeout=30) as client:
         again = info(client, "crashy")
         assert (again["status"], again["error"], again["pending"]) == \
             ("failed", failed["error"], 2)
@@ -295,22 +302,19 @@ def test_a_crashing_agent_is_restarted_with_backoff_then_failed(daemon_factory, 
 
 # ---- restarts of the daemon -----------------------------------------------------------------
 
-def interrupted_debate(daemon_factory, fake_openai, stop,
+def interrupted_debate(daemon, kill: bool, models: tuple[str, str],
                        answers_stored: int) -> dict[str, list[dict]]:
     """A 3-round debate on a model that takes a second per call, stopped after two turns.
 
     Returns each agent's stored conversation once the debate has finished after the restart
     and the conversation holds `answers_stored` answers.
     """
-    config = config_for(fake_openai.api_base)
-    daemon = daemon_factory(config=config)
     with watch(daemon) as watcher, daemon.client(timeout=30) as client:
-        start_debate(client, turns=3, pro_model="pause-pro", con_model="pause-con")
+        start_debate(client, turns=3, pro_model=models[0], con_model=models[1])
         replies(watcher, 2)
         before = {a["agent_id"]: a["session_id"]
                   for a in data_of(client.request("agent:list"))["agents"]}
-    stop(daemon)  # pro's second completion is under way at the server
-    daemon = daemon_factory(config=config)
+    restart(daemon, kill)  # pro's second completion is under way at the server
     with daemon.client(timeout=30) as client:
         after = {a["agent_id"]: a["session_id"]
                  for a in data_of(client.request("agent:list"))["agents"]}
@@ -322,12 +326,9 @@ def interrupted_debate(daemon_factory, fake_openai, stop,
 
 
 def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
-        daemon_factory, fake_openai):
-    def graceful(daemon):
-        assert daemon.stop(signal.SIGTERM) == 0
-
-    stored = interrupted_debate(daemon_factory, fake_openai, graceful, answers_stored=3)
-    calls = sorted(fake_openai.calls_to("pause-pro") + fake_openai.calls_to("pause-con"),
+        shared, shared_openai):
+    stored = interrupted_debate(shared, False, ("pause-pro", "pause-con"), answers_stored=3)
+    calls = sorted(shared_openai.calls_to("pause-pro") + shared_openai.calls_to("pause-con"),
                    key=lambda c: c["time"])
     assert len(calls) == 6  # the call under way at SIGTERM finished; nothing ran twice
     assert_chain(calls, {"pro": calls[0]["messages"][0]["content"],
@@ -337,14 +338,10 @@ def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
 
 
 def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_on(
-        daemon_factory, fake_openai):
-    def crash(daemon):
-        daemon.proc.kill()
-        daemon.proc.wait()
-        daemon.output.close()
-
-    stored = interrupted_debate(daemon_factory, fake_openai, crash, answers_stored=0)
-    calls = sorted(fake_openai.calls_to("pause-pro") + fake_openai.calls_to("pause-con"),
+        shared, shared_openai):
+    models = ("pause-pro-k", "pause-con-k")
+    stored = interrupted_debate(shared, True, models, answers_stored=0)
+    calls = sorted(shared_openai.calls_to(models[0]) + shared_openai.calls_to(models[1]),
                    key=lambda c: c["time"])
     # The call cut off by the kill is asked again after the restart, once; all others once.
     distinct = []
@@ -361,41 +358,37 @@ def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_o
 
 
 def test_sigterm_with_a_turn_that_never_ends_exits_and_waiting_callers_are_told(
-        daemon_factory, fake_openai):
-    config = {**config_for(fake_openai.api_base), "daemon": {"shutdown_timeout": 2}}
-    daemon = daemon_factory(config=config)
-    with daemon.client(timeout=30) as first, daemon.client(timeout=30) as second:
+        shared, shared_openai):
+    with shared.client(timeout=30) as first, shared.client(timeout=30) as second:
         data_of(first.request("agent:spawn", {"agent_id": "stuck", "model": "hang-a"}))
         for client, text in ((first, "one"), (second, "two")):
             client.send("agent:send", {"agent_id": "stuck", "content": text, "wait": True})
-        wait_until(lambda: fake_openai.count("hang-a") == 1)  # "one" is at the model
-        assert daemon.stop(signal.SIGTERM) == 0
+        wait_until(lambda: shared_openai.count("hang-a") == 1)  # "one" is at the model
+        assert shared.stop(signal.SIGTERM) == 0  # within shutdown_timeout, 3 s
         for client in (first, second):
             assert error_of(client.recv_reply())["code"] == "unavailable"
-    daemon = daemon_factory(config=config)
-    with daemon.client() as client:
+    shared.start()
+    with shared.client() as client:
         kept = info(client, "stuck")
         assert (kept["status"], kept["pending"], kept["restarts"]) == ("running", 2, 0)
 
 
-def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(daemon_factory,
-                                                                           fake_openai):
-    config = config_for(fake_openai.api_base)
-    daemon = daemon_factory(config=config)
-    with watch(daemon, ("agent:status", "agent:reply", "completion:cancelled")) as watcher, \
-            daemon.client(timeout=30) as client:
+def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(shared,
+                                                                           shared_openai):
+    with watch(shared, ("agent:status", "agent:reply", "completion:cancelled")) as watcher, \
+            shared.client(timeout=30) as client:
         for agent_id in ("gone", "again"):
             data_of(client.request("agent:spawn", {"agent_id": agent_id, "model": "gated-a",
                                                    "task": f"question for {agent_id}"}))
-        wait_until(lambda: fake_openai.count("gated-a") == 2)  # both turns are at the model
+        wait_until(lambda: shared_openai.count("gated-a") == 2)  # both turns are at the model
         data_of(client.request("agent:terminate", {"agent_id": "gone"}))
         data_of(client.request("agent:restart", {"agent_id": "again"}))
         # Both calls in flight were cancelled; the restarted agent asks again, a new request.
         cut = [next_event(watcher, "completion:cancelled")["data"]["request_id"]
                for _ in range(2)]
         assert [c.split(":")[0] for c in cut] == ["gone", "again"]
-        wait_until(lambda: fake_openai.count("gated-a") == 3)
-        fake_openai.open_gate()
+        wait_until(lambda: shared_openai.count("gated-a") == 3)
+        shared_openai.open_gate()
         reply = next_event(watcher, "agent:reply", timeout=30)["data"]
         assert (reply["agent_id"], reply["turn"], reply["request_id"]) == \
             ("again", 1, f"{cut[1]}:1")
@@ -408,11 +401,11 @@ def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(daemo
         watcher.send("system:event_history", {"pattern": "agent:*", "limit": 1000})
         history = watcher.recv_reply()["data"]["events"]
         seen = [(e["event"], e["data"].get("agent_id"), e["data"].get("status"))
-                for e in history if e["event"] in ("agent:status", "agent:reply")]
+                for e in history if e["event"] in ("agent:status", "agent:reply")
+                and e["data"].get("agent_id") in ("gone", "again")]
         assert seen == [("agent:status", "again", "running"), ("agent:reply", "again", None)]
-    assert daemon.stop() == 0
-    daemon = daemon_factory(config=config)
-    with daemon.client() as client:
+    restart(shared)
+    with shared.client() as client:
         assert data_of(client.request("agent:list"))["count"] == 1
         assert info(client, "gone")["status"] == "terminated"
 
@@ -422,7 +415,6 @@ def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_drop
     with watch(shared, ("agent:status", "completion:cancelled")) as watcher, \
             shared.client(timeout=30) as client:
         idle = data_of(client.request("agent:list"))
-        dropped = shared_openai.disconnects
         data_of(client.request("agent:spawn", {"agent_id": "midway", "model": "hang-b",
                                                "task": "take your time"}))
         wait_until(lambda: shared_openai.count("hang-b") == 1)  # the call is at the model
@@ -439,7 +431,7 @@ def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_drop
         assert data_of(client.request("completion:status",
                                       {"request_id": second}))["status"] == "cancelled"
         # The model server saw both calls hung up; every task on the agent's behalf ended.
-        wait_until(lambda: shared_openai.disconnects == dropped + 2)
+        wait_until(lambda: shared_openai.hangups["hang-b"] == 2)
         wait_until(lambda: data_of(client.request("agent:list"))["daemon_tasks"] <=
                    idle["daemon_tasks"])
         assert shared_openai.count("hang-b") == 2
@@ -456,20 +448,15 @@ def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_drop
 
 
 def test_a_256_character_agent_id_has_bounded_ids_that_a_kill_9_does_not_change(
-        daemon_factory, fake_openai):
-    config = config_for(fake_openai.api_base)
+        shared, shared_openai):
     long_id = "a" * 256
-    daemon = daemon_factory(config=config)
-    with daemon.client(timeout=30) as client:
+    with shared.client(timeout=30) as client:
         spawned = data_of(client.request("agent:spawn", {"agent_id": long_id, "task": "hello",
                                                          "model": "pause-long"}))
         assert len(spawned["session_id"]) <= 128 and spawned["session_id"].startswith("a" * 64)
-        wait_until(lambda: fake_openai.count("pause-long") == 1)  # the call is at the model
-    daemon.proc.kill()
-    daemon.proc.wait()
-    daemon.output.close()
-    daemon = daemon_factory(config=config)
-    with daemon.client(timeout=30) as client:
+        wait_until(lambda: shared_openai.count("pause-long") == 1)  # the call is at the model
+    restart(shared, kill=True)
+    with shared.client(timeout=30) as client:
         answered = wait_until(lambda: info(client, long_id)["recent"])[0]
         request_id = answered["request_id"]
         assert len(request_id) <= 128 and request_id.startswith("a" * 64)
@@ -477,22 +464,20 @@ def test_a_256_character_agent_id_has_bounded_ids_that_a_kill_9_does_not_change(
         # answered it from the request it resumed, so the model was not asked a third time.
         status = data_of(client.request("completion:status", {"request_id": request_id}))
         assert status["resumed"] is True
-        assert fake_openai.count("pause-long") == 2
+        assert shared_openai.count("pause-long") == 2
         sent = data_of(client.request("agent:send", {"agent_id": long_id, "content": "again",
                                                      "wait": True}))
         assert sent["reply"]["request_id"] != request_id
         assert len(sent["reply"]["request_id"]) <= 128
 
 
-def test_topic_subscriptions_come_back_after_a_restart(daemon_factory):
-    daemon = daemon_factory()
-    with daemon.client(timeout=30) as client:
+def test_topic_subscriptions_come_back_after_a_restart(shared):
+    with shared.client(timeout=30) as client:
         data_of(client.request("agent:spawn", {"agent_id": "reader", "topics": ["news"],
                                                "task": "Read the news"}))
         wait_until(lambda: info(client, "reader")["turns"] == 1)
-    assert daemon.stop() == 0
-    daemon = daemon_factory()
-    with daemon.client(timeout=30) as room:
+    restart(shared)
+    with shared.client(timeout=30) as room:
         data_of(room.request("message:subscribe", {"topics": ["news"]}))
         published = data_of(room.request("message:publish", {
             "topic": "news", "content": "Rain tomorrow", "sender": "weather"}))
