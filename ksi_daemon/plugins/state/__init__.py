@@ -141,15 +141,16 @@ class StatePlugin(BasePlugin):
     async def delete(self, data: KeyRequest, ctx):
         """Delete a key; `deleted` says whether it existed."""
         namespace, key = data.namespace, data.key
+        cache, cache_key = self.cache, (namespace, key)
 
-        def committed(version, error):  # announced on commit, even if the request gave up
+        def committed(version, error):  # on the loop at the commit, even if the request gave up
+            cache.write_done(cache_key, None)  # the key is gone: forget its cache entry
             if error is None and version is not None:
                 ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                                "version": version, "op": "delete"})
-            return None  # the key is gone: forget its cache entry
-        version = await self._submit_key((namespace, key), committed, delete_value, namespace,
-                                         key, self._audit_of(ctx))
-        return {"deleted": version is not None}
+        future = self._queue(committed, delete_value, namespace, key, self._audit_of(ctx))
+        cache.write_queued(cache_key)  # after the submit succeeded, before `committed` can run
+        return {"deleted": await future is not None}
 
     @event_handler("state:list", returns=ListReply)
     def list(self, data: ListRequest):
@@ -189,22 +190,12 @@ class StatePlugin(BasePlugin):
         """
         return await self._queue(on_commit, op, *args)
 
-    def _submit_key(self, cache_key, committed, op, *args) -> asyncio.Future:
-        """Queue a write of one key; the future resolves after its commit.
-
-        `committed(result, error)` runs on the loop first and returns the key's new cache entry
-        (None: forget the key); it is what must follow the commit whether or not the request is
-        still waiting for it.
-        """
-        cache = self.cache
-
-        def settle(result, error):
-            cache.write_done(cache_key, committed(result, error))
-        future = self._queue(settle, op, *args)
-        cache.write_queued(cache_key)  # after the submit succeeded, before `settle` can run
-        return future
-
     def _queue(self, on_commit, op, *args) -> asyncio.Future:
+        """Queue a write; the future resolves after its commit, `on_commit` runs just before.
+
+        A write of one key must also count itself in the read cache (`cache.write_queued`) once
+        this returned, and settle it (`cache.write_done`) in `on_commit`.
+        """
         try:
             return self.writer.submit(op, *args, on_commit=on_commit)
         except WriterStopped:
