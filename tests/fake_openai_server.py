@@ -175,7 +175,6 @@ class FakeOpenAIServer(LocalHTTPServer):
 
     def note_hangup(self, model: str) -> None:
         with self._lock:
-            self.disconnects += 1
             self.hangups[model] += 1
 
     def count(self, model: str) -> int:
