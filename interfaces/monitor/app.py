@@ -187,8 +187,10 @@ class MonitorApp(App):
             duration = "" if row.duration_ms is None else f"{row.duration_ms / 1000:.2f} s"
             tokens = "" if row.total_tokens is None else \
                 f"{_count(row.prompt_tokens)}/{_count(row.completion_tokens)}"
-            table.add_row(_cut(row.request_id, 40), _cut(row.model, 30), _cut(row.agent_id, 24),
-                          row.status, duration, tokens, key=row.request_id)
+            # An agent's request id repeats its agent id (shown beside it): the end tells them apart.
+            table.add_row(_cut_left(row.request_id, 26), _cut(row.model, 24),
+                          _cut(row.agent_id, 20), row.status, duration, tokens,
+                          key=row.request_id)
         if table.row_count:
             table.move_cursor(row=table.row_count - 1, animate=False)
         table.border_title = f"Completions ({len(self.state.completions)})"
@@ -274,6 +276,10 @@ class MonitorApp(App):
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _cut_left(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[1 - width:]
 
 
 def _count(value) -> str:
