@@ -307,15 +307,15 @@ def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(d
     first = daemon_factory(subdir="d")
     texts = {}
     with first.client(timeout=120) as client:
-        for name in ("kept", "lost"):
+        for name in ("kept", "lost", "half"):
             texts[name] = data_of(client.request("completion:request", {
                 "prompt": f"remember the {name} one", "session_id": name,
                 "request_id": f"t-{name}"}))["text"]
-    for name in ("kept", "lost"):
+    for name in ("kept", "lost", "half"):
         wait_until(lambda: len(turns_of(first, name)) == 2, what=f"{name} stored")
     assert first.stop() == 0
-    # As if the daemon died between committing both results and storing their turns: the
-    # journal says "not stored" for both, and the store lost the turns of one of them.
+    # As if the daemon died between committing the results and storing their turns: the journal
+    # says "not stored" for all, the store lost both turns of one and the answer of another.
     journal = sqlite3.connect(first.var_dir / "plugins" / "completion" / "journal.db")
     with journal:
         journal.execute("UPDATE requests SET turns_stored = 0")
@@ -324,18 +324,20 @@ def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(d
     with store:
         store.execute("DELETE FROM messages WHERE session_id = 'lost'")
         store.execute("DELETE FROM sessions WHERE session_id = 'lost'")
+        store.execute("DELETE FROM messages WHERE session_id = 'half' AND role = 'assistant'")
         store.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
     store.close()
 
     second = daemon_factory(subdir="d")
-    wait_until(lambda: len(turns_of(second, "lost")) >= 2, what="the lost turns stored again")
-    for name in ("kept", "lost"):
+    for name in ("lost", "half"):
+        wait_until(lambda: len(turns_of(second, name)) >= 2, what=f"the {name} turns stored")
+    for name in ("kept", "lost", "half"):
         turns = turns_of(second, name)
         assert [(t["role"], t["request_id"]) for t in turns] == \
             [("user", f"t-{name}"), ("assistant", f"t-{name}")]
         assert turns[0]["content"] == f"remember the {name} one"
         assert turns[1]["content"] == texts[name]
-    wait_until(lambda: _turns_stored_flags(second) == [1, 1], what="the journal to know it")
+    wait_until(lambda: _turns_stored_flags(second) == [1, 1, 1], what="the journal to know it")
     assert second.stop() == 0
 
 

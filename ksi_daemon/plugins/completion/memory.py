@@ -34,13 +34,14 @@ class ConversationMemory:
                     for m in reply["messages"][-limit:] if m.get("role") and "content" in m]
         return list(self.local.get(session_id, ()))[-limit:]
 
-    async def holds_turn_of(self, session_id: str, request_id: str) -> bool:
-        """Whether the store already has a turn of this request among the session's newest."""
+    async def roles_stored_for(self, session_id: str, request_id: str) -> set[str]:
+        """The roles of this request's turns the store already has among the session's newest."""
         reply = await self._ask_store("conversation:history",
                                       {"session_id": session_id, "limit": max(self.window, 50)})
         messages = reply.get("messages") if reply is not None else None
-        return isinstance(messages, list) and any(m.get("request_id") == request_id
-                                                  for m in messages)
+        if not isinstance(messages, list):
+            return set()
+        return {m.get("role") for m in messages if m.get("request_id") == request_id}
 
     async def append(self, session_id: str, role: str, content: str, **extra) -> None:
         self.local.setdefault(session_id, deque(maxlen=max(1, self.window))).append(

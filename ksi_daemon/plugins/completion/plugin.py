@@ -433,14 +433,17 @@ class CompletionPlugin(BasePlugin):
         return result
 
     async def _store_turns(self, job: Job, new_messages: list[dict], text: str, model: str,
-                           usage: dict) -> None:
-        for message in new_messages:
-            if message.get("role") != "system":
-                await self.memory.append(job.session_id, message.get("role", "user"),
-                                         str(message.get("content", "")),
-                                         request_id=job.request_id)
-        await self.memory.append(job.session_id, "assistant", text, model=model, usage=usage,
-                                 request_id=job.request_id)
+                           usage: dict, already: set[str] = frozenset()) -> None:
+        """Store the turn's messages, then the answer; `already`: the roles a stop left stored."""
+        if not already - {"assistant"}:
+            for message in new_messages:
+                if message.get("role") != "system":
+                    await self.memory.append(job.session_id, message.get("role", "user"),
+                                             str(message.get("content", "")),
+                                             request_id=job.request_id)
+        if "assistant" not in already:
+            await self.memory.append(job.session_id, "assistant", text, model=model,
+                                     usage=usage, request_id=job.request_id)
         self.journal.turns_stored(job.request_id)
 
     async def _store_interrupted_turns(self) -> None:
@@ -449,11 +452,9 @@ class CompletionPlugin(BasePlugin):
         for job in jobs:
             outcome = job.done.result()
             try:
-                if not await self.memory.holds_turn_of(job.session_id, job.request_id):
-                    await self._store_turns(job, _messages_of(job.payload), outcome["text"],
-                                            outcome["model"], outcome["usage"])
-                else:
-                    self.journal.turns_stored(job.request_id)
+                stored = await self.memory.roles_stored_for(job.session_id, job.request_id)
+                await self._store_turns(job, _messages_of(job.payload), outcome["text"],
+                                        outcome["model"], outcome["usage"], stored)
             except Exception as exc:  # noqa: BLE001 - one session's store must not stop others
                 self.log.error("conversation_store_failed", session_id=job.session_id,
                                error=repr(exc))
