@@ -340,7 +340,7 @@ def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
 def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_on(
         shared, shared_openai):
     models = ("pause-pro-k", "pause-con-k")
-    stored = interrupted_debate(shared, True, models, answers_stored=0)
+    stored = interrupted_debate(shared, True, models, answers_stored=3)
     calls = sorted(shared_openai.calls_to(models[0]) + shared_openai.calls_to(models[1]),
                    key=lambda c: c["time"])
     # The call cut off by the kill is asked again after the restart, once; all others once.
@@ -352,7 +352,8 @@ def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_o
     assert len(distinct) == 6 and len(calls) <= 7
     assert_chain(distinct, {"pro": calls[0]["messages"][0]["content"],
                             "con": calls[1]["messages"][0]["content"]})
-    for messages in stored.values():  # no turn was answered twice in a session
+    for messages in stored.values():  # every turn stored once, none answered twice
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3
         answered = [m["request_id"] for m in messages if m["role"] == "assistant"]
         assert len(answered) == len(set(answered))
 
