@@ -21,13 +21,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TEST_ENV
-from fake_anthropic_server import FakeAnthropicServer
 from fake_openai_server import FakeOpenAIServer
 from ksi_client import (AsyncClient, Event, EventClient, EventStream, KSIConflictError,
                         KSIConnectionError, KSIError, KSINotFoundError, KSITimeoutError,
                         KSIUnknownEventError, KSIValidationError, SyncClient, SyncEventStream)
 from ksi_client.async_client import helper_names
-from test_completion import claude_binary
+from test_completion import claude_daemon  # noqa: F401 - the fixture, shared
 from test_docs import seed_code_block
 
 WAIT_S = 10  # a bound for waits that succeed in milliseconds; only reached when broken
@@ -436,18 +435,6 @@ def test_leaving_a_sync_stream_early_cancels_the_completion(model_daemon, fake_o
 
 
 # ---- the seed's client examples, as written -------------------------------------------------
-
-@pytest.fixture
-def claude_daemon(daemon_factory):
-    binary = claude_binary()
-    with FakeAnthropicServer() as api:
-        env = {"ANTHROPIC_BASE_URL": api.base_url, "ANTHROPIC_API_KEY": "sk-ant-fake",
-               "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-        config = {"plugins": {"completion": {"claude_cli": {"binary": str(binary),
-                                                            "timeout_s": 60}}}}
-        yield daemon_factory(config=config, env=env), api
-
 
 async def run_as_written(code: str) -> dict:
     """Run a snippet with top-level `async with`/`await` as the seed shows it; its globals."""

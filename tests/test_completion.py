@@ -605,25 +605,6 @@ async def test_async_client_creates_and_streams_completions(daemon_factory):
         assert isinstance(client, EventClient)
 
 
-async def test_the_seed_client_examples_run_with_claude_cli_sonnet(claude_daemon):
-    from ksi_client import EventClient
-    from ksi_client.completion import AsyncClient
-
-    daemon, api = claude_daemon
-    async with AsyncClient(daemon.socket_path, timeout=90) as client:
-        response = await client.create_completion(prompt="Explain quantum computing",
-                                                  model="claude-cli/sonnet")
-        assert response.text == "claude-fake heard: Explain quantum computing"
-    async with EventClient(daemon.socket_path, timeout=90) as client:
-        await client.subscribe("completion:*")
-        stream = client.events("completion:result")
-        response = await client.emit("completion:async", {
-            "prompt": "Write a haiku about coding", "model": "claude-cli/sonnet"})
-        result = await stream.get(timeout=90)
-        assert result.data["request_id"] == response["request_id"]
-        assert result.data["text"] == "claude-fake heard: Write a haiku about coding"
-
-
 def test_cancelling_a_claude_cli_completion_kills_the_tool(claude_daemon):
     daemon, api = claude_daemon
     # node rewrites the tool's command line, so find it by the fake API address in its
