@@ -187,7 +187,7 @@ class MonitorApp(App):
             duration = "" if row.duration_ms is None else f"{row.duration_ms / 1000:.2f} s"
             tokens = "" if row.total_tokens is None else \
                 f"{_count(row.prompt_tokens)}/{_count(row.completion_tokens)}"
-            # An agent's request id repeats its agent id (shown beside it): the end tells them apart.
+            # An agent's request id repeats its agent id, shown beside it: its end tells them apart.
             table.add_row(_cut_left(row.request_id, 26), _cut(row.model, 24),
                           _cut(row.agent_id, 20), row.status, duration, tokens,
                           key=row.request_id)

@@ -254,7 +254,7 @@ class AgentPlugin(BasePlugin):
 
     @event_handler("agent:restart", returns=TerminateReply)
     async def restart(self, data: AgentIdRequest, ctx):
-        """Run an agent again: a failed one gets a fresh set of restarts, a running one a new task."""
+        """Run an agent again: a failed one with fresh restarts, a running one in a new task."""
         agent = self._live(data.agent_id)
         cancelled = await self.runtime.stop_task(agent)
         # A cancelled completion would answer its request_id with "cancelled": ask anew.
