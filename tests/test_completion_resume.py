@@ -34,11 +34,12 @@ def config_for(api_base: str, shutdown_timeout: float = 10, **completion) -> dic
                                        **completion}}}
 
 
-def journal_states(daemon) -> list[str]:
+def journal_column(daemon, column: str = "state") -> list:
+    """One column of every journal entry, oldest first, read from the file itself."""
     path = daemon.var_dir / "plugins" / "completion" / "journal.db"
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return [row[0] for row in conn.execute("SELECT state FROM requests ORDER BY rowid")]
+        return [row[0] for row in conn.execute(f"SELECT {column} FROM requests ORDER BY rowid")]
     finally:
         conn.close()
 
@@ -80,7 +81,7 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
         wait_until(lambda: fake_openai.count("gated") == 3, what="three calls in flight")
         first.proc.kill()
         first.wait()
-    assert journal_states(first) == ["pending"] * 10
+    assert journal_column(first) == ["pending"] * 10
     called_before = {i: fake_openai.calls_saying(prompt(i)) for i in range(10)}
     assert sum(called_before.values()) == 3
 
@@ -117,7 +118,7 @@ def test_kill_9_with_ten_pending_completions_runs_each_once_after_restart(daemon
     figures = data_of(second.request("completion:status"))
     assert (figures["completed"], figures["resumed"], figures["queued"]) == (10, 10, 0)
     assert second.stop() == 0
-    assert journal_states(second) == ["completed"] * 10
+    assert journal_column(second) == ["completed"] * 10
 
 
 def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake_openai):
@@ -147,7 +148,7 @@ def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake
     assert error["details"] == {"request_id": "term-0", "checkpointed": True}
     waiting.close()
     assert first.wait(30) == 0
-    assert journal_states(first) == ["pending"] * 3
+    assert journal_column(first) == ["pending"] * 3
 
     second = daemon_factory(config=config, subdir="d")
     fake_openai.open_gate()
@@ -160,7 +161,7 @@ def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake
     # The two cut off by the deadline called the model again; the queued one only once.
     assert [fake_openai.calls_saying(prompt(i)) for i in range(3)] == [2, 2, 1]
     assert second.stop() == 0
-    assert journal_states(second) == ["completed"] * 3
+    assert journal_column(second) == ["completed"] * 3
 
 
 def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_factory,
@@ -337,14 +338,7 @@ def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(d
             [("user", f"t-{name}"), ("assistant", f"t-{name}")]
         assert turns[0]["content"] == f"remember the {name} one"
         assert turns[1]["content"] == texts[name]
-    wait_until(lambda: _turns_stored_flags(second) == [1, 1, 1], what="the journal to know it")
+    wait_until(lambda: journal_column(second, "turns_stored") == [1, 1, 1],
+               what="the journal to know it")
     assert second.stop() == 0
 
-
-def _turns_stored_flags(daemon) -> list[int]:
-    path = daemon.var_dir / "plugins" / "completion" / "journal.db"
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return [row[0] for row in conn.execute("SELECT turns_stored FROM requests ORDER BY rowid")]
-    finally:
-        conn.close()
