@@ -102,7 +102,8 @@ def test_without_a_daemon_it_says_how_to_start_one(workdir):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-def test_ctrl_c_terminates_the_orchestration_in_the_daemon(daemon_factory, fake_openai):
+def start_a_long_debate(daemon_factory, fake_openai):
+    """The CLI running a 20-round debate on a model that takes its time: (daemon, process)."""
     aliases = {"pause": {"model": "openai/pause", "api_base": fake_openai.api_base,
                          "api_key": "sk-test"}}
     daemon = daemon_factory(config={"plugins": {"completion": {"aliases": aliases}}})
@@ -110,6 +111,11 @@ def test_ctrl_c_terminates_the_orchestration_in_the_daemon(daemon_factory, fake_
                              "--model", "pause"], env=cli_env(daemon.socket_path),
                             cwd=daemon.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    return daemon, proc
+
+
+def test_ctrl_c_terminates_the_orchestration_in_the_daemon(daemon_factory, fake_openai):
+    daemon, proc = start_a_long_debate(daemon_factory, fake_openai)
     try:
         header = proc.stdout.readline()
         run_id = re.search(r"\((orch-\w+)\)", header).group(1)
@@ -131,13 +137,7 @@ def test_ctrl_c_terminates_the_orchestration_in_the_daemon(daemon_factory, fake_
 
 
 def test_a_reader_that_goes_away_terminates_the_orchestration(daemon_factory, fake_openai):
-    aliases = {"pause": {"model": "openai/pause", "api_base": fake_openai.api_base,
-                         "api_key": "sk-test"}}
-    daemon = daemon_factory(config={"plugins": {"completion": {"aliases": aliases}}})
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "Is P=NP?", "--rounds", "20",
-                             "--model", "pause"], env=cli_env(daemon.socket_path),
-                            cwd=daemon.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    daemon, proc = start_a_long_debate(daemon_factory, fake_openai)
     try:
         run_id = re.search(r"\((orch-\w+)\)", proc.stdout.readline()).group(1)
         proc.stdout.close()  # as `| head -1` does
