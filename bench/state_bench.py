@@ -119,14 +119,16 @@ def run_load_process(args) -> int:
 def compare_read_placement(keys: int = 100_000, reads: int = 20_000) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ksi_daemon.storage.sqlite_database import open_reader, open_writer
-    from ksi_daemon.plugins.state.store import StateReader, create_schema, encode_value, set_value
+    from ksi_daemon.plugins.state.store import (KnownVersions, StateReader, create_schema,
+                                                encode_value, set_value)
     workdir = Path(tempfile.mkdtemp(prefix="ksi-sr-", dir="/tmp"))
     try:
         path = workdir / "state.db"
         writer = open_writer(path, "NORMAL", create_schema)
         writer.execute("BEGIN")
+        known = KnownVersions()
         for n in range(keys):
-            set_value(writer, "ns", f"key-{n}", encode_value({"n": n, "text": "x" * 50}),
+            set_value(writer, known, "ns", f"key-{n}", encode_value({"n": n, "text": "x" * 50}),
                       None, None, None)
         writer.execute("COMMIT")
         reader = StateReader(open_reader(path))
@@ -155,8 +157,8 @@ def compare_read_placement(keys: int = 100_000, reads: int = 20_000) -> None:
 def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ksi_daemon.storage.sqlite_database import open_writer
-    from ksi_daemon.plugins.state.store import (create_schema, encode_value, set_plain,
-                                                set_plain_many)
+    from ksi_daemon.plugins.state.store import (KnownVersions, create_schema, encode_value,
+                                                set_plain, set_plain_many)
     # Beside the repository's var/ (the daemon's default place), not /tmp, which may be memory.
     workdir = Path(tempfile.mkdtemp(prefix="ksi-cc-", dir=Path(__file__).resolve().parent))
     try:
@@ -173,11 +175,12 @@ def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
         # them) against one statement for the group (how it runs them now).
         for level, combined in (("FULL", False), ("NORMAL", False), ("NORMAL", True)):
             conn = open_writer(workdir / f"{level}-{combined}.db", level, create_schema)
+            known = KnownVersions()
             whole, commit = [], []
             for n in range(batches):
                 started = time.perf_counter()
                 conn.execute("BEGIN IMMEDIATE")
-                group = [("bench", f"bench-{key}", encode_value({"n": n}), None)
+                group = [(known, "bench", f"bench-{key}", encode_value({"n": n}), None)
                          for key in range(writes)]
                 if combined:
                     set_plain_many(conn, group)

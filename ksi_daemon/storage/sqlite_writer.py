@@ -4,8 +4,8 @@ Every write is a function `op(conn, *args) -> result` run by the writer thread. 
 whatever is queued, runs it all in one transaction, commits once, and only then resolves the
 callers' futures: a caller that got its result knows its write is committed. While one commit
 runs, new writes queue up and go into the next one (group commit), so many writers share one
-fsync. An op with a `many` attribute (`op.many(conn, [args, ...]) -> [result, ...]`) has
-consecutive writes of its own run by one call, in fewer statements.
+fsync. An op made with `Combinable(many)` has consecutive writes of its own run by one call,
+`many(conn, [args, ...]) -> [result, ...]`, in fewer statements.
 
 An op may refuse with `KSIError` only before it has written anything (a failed precondition such
 as `conflict`), so a refusal needs no rollback. Any other exception rolls the batch back and runs
@@ -14,6 +14,7 @@ it again with one savepoint per op, so the op that failed fails alone and the ot
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
@@ -39,11 +40,27 @@ class WriterStopped(Exception):
     """The writer no longer takes work (the daemon is shutting down)."""
 
 
+class Combinable:
+    """An op whose consecutive writes the writer runs in one call of `many(conn, [args, ...])`,
+    which returns their results in order; called alone, it is a batch of one."""
+    __slots__ = ("many",)
+
+    def __init__(self, many: Callable[[sqlite3.Connection, list[tuple]], list]):
+        self.many = many
+
+    def __call__(self, conn: sqlite3.Connection, *args) -> Any:
+        return self.many(conn, [args])[0]
+
+
 class SqliteWriter:
     def __init__(self, conn: sqlite3.Connection, name: str = "sqlite-writer",
-                 max_batch: int = 1024, deadline_s: float | None = None):
+                 max_batch: int = 1024, deadline_s: float | None = None,
+                 after_rollback: Callable[[], None] | None = None):
         # The connection was opened with check_same_thread=False and is used only by the thread.
         self.conn = conn
+        # Called on the thread after a transaction was rolled back: what the ops remember of
+        # the database (the state plugin's known versions) must forget what did not commit.
+        self.after_rollback = after_rollback
         self.max_batch = max_batch
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
@@ -126,6 +143,7 @@ class SqliteWriter:
 
     def _run(self) -> None:
         items, wake = self._items, self._wake
+        _never_preempt_the_event_loop()
         stop = False
         try:
             while not stop:
@@ -246,6 +264,8 @@ class SqliteWriter:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            if self.after_rollback is not None:
+                self.after_rollback()
             raise
         return outcomes
 
@@ -253,8 +273,8 @@ class SqliteWriter:
         """Run the writes from `start` that share its op in one call of `op.many`; return where
         the run ended.
 
-        `op.many(conn, [args, ...])` does what calling `op` once per write would, in fewer
-        statements (the state plugin's plain sets: one upsert for many keys), and returns the
+        `op.many(conn, [args, ...])` (a `Combinable` op) does what calling `op` once per write
+        would, in fewer statements (the state plugin's plain sets: one upsert for many keys), and returns the
         results in order. A failure there cannot be pinned to one write: the batch runs again
         with savepoints, one op at a time.
         """
@@ -274,9 +294,19 @@ class _RetryWithSavepoints(Exception):
     """An op failed unexpectedly mid-batch: run the batch again, isolating each op."""
 
 
+def _never_preempt_the_event_loop() -> None:
+    """Make the calling thread SCHED_BATCH (Linux): woken by a submit, it waits for the event
+    loop's time slice to end instead of preempting it. It needs the GIL, which the loop holds
+    until it waits, so preempting only added two context switches per batch (bench/RESULTS.md,
+    "State")."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not allowed: only slower
+        pass
 
 
-def start_database(path, synchronous: str, create_schema, *, name: str, deadline_s: float):
+def start_database(path, synchronous: str, create_schema, *, name: str, deadline_s: float,
+                   after_rollback: Callable[[], None] | None = None):
     """Open `path` (integrity-checked), start its writer thread; return (writer, reader conn).
 
     An unusable database stops start-up (SystemExit) on purpose: serving without the data, or
@@ -288,6 +318,7 @@ def start_database(path, synchronous: str, create_schema, *, name: str, deadline
     except DatabaseUnusable as exc:
         log.critical("database_unusable", database=name, path=str(path), error=str(exc))
         raise SystemExit(f"ksi: {name} database: {exc}") from None
-    writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s)
+    writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s,
+                          after_rollback=after_rollback)
     writer.start(asyncio.get_running_loop())
     return writer, open_reader(path)

@@ -20,8 +20,8 @@ from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import UNAVAILABLE, KSIError
 from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
                      ListReply, ListRequest, SetReply, SetRequest, StateSettings)
-from .store import (StateReader, clear_namespace, create_schema, delete_value, purge_expired,
-                    set_plain, set_value)
+from .store import (KnownVersions, StateReader, clear_namespace, create_schema, delete_value,
+                    purge_expired, set_plain, set_value)
 from .read_cache import ReadCache
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
 
@@ -61,9 +61,10 @@ class StatePlugin(BasePlugin):
         settings = settings_from(context, config)
         self.settings, self.audit_enabled = settings, settings.audit
         self.path = database_path(settings, config)
+        self.known = KnownVersions()  # the writer thread's, passed to every write
         self.writer, reader_conn = start_database(
             self.path, settings.synchronous, create_schema, name="state",
-            deadline_s=config["daemon"]["event_timeout"])
+            deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all)
         self.reader = StateReader(reader_conn)
         self.cache = ReadCache(settings.read_cache_entries)
         log.info("state_database_open", path=str(self.path),
@@ -85,7 +86,7 @@ class StatePlugin(BasePlugin):
         while True:
             await asyncio.sleep(self.settings.purge_interval_s)
             try:
-                purged = await self._write(purge_expired, self._audit_of(None),
+                purged = await self._write(purge_expired, self.known, self._audit_of(None),
                                            on_commit=self._forget_purged)
             except KSIError:
                 return
@@ -114,10 +115,11 @@ class StatePlugin(BasePlugin):
             ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                            "version": version, "op": "set"})
         if data.if_version is None and not self.audit_enabled:  # combinable with its group
-            future = self._queue(committed, set_plain, namespace, key, value_json, expires_at)
+            future = self._queue(committed, set_plain, self.known, namespace, key, value_json,
+                                 expires_at)
         else:
-            future = self._queue(committed, set_value, namespace, key, value_json, expires_at,
-                                 data.if_version, self._audit_of(ctx))
+            future = self._queue(committed, set_value, self.known, namespace, key, value_json,
+                                 expires_at, data.if_version, self._audit_of(ctx))
         # Counted after the submit succeeded; `committed` cannot run before: it is called from
         # the event loop, which is busy with this very line.
         cache.write_queued(cache_key)
@@ -148,7 +150,8 @@ class StatePlugin(BasePlugin):
             if error is None and version is not None:
                 ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                                "version": version, "op": "delete"})
-        future = self._queue(committed, delete_value, namespace, key, self._audit_of(ctx))
+        future = self._queue(committed, delete_value, self.known, namespace, key,
+                             self._audit_of(ctx))
         cache.write_queued(cache_key)  # after the submit succeeded, before `committed` can run
         return {"deleted": await future is not None}
 
@@ -169,7 +172,7 @@ class StatePlugin(BasePlugin):
                 ctx.announce("state:changed", {"namespace": namespace, "key": None,
                                                "version": None, "op": "clear",
                                                "deleted": deleted})
-        deleted = await self._write(clear_namespace, namespace, self._audit_of(ctx),
+        deleted = await self._write(clear_namespace, self.known, namespace, self._audit_of(ctx),
                                     on_commit=committed)
         return {"deleted": deleted}
 

@@ -12,6 +12,7 @@ import time
 import orjson
 
 from ...protocol import CONFLICT, KSIError
+from ...storage.sqlite_writer import Combinable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -41,22 +42,15 @@ CREATE TRIGGER IF NOT EXISTS state_audit_is_append_only_delete BEFORE DELETE ON 
     BEGIN SELECT RAISE(ABORT, 'state_audit is append-only'); END;
 """
 
-_UPSERT = ("INSERT INTO state (namespace, key, value, version, updated_at, expires_at) "
-           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
-           "value = excluded.value, version = excluded.version, "
-           "updated_at = excluded.updated_at, expires_at = excluded.expires_at")
-# Plain sets (no if_version, no audit) of distinct keys go in one statement: one `execute` (one
-# parse, one GIL release and re-acquire) per group commit instead of one per write. A live row's
-# version goes up by one; an expired row counts as absent, so it starts again at 1 (the row's new
-# `updated_at` is the write's time, the moment expiry is judged by).
+# Each row carries its new version, worked out by the writer (see KnownVersions): a group's plain
+# sets are one statement with nothing to read back. (RETURNING the versions cost a step, so a GIL
+# hand-off to the waiting event loop, per row: bench/RESULTS.md, "State".)
 _UPSERT_ROWS = (
     "INSERT INTO state (namespace, key, value, version, updated_at, expires_at) VALUES {rows} "
-    "ON CONFLICT (namespace, key) DO UPDATE SET "
-    "value = excluded.value, updated_at = excluded.updated_at, "
-    "version = CASE WHEN state.expires_at IS NOT NULL AND state.expires_at <= excluded.updated_at "
-    "THEN 1 ELSE state.version + 1 END, expires_at = excluded.expires_at "
-    "RETURNING namespace, key, version")
-_ROW = "(?, ?, ?, 1, ?, ?)"
+    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+    "version = excluded.version, updated_at = excluded.updated_at, "
+    "expires_at = excluded.expires_at")
+_ROW = "(?, ?, ?, ?, ?, ?)"
 # At most this many rows per statement: a handful of statement texts, all in sqlite3's cache.
 ROWS_PER_STATEMENT = 32
 _UPSERTS = [None] + [_UPSERT_ROWS.format(rows=", ".join([_ROW] * n))
@@ -76,86 +70,119 @@ def encode_value(value) -> str:
     return orjson.dumps(value).decode()
 
 
-# ---- writes: called by the writer thread only, inside its transaction ----------------------------
+# ---- writes: run by the writer thread only, inside its transaction ------------------------------
 # `audit` is None when auditing is off, else (peer_pid, peer_uid, correlation_id).
 
-def set_value(conn, namespace: str, key: str, value_json: str, expires_at: float | None,
-              if_version: int | None, audit) -> dict:
+class KnownVersions:
+    """The version and expiry of keys this writer wrote, so a write need not read its row first.
+
+    Only the writer thread uses it. An entry is trusted only while its key is live: only the
+    daemon changes live keys (migrate-state inserts absent or expired ones only), so an expired
+    or unknown key is read from the table. An op updates the book only after its statements ran,
+    and the writer forgets everything after a rollback (`forget_all`), so the book never holds
+    a version that was not committed. Bounded: the oldest entries make room for new ones.
+    """
+
+    def __init__(self, max_entries: int = 20_000):
+        self.max_entries = max_entries
+        self._entries: dict[tuple, tuple] = {}
+
+    def current(self, conn, namespace: str, key: str, now: float) -> int:
+        """The key's live version, 0 when absent or expired."""
+        entry = self._entries.get((namespace, key))
+        if entry is None or (entry[1] is not None and entry[1] <= now):
+            entry = conn.execute(_CURRENT, (namespace, key)).fetchone()
+            if entry is None:
+                return 0
+        return entry[0] if _alive(entry[1], now) else 0
+
+    def wrote(self, namespace: str, key: str, version: int, expires_at: float | None) -> None:
+        entries = self._entries
+        if len(entries) >= self.max_entries and (namespace, key) not in entries:
+            del entries[next(iter(entries))]
+        entries[namespace, key] = (version, expires_at)
+
+    def forget(self, namespace: str, key: str) -> None:
+        self._entries.pop((namespace, key), None)
+
+    def forget_namespace(self, namespace: str) -> None:
+        for known in [known for known in self._entries if known[0] == namespace]:
+            del self._entries[known]
+
+    def forget_all(self) -> None:
+        self._entries.clear()
+
+
+def set_value(conn, known: KnownVersions, namespace: str, key: str, value_json: str,
+              expires_at: float | None, if_version: int | None, audit) -> dict:
     """The `state:set` reply: {namespace, key, version (the new one)}."""
-    if if_version is None and audit is None:
-        return set_plain(conn, namespace, key, value_json, expires_at)
     now = time.time()
-    row = conn.execute(_CURRENT, (namespace, key)).fetchone()
-    current = row[0] if row is not None and _alive(row[1], now) else 0
+    current = known.current(conn, namespace, key, now)
     if if_version is not None and if_version != current:
         raise KSIError(CONFLICT, f"{namespace}:{key} is at version {current}, not {if_version}",
                        {"namespace": namespace, "key": key, "current_version": current,
                         "if_version": if_version})
     version = current + 1
-    conn.execute(_UPSERT, (namespace, key, value_json, version, now, expires_at))
+    conn.execute(_UPSERTS[1], (namespace, key, value_json, version, now, expires_at))
     _record(conn, audit, now, namespace, key, "set", version)
+    known.wrote(namespace, key, version, expires_at)
     return {"namespace": namespace, "key": key, "version": version}
 
 
-def set_plain(conn, namespace: str, key: str, value_json: str, expires_at: float | None) -> dict:
-    """A `state:set` without `if_version` or audit; the writer runs neighbours via `many`."""
-    return set_plain_many(conn, [(namespace, key, value_json, expires_at)])[0]
-
-
 def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
-    """Many plain sets, in order, with one upsert per run of distinct keys.
-
-    A key written again starts the next statement: RETURNING promises no order, so the versions
-    of two writes of one key in one statement could not be told apart.
-    """
+    """Many `state:set`s without if_version or audit, in order: (known, namespace, key,
+    value_json, expires_at) each. A key written twice is stored once, with its last value; each
+    write still gets its own version."""
     now = time.time()
-    replies, start = [], 0
-    while start < len(writes):
-        keys, params, end = set(), [], start
-        while end < len(writes) and end - start < ROWS_PER_STATEMENT:
-            namespace, key, value_json, expires_at = writes[end]
-            if (namespace, key) in keys:
-                break
-            keys.add((namespace, key))
-            params += (namespace, key, value_json, now, expires_at)
-            end += 1
-        # RETURNING gives rows in no promised order: match them by key.
-        versions = {(namespace, key): version for namespace, key, version
-                    in conn.execute(_UPSERTS[end - start], params)}
-        replies += [{"namespace": namespace, "key": key, "version": versions[namespace, key]}
-                    for namespace, key, _value, _expires in writes[start:end]]
-        start = end
+    known = writes[0][0]
+    versions: dict[tuple, tuple] = {}  # (namespace, key) -> (version, value, expires_at)
+    replies = []
+    for _known, namespace, key, value_json, expires_at in writes:
+        earlier = versions.get((namespace, key))
+        version = (earlier[0] if earlier else known.current(conn, namespace, key, now)) + 1
+        versions[namespace, key] = (version, value_json, expires_at)
+        replies.append({"namespace": namespace, "key": key, "version": version})
+    rows = [(namespace, key, value_json, version, now, expires_at)
+            for (namespace, key), (version, value_json, expires_at) in versions.items()]
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        group = rows[start:start + ROWS_PER_STATEMENT]
+        conn.execute(_UPSERTS[len(group)], [field for row in group for field in row])
+    for namespace, key, _value, version, _now, expires_at in rows:
+        known.wrote(namespace, key, version, expires_at)
     return replies
 
 
-set_plain.many = set_plain_many
+set_plain = Combinable(set_plain_many)
 
 
-def delete_value(conn, namespace: str, key: str, audit) -> int | None:
+def delete_value(conn, known: KnownVersions, namespace: str, key: str, audit) -> int | None:
     """The version the key had when deleted, or None if it did not exist (or had expired)."""
     now = time.time()
     row = conn.execute("DELETE FROM state WHERE namespace = ? AND key = ? "
                        "RETURNING version, expires_at", (namespace, key)).fetchone()
+    known.forget(namespace, key)
     if row is None or not _alive(row[1], now):
         return None
     _record(conn, audit, now, namespace, key, "delete", row[0])
     return row[0]
 
 
-def clear_namespace(conn, namespace: str, audit) -> int:
+def clear_namespace(conn, known: KnownVersions, namespace: str, audit) -> int:
     now = time.time()
     rows = conn.execute("DELETE FROM state WHERE namespace = ? RETURNING expires_at",
                         (namespace,)).fetchall()
+    known.forget_namespace(namespace)
     deleted = sum(1 for (expires_at,) in rows if _alive(expires_at, now))
     _record(conn, audit, now, namespace, None, "clear", None)
     return deleted
 
 
-def purge_expired(conn, audit) -> list[tuple[str, str, int]]:
+def purge_expired(conn, known: KnownVersions, audit) -> list[tuple[str, str, int]]:
     now = time.time()
     rows = conn.execute("DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at <= ? "
                         "RETURNING namespace, key, version", (now,)).fetchall()
     for namespace, key, version in rows:
+        known.forget(namespace, key)
         _record(conn, audit, now, namespace, key, "expire", version)
     return rows
 
