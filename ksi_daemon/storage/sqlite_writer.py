@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import structlog
 
-from ..protocol import TIMEOUT, KSIError
+from ..protocol import TIMEOUT, UNAVAILABLE, KSIError
 
 log = structlog.get_logger("ksi.sqlite_writer")
 
@@ -36,8 +36,11 @@ GATHER_ABOVE_S = 0.0002
 GATHER_AT_MOST_S = 0.005
 
 
-class WriterStopped(Exception):
-    """The writer no longer takes work (the daemon is shutting down)."""
+class WriterStopped(KSIError):
+    """The writer no longer takes work (the daemon is shutting down): `unavailable`."""
+
+    def __init__(self, message: str):
+        super().__init__(UNAVAILABLE, message)
 
 
 class Combinable:
@@ -92,7 +95,8 @@ class SqliteWriter:
         still happens): what must follow the database, not the caller, goes there.
         """
         if self._stopping:
-            raise WriterStopped("the database writer is stopping")
+            raise WriterStopped(f"the {self._thread.name} is stopping (the daemon is shutting "
+                                "down)")
         future = self.loop.create_future()
         self._items.append((op, args, future, on_commit))
         if not self._wake_scheduled:

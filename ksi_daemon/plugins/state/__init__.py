@@ -17,13 +17,13 @@ import structlog
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
-from ...protocol import UNAVAILABLE, KSIError
+from ...protocol import KSIError
 from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
                      ListReply, ListRequest, SetReply, SetRequest, StateSettings)
 from .store import (KnownVersions, StateReader, clear_namespace, create_schema, delete_value,
                     purge_expired, set_plain, set_value)
 from .read_cache import ReadCache
-from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
+from ...storage.sqlite_writer import SqliteWriter, start_database
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
@@ -115,11 +115,12 @@ class StatePlugin(BasePlugin):
             ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                            "version": version, "op": "set"})
         if data.if_version is None and not self.audit_enabled:  # combinable with its group
-            future = self._queue(committed, set_plain, self.known, namespace, key, value_json,
-                                 expires_at)
+            future = self.writer.submit(set_plain, self.known, namespace, key, value_json,
+                                        expires_at, on_commit=committed)
         else:
-            future = self._queue(committed, set_value, self.known, namespace, key, value_json,
-                                 expires_at, data.if_version, self._audit_of(ctx))
+            future = self.writer.submit(set_value, self.known, namespace, key, value_json,
+                                        expires_at, data.if_version, self._audit_of(ctx),
+                                        on_commit=committed)
         # Counted after the submit succeeded; `committed` cannot run before: it is called from
         # the event loop, which is busy with this very line.
         cache.write_queued(cache_key)
@@ -150,8 +151,8 @@ class StatePlugin(BasePlugin):
             if error is None and version is not None:
                 ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                                "version": version, "op": "delete"})
-        future = self._queue(committed, delete_value, self.known, namespace, key,
-                             self._audit_of(ctx))
+        future = self.writer.submit(delete_value, self.known, namespace, key,
+                                    self._audit_of(ctx), on_commit=committed)
         cache.write_queued(cache_key)  # after the submit succeeded, before `committed` can run
         return {"deleted": await future is not None}
 
@@ -185,24 +186,15 @@ class StatePlugin(BasePlugin):
     # ---- helpers -----------------------------------------------------------------------------
 
     async def _write(self, op, *args, on_commit=None):
-        """Queue a write and wait for its commit.
+        """Queue a write and wait for its commit (see SqliteWriter.submit).
 
         `on_commit(result, error)` runs on the loop as soon as the commit is known, before this
         request resumes and even if it gave up meanwhile (a cancelled wait does not cancel the
-        write): the read cache follows the commits, not the requests.
+        write): the read cache follows the commits, not the requests. A write of one key must
+        also count itself in the read cache (`cache.write_queued`) once submitted, and settle it
+        (`cache.write_done`) in `on_commit`.
         """
-        return await self._queue(on_commit, op, *args)
-
-    def _queue(self, on_commit, op, *args) -> asyncio.Future:
-        """Queue a write; the future resolves after its commit, `on_commit` runs just before.
-
-        A write of one key must also count itself in the read cache (`cache.write_queued`) once
-        this returned, and settle it (`cache.write_done`) in `on_commit`.
-        """
-        try:
-            return self.writer.submit(op, *args, on_commit=on_commit)
-        except WriterStopped:
-            raise KSIError(UNAVAILABLE, "the state store is shutting down") from None
+        return await self.writer.submit(op, *args, on_commit=on_commit)
 
     def _forget_purged(self, result, error) -> None:
         for namespace, key, _version in result or ():
