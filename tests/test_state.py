@@ -184,6 +184,9 @@ def test_values_survive_a_restart(daemon_factory):
         for index, value in enumerate(ROUND_TRIP_VALUES):
             got = data_of(client.request("state:get", {"key": f"k{index}", "namespace": "p"}))
             assert got["value"] == value and type(got["value"]) is type(value)
+        # The writer remembers versions only from its own writes: after a restart it reads them.
+        again = data_of(client.request("state:set", {"key": "k0", "value": 2, "namespace": "p"}))
+        assert again["version"] == 2
 
 
 def _write_until_killed(daemon, worker: int, cycle: int, acked: dict, errors: list) -> None:
@@ -410,3 +413,37 @@ def test_writes_sent_together_count_versions_in_order(daemon_factory):
         assert push == {"namespace": "burst", "key": push["key"], "version": seen[push["key"]],
                         "op": "set"}
     assert seen == expected
+
+
+def test_a_rolled_back_group_leaves_no_remembered_version(tmp_path):
+    """The writer remembers each key's version to skip reading it back; a group that fails
+    mid-way is rolled back and run again write by write, and what it remembered from the failed
+    run must go with it, or the versions would skip numbers the table never held."""
+    import asyncio
+
+    from ksi_daemon.plugins.state.store import KnownVersions, create_schema, set_plain
+    from ksi_daemon.storage.sqlite_writer import start_database
+
+    def fails(conn):
+        raise RuntimeError("this op fails after its neighbour wrote")
+
+    async def one_group():
+        known = KnownVersions()
+        writer, reader = start_database(tmp_path / "state.db", "NORMAL", create_schema,
+                                        name="state", deadline_s=10,
+                                        after_rollback=known.forget_all)
+        try:  # submitted in one pass of the loop: one group
+            futures = [writer.submit(set_plain, known, "ns", "k", '"first"', None),
+                       writer.submit(fails),
+                       writer.submit(set_plain, known, "ns", "k", '"second"', None)]
+            return await asyncio.gather(*futures, return_exceptions=True), writer.commits
+        finally:
+            await writer.stop()
+            reader.close()
+
+    (first, failure, second), commits = asyncio.run(one_group())
+    assert commits == 1
+    assert isinstance(failure, RuntimeError)
+    assert (first["version"], second["version"]) == (1, 2)
+    assert query(str(tmp_path / "state.db"), "SELECT value, version FROM state") == \
+        [('"second"', 2)]
