@@ -12,6 +12,8 @@ against it (`validation_error` on failure) and the handler receives the model in
 """
 from __future__ import annotations
 
+import fnmatch
+import inspect
 from typing import Any, Callable
 
 HANDLER_ATTRIBUTE = "__ksi_event_handler__"
@@ -52,3 +54,21 @@ def event_handler(event: str, *, model: type | None = None, summary: str | None 
 
 def handler_specs(obj: Any) -> tuple[HandlerSpec, ...]:
     return getattr(obj, HANDLER_ATTRIBUTE, ())
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """A matcher for a subscription pattern: "*", "ns:*" (a prefix) or any fnmatch pattern."""
+    if pattern == "*":
+        return lambda event: True
+    if pattern.endswith(":*") and not any(c in pattern[:-2] for c in "*?["):
+        prefix = pattern[:-1]
+        return lambda event: event.startswith(prefix)
+    return lambda event: fnmatch.fnmatchcase(event, pattern)
+
+
+async def call_hook(func: Callable, argnames: tuple[str, ...], **available) -> Any:
+    """Call one hook implementation with the arguments it names; await what it returns."""
+    result = func(**{name: available[name] for name in argnames})
+    if inspect.isawaitable(result):
+        result = await result
+    return result

@@ -28,7 +28,8 @@ from . import hookspecs
 from .event_system import handler_specs
 from .plugin_types import PluginCapabilities, PluginMetadata
 from .plugin_base import BasePlugin
-from .router import Handler, Router, call_hook
+from .event_system import call_hook
+from .router import Handler, Router
 
 ENTRY_POINT_GROUP = "ksi.plugins"
 # Used when the package is run from a source tree without being installed (no entry points).

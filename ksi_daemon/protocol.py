@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import orjson
+import pydantic
 
 # The closed set of error codes of PROTOCOL.md §2: `code` is for programs, `message` for people.
 INVALID_JSON = "invalid_json"
@@ -100,6 +101,17 @@ def parse_request(line: bytes) -> tuple[str, dict, str]:
         error.correlation_id, error.event = correlation_id, event
         raise error
     return event, data, correlation_id
+
+
+def as_reply_data(result: Any) -> Any:
+    """What a handler returned, as a reply's `data`: a dict, {} for None, a model dumped."""
+    if result is None:
+        return {}
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, pydantic.BaseModel):
+        return result.model_dump(mode="json")
+    return {"result": result}
 
 
 def encode_reply(event: str | None, correlation_id: str, data: Any) -> bytes:

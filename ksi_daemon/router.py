@@ -5,8 +5,9 @@
                                                                         -> history ring, timings
 
 Sync handlers run inline (no task); one may return an asyncio Future instead of its reply
-(answered from the future's done-callback: how the state plugin waits for a commit); async
-handlers run as tasks, started in arrival order. Both get the `event_timeout` deadline unless the
+(answered from the future's done-callback), or `ctx.reply_later()`, an OwedReply it settles
+itself (how the state plugin answers a write at its commit); async handlers run as tasks,
+started in arrival order. Both get the `event_timeout` deadline unless the
 handler declared its own. A handler that raises answers `handler_error`; the router never lets an
 exception escape to the transport.
 Plugins reach the router through `Context.emit()` (route an event to its handler and to
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import fnmatch
 import inspect
 import time
 from collections import deque
@@ -25,30 +25,17 @@ from typing import Any, Callable
 import pydantic
 import structlog
 
-from .event_system import DEFAULT_TIMEOUT
+from .event_stats import EventStats, percentiles_ms
+from .event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern
+from .owed_reply import OwedReply
 from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
-                       KSIError, encode_error, encode_push, encode_reply, parse_request)
+                       KSIError, as_reply_data, encode_error, encode_push, encode_reply,
+                       parse_request)
 
 log = structlog.get_logger("ksi.router")
 _perf = time.perf_counter
 _now = time.time
-TIMINGS_KEPT = 2048  # per event: enough for stable p99, small enough to sort on demand
 MAX_MATCH_CACHE = 4096
-
-
-class EventStats:
-    __slots__ = ("count", "errors", "durations")
-
-    def __init__(self):
-        self.count = 0
-        self.errors = 0
-        self.durations: deque[float] = deque(maxlen=TIMINGS_KEPT)
-
-    def record(self, started: float, ok: bool) -> None:
-        self.count += 1
-        if not ok:
-            self.errors += 1
-        self.durations.append(_perf() - started)
 
 
 class Handler:
@@ -98,6 +85,10 @@ class Context:
         """`emit` for code that cannot await (a done-callback); the reply data is not returned."""
         self.router.announce(event, data, self.correlation_id, self.plugin, self.connection)
 
+    def reply_later(self) -> OwedReply:
+        """For a sync handler that answers later: return this, then settle it once."""
+        return OwedReply(self.router, self.event, self.correlation_id, self.connection)
+
     @property
     def config(self) -> dict:
         return self.plugin.config if self.plugin is not None else {}
@@ -121,6 +112,7 @@ class Router:
                                                    "(unknown)": EventStats()}
         self.connections: set = set()
         self.in_flight: set[asyncio.Task] = set()
+        self.owed: set[OwedReply] = set()
         self.accepting = True
         self._slow_path = False
         self._subscriptions: dict[Any, dict[str, Callable[[str], bool]]] = {}
@@ -163,15 +155,17 @@ class Router:
                                           Context(self, event, cid, conn, handler.plugin))
                 else:
                     result = handler.func(handler.validate(data))
+                if result.__class__ is OwedReply:
+                    return result.owe(handler, data, started)
                 if isinstance(result, asyncio.Future):
                     return self._reply_when_done(result, handler, event, data, cid, conn,
                                                  started, self._deadline_of(handler))
                 reply = encode_reply(event, cid, as_reply_data(result))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a coded reply
                 ok = False
-                reply = self._error_reply(handler, event, cid, exc)
+                reply = self.error_reply(handler, event, cid, exc)
             conn.send(reply)
-            self._after(handler.stats, event, data, cid, conn, started, ok)
+            self.after_reply(handler.stats, event, data, cid, conn, started, ok)
 
     def _reply_when_done(self, future: asyncio.Future, handler: Handler, event: str, data: dict,
                          cid: str, conn, started: float, deadline: float | None) -> None:
@@ -194,9 +188,9 @@ class Router:
                 line = encode_reply(event, cid, as_reply_data(future.result()))
             except BaseException as exc:  # noqa: BLE001 - includes cancellation at shutdown
                 ok = False
-                line = self._error_reply(handler, event, cid, timed_out or exc)
+                line = self.error_reply(handler, event, cid, timed_out or exc)
             conn.send(line)
-            self._after(handler.stats, event, data, cid, conn, started, ok)
+            self.after_reply(handler.stats, event, data, cid, conn, started, ok)
             conn.request_done()
         self.in_flight.add(future)
         conn.pending += 1  # as in _spawn: the reply is owed even after the client's EOF
@@ -210,6 +204,8 @@ class Router:
         args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
             else (arg,)
         waiting = handler.func(*args)
+        if waiting.__class__ is OwedReply:
+            waiting = waiting.as_future()
         if not (handler.is_async or isinstance(waiting, asyncio.Future)):
             return waiting
         deadline = self._deadline_of(handler)
@@ -242,22 +238,23 @@ class Router:
             reply = encode_reply(event, cid, result)
             ok = True
         except BaseException as exc:  # noqa: BLE001
-            reply = self._error_reply(handler, event, cid, exc)
+            reply = self.error_reply(handler, event, cid, exc)
         conn.send(reply)
         if stats is not None or handler is not None:
-            self._after(stats or handler.stats, event, data, cid, conn, started, ok)
+            self.after_reply(stats or handler.stats, event, data, cid, conn, started, ok)
         else:
             self.other_stats["(unknown)"].record(started, False)
 
-    def _after(self, stats: EventStats, event: str, data: dict, cid: str, conn, started: float,
-               ok: bool) -> None:
+    def after_reply(self, stats: EventStats, event: str, data: dict, cid: str, conn,
+                    started: float, ok: bool) -> None:
+        """Timings, history and subscribers of a request just answered (also for OwedReply)."""
         stats.record(started, ok)
         self.history.append((event, cid, _now(), conn.id, data))
         if self._subscriptions:
             self._fan_out(event, data, cid, conn)
 
-    def _error_reply(self, handler: Handler | None, event: str, cid: str,
-                     exc: BaseException) -> bytes:
+    def error_reply(self, handler: Handler | None, event: str, cid: str,
+                    exc: BaseException) -> bytes:
         return encode_error(event, cid, self._as_ksi_error(handler, event, cid, exc))
 
     def _as_ksi_error(self, handler, event, cid, exc: BaseException) -> KSIError:
@@ -435,14 +432,19 @@ class Router:
         """Stop taking requests, wait for in-flight ones, cancel what is left at the deadline;
         return how many were cancelled (each still gets its `unavailable` reply)."""
         self.accepting = False
+        until = _perf() + deadline_s
         if self.in_flight:
             await asyncio.wait(set(self.in_flight), timeout=deadline_s)
-        left = list(self.in_flight)
+        while self.owed and _perf() < until:  # owed replies come by themselves (commits)
+            await asyncio.sleep(0.005)
+        owed, left = list(self.owed), list(self.in_flight)
+        for reply in owed:
+            reply.set_exception(asyncio.CancelledError())
         for task in left:
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=1.0)
-        return len(left)
+        return len(left) + len(owed)
 
     # ---- figures for system:metrics ----------------------------------------------------------
 
@@ -456,44 +458,8 @@ class Router:
                                    **percentiles_ms(stats.durations)}
         return {"events_total": sum(s["count"] for s in per_event.values()),
                 "events": per_event, "connections": len(self.connections),
-                "in_flight": len(self.in_flight)}
+                "in_flight": len(self.in_flight) + len(self.owed)}
 
 
 def _as_is(data):
     return data
-
-
-def as_reply_data(result: Any) -> Any:
-    if result is None:
-        return {}
-    if isinstance(result, dict):
-        return result
-    if isinstance(result, pydantic.BaseModel):
-        return result.model_dump(mode="json")
-    return {"result": result}
-
-
-async def call_hook(func: Callable, argnames: tuple[str, ...], **available) -> Any:
-    """Call one hook implementation with the arguments it names; await what it returns."""
-    result = func(**{name: available[name] for name in argnames})
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-def compile_pattern(pattern: str) -> Callable[[str], bool]:
-    if pattern == "*":
-        return lambda event: True
-    if pattern.endswith(":*") and not any(c in pattern[:-2] for c in "*?["):
-        prefix = pattern[:-1]
-        return lambda event: event.startswith(prefix)
-    return lambda event: fnmatch.fnmatchcase(event, pattern)
-
-
-def percentiles_ms(durations) -> dict:
-    ordered = sorted(durations)
-    if not ordered:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
-    last = len(ordered) - 1
-    return {f"p{q}_ms": round(ordered[min(last, int(q / 100 * len(ordered)))] * 1000, 4)
-            for q in (50, 95, 99)}

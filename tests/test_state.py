@@ -447,3 +447,30 @@ def test_a_rolled_back_group_leaves_no_remembered_version(tmp_path):
     assert (first["version"], second["version"]) == (1, 2)
     assert query(str(tmp_path / "state.db"), "SELECT value, version FROM state") == \
         [('"second"', 2)]
+
+
+def test_sigterm_answers_every_write_in_flight_and_keeps_the_acknowledged(daemon_factory):
+    """A stop while writes are queued: each request gets exactly one reply (its commit, or
+    `unavailable` if the daemon stopped first), and every acknowledged write is stored."""
+    daemon = daemon_factory(config={"plugins": {"state": {"synchronous": "FULL"}}})
+    clients = [daemon.client(timeout=20) for _ in range(4)]
+    for number, client in enumerate(clients):
+        client.send_raw(b"".join(
+            orjson.dumps({"event": "state:set", "correlation_id": f"c{number}-{n}",
+                          "data": {"key": f"c{number}-{n}", "value": n, "namespace": "stop"}})
+            + b"\n" for n in range(300)))
+    daemon.proc.send_signal(signal.SIGTERM)
+    acknowledged = []
+    for client in clients:
+        replies = [client.recv_reply() for _ in range(300)]
+        assert len({reply["correlation_id"] for reply in replies}) == 300
+        for reply in replies:
+            if "error" in reply:
+                assert reply["error"]["code"] == "unavailable", reply
+            else:
+                acknowledged.append(reply["data"]["key"])
+        client.close()
+    assert daemon.wait() == 0
+    stored = {key for (key,) in query(state_db(daemon),
+                                      "SELECT key FROM state WHERE namespace = 'stop'")}
+    assert acknowledged and set(acknowledged) <= stored

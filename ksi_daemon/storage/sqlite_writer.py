@@ -86,9 +86,12 @@ class SqliteWriter:
         self._thread.start()
 
     def submit(self, op: Callable[..., Any], *args,
-               on_commit: Callable[[Any, BaseException | None], None] | None = None
-               ) -> asyncio.Future:
+               on_commit: Callable[[Any, BaseException | None], None] | None = None,
+               future=None) -> asyncio.Future:
         """Queue `op(conn, *args)`; the future resolves after the commit that holds it.
+
+        `future`: resolve this instead of a new asyncio future; anything with done(),
+        set_result() and set_exception() will do (the router's OwedReply).
 
         `on_commit(result, error)` runs on the event loop when the outcome is known, just before
         the future is resolved, even if the caller cancelled the future meanwhile (the write
@@ -97,7 +100,8 @@ class SqliteWriter:
         if self._stopping:
             raise WriterStopped(f"the {self._thread.name} is stopping (the daemon is shutting "
                                 "down)")
-        future = self.loop.create_future()
+        if future is None:
+            future = self.loop.create_future()
         self._items.append((op, args, future, on_commit))
         if not self._wake_scheduled:
             # Wake the thread once the loop has run what is ready now: waking it per write made

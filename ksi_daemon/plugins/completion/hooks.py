@@ -7,7 +7,7 @@ implementation is skipped, so a broken plugin never breaks completions.
 from __future__ import annotations
 
 from ...protocol import KSIError
-from ...router import call_hook
+from ...event_system import call_hook
 
 
 class CompletionHooks:

@@ -10,7 +10,7 @@ from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, KSIError
-from ...router import compile_pattern
+from ...event_system import compile_pattern
 from .models import (DiscoverRequest, DiscoverReply, EventHistoryRequest, HealthReply,
                      HelpRequest, PatternsRequest, PatternsReply, PluginsReply, ShutdownRequest,
                      UnsubscribeRequest)
