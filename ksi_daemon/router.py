@@ -312,7 +312,8 @@ class Router:
             task.add_done_callback(self._announced)
             return
         self._record_emit(event, data, correlation_id, source)
-        self._stats_of(event).count += 1  # counted like a push: there is no handler to time
+        # counted like a push: there is no handler to time
+        (self.other_stats.get(event) or self._stats_of(event)).count += 1
 
     def _announced(self, task: asyncio.Task) -> None:  # log a failed announce
         self.in_flight.discard(task)

@@ -97,10 +97,14 @@ class KnownVersions:
         return entry[0] if _alive(entry[1], now) else 0
 
     def wrote(self, namespace: str, key: str, version: int, expires_at: float | None) -> None:
+        self.wrote_all({(namespace, key): (version, expires_at)})
+
+    def wrote_all(self, rows: dict[tuple, tuple]) -> None:
+        """Remember {(namespace, key): (version, expires_at)} just written."""
         entries = self._entries
-        if len(entries) >= self.max_entries and (namespace, key) not in entries:
-            del entries[next(iter(entries))]
-        entries[namespace, key] = (version, expires_at)
+        while len(entries) + len(rows) > self.max_entries and entries:
+            del entries[next(iter(entries))]  # the oldest
+        entries.update(rows)
 
     def forget(self, namespace: str, key: str) -> None:
         self._entries.pop((namespace, key), None)
@@ -135,20 +139,28 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
     write still gets its own version."""
     now = time.time()
     known = writes[0][0]
-    versions: dict[tuple, tuple] = {}  # (namespace, key) -> (version, value, expires_at)
+    remembered = known._entries  # read inline: this loop runs once per write of the hot path
+    rows: dict[tuple, tuple] = {}  # (namespace, key) -> (version, expires_at) it will hold
+    values: dict[tuple, str] = {}
     replies = []
     for _known, namespace, key, value_json, expires_at in writes:
-        earlier = versions.get((namespace, key))
-        version = (earlier[0] if earlier else known.current(conn, namespace, key, now)) + 1
-        versions[namespace, key] = (version, value_json, expires_at)
+        name = (namespace, key)
+        earlier = rows.get(name)  # written before in this group, else remembered, else read
+        if earlier is None:
+            earlier = remembered.get(name)
+            if earlier is None or (earlier[1] is not None and earlier[1] <= now):
+                earlier = (known.current(conn, namespace, key, now), None)
+        # (an expired key counts as absent: it starts again at 1)
+        version = earlier[0] + 1 if earlier[1] is None or earlier[1] > now else 1
+        rows[name], values[name] = (version, expires_at), value_json
         replies.append({"namespace": namespace, "key": key, "version": version})
-    rows = [(namespace, key, value_json, version, now, expires_at)
-            for (namespace, key), (version, value_json, expires_at) in versions.items()]
+    params = [field for (namespace, key), (version, expires_at) in rows.items()
+              for field in (namespace, key, values[namespace, key], version, now, expires_at)]
+    per_row = len(params) // len(rows)
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        group = rows[start:start + ROWS_PER_STATEMENT]
-        conn.execute(_UPSERTS[len(group)], [field for row in group for field in row])
-    for namespace, key, _value, version, _now, expires_at in rows:
-        known.wrote(namespace, key, version, expires_at)
+        count = min(ROWS_PER_STATEMENT, len(rows) - start)
+        conn.execute(_UPSERTS[count], params[start * per_row:(start + count) * per_row])
+    known.wrote_all(rows)
     return replies
 
 
