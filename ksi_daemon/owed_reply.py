@@ -35,13 +35,11 @@ class OwedReply:
     def done(self) -> bool:
         return self.router is None
 
-    def set_result(self, result: Any) -> None:
-        self._settle(result, None)
-
     def set_exception(self, exc: BaseException) -> None:
-        self._settle(None, exc)
+        self.set_result(None, exc)
 
-    def _settle(self, result: Any, exc: BaseException | None) -> None:
+    def set_result(self, result: Any, exc: BaseException | None = None) -> None:
+        """Settle with `result`, or with the error `exc` (one body: this is the hot path)."""
         router, self.router = self.router, None
         if self.future is not None:
             if self.future.done():

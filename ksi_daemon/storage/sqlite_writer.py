@@ -75,9 +75,11 @@ class SqliteWriter:
         self._wake_scheduled = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopping = False
-        # (deadline, future) in submit order; see enforce_deadlines().
+        # See enforce_deadlines(): when the current pass of the loop queued its writes, and the
+        # group the thread is committing.
         self.deadline_s = deadline_s
-        self._deadlines: deque = deque()
+        self._pass_queued_at = 0.0
+        self._committing: list = []
         self._commit_s = 0.0  # the last COMMIT's own duration, measured by the thread
         self._last_batch = 0  # how many writes it held
 
@@ -102,14 +104,13 @@ class SqliteWriter:
                                 "down)")
         if future is None:
             future = self.loop.create_future()
-        self._items.append((op, args, future, on_commit))
         if not self._wake_scheduled:
             # Wake the thread once the loop has run what is ready now: waking it per write made
             # it fight the loop for the GIL while the rest of the burst was still being queued.
             self._wake_scheduled = True
+            self._pass_queued_at = time.monotonic()
             self.loop.call_soon(self._wake_writer)
-        if self.deadline_s is not None:
-            self._deadlines.append((time.monotonic() + self.deadline_s, future))
+        self._items.append((op, args, future, on_commit, self._pass_queued_at))
         return future
 
     def _wake_writer(self) -> None:
@@ -123,12 +124,14 @@ class SqliteWriter:
         `asyncio.timeout` was a visible share of a write's time on the event loop. A write that
         timed out is not withdrawn; it commits when the writer gets to it.
         """
-        pending = self._deadlines
         while True:
             await asyncio.sleep(period_s)
-            now = time.monotonic()
-            while pending and (pending[0][1].done() or pending[0][0] <= now):
-                _deadline, future = pending.popleft()
+            too_old = time.monotonic() - self.deadline_s
+            # Oldest first: the group being committed, then what waits. Each is copied in one C
+            # call, under the GIL; an item the thread takes in between waits for the next sweep.
+            for _op, _args, future, _on_commit, queued_at in [*self._committing, *self._items]:
+                if queued_at > too_old:
+                    break
                 if not future.done():
                     future.set_exception(KSIError(
                         TIMEOUT, f"the write was not committed within {self.deadline_s} s "
@@ -168,6 +171,7 @@ class SqliteWriter:
                     batch = []
                     while items and len(batch) < self.max_batch:
                         batch.append(items.popleft())
+                    self._committing = batch
                     self._commit_batch(batch)
         finally:
             self.conn.close()
@@ -216,7 +220,7 @@ class SqliteWriter:
 
     def _resolve_all(self, outcomes: list) -> None:
         """On the event loop: run the commit callbacks, resolve the futures, in submit order."""
-        for (_op, _args, future, on_commit), result, exc in outcomes:
+        for (_op, _args, future, on_commit, _queued_at), result, exc in outcomes:
             if on_commit is not None:
                 try:
                     on_commit(result, exc)
@@ -228,13 +232,6 @@ class SqliteWriter:
                 future.set_result(result)
             else:
                 future.set_exception(exc)
-        # Forget the deadlines of what just committed now rather than at the next sweep: entries
-        # kept for a quarter second outlived the young GC generations, and promoting one per
-        # write made full collections (a pause of tenths of a second here) come every few seconds
-        # under a write load.
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][1].done():
-            deadlines.popleft()
 
     def _run_in_one_transaction(self, batch: list, savepoints: bool) -> list:
         conn = self.conn
