@@ -48,7 +48,7 @@ class Handler:
         self.event, self.func, self.plugin = event, func, plugin
         self.model, self.summary, self.returns, self.timeout = model, summary, returns, timeout
         # model_validate without its Python wrapper: a microsecond per request on a slow core
-        self.validate = model.__pydantic_validator__.validate_python if model else _as_is
+        self.validate = model.__pydantic_validator__.validate_python if model else None
         self.is_async = inspect.iscoroutinefunction(func)
         params = [p for p in inspect.signature(func).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -60,7 +60,7 @@ class Handler:
         def unavailable(data):
             raise KSIError(UNAVAILABLE, reason)
         self.func, self.model, self.is_async, self.wants_ctx = unavailable, None, False, False
-        self.validate = _as_is
+        self.validate = None
 
 
 class Context:
@@ -150,11 +150,11 @@ class Router:
         else:
             ok = True
             try:
+                arg = handler.validate(data) if handler.validate else data
                 if handler.wants_ctx:
-                    result = handler.func(handler.validate(data),
-                                          Context(self, event, cid, conn, handler.plugin))
+                    result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
                 else:
-                    result = handler.func(handler.validate(data))
+                    result = handler.func(arg)
                 if result.__class__ is OwedReply:
                     return result.owe(handler, data, started)
                 if isinstance(result, asyncio.Future):
@@ -200,7 +200,7 @@ class Router:
         return self.event_timeout if handler.timeout == DEFAULT_TIMEOUT else handler.timeout
 
     async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn):
-        arg = handler.validate(data)
+        arg = handler.validate(data) if handler.validate else data
         args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
             else (arg,)
         waiting = handler.func(*args)
@@ -460,7 +460,3 @@ class Router:
         return {"events_total": sum(s["count"] for s in per_event.values()),
                 "events": per_event, "connections": len(self.connections),
                 "in_flight": len(self.in_flight) + len(self.owed)}
-
-
-def _as_is(data):
-    return data
