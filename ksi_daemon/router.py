@@ -7,9 +7,9 @@
 Sync handlers run inline (no task); one may return an asyncio Future instead of its reply
 (answered from the future's done-callback), or `ctx.reply_later()`, an OwedReply it settles
 itself (how the state plugin answers a write at its commit); async handlers run as tasks,
-started in arrival order. Both get the `event_timeout` deadline unless the
-handler declared its own. A handler that raises answers `handler_error`; the router never lets an
-exception escape to the transport.
+started in arrival order. Both get the `event_timeout` deadline unless the handler declared its
+own. A handler that raises answers `handler_error`; the router never lets an exception escape to
+the transport.
 Plugins reach the router through `Context.emit()` (route an event to its handler and to
 subscribers) and `Context.push()` (send an event to the requesting connection and subscribers).
 """
