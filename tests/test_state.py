@@ -480,3 +480,6 @@ def test_sigterm_answers_writes_in_flight_and_keeps_the_acknowledged(daemon_fact
     stored = {key for (key,) in query(state_db(daemon),
                                       "SELECT key FROM state WHERE namespace = 'stop'")}
     assert acknowledged and set(acknowledged) <= stored
+    # A write the daemon committed was answered before its connection closed (correlation id
+    # and key are the same name): the stop waited for the replies the writer owed.
+    assert stored <= set(answered)
