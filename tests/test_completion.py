@@ -422,7 +422,6 @@ def test_shutdown_lets_running_completions_finish_and_checkpoints_the_rest(
     assert daemon.wait(30) == 0
 
 
-
 def test_a_daemon_that_served_completions_exits_on_sigterm_without_waiting_out_the_deadline(
         daemon_factory, fake_openai):
     config = completion_config(fake_openai.api_base)

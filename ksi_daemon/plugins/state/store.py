@@ -96,9 +96,6 @@ class KnownVersions:
                 return 0
         return entry[0] if _alive(entry[1], now) else 0
 
-    def wrote(self, namespace: str, key: str, version: int, expires_at: float | None) -> None:
-        self.wrote_all({(namespace, key): (version, expires_at)})
-
     def wrote_all(self, rows: dict[tuple, tuple]) -> None:
         """Remember {(namespace, key): (version, expires_at)} just written."""
         entries = self._entries
@@ -129,7 +126,7 @@ def set_value(conn, known: KnownVersions, namespace: str, key: str, value_json: 
     version = current + 1
     conn.execute(_UPSERTS[1], (namespace, key, value_json, version, now, expires_at))
     _record(conn, audit, now, namespace, key, "set", version)
-    known.wrote(namespace, key, version, expires_at)
+    known.wrote_all({(namespace, key): (version, expires_at)})
     return {"namespace": namespace, "key": key, "version": version}
 
 
