@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-import pydantic
 import structlog
 
 from . import hookspecs
-from .event_system import handler_specs
+from .event_system import handler_specs, is_schema
 from .plugin_types import PluginCapabilities, PluginMetadata
 from .plugin_base import BasePlugin
 from .event_system import call_hook
@@ -397,16 +396,14 @@ def _declared_handlers(obj):
 
 
 def _model_of(func) -> type | None:
-    """The pydantic model a handler's first parameter is annotated with, if any."""
+    """The pydantic model (or TypedDict) a handler's first parameter is annotated with, if any."""
     try:
         hints = typing.get_type_hints(func)
         first = next(iter(inspect.signature(func).parameters), None)
     except Exception:  # noqa: BLE001 - unresolvable annotations just mean no model
         return None
     annotation = hints.get(first) if first else None
-    if inspect.isclass(annotation) and issubclass(annotation, pydantic.BaseModel):
-        return annotation
-    return None
+    return annotation if is_schema(annotation) else None
 
 
 def _first_line(doc: str | None) -> str:

@@ -26,7 +26,7 @@ import pydantic
 import structlog
 
 from .event_stats import EventStats, percentiles_ms
-from .event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern
+from .event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
 from .owed_reply import OwedReply
 from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
                        KSIError, as_reply_data, encode_error, encode_push, encode_reply,
@@ -47,8 +47,7 @@ class Handler:
                  returns=None, timeout=DEFAULT_TIMEOUT):
         self.event, self.func, self.plugin = event, func, plugin
         self.model, self.summary, self.returns, self.timeout = model, summary, returns, timeout
-        # model_validate without its Python wrapper: a microsecond per request on a slow core
-        self.validate = model.__pydantic_validator__.validate_python if model else None
+        self.validate = validator_of(model)
         self.is_async = inspect.iscoroutinefunction(func)
         params = [p for p in inspect.signature(func).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

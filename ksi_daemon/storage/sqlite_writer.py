@@ -154,6 +154,7 @@ class SqliteWriter:
 
     def _run(self) -> None:
         items, wake = self._items, self._wake
+        take = items.popleft
         _never_preempt_the_event_loop()
         stop = False
         try:
@@ -168,9 +169,8 @@ class SqliteWriter:
                     stop = self._gather()
                 # Everything queued before a stop was appended before its token: none is lost.
                 while items:
-                    batch = []
-                    while items and len(batch) < self.max_batch:
-                        batch.append(items.popleft())
+                    # (only this thread takes items: at least this many are there)
+                    batch = [take() for _ in range(min(len(items), self.max_batch))]
                     self._committing = batch
                     self._commit_batch(batch)
         finally:

@@ -18,8 +18,8 @@ from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import KSIError
-from .models import (AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply, KeyRequest,
-                     ListReply, ListRequest, SetReply, SetRequest, StateSettings)
+from .models import (GLOBAL, AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply,
+                     KeyRequest, ListReply, ListRequest, SetReply, SetRequest, StateSettings)
 from .store import (KnownVersions, StateReader, clear_namespace, create_schema, delete_value,
                     purge_expired, set_plain, set_value)
 from .read_cache import ReadCache
@@ -102,8 +102,10 @@ class StatePlugin(BasePlugin):
         # The hot write: a plain handler returning an OwedReply, which the writer settles at the
         # commit and which writes the reply right then. A coroutine here would cost a task per
         # write on the event loop, a future a done-callback more (bench/RESULTS.md, "State").
-        namespace, key, value_json = data.namespace, data.key, _dumps(data.value).decode()
-        expires_at = None if data.ttl_s is None else time.time() + data.ttl_s
+        namespace, key = data.get("namespace", GLOBAL), data["key"]
+        value_json, ttl_s, if_version = _dumps(data["value"]).decode(), data.get("ttl_s"), \
+            data.get("if_version")
+        expires_at = None if ttl_s is None else time.time() + ttl_s
         cache, cache_key = self.cache, (namespace, key)
 
         def committed(reply, error):  # on the loop at the commit, even if the request gave up
@@ -115,12 +117,12 @@ class StatePlugin(BasePlugin):
             ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                            "version": version, "op": "set"})
         reply = ctx.reply_later()  # written when the writer settles it, after the commit
-        if data.if_version is None and not self.audit_enabled:  # combinable with its group
+        if if_version is None and not self.audit_enabled:  # combinable with its group
             self.writer.submit(set_plain, self.known, namespace, key, value_json, expires_at,
                                on_commit=committed, future=reply)
         else:
             self.writer.submit(set_value, self.known, namespace, key, value_json, expires_at,
-                               data.if_version, self._audit_of(ctx), on_commit=committed,
+                               if_version, self._audit_of(ctx), on_commit=committed,
                                future=reply)
         # Counted after the submit succeeded; `committed` cannot run before: it is called from
         # the event loop, which is busy with this very line.
@@ -130,21 +132,21 @@ class StatePlugin(BasePlugin):
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
         """Read a value; `found` is false for a key never set, deleted or expired."""
-        cache_key = (data.namespace, data.key)
+        namespace, key = cache_key = (data.get("namespace", GLOBAL), data["key"])
         entry = self.cache.get(cache_key)
         if entry is None:
-            entry = self.reader.get(data.namespace, data.key)
+            entry = self.reader.get(namespace, key)
             if entry is None:
-                return {"namespace": data.namespace, "key": data.key, "found": False,
-                        "value": None, "version": None}
+                return {"namespace": namespace, "key": key, "found": False, "value": None,
+                        "version": None}
             self.cache.fill(cache_key, *entry)
-        return {"namespace": data.namespace, "key": data.key, "found": True,
-                "value": _loads(entry[0]), "version": entry[1]}
+        return {"namespace": namespace, "key": key, "found": True, "value": _loads(entry[0]),
+                "version": entry[1]}
 
     @event_handler("state:delete", returns=DeleteReply, timeout=WRITER_DEADLINE)
     async def delete(self, data: KeyRequest, ctx):
         """Delete a key; `deleted` says whether it existed."""
-        namespace, key = data.namespace, data.key
+        namespace, key = data.get("namespace", GLOBAL), data["key"]
         cache, cache_key = self.cache, (namespace, key)
 
         def committed(version, error):  # on the loop at the commit, even if the request gave up

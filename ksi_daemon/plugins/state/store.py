@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from itertools import chain
 
 import orjson
 
@@ -138,7 +139,7 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
     known = writes[0][0]
     remembered = known._entries  # read inline: this loop runs once per write of the hot path
     rows: dict[tuple, tuple] = {}  # (namespace, key) -> (version, expires_at) it will hold
-    values: dict[tuple, str] = {}
+    upserts: dict[tuple, tuple] = {}  # (namespace, key) -> its row's parameters
     replies = []
     for _known, namespace, key, value_json, expires_at in writes:
         name = (namespace, key)
@@ -149,14 +150,13 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
                 earlier = (known.current(conn, namespace, key, now), None)
         # (an expired key counts as absent: it starts again at 1)
         version = earlier[0] + 1 if earlier[1] is None or earlier[1] > now else 1
-        rows[name], values[name] = (version, expires_at), value_json
+        rows[name] = (version, expires_at)
+        upserts[name] = (namespace, key, value_json, version, now, expires_at)
         replies.append({"namespace": namespace, "key": key, "version": version})
-    params = [field for (namespace, key), (version, expires_at) in rows.items()
-              for field in (namespace, key, values[namespace, key], version, now, expires_at)]
-    per_row = len(params) // len(rows)
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        count = min(ROWS_PER_STATEMENT, len(rows) - start)
-        conn.execute(_UPSERTS[count], params[start * per_row:(start + count) * per_row])
+    upserts = list(upserts.values())
+    for start in range(0, len(upserts), ROWS_PER_STATEMENT):
+        chunk = upserts[start:start + ROWS_PER_STATEMENT]
+        conn.execute(_UPSERTS[len(chunk)], list(chain.from_iterable(chunk)))
     known.wrote_all(rows)
     return replies
 

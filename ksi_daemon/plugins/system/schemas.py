@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ...event_system import json_schema_of
+
 NO_PARAMETERS = {"type": "object", "properties": {}}
 
 
 @lru_cache(maxsize=None)
 def json_schema(model) -> dict:
-    return model.model_json_schema() if model is not None else NO_PARAMETERS
+    return json_schema_of(model) if model is not None else NO_PARAMETERS
 
 
 def describe_events(router, active_plugins, with_returns: bool = False) -> list[dict]:
