@@ -51,7 +51,8 @@ class OwedReply:
         elif router is not None and self.handler is not None:  # else its handler raised
             router.owed.discard(self)
             if exc is None:
-                self.conn.send(encode_reply(self.event, self.cid, as_reply_data(result)))
+                data = result if result.__class__ is dict else as_reply_data(result)
+                self.conn.send(encode_reply(self.event, self.cid, data))
             else:
                 self.conn.send(router.error_reply(self.handler, self.event, self.cid, exc))
             router.after_reply(self.handler.stats, self.event, self.data, self.cid, self.conn,

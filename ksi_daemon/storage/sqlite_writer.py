@@ -226,12 +226,13 @@ class SqliteWriter:
                     on_commit(result, exc)
                 except Exception:  # noqa: BLE001 - one bad callback must not strand the others
                     log.exception("on_commit_failed")
-            if future.done():  # the caller gave up (timeout, cancellation); the write stands
-                continue
-            if exc is None:
-                future.set_result(result)
-            else:
-                future.set_exception(exc)
+            try:  # (no done() call first: a method call per write)
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
+            except asyncio.InvalidStateError:  # the caller gave up (timeout, cancellation); the
+                pass                            # write stands
 
     def _run_in_one_transaction(self, batch: list, savepoints: bool) -> list:
         conn = self.conn
