@@ -133,6 +133,20 @@ def test_sync_handler_with_model_and_plugin_config(features):
     assert reply["error"]["details"][0]["loc"] == ["name"]
 
 
+def test_handler_with_a_typeddict_gets_the_validated_dict(features):
+    assert features.request("greet:shout", {"name": "ada", "times": "2"})["data"] == \
+        {"text": "ADA ADA", "received": "dict"}  # "2" coerced to 2, like a model's field
+    for data, loc in (({"name": ""}, ["name"]), ({"times": 1}, ["name"]),
+                      ({"name": "ada", "tmies": 2}, ["tmies"])):
+        reply = features.request("greet:shout", data)
+        assert reply["error"]["code"] == "validation_error"
+        assert reply["error"]["details"][0]["loc"] == loc
+    events = features.request("system:discover")["data"]["events"]
+    shout = next(e for e in events if e["event"] == "greet:shout")["parameters"]
+    assert shout["required"] == ["name"] and set(shout["properties"]) == {"name", "times"}
+    assert shout["additionalProperties"] is False
+
+
 def test_async_handler_emits_to_another_plugin_and_pushes_to_requester(features):
     with features.client() as client:
         client.send("greet:async", {"name": "Bo", "times": 3}, correlation_id="req-7")

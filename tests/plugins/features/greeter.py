@@ -1,7 +1,10 @@
-"""Exercises handler shapes: sync/async, (data)/(data, ctx), pydantic models, emit, push."""
+"""Exercises handler shapes: sync/async, (data)/(data, ctx), pydantic models and TypedDicts,
+emit, push."""
 import asyncio
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import NotRequired, TypedDict
 
 from ksi_daemon.event_system import event_handler
 from ksi_daemon.plugin_base import hookimpl
@@ -16,6 +19,12 @@ class Greeting(BaseModel):
     times: int = 1
 
 
+@with_config(ConfigDict(extra="forbid"))
+class Shout(TypedDict):
+    name: Annotated[str, Field(min_length=1)]
+    times: NotRequired[int]
+
+
 @hookimpl
 def ksi_startup(config, context):
     STARTED["data_dir"] = str(context.data_dir)
@@ -25,6 +34,12 @@ def ksi_startup(config, context):
 @event_handler("greet:sync")
 def greet_sync(data: Greeting):
     return {"text": " ".join([f"{STARTED['greeting']} {data.name}"] * data.times)}
+
+
+@event_handler("greet:shout")
+def greet_shout(data: Shout):
+    return {"text": " ".join([data["name"].upper()] * data.get("times", 1)),
+            "received": type(data).__name__}
 
 
 @event_handler("greet:async")
