@@ -280,9 +280,9 @@ class SqliteWriter:
         the run ended.
 
         `op.many(conn, [args, ...])` (a `Combinable` op) does what calling `op` once per write
-        would, in fewer statements (the state plugin's plain sets: one upsert for many keys), and returns the
-        results in order. A failure there cannot be pinned to one write: the batch runs again
-        with savepoints, one op at a time.
+        would, in fewer statements (the state plugin's plain sets: one upsert for many keys),
+        and returns the results in order. A failure there cannot be pinned to one write: the
+        batch runs again with savepoints, one op at a time.
         """
         op, end = batch[start][0], start + 1
         while end < len(batch) and batch[end][0] is op:
