@@ -241,6 +241,34 @@ def test_cancel_stops_a_stream_and_a_queued_request(daemon_factory, fake_openai)
     assert fake_openai.disconnects >= 1  # the stream's connection was really dropped
 
 
+def test_a_stream_left_mid_answer_hangs_up_at_once_even_while_its_frames_live(fake_openai):
+    """A call that stops reading mid-answer closes its stream itself. Here the consumer of the
+    deltas fails while the stream waits suspended between two chunks (where a cancellation
+    can also land, inside litellm's own awaits); the error, kept below, keeps the call's frames
+    and so the stream alive: unless the call hangs up, the provider goes on generating."""
+    import asyncio
+
+    import litellm
+
+    from ksi_daemon.plugins.completion.calls import call_model
+
+    def consume(_text: str) -> None:
+        raise RuntimeError("the consumer of the deltas failed")
+
+    async def leave_after_the_first_words() -> int:
+        with pytest.raises(RuntimeError) as failure:
+            await call_model(litellm, "openai/slow", [{"role": "user", "content": "count"}],
+                             {"api_base": fake_openai.api_base, "api_key": "sk-test"}, 30.0,
+                             "s", on_delta=consume)
+        deadline = time.monotonic() + 5
+        while fake_openai.disconnects == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the loop runs: a scheduled close would happen here
+        assert failure.value.__traceback__ is not None  # the frames were alive all along
+        return fake_openai.disconnects
+
+    assert asyncio.run(leave_after_the_first_words()) >= 1
+
+
 def test_a_request_past_its_timeout_ends_with_a_timeout_error(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:

@@ -1,6 +1,7 @@
 """One call to a model through litellm: plain or streamed, with usage and cost when known."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from . import offline_model
@@ -32,13 +33,21 @@ async def call_model(litellm, model: str, messages: list[dict], params: dict,
                                          stream_options={"include_usage": True})
     parts: list[str] = []
     usage = None
-    async for chunk in response:
-        choices = getattr(chunk, "choices", None) or ()
-        delta = choices[0].delta.content if choices and choices[0].delta else None
-        if delta:
-            parts.append(delta)
-            on_delta(delta)
-        usage = usage_dict(getattr(chunk, "usage", None)) or usage
+    try:
+        async for chunk in response:
+            choices = getattr(chunk, "choices", None) or ()
+            delta = choices[0].delta.content if choices and choices[0].delta else None
+            if delta:
+                parts.append(delta)
+                on_delta(delta)
+            usage = usage_dict(getattr(chunk, "usage", None)) or usage
+    finally:
+        # A cancelled or failed call hangs up now: left to garbage collection, the stream (kept
+        # alive by the exception's frames) would let the provider go on generating, and billing.
+        close = getattr(response, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # the call's own outcome is what matters
+                await close()
     text = "".join(parts)
     usage = usage or estimate_usage(messages, text)
     return Answer(text, usage, cost_of(litellm, model, None, usage), len(parts))
