@@ -41,20 +41,22 @@ class OwedReply:
     def set_result(self, result: Any, exc: BaseException | None = None) -> None:
         """Settle with `result`, or with the error `exc` (one body: this is the hot path)."""
         router, self.router = self.router, None
-        if self.future is not None:
-            if self.future.done():
-                pass
-            elif exc is None:
-                self.future.set_result(result)
-            else:
-                self.future.set_exception(exc)
-        elif router is not None and self.handler is not None:  # else its handler raised
-            router.owed.discard(self)
-            if exc is None:
-                data = result if result.__class__ is dict else as_reply_data(result)
-                self.conn.send(encode_reply(self.event, self.cid, data))
-            else:
-                self.conn.send(router.error_reply(self.handler, self.event, self.cid, exc))
-            router.after_reply(self.handler.stats, self.event, self.data, self.cid, self.conn,
-                               self.started, exc is None)
-            self.conn.request_done()
+        future = self.future
+        if future is not None:  # awaited as a future (emit, the middleware path)
+            if not future.done():
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
+            return
+        if router is None or self.handler is None:  # settled before, or its handler raised
+            return
+        router.owed.discard(self)
+        if exc is None:
+            data = result if result.__class__ is dict else as_reply_data(result)
+            self.conn.send(encode_reply(self.event, self.cid, data))
+        else:
+            self.conn.send(router.error_reply(self.handler, self.event, self.cid, exc))
+        router.after_reply(self.handler.stats, self.event, self.data, self.cid, self.conn,
+                           self.started, exc is None)
+        self.conn.request_done()

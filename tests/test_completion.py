@@ -256,6 +256,7 @@ def test_a_stream_left_mid_answer_hangs_up_at_once_even_while_its_frames_live(fa
         raise RuntimeError("the consumer of the deltas failed")
 
     async def leave_after_the_first_words() -> int:
+        # `failure` holds the error, its traceback and so the call's frames until this returns
         with pytest.raises(RuntimeError) as failure:
             await call_model(litellm, "openai/slow", [{"role": "user", "content": "count"}],
                              {"api_base": fake_openai.api_base, "api_key": "sk-test"}, 30.0,
@@ -263,7 +264,7 @@ def test_a_stream_left_mid_answer_hangs_up_at_once_even_while_its_frames_live(fa
         deadline = time.monotonic() + 5
         while fake_openai.disconnects == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # the loop runs: a scheduled close would happen here
-        assert failure.value.__traceback__ is not None  # the frames were alive all along
+        assert "consumer of the deltas" in str(failure.value)  # the call failed as it should
         return fake_openai.disconnects
 
     assert asyncio.run(leave_after_the_first_words()) >= 1

@@ -124,6 +124,8 @@ class SqliteWriter:
         `asyncio.timeout` was a visible share of a write's time on the event loop. A write that
         timed out is not withdrawn; it commits when the writer gets to it.
         """
+        if self.deadline_s is None:  # a writer made without a deadline has nothing to sweep
+            return
         while True:
             await asyncio.sleep(period_s)
             too_old = time.monotonic() - self.deadline_s
