@@ -13,6 +13,19 @@ SYNCHRONOUS_LEVELS = ("FULL", "NORMAL")
 BUSY_TIMEOUT_MS = 10_000
 
 
+def _null(value: None) -> None:
+    return value
+
+
+# Python 3.11's sqlite3 binds only int, float, str and bytearray directly; None goes through its
+# adaptation protocol, which looks for `__adapt__` and `__conform__` and builds an AttributeError
+# message for each, about a microsecond per None bound. Every state write binds one (no expiry),
+# on the writer thread that the event loop shares a CPU with. An adapter registered for None is
+# found at the first lookup and returns it as is: still bound as NULL (process-wide: every KSI
+# database gets it).
+sqlite3.register_adapter(type(None), _null)
+
+
 class DatabaseUnusable(Exception):
     """The database file is corrupt or unreadable; the message says which file and why."""
 
