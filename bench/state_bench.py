@@ -1,14 +1,16 @@
 """State benchmark: `state:set` and `state:get` against `system:health`, in the same run.
 
-    python bench/state_bench.py [--rounds 7 --duration 1.5 --synchronous NORMAL|FULL --depth 1]
+    python bench/state_bench.py [--rounds 30 --duration 0.25 --synchronous NORMAL|FULL --depth 1]
     python bench/state_bench.py --commit-cost    # what one commit of 16 writes costs on this disk
 
 One daemon (a subprocess, in a temporary var dir) is loaded by a separate load-generator process
-(this script with --load) with 16 connections × 1 request in flight, closed loop: each reply is
-answered by the next request on that connection. Every round measures the three events one after
-the other; the table shows medians over rounds, and each event's ratio to `system:health` as the
-median of the per-round ratios (each round's events run seconds apart, so a neighbour process
-that slows the machine for a while affects both sides of a ratio alike).
+(this script with --load) with 16 connections × 1 request in flight per event, closed loop: each
+reply is answered by the next request on that connection. The three events take turns within
+each round, in a rotating order: one event's connections run for a short window while the
+others' stay idle, then it drains (no request left in flight) and the next one starts. Each
+event's ratio to `system:health` is the median of the per-round ratios, so both sides of a ratio
+ran within a second of each other: this shared machine's speed drifts by tens of percent over
+seconds, which made ratios of runs seconds apart scatter by ±0.1.
 The machine is shared: every measurement also prints the CPU that other processes used meanwhile
 ("others", in % of one CPU, from /proc/stat minus this benchmark's processes), so a run can be
 judged by the load it ran under. The daemon's CPU per request is split into its event loop (the
@@ -40,76 +42,135 @@ EVENTS = ("system:health", "state:set", "state:get")
 TARGETS = {"state:set": 0.5, "state:get": 0.8}
 DAEMON_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
               "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+SETTLE_S = 0.05  # after an event starts, before its window opens
 
 
 # ---- the load generator (runs in its own process) ---------------------------------------------
 
 class Load(asyncio.Protocol):
-    def __init__(self, event: str, index: int, counts: list, depth: int):
-        self.event, self.index, self.counts, self.depth = event, index, counts, depth
+    """One connection of an event's group: sends its next request on each reply while the group
+    is running."""
+
+    def __init__(self, group: "Group", index: int):
+        self.group, self.index = group, index
         self.n = 0
         self.buffer = b""
-        self.measuring = False
         self.lost = asyncio.get_running_loop().create_future()
 
     def request(self) -> bytes:
         self.n += 1
-        if self.event == "state:set":
+        event = self.group.event
+        if event == "state:set":
             data = {"key": f"bench-{self.index}", "value": {"n": self.n, "text": "payload"},
                     "namespace": "bench"}
-        elif self.event == "state:get":
+        elif event == "state:get":
             data = {"key": f"bench-{self.index}", "namespace": "bench"}
         else:
             data = {}
-        return orjson.dumps({"event": self.event, "data": data}) + b"\n"
+        return orjson.dumps({"event": event, "data": data}) + b"\n"
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.write(b"".join(self.request() for _ in range(self.depth)))
+
+    def send(self, requests: int) -> None:
+        self.group.in_flight += requests
+        self.transport.write(b"".join(self.request() for _ in range(requests)))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         lines = self.buffer.split(b"\n")
         self.buffer = lines.pop()
+        group = self.group
         for line in lines:
             if b'"error"' in line and b'"type":"reply"' in line:
-                self.counts[1] += 1
-            self.counts[2] += 1
-            if self.measuring:
-                self.counts[0] += 1
-            self.transport.write(self.request())
+                group.errors += 1
+            group.replies += 1
+            group.in_flight -= 1
+            if group.running:
+                self.send(1)
+            elif group.in_flight == 0 and not group.drained.done():
+                group.drained.set_result(None)
 
     def connection_lost(self, exc) -> None:
         if not self.lost.done():
             self.lost.set_result(exc)
 
 
-async def generate_load(socket_path: str, event: str, connections: int, warmup: float,
-                        duration: float, depth: int = 1) -> dict:
-    loop = asyncio.get_running_loop()
-    counts = [0, 0, 0]  # replies inside the window, error replies, all replies
-    protocols = []
-    for index in range(connections):
-        _transport, protocol = await loop.create_unix_connection(
-            lambda index=index: Load(event, index, counts, depth), socket_path)
-        protocols.append(protocol)
-    await asyncio.sleep(warmup)
-    for protocol in protocols:
-        protocol.measuring = True
-    started = time.perf_counter()
-    await asyncio.sleep(duration)
-    elapsed = time.perf_counter() - started
-    for protocol in protocols:
-        protocol.measuring = False
-        protocol.transport.close()
-    return {"event": event, "requests": counts[0], "rps": counts[0] / elapsed,
-            "errors": counts[1], "replies": counts[2]}
+class Group:
+    """An event's connections, started and drained as one."""
+
+    def __init__(self, event: str, depth: int):
+        self.event, self.depth = event, depth
+        self.connections: list[Load] = []
+        self.running = False
+        self.replies = self.errors = self.in_flight = 0
+        self.drained = asyncio.get_running_loop().create_future()
+
+    async def connect(self, socket_path: str, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(count):
+            _transport, protocol = await loop.create_unix_connection(
+                lambda index=index: Load(self, index), socket_path)
+            self.connections.append(protocol)
+
+    def start(self) -> None:
+        self.running = True
+        self.drained = asyncio.get_running_loop().create_future()
+        for connection in self.connections:
+            connection.send(self.depth)
+
+    async def stop(self) -> None:
+        self.running = False
+        if self.in_flight:
+            await asyncio.wait_for(self.drained, 30)
+
+
+class Meters:
+    """What a window cost: the daemon's CPU (all threads, and its event loop), this process's,
+    the whole machine's (for "others"), and the elapsed time."""
+
+    def __init__(self, daemon_pid: int):
+        self.daemon_pid = daemon_pid
+
+    def read(self) -> tuple:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return (time.perf_counter(), cpu_seconds_of(self.daemon_pid),
+                cpu_seconds_of(self.daemon_pid, self.daemon_pid),
+                own.ru_utime + own.ru_stime, machine_busy_seconds())
+
+
+async def generate_load(socket_path: str, connections: int, warmup: float, window: float,
+                        rounds: int, depth: int, daemon_pid: int) -> dict:
+    groups = {event: Group(event, depth) for event in EVENTS}
+    for group in groups.values():
+        await group.connect(socket_path, connections)
+    meters = Meters(daemon_pid)
+    for group in groups.values():  # warm every path up once
+        group.start()
+        await asyncio.sleep(warmup)
+        await group.stop()
+    windows: dict[str, list] = {event: [] for event in EVENTS}
+    for round_number in range(rounds):
+        shift = round_number % len(EVENTS)
+        for event in EVENTS[shift:] + EVENTS[:shift]:
+            group = groups[event]
+            group.start()
+            await asyncio.sleep(SETTLE_S)
+            replies, before = group.replies, meters.read()
+            await asyncio.sleep(window)
+            replies, after = group.replies - replies, meters.read()
+            await group.stop()
+            windows[event].append([replies] + [b - a for a, b in zip(before, after)])
+    for group in groups.values():
+        for connection in group.connections:
+            connection.transport.close()
+    return {"windows": windows, "errors": {e: g.errors for e, g in groups.items()}}
 
 
 def run_load_process(args) -> int:
     import uvloop
-    result = uvloop.run(generate_load(args.socket, args.event, args.connections, args.warmup,
-                                      args.duration, args.depth))
+    result = uvloop.run(generate_load(args.socket, args.connections, args.warmup, args.duration,
+                                      args.rounds, args.depth, args.daemon_pid))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 
@@ -238,11 +299,6 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def wait_until_idle(pid: int, limit_s: float = 30.0) -> None:
     """Let start-up work finish first (plugins warm libraries in background threads)."""
     deadline = time.monotonic() + limit_s
@@ -253,37 +309,23 @@ def wait_until_idle(pid: int, limit_s: float = 30.0) -> None:
             return
 
 
-def measure(socket_path: str, event: str, args, cpu: int | None, daemon_pid: int) -> dict:
-    cpu_before = cpu_seconds_of(daemon_pid)
-    loop_before = cpu_seconds_of(daemon_pid, daemon_pid)  # the main thread runs the event loop
-    machine_before, load_before, started = (machine_busy_seconds(), children_cpu_seconds(),
-                                            time.monotonic())
+def run_load(socket_path: str, args, cpu: int | None, daemon_pid: int) -> dict:
     output = subprocess.run(
-        [PYTHON, __file__, "--load", "--socket", socket_path, "--event", event,
+        [PYTHON, __file__, "--load", "--socket", socket_path, "--daemon-pid", str(daemon_pid),
          "--connections", str(args.connections), "--depth", str(args.depth),
-         "--warmup", str(args.warmup),
-         "--duration", str(args.duration)],
-        capture_output=True, check=True, preexec_fn=pinned_to(cpu), timeout=120).stdout
-    result = orjson.loads(output)
-    elapsed = time.monotonic() - started
-    daemon_s = cpu_seconds_of(daemon_pid) - cpu_before
-    loop_s = cpu_seconds_of(daemon_pid, daemon_pid) - loop_before
-    ours_s = daemon_s + children_cpu_seconds() - load_before  # the daemon and the load generator
-    # Daemon CPU per reply: unlike req/s, this barely moves when neighbours steal the machine,
-    # so it shows where the time goes.
-    replies = max(result["replies"], 1)
-    result["cpu_us"] = daemon_s / replies * 1e6
-    result["loop_us"] = loop_s / replies * 1e6
-    result["others_pct"] = max(0.0, machine_busy_seconds() - machine_before - ours_s) / elapsed * 100
-    return result
+         "--warmup", str(args.warmup), "--duration", str(args.duration),
+         "--rounds", str(args.rounds)],
+        capture_output=True, check=True, preexec_fn=pinned_to(cpu), timeout=600).stdout
+    return orjson.loads(output)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=1.5)
+    parser.add_argument("--duration", type=float, default=0.25,
+                        help="seconds each event runs per round")
     parser.add_argument("--warmup", type=float, default=0.3)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="NORMAL",
@@ -295,7 +337,7 @@ def main(argv=None) -> int:
                         help="only time fsync and 16-write commits (FULL, NORMAL), then exit")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
-    parser.add_argument("--event", help=argparse.SUPPRESS)
+    parser.add_argument("--daemon-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load:
         return run_load_process(args)
@@ -312,25 +354,8 @@ def main(argv=None) -> int:
     proc = start_daemon(workdir, args.synchronous, daemon_cpu)
     socket_path = str(workdir / "var" / "run" / "daemon.sock")
     wait_until_idle(proc.pid)
-    results: dict[str, list[float]] = {event: [] for event in EVENTS}
-    cpu_us: dict[str, list[float]] = {event: [] for event in EVENTS}
-    loop_us: dict[str, list[float]] = {event: [] for event in EVENTS}
-    others: list[float] = []
-    errors = 0
     try:
-        for round_number in range(args.rounds):
-            for event in EVENTS:
-                result = measure(socket_path, event, args, load_cpu, proc.pid)
-                results[event].append(result["rps"])
-                cpu_us[event].append(result["cpu_us"])
-                loop_us[event].append(result["loop_us"])
-                others.append(result["others_pct"])
-                errors += result["errors"]
-                print(f"round {round_number + 1} {event:14s} {result['rps']:9.0f} req/s "
-                      f"({result['requests']} requests, {result['errors']} errors, "
-                      f"daemon CPU {result['cpu_us']:.1f} µs/request of which event loop "
-                      f"{result['loop_us']:.1f}; others {result['others_pct']:.0f} % CPU)",
-                      flush=True)
+        load = run_load(socket_path, args, load_cpu, proc.pid)
         db_size = sum(f.stat().st_size for f in (workdir / "var" / "db").glob("state.db*"))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -342,9 +367,19 @@ def main(argv=None) -> int:
         per_commit = writes_per_commit(workdir / "daemon.out", "state-writer")
         shutil.rmtree(workdir, ignore_errors=True)
 
-    health = statistics.median(results["system:health"])
+    windows, errors = load["windows"], sum(load["errors"].values())
+    # Each window: [replies, seconds, daemon CPU s, its event loop's CPU s, load generator CPU s,
+    # whole machine's busy CPU s].
+    rps = {event: [w[0] / w[1] for w in windows[event]] for event in EVENTS}
+    others = [max(0.0, w[5] - w[2] - w[4]) / w[1] * 100 for event in EVENTS
+              for w in windows[event]]
+    for number, rates in enumerate(zip(*(rps[event] for event in EVENTS)), 1):
+        print(f"round {number:2d} " + "  ".join(
+            f"{event} {rate:7.0f} req/s" + ("" if event == "system:health" else
+                                            f" ({rate / rates[0]:.2f})")
+            for event, rate in zip(EVENTS, rates)))
     print(f"\nstate benchmark: {args.connections} connections × {args.depth} in flight, "
-          f"{args.rounds} rounds × {args.duration} s, synchronous={args.synchronous}, "
+          f"{args.rounds} rounds × {args.duration} s per event, synchronous={args.synchronous}, "
           f"pinned={'yes' if pin else 'no'}, errors={errors}, state files {db_size} bytes")
     print(f"other processes: median {statistics.median(others):.0f} % of one CPU "
           f"(min {min(others):.0f}, max {max(others):.0f}; the machine has {os.cpu_count()}); "
@@ -352,15 +387,15 @@ def main(argv=None) -> int:
     print(f"{'event':16s} {'median req/s':>13s} {'ratio':>7s} {'target':>7s}  {'verdict':8s} "
           f"{'daemon CPU µs/request':>22s} {'(event loop)':>12s}")
     for event in EVENTS:
-        rps = statistics.median(results[event])
-        ratio = statistics.median(r / h for r, h in zip(results[event],
-                                                          results["system:health"]))
+        ratio = statistics.median(r / h for r, h in zip(rps[event], rps["system:health"]))
         target = TARGETS.get(event)
         verdict = "baseline" if target is None else ("met" if ratio >= target else "MISSED")
-        print(f"{event:16s} {rps:13.0f} {ratio:7.2f} "
+        replies = sum(w[0] for w in windows[event])
+        cpu_us = sum(w[2] for w in windows[event]) / replies * 1e6
+        loop_us = sum(w[3] for w in windows[event]) / replies * 1e6
+        print(f"{event:16s} {statistics.median(rps[event]):13.0f} {ratio:7.2f} "
               f"{'' if target is None else f'≥{target}':>7s}  {verdict:8s} "
-              f"{statistics.median(cpu_us[event]):22.1f} "
-              f"{statistics.median(loop_us[event]):12.1f}")
+              f"{cpu_us:22.1f} {loop_us:12.1f}")
     return 0 if errors == 0 else 1
 
 
