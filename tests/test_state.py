@@ -154,7 +154,9 @@ def test_ttl_expiry_hides_then_purges_the_key(daemon_factory):
             pushes.append(watcher.recv())
         assert {"namespace": "global", "key": "brief", "version": 1, "op": "expire"} in \
             [p["data"] for p in pushes]
-    assert query(state_db(daemon), "SELECT key FROM state") == [("lasting",)]
+    # A key without a TTL has no expiry in the file: SQL NULL, not a stand-in value.
+    assert query(state_db(daemon), "SELECT key, typeof(expires_at) FROM state") == \
+        [("lasting", "null")]
 
 
 def test_every_change_is_pushed_to_subscribers(daemon):
