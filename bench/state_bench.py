@@ -9,8 +9,8 @@ reply is answered by the next request on that connection. The three events take 
 each round, in a rotating order: one event's connections run for a short window while the
 others' stay idle, then it drains (no request left in flight) and the next one starts. Each
 event's ratio to `system:health` is the median of the per-round ratios, so both sides of a ratio
-ran within a second of each other: this shared machine's speed drifts by tens of percent over
-seconds, which made ratios of runs seconds apart scatter by ±0.1.
+ran within a second of each other: this shared machine's speed changes by tens of percent from
+one second to the next, which made ratios of windows seconds apart scatter by ±0.1.
 The machine is shared: every measurement also prints the CPU that other processes used meanwhile
 ("others", in % of one CPU, from /proc/stat minus this benchmark's processes), so a run can be
 judged by the load it ran under. The daemon's CPU per request is split into its event loop (the
@@ -55,7 +55,6 @@ class Load(asyncio.Protocol):
         self.group, self.index = group, index
         self.n = 0
         self.buffer = b""
-        self.lost = asyncio.get_running_loop().create_future()
 
     def request(self) -> bytes:
         self.n += 1
@@ -90,10 +89,6 @@ class Load(asyncio.Protocol):
                 self.send(1)
             elif group.in_flight == 0 and not group.drained.done():
                 group.drained.set_result(None)
-
-    def connection_lost(self, exc) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
 
 
 class Group:
@@ -393,7 +388,7 @@ def main(argv=None) -> int:
         replies = sum(w[0] for w in windows[event])
         cpu_us = sum(w[2] for w in windows[event]) / replies * 1e6
         loop_us = sum(w[3] for w in windows[event]) / replies * 1e6
-        print(f"{event:16s} {statistics.median(rps[event]):13.0f} {ratio:7.2f} "
+        print(f"{event:16s} {statistics.median(rps[event]):13.0f} {ratio:7.3f} "
               f"{'' if target is None else f'≥{target}':>7s}  {verdict:8s} "
               f"{cpu_us:22.1f} {loop_us:12.1f}")
     return 0 if errors == 0 else 1
