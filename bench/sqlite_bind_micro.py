@@ -13,6 +13,7 @@ measured, pinned to CPU 0.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sqlite3
@@ -30,9 +31,9 @@ NONE_ADAPTER = (type(None), sqlite3.PrepareProtocol)
 WRITES_PER_GROUP = 16
 
 
-def cpu_us_per_group(conn, known: KnownVersions, groups: int, first: int) -> float:
+def cpu_us_per_group(conn, known: KnownVersions, groups: int, values) -> float:
     spent = 0.0
-    for n in range(first, first + groups):
+    for n in itertools.islice(values, groups):  # a new value each group: every upsert writes
         writes = [(known, "bench", f"bench-{key}", orjson.dumps({"n": n}).decode(), None)
                   for key in range(WRITES_PER_GROUP)]
         started = time.thread_time()
@@ -57,14 +58,14 @@ def main() -> int:
         conn = open_writer(workdir / "state.db", "NORMAL", create_schema)
         known = KnownVersions()
         results: dict[str, list[float]] = {"without the adapter": [], "with the adapter": []}
-        for number in range(args.rounds):
+        values = itertools.count()
+        for _round in range(args.rounds):
             for variant, spent in results.items():
                 if variant == "with the adapter":
                     sqlite3.adapters[NONE_ADAPTER] = adapter
                 else:
                     del sqlite3.adapters[NONE_ADAPTER]
-                first = (number * len(results) + len(spent)) * args.groups
-                spent.append(cpu_us_per_group(conn, known, args.groups, first))
+                spent.append(cpu_us_per_group(conn, known, args.groups, values))
         sqlite3.adapters[NONE_ADAPTER] = adapter
         conn.close()
     finally:

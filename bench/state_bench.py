@@ -368,11 +368,14 @@ def main(argv=None) -> int:
     rps = {event: [w[0] / w[1] for w in windows[event]] for event in EVENTS}
     others = [max(0.0, w[5] - w[2] - w[4]) / w[1] * 100 for event in EVENTS
               for w in windows[event]]
-    for number, rates in enumerate(zip(*(rps[event] for event in EVENTS)), 1):
-        print(f"round {number:2d} " + "  ".join(
-            f"{event} {rate:7.0f} req/s" + ("" if event == "system:health" else
-                                            f" ({rate / rates[0]:.2f})")
-            for event, rate in zip(EVENTS, rates)))
+    # Per round: each event's rate, its ratio, and the daemon's CPU per request in that window.
+    for number in range(args.rounds):
+        health = rps["system:health"][number]
+        print(f"round {number + 1:2d} " + "  ".join(
+            f"{event} {rps[event][number]:7.0f} req/s"
+            + ("" if event == "system:health" else f" ({rps[event][number] / health:.2f})")
+            + f" {windows[event][number][2] / windows[event][number][0] * 1e6:5.1f} µs"
+            for event in EVENTS))
     print(f"\nstate benchmark: {args.connections} connections × {args.depth} in flight, "
           f"{args.rounds} rounds × {args.duration} s per event, synchronous={args.synchronous}, "
           f"pinned={'yes' if pin else 'no'}, errors={errors}, state files {db_size} bytes")

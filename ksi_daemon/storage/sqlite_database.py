@@ -21,8 +21,8 @@ def _null(value: None) -> None:
 # adaptation protocol, which looks for `__adapt__` and `__conform__` and formats an AttributeError
 # message for each (found in a profile of the state writer). Every plain state write binds one
 # (no expiry), on the writer thread that shares a CPU with the event loop. An adapter registered
-# for None is found at the first lookup and returns it as is, still bound as NULL: 0.35 µs less
-# per write (bench/sqlite_bind_micro.py). Process-wide: every KSI database gets it.
+# for None is found at the first lookup and returns it as is, still bound as NULL: 0.2–0.4 µs
+# less per write (bench/sqlite_bind_micro.py). Process-wide: every KSI database gets it.
 sqlite3.register_adapter(type(None), _null)
 
 
