@@ -5,8 +5,8 @@
                                                                         -> history ring, timings
 
 Sync handlers run inline (no task); one may return an asyncio Future instead of its reply
-(answered from the future's done-callback), or `ctx.reply_later()`, an OwedReply it settles
-itself (how the state plugin answers a write at its commit); async handlers run as tasks,
+(answered from the future's done-callback), or `ctx.reply_later()`, the context itself, which
+it settles (how the state plugin answers a write at its commit); async handlers run as tasks,
 started in arrival order. Both get the `event_timeout` deadline unless the handler declared its
 own. A handler that raises answers `handler_error`; the router never lets an exception escape to
 the transport.
@@ -27,7 +27,7 @@ import structlog
 
 from .event_stats import EventStats, percentiles_ms
 from .event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
-from .owed_reply import OwedReply
+from .context import Context
 from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
                        KSIError, as_reply_data, encode_error, encode_push, encode_reply,
                        parse_request)
@@ -62,41 +62,6 @@ class Handler:
         self.validate = None
 
 
-class Context:
-    """What a handler knows about the request it serves, and how it talks back."""
-    __slots__ = ("router", "event", "correlation_id", "connection", "plugin")
-
-    def __init__(self, router: Router, event: str, correlation_id: str | None, connection,
-                 plugin=None):
-        self.router, self.event, self.correlation_id = router, event, correlation_id
-        self.connection, self.plugin = connection, plugin
-
-    async def emit(self, event: str, data: dict | None = None) -> Any:
-        """Route `event` as this request's consequence; return its handler's reply data."""
-        return await self.router.emit(event, data, correlation_id=self.correlation_id,
-                                      source=self.plugin, connection=self.connection)
-
-    def push(self, event: str, data: Any) -> None:
-        """Send `event` to the requesting connection (once) and to matching subscribers."""
-        self.router.push(event, data, self.correlation_id, self.connection)
-
-    def announce(self, event: str, data: dict) -> None:
-        """`emit` for code that cannot await (a done-callback); the reply data is not returned."""
-        self.router.announce(event, data, self.correlation_id, self.plugin, self.connection)
-
-    def reply_later(self) -> OwedReply:
-        """For a sync handler that answers later: return this, then settle it once."""
-        return OwedReply(self.router, self.event, self.correlation_id, self.connection)
-
-    @property
-    def config(self) -> dict:
-        return self.plugin.config if self.plugin is not None else {}
-
-    @property
-    def data_dir(self):
-        return self.plugin.data_dir if self.plugin is not None else None
-
-
 class Router:
     def __init__(self, *, event_timeout: float = 30.0, max_event_history: int = 1000,
                  log_events: bool = False):
@@ -111,7 +76,7 @@ class Router:
                                                    "(unknown)": EventStats()}
         self.connections: set = set()
         self.in_flight: set[asyncio.Task] = set()
-        self.owed: set[OwedReply] = set()
+        self.owed: set[Context] = set()  # owed replies (ctx.reply_later())
         self.accepting = True
         self._slow_path = False
         self._subscriptions: dict[Any, dict[str, Callable[[str], bool]]] = {}
@@ -154,7 +119,7 @@ class Router:
                     result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
                 else:
                     result = handler.func(arg)
-                if result.__class__ is OwedReply:
+                if result.__class__ is Context:  # ctx.reply_later(): answered when settled
                     return result.owe(handler, data, started)
                 if isinstance(result, asyncio.Future):
                     return self._reply_when_done(result, handler, event, data, cid, conn,
@@ -203,7 +168,7 @@ class Router:
         args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
             else (arg,)
         waiting = handler.func(*args)
-        if waiting.__class__ is OwedReply:
+        if waiting.__class__ is Context:  # ctx.reply_later()
             waiting = waiting.as_future()
         if not (handler.is_async or isinstance(waiting, asyncio.Future)):
             return waiting
@@ -246,7 +211,7 @@ class Router:
 
     def after_reply(self, stats: EventStats, event: str, data: dict, cid: str, conn,
                     started: float, ok: bool) -> None:
-        """Timings, history and subscribers of a request just answered (also for OwedReply)."""
+        """Timings, history and subscribers of a request just answered (also an owed reply)."""
         stats.record(started, ok)
         self.history.append((event, cid, _now(), conn.id, data))
         if self._subscriptions:
@@ -313,6 +278,21 @@ class Router:
         self._record_emit(event, data, correlation_id, source)
         # counted like a push: there is no handler to time
         (self.other_stats.get(event) or self._stats_of(event)).count += 1
+
+    def announce_all(self, event: str, announced: list[tuple[str | None, dict]],
+                     source=None) -> None:
+        """`announce` of many events of one name at once, (correlation_id, data) each: the
+        changes one commit made (one history entry each, one timestamp for them all)."""
+        if event in self.handlers or self.fallbacks:
+            for correlation_id, data in announced:
+                self.announce(event, data, correlation_id, source)
+            return
+        now, name = _now(), getattr(source, "name", source)
+        self.history.extend([(event, cid, now, name, data) for cid, data in announced])
+        if self._subscriptions:
+            for correlation_id, data in announced:
+                self._fan_out(event, data, correlation_id, None)
+        (self.other_stats.get(event) or self._stats_of(event)).count += len(announced)
 
     def _announced(self, task: asyncio.Task) -> None:  # log a failed announce
         self.in_flight.discard(task)

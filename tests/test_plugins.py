@@ -190,7 +190,7 @@ def test_middleware_can_rewrite_refuse_and_annotate(daemon_factory):
     assert daemon.request("echo:back", {"password": "wrong"})["error"]["code"] == "forbidden"
     assert daemon.request("system:health")["data"]["status"] == "healthy"
     # With middleware every request takes the awaiting path, the state writes included (their
-    # handler answers through an OwedReply, which that path turns into a future).
+    # handler answers through ctx.reply_later(), which that path turns into a future).
     assert daemon.request("state:set", {"key": "k", "value": "v"})["data"]["version"] == 1
     assert daemon.request("state:set", {"key": "k", "value": "w", "password": "wrong"})[
         "error"]["code"] == "forbidden"

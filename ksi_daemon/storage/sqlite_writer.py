@@ -20,6 +20,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from itertools import groupby, repeat, starmap
+from operator import itemgetter
 from typing import Any, Callable
 
 import structlog
@@ -58,12 +60,18 @@ class Combinable:
 class SqliteWriter:
     def __init__(self, conn: sqlite3.Connection, name: str = "sqlite-writer",
                  max_batch: int = 1024, deadline_s: float | None = None,
-                 after_rollback: Callable[[], None] | None = None):
+                 after_rollback: Callable[[], None] | None = None,
+                 on_commits: Callable[[list], None] | None = None):
         # The connection was opened with check_same_thread=False and is used only by the thread.
         self.conn = conn
         # Called on the thread after a transaction was rolled back: what the ops remember of
         # the database (the state plugin's known versions) must forget what did not commit.
         self.after_rollback = after_rollback
+        # Called on the loop with each commit's outcomes, [((op, args, future, on_commit,
+        # queued_at), result, error), ...], instead of the writes' own on_commit callbacks, which
+        # it must call itself: an owner whose writes are mostly alike handles them in one pass
+        # (the state plugin's sets) rather than with a callback each.
+        self.on_commits = on_commits
         self.max_batch = max_batch
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
@@ -172,7 +180,7 @@ class SqliteWriter:
                 # Everything queued before a stop was appended before its token: none is lost.
                 while items:
                     # (only this thread takes items: at least this many are there)
-                    batch = [take() for _ in range(min(len(items), self.max_batch))]
+                    batch = list(starmap(take, repeat((), min(len(items), self.max_batch))))
                     self._committing = batch
                     self._commit_batch(batch)
         finally:
@@ -221,13 +229,18 @@ class SqliteWriter:
         self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
 
     def _resolve_all(self, outcomes: list) -> None:
-        """On the event loop: run the commit callbacks, resolve the futures, in submit order."""
-        for (_op, _args, future, on_commit, _queued_at), result, exc in outcomes:
-            if on_commit is not None:
-                try:
-                    on_commit(result, exc)
-                except Exception:  # noqa: BLE001 - one bad callback must not strand the others
-                    log.exception("on_commit_failed")
+        """On the event loop: first the commit callbacks (or the owner's `on_commits` hook), so
+        what follows the database is up to date, then the callers' futures, in submit order."""
+        if self.on_commits is not None:
+            try:
+                self.on_commits(outcomes)
+            except Exception:  # noqa: BLE001 - the futures must be resolved all the same
+                log.exception("on_commits_failed")
+        else:
+            for (_op, _args, _future, on_commit, _queued_at), result, exc in outcomes:
+                if on_commit is not None:
+                    run_on_commit(on_commit, result, exc)
+        for (_op, _args, future, _on_commit, _queued_at), result, exc in outcomes:
             try:  # (no done() call first: a method call per write)
                 if exc is None:
                     future.set_result(result)
@@ -241,27 +254,26 @@ class SqliteWriter:
         outcomes = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            start = 0
-            while start < len(batch):
-                many = None if savepoints else getattr(batch[start][0], "many", None)
+            # Consecutive writes of one op form a run (grouped in C: this is per write).
+            for op, run in groupby(batch, _op_of):
+                many = None if savepoints else getattr(op, "many", None)
                 if many is not None:
-                    start = self._run_together(many, batch, start, outcomes)
+                    outcomes += self._run_together(many, list(run))
                     continue
-                item = batch[start]
-                start += 1
-                if savepoints:
-                    conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((item, item[0](conn, *item[1]), None))
-                except KSIError as exc:  # a refusal, raised before the op wrote anything
-                    outcomes.append((item, None, exc))
-                except Exception as exc:  # noqa: BLE001 - handed to the caller that asked
-                    if not savepoints:
-                        raise _RetryWithSavepoints() from exc
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((item, None, exc))
-                if savepoints:
-                    conn.execute("RELEASE op")
+                for item in run:
+                    if savepoints:
+                        conn.execute("SAVEPOINT op")
+                    try:
+                        outcomes.append((item, op(conn, *item[1]), None))
+                    except KSIError as exc:  # a refusal, raised before the op wrote anything
+                        outcomes.append((item, None, exc))
+                    except Exception as exc:  # noqa: BLE001 - handed to the caller that asked
+                        if not savepoints:
+                            raise _RetryWithSavepoints() from exc
+                        conn.execute("ROLLBACK TO op")
+                        outcomes.append((item, None, exc))
+                    if savepoints:
+                        conn.execute("RELEASE op")
             committing = time.perf_counter()
             conn.execute("COMMIT")
             # How long the last COMMIT alone took (its fsync): the group gathers only when
@@ -277,25 +289,31 @@ class SqliteWriter:
             raise
         return outcomes
 
-    def _run_together(self, many, batch: list, start: int, outcomes: list) -> int:
-        """Run the writes from `start` that share its op in one call of `op.many`; return where
-        the run ended.
+    def _run_together(self, many, run: list):
+        """Run writes that share a `Combinable` op in one call of `op.many`; return their
+        outcomes.
 
-        `op.many(conn, [args, ...])` (a `Combinable` op) does what calling `op` once per write
-        would, in fewer statements (the state plugin's plain sets: one upsert for many keys),
-        and returns the results in order. A failure there cannot be pinned to one write: the
-        batch runs again with savepoints, one op at a time.
+        `op.many(conn, [args, ...])` does what calling `op` once per write would, in fewer
+        statements (the state plugin's plain sets: one upsert for many keys), and returns the
+        results in order. A failure there cannot be pinned to one write: the batch runs again
+        with savepoints, one op at a time.
         """
-        op, end = batch[start][0], start + 1
-        while end < len(batch) and batch[end][0] is op:
-            end += 1
-        run = batch[start:end]
         try:
-            results = many(self.conn, [item[1] for item in run])
+            results = many(self.conn, list(map(_args_of, run)))
         except Exception as exc:  # noqa: BLE001
             raise _RetryWithSavepoints() from exc
-        outcomes += [(item, result, None) for item, result in zip(run, results)]
-        return end
+        return zip(run, results, repeat(None))
+
+
+_op_of, _args_of = itemgetter(0), itemgetter(1)  # of a queued write: (op, args, future, ...)
+
+
+def run_on_commit(on_commit, result, exc) -> None:
+    """Call one write's commit callback; one that fails must not strand the others."""
+    try:
+        on_commit(result, exc)
+    except Exception:  # noqa: BLE001
+        log.exception("on_commit_failed")
 
 
 class _RetryWithSavepoints(Exception):
@@ -314,7 +332,8 @@ def _never_preempt_the_event_loop() -> None:
 
 
 def start_database(path, synchronous: str, create_schema, *, name: str, deadline_s: float,
-                   after_rollback: Callable[[], None] | None = None):
+                   after_rollback: Callable[[], None] | None = None,
+                   on_commits: Callable[[list], None] | None = None):
     """Open `path` (integrity-checked), start its writer thread; return (writer, reader conn).
 
     An unusable database stops start-up (SystemExit) on purpose: serving without the data, or
@@ -327,6 +346,6 @@ def start_database(path, synchronous: str, create_schema, *, name: str, deadline
         log.critical("database_unusable", database=name, path=str(path), error=str(exc))
         raise SystemExit(f"ksi: {name} database: {exc}") from None
     writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s,
-                          after_rollback=after_rollback)
+                          after_rollback=after_rollback, on_commits=on_commits)
     writer.start(asyncio.get_running_loop())
     return writer, open_reader(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from operator import itemgetter
 from pathlib import Path
 
 import orjson
@@ -23,7 +24,7 @@ from .models import (GLOBAL, AuditRequest, ClearReply, ClearRequest, DeleteReply
 from .store import (KnownVersions, StateReader, clear_namespace, create_schema, delete_value,
                     purge_expired, set_plain, set_value)
 from .read_cache import ReadCache
-from ...storage.sqlite_writer import SqliteWriter, start_database
+from ...storage.sqlite_writer import SqliteWriter, run_on_commit, start_database
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
@@ -64,7 +65,9 @@ class StatePlugin(BasePlugin):
         self.known = KnownVersions()  # the writer thread's, passed to every write
         self.writer, reader_conn = start_database(
             self.path, settings.synchronous, create_schema, name="state",
-            deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all)
+            deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all,
+            on_commits=self._committed)
+        self.router = context.router
         self.reader = StateReader(reader_conn)
         self.cache = ReadCache(settings.read_cache_entries)
         log.info("state_database_open", path=str(self.path),
@@ -99,35 +102,51 @@ class StatePlugin(BasePlugin):
     @event_handler("state:set", returns=SetReply, timeout=WRITER_DEADLINE)
     def set(self, data: SetRequest, ctx):
         """Store a JSON value under (namespace, key); the reply comes after the commit."""
-        # The hot write: a plain handler returning an OwedReply, which the writer settles at the
-        # commit and which writes the reply right then. A coroutine here would cost a task per
-        # write on the event loop, a future a done-callback more (bench/RESULTS.md, "State").
+        # The hot write: a plain handler returning its owed reply (ctx.reply_later()), which the
+        # writer settles at the commit and which writes the reply right then. A coroutine here
+        # would cost a task per write on the event loop, a future a done-callback more
+        # (bench/RESULTS.md, "State"). The cache and `state:changed` follow the commit in
+        # `_committed`, one call per commit.
         namespace, key = data.get("namespace", GLOBAL), data["key"]
-        value_json, ttl_s, if_version = _dumps(data["value"]).decode(), data.get("ttl_s"), \
-            data.get("if_version")
+        ttl_s, if_version = data.get("ttl_s"), data.get("if_version")
+        value_json = _dumps(data["value"]).decode()
         expires_at = None if ttl_s is None else time.time() + ttl_s
-        cache, cache_key = self.cache, (namespace, key)
-
-        def committed(reply, error):  # on the loop at the commit, even if the request gave up
-            if error is not None:
-                cache.write_done(cache_key, None)
-                return
-            version = reply["version"]
-            cache.write_done(cache_key, (value_json, version, expires_at))
-            ctx.announce("state:changed", {"namespace": namespace, "key": key,
-                                           "version": version, "op": "set"})
         reply = ctx.reply_later()  # written when the writer settles it, after the commit
         if if_version is None and not self.audit_enabled:  # combinable with its group
             self.writer.submit(set_plain, self.known, namespace, key, value_json, expires_at,
-                               on_commit=committed, future=reply)
+                               future=reply)
         else:
             self.writer.submit(set_value, self.known, namespace, key, value_json, expires_at,
-                               if_version, self._audit_of(ctx), on_commit=committed,
-                               future=reply)
-        # Counted after the submit succeeded; `committed` cannot run before: it is called from
-        # the event loop, which is busy with this very line.
-        cache.write_queued(cache_key)
+                               if_version, self._audit_of(ctx), future=reply)
+        # Counted after the submit succeeded; the commit cannot be handled before: that happens
+        # on the event loop, which is busy with this very line.
+        self.cache.write_queued((namespace, key))
         return reply
+
+    def _committed(self, outcomes: list) -> None:
+        """The writer's `on_commits` hook, on the loop after each commit, before its replies:
+        the read cache and `state:changed` follow the commits, in commit order, even for
+        requests that gave up meanwhile. Sets are handled here inline; other writes by their
+        own on_commit callbacks."""
+        cache, changed = self.cache, []
+        for (op, args, reply, on_commit, _queued_at), result, error in outcomes:
+            if op is set_plain or op is set_value:
+                namespace, key, value_json, expires_at = _written(args)
+                if error is not None:
+                    cache.write_done((namespace, key), None)
+                    continue
+                version = result["version"]
+                cache.write_done((namespace, key), (value_json, version, expires_at))
+                changed.append((reply.correlation_id, {"namespace": namespace, "key": key,
+                                                       "version": version, "op": "set"}))
+                continue
+            if changed:  # announced first: `state:changed` keeps the commit order
+                self.router.announce_all("state:changed", changed, self)
+                changed = []
+            if on_commit is not None:
+                run_on_commit(on_commit, result, error)
+        if changed:
+            self.router.announce_all("state:changed", changed, self)
 
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
@@ -212,6 +231,8 @@ class StatePlugin(BasePlugin):
 
 
 _loads, _dumps = orjson.loads, orjson.dumps
+# (namespace, key, value_json, expires_at) of a set_plain or set_value write's args
+_written = itemgetter(1, 2, 3, 4)
 
 
 ksi_plugin = StatePlugin
