@@ -101,7 +101,7 @@ class SqliteWriter:
         """Queue `op(conn, *args)`; the future resolves after the commit that holds it.
 
         `future`: resolve this instead of a new asyncio future; anything with done(),
-        set_result() and set_exception() will do (the router's OwedReply).
+        set_result() and set_exception() will do (a request context owing its reply).
 
         `on_commit(result, error)` runs on the event loop when the outcome is known, just before
         the future is resolved, even if the caller cancelled the future meanwhile (the write
