@@ -256,6 +256,35 @@ def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def count_checkpoint_stalls(commits: int = 5000, writes: int = 16) -> None:
+    """COMMITs of 16 writes with SQLite's automatic checkpoint on (as the writer ran them until
+    session 6): the ones that also checkpointed stand out (why the writer now leaves checkpoints
+    to ksi_daemon/storage/wal_checkpointer.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from ksi_daemon.storage.sqlite_database import open_writer
+    from ksi_daemon.plugins.state.store import (KnownVersions, create_schema, encode_value,
+                                                set_plain_many)
+    workdir = Path(tempfile.mkdtemp(prefix="ksi-cs-", dir=Path(__file__).resolve().parent))
+    try:
+        conn = open_writer(workdir / "state.db", "NORMAL", create_schema)
+        known, took = KnownVersions(), []
+        for n in range(commits):
+            conn.execute("BEGIN IMMEDIATE")
+            set_plain_many(conn, [(known, "bench", f"bench-{key}", encode_value({"n": n}), None)
+                                  for key in range(writes)])
+            started = time.perf_counter()
+            conn.execute("COMMIT")
+            took.append(time.perf_counter() - started)
+        conn.close()
+        slow = [t for t in took if t > 0.001]
+        print(f"{commits} COMMITs of {writes} writes (synchronous=NORMAL, automatic checkpoint): "
+              f"all {sum(took) * 1e3:.0f} ms, median {statistics.median(took) * 1e6:.0f} µs; "
+              f"{len(slow)} over 1 ms took {sum(slow) * 1e3:.0f} ms: "
+              + ", ".join(f"{t * 1e3:.1f}" for t in slow[:10]) + " ms")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # ---- the orchestrator ---------------------------------------------------------------------------
 
 def pinned_to(cpu: int | None):
@@ -333,6 +362,8 @@ def main(argv=None) -> int:
                         help="only compare point reads inline and in a thread, then exit")
     parser.add_argument("--commit-cost", action="store_true",
                         help="only time fsync and 16-write commits (FULL, NORMAL), then exit")
+    parser.add_argument("--checkpoint-stalls", action="store_true",
+                        help="only time 5000 COMMITs with SQLite's automatic checkpoint, then exit")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
     parser.add_argument("--daemon-pid", type=int, help=argparse.SUPPRESS)
@@ -344,6 +375,9 @@ def main(argv=None) -> int:
         return 0
     if args.commit_cost:
         compare_commit_cost()
+        return 0
+    if args.checkpoint_stalls:
+        count_checkpoint_stalls()
         return 0
 
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2

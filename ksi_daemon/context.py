@@ -21,7 +21,7 @@ class Context:
     request (the state plugin's writes: bench/RESULTS.md, "State").
     """
     __slots__ = ("router", "event", "correlation_id", "connection", "plugin",
-                 "handler", "data", "started", "future", "settled")
+                 "handler", "data", "started", "future")
 
     def __init__(self, router: Router, event: str, correlation_id: str | None, connection,
                  plugin=None):
@@ -45,7 +45,6 @@ class Context:
         """For a sync handler that answers later: return this, then settle it once."""
         # (the owed reply's slots are set here, not in __init__: most requests never owe one)
         self.handler = self.future = None
-        self.settled = False
         return self
 
     @property
@@ -70,27 +69,24 @@ class Context:
         return self.future
 
     def done(self) -> bool:
-        return self.settled
+        future = self.future
+        return self.handler is None and (future is None or future.done())
 
     def set_exception(self, exc: BaseException) -> None:
         self.set_result(None, exc)
 
     def set_result(self, result: Any, exc: BaseException | None = None) -> None:
         """Settle with `result`, or with the error `exc` (one body: this is the hot path)."""
-        if self.settled:
-            return
-        self.settled = True
-        future = self.future
-        if future is not None:  # awaited as a future (emit, the middleware path)
-            if not future.done():
+        handler = self.handler
+        if handler is None:  # awaited as a future (emit, middleware), settled, or never owed
+            future = self.future  # (never owed: its handler raised, and that was the reply)
+            if future is not None and not future.done():
                 if exc is None:
                     future.set_result(result)
                 else:
                     future.set_exception(exc)
             return
-        handler = self.handler
-        if handler is None:  # settled while its handler ran, which then raised
-            return
+        self.handler = None  # settled: a second settle finds no handler
         router, conn = self.router, self.connection
         router.owed.discard(self)
         if exc is None:

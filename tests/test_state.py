@@ -451,6 +451,42 @@ def test_a_rolled_back_group_leaves_no_remembered_version(tmp_path):
         [('"second"', 2)]
 
 
+def test_the_checkpointer_keeps_the_wal_bounded_without_the_writer_checkpointing(tmp_path):
+    """SQLite's automatic checkpoint is off on the writer's connection (it ran inside a COMMIT,
+    stalling every queued write); the writer's checkpointer thread checkpoints instead, so the
+    WAL is reused instead of growing with every commit."""
+    import asyncio
+
+    from ksi_daemon.plugins.state.store import KnownVersions, create_schema, set_plain
+    from ksi_daemon.storage.sqlite_writer import start_database
+    from ksi_daemon.storage.wal_checkpointer import CHECKPOINT_EVERY_COMMITS
+
+    commits = 3 * CHECKPOINT_EVERY_COMMITS
+    wal = tmp_path / "state.db-wal"
+
+    async def one_commit_each():
+        known = KnownVersions()
+        writer, reader = start_database(tmp_path / "state.db", "NORMAL", create_schema,
+                                        name="state", deadline_s=10,
+                                        after_rollback=known.forget_all)
+        try:
+            assert writer.checkpointer is not None
+            largest_wal = 0
+            for n in range(commits):  # awaited one by one: one commit each
+                await writer.submit(set_plain, known, "ns", f"k{n % 50}", f'"{n}"', None)
+                largest_wal = max(largest_wal, wal.stat().st_size)
+            return largest_wal, writer.checkpointer.checkpoints
+        finally:
+            await writer.stop()
+            reader.close()
+
+    largest_wal, checkpoints = asyncio.run(one_commit_each())
+    assert checkpoints >= 2
+    # Each commit appends at least one 4 KiB page: unchecked, the WAL would reach 6 MB.
+    assert largest_wal < 0.75 * commits * 4096
+    assert query(str(tmp_path / "state.db"), "SELECT count(*) FROM state") == [(50,)]
+
+
 def test_sigterm_answers_writes_in_flight_and_keeps_the_acknowledged(daemon_factory):
     """A stop while writes are queued: every request the daemon read gets one reply (its commit,
     or `unavailable` once the daemon stopped taking requests), and every acknowledged write is

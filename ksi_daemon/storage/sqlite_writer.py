@@ -27,6 +27,7 @@ from typing import Any, Callable
 import structlog
 
 from ..protocol import TIMEOUT, UNAVAILABLE, KSIError
+from .wal_checkpointer import WalCheckpointer
 
 log = structlog.get_logger("ksi.sqlite_writer")
 
@@ -72,6 +73,8 @@ class SqliteWriter:
         # it must call itself: an owner whose writes are mostly alike handles them in one pass
         # (the state plugin's sets) rather than with a callback each.
         self.on_commits = on_commits
+        self.checkpointer = WalCheckpointer(conn, name) if WalCheckpointer.wanted_for(conn) \
+            else None
         self.max_batch = max_batch
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
@@ -93,6 +96,8 @@ class SqliteWriter:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self._thread.start()
 
     def submit(self, op: Callable[..., Any], *args,
@@ -170,11 +175,8 @@ class SqliteWriter:
         try:
             while not stop:
                 stop = wake.get() is _STOP
-                while True:  # one pass serves every token that piled up meanwhile
-                    try:
-                        stop = wake.get_nowait() is _STOP or stop
-                    except queue.Empty:
-                        break
+                while not wake.empty():  # one pass serves every token that piled up meanwhile
+                    stop = wake.get_nowait() is _STOP or stop
                 if not stop and self._commit_s >= GATHER_ABOVE_S and self._last_batch > 1:
                     stop = self._gather()
                 # Everything queued before a stop was appended before its token: none is lost.
@@ -184,6 +186,8 @@ class SqliteWriter:
                     self._committing = batch
                     self._commit_batch(batch)
         finally:
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
             self.conn.close()
             # How well commits were shared (bench/state_bench.py reads this line).
             log.info("database_writer_stopped", writer=self._thread.name, commits=self.commits,
@@ -227,6 +231,8 @@ class SqliteWriter:
         self._last_batch = len(batch)
         # One wake-up of the event loop per batch, not one per write.
         self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
+        if self.checkpointer is not None:  # after the replies were handed over
+            self.checkpointer.committed(self.conn)
 
     def _resolve_all(self, outcomes: list) -> None:
         """On the event loop: first the commit callbacks (or the owner's `on_commits` hook), so
