@@ -13,6 +13,9 @@ kernel, cache misses, waiting. Wall-clock speed on this machine moves by tens of
 a second; this count moves by about 1–2 % between runs (thread interleaving changes the group
 sizes), so a change of a few percent in a request's work shows here when end-to-end runs
 cannot resolve it. Needs valgrind (apt-get install valgrind); takes about a minute per event.
+A valgrind run of this threaded daemon sometimes stalls with every thread waiting (seen in
+sessions 5 and 6, also with `--fair-sched=yes`; not under plain Python): each run is stopped
+after 10 minutes with an error. Run it again.
 """
 from __future__ import annotations
 
@@ -75,7 +78,7 @@ def instructions_of(event: str, count: int) -> int:
     output = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
          sys.executable, __file__, "--run", event, "--count", str(count)],
-        capture_output=True, text=True, env=env, check=True).stderr
+        capture_output=True, text=True, env=env, check=True, timeout=600).stderr
     return int(re.search(r"I\s+refs:\s+([\d,]+)", output).group(1).replace(",", ""))
 
 

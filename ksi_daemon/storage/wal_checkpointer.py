@@ -2,9 +2,9 @@
 
 SQLite's automatic checkpoint runs inside the COMMIT that crosses its threshold (1000 WAL pages):
 the writer thread, and every write queued behind it, waits for it. Under steady writes that was
-a stall of 15–20 ms about every thousand commits, most of it the fsync of the pages the WAL had
-accumulated (bench/RESULTS.md, "State", session 6). Here the writer turns the automatic
-checkpoint off, and a checkpoint is done in two steps:
+a stall of 11–18 ms about every thousand commits (bench/RESULTS.md, "State", session 6): a
+checkpoint fsyncs the WAL, where pages have piled up since the last one, then the database.
+Here the writer turns the automatic checkpoint off, and a checkpoint is done in two steps:
 
 1. the checkpointer thread runs `PRAGMA wal_checkpoint(PASSIVE)`, which waits for nobody: it
    fsyncs the WAL and copies its pages into the database while the writer goes on committing;
