@@ -73,8 +73,7 @@ class SqliteWriter:
         # it must call itself: an owner whose writes are mostly alike handles them in one pass
         # (the state plugin's sets) rather than with a callback each.
         self.on_commits = on_commits
-        self.checkpointer = WalCheckpointer(conn, name) if WalCheckpointer.wanted_for(conn) \
-            else None
+        self.checkpointer = WalCheckpointer.for_writer(conn, name)
         self.max_batch = max_batch
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0

@@ -32,24 +32,25 @@ CHECKPOINT_AT_LEAST_EVERY_S = 1.0  # bounds the WAL when a few commits are large
 
 
 class WalCheckpointer:
-    def __init__(self, writer_conn: sqlite3.Connection, name: str):
-        path = writer_conn.execute("PRAGMA database_list").fetchone()[2]
+    def __init__(self, writer_conn: sqlite3.Connection, path: str, name: str):
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
         self.checkpoints = 0
-        self._commits = 0  # since the last checkpoint; counted by the writer thread only
+        self._commits = 0  # since the last checkpoint: counted by the writer, reset by either
         self._copied = False  # step 1 is done: the writer's next commit does step 2
         self._due = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-checkpointer",
                                         daemon=True)
 
-    @staticmethod
-    def wanted_for(conn: sqlite3.Connection) -> bool:
-        """Only a database in a file, in WAL mode, has a WAL to checkpoint."""
-        in_file = bool(conn.execute("PRAGMA database_list").fetchone()[2])
-        return in_file and conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    @classmethod
+    def for_writer(cls, writer_conn: sqlite3.Connection, name: str) -> WalCheckpointer | None:
+        """A checkpointer for the writer's database, or None when it has no WAL (in memory, or
+        not in WAL mode)."""
+        path = writer_conn.execute("PRAGMA database_list").fetchone()[2]
+        wal = writer_conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        return cls(writer_conn, path, name) if path and wal else None
 
     def start(self) -> None:
         self._thread.start()
