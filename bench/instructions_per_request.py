@@ -36,20 +36,11 @@ sys.path.insert(0, str(BENCH_DIR))
 
 async def run_requests(event: str, count: int) -> None:
     """Answer exactly `count` requests of `event` with the in-process daemon, then return."""
-    from ksi_daemon.config import load_config
-    from ksi_daemon.daemon import Daemon
-    from ksi_daemon.logging_setup import configure_logging
-    from state_inprocess import LoopedConnection
+    from state_inprocess import LoopedConnection, start_daemon_in
 
     var_dir = Path(tempfile.mkdtemp(prefix="ksi-ipr-"))
     try:
-        configure_logging(var_dir / "logs", "WARNING", console=False)
-        (var_dir / "daemon.json").write_bytes(b"{}")
-        config, _warnings = load_config(str(var_dir / "daemon.json"),
-                                        {"var_dir": str(var_dir)}, environ={})
-        daemon = Daemon(config)
-        daemon.plugins.load_all()
-        await daemon.plugins.start_all()
+        daemon = await start_daemon_in(var_dir)
         finished = asyncio.get_running_loop().create_future()
         replies = [0, True]
 

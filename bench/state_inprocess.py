@@ -57,19 +57,25 @@ class LoopedConnection:
         self.pending -= 1
 
 
-async def measure(rounds: int, seconds: float) -> dict:
+async def start_daemon_in(var_dir: Path):
+    """The daemon's router and plugins, started in this process with the default config."""
     from ksi_daemon.config import load_config
     from ksi_daemon.daemon import Daemon
     from ksi_daemon.logging_setup import configure_logging
+    configure_logging(var_dir / "logs", "WARNING", console=False)
+    (var_dir / "daemon.json").write_bytes(b"{}")
+    config, _warnings = load_config(str(var_dir / "daemon.json"), {"var_dir": str(var_dir)},
+                                    environ={})
+    daemon = Daemon(config)
+    daemon.plugins.load_all()
+    await daemon.plugins.start_all()
+    return daemon
+
+
+async def measure(rounds: int, seconds: float) -> dict:
     var_dir = Path(tempfile.mkdtemp(prefix="ksi-sip-"))
     try:
-        configure_logging(var_dir / "logs", "WARNING", console=False)
-        (var_dir / "daemon.json").write_bytes(b"{}")
-        config, _warnings = load_config(str(var_dir / "daemon.json"), {"var_dir": str(var_dir)},
-                                        environ={})
-        daemon = Daemon(config)
-        daemon.plugins.load_all()
-        await daemon.plugins.start_all()
+        daemon = await start_daemon_in(var_dir)
         results: dict[str, list] = {event: [] for event in EVENTS}
         try:
             for _ in range(rounds):
