@@ -128,6 +128,15 @@ class StatePlugin(BasePlugin):
         the read cache and `state:changed` follow the commits, in commit order, even for
         requests that gave up meanwhile. Sets are handled here inline; other writes by their
         own on_commit callbacks."""
+        try:
+            self._follow_commit(outcomes)
+        except BaseException:
+            # A write whose cache entry was not updated could be read back stale: drop them all
+            # (the writer logs the error and still answers every write).
+            self.cache.forget_all()
+            raise
+
+    def _follow_commit(self, outcomes: list) -> None:
         cache, changed = self.cache, []
         for (op, args, reply, on_commit, _queued_at), result, error in outcomes:
             if op is set_plain or op is set_value:
