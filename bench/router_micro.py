@@ -2,7 +2,7 @@
 
     python bench/router_micro.py [--events 100000 --rounds 5]
 
-A real `ksi_daemon.router.Router` with one trivial sync handler and a fake connection, called
+A real `ksi_daemon.core.router.Router` with one trivial sync handler and a fake connection, called
 inside a running uvloop loop: parse, dispatch, handler, reply encoding, stats, history -- the
 daemon's whole per-request work except the socket. The baseline, measured in the same run, is
 the least any daemon does per request: `orjson.loads(line)` plus `orjson.dumps(reply)`.
@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 import uvloop
 
-from ksi_daemon.router import Handler, Router
+from ksi_daemon.core.router import Handler, Router
 
 EVENT = "bench:noop"
 CACHED_EVENT = "bench:health_cached"

@@ -20,7 +20,7 @@ import structlog
 
 from . import __version__
 from .plugin_manager import PluginManager
-from .router import Router
+from .core.router import Router
 
 log = structlog.get_logger("ksi.daemon")
 LEFTOVER_GRACE_S = 1.0

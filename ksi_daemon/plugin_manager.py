@@ -28,7 +28,7 @@ from .event_system import handler_specs, is_schema
 from .plugin_types import PluginCapabilities, PluginMetadata
 from .plugin_base import BasePlugin
 from .event_system import call_hook
-from .router import Handler, Router
+from .core.router import Handler, Router
 
 ENTRY_POINT_GROUP = "ksi.plugins"
 # Used when the package is run from a source tree without being installed (no entry points).

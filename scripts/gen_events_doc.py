@@ -32,7 +32,7 @@ from ksi_daemon.config import load_config  # noqa: E402
 from ksi_daemon.event_system import handler_specs  # noqa: E402
 from ksi_daemon.plugin_manager import PluginManager  # noqa: E402
 from ksi_daemon.plugins.system.schemas import describe_events  # noqa: E402
-from ksi_daemon.router import Router  # noqa: E402
+from ksi_daemon.core.router import Router  # noqa: E402
 
 HEADER = """\
 # KSI event catalog

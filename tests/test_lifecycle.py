@@ -165,7 +165,7 @@ def test_background_start_returns_once_healthy(workdir):
 
 
 def test_router_stays_under_500_lines():
-    lines = (ROOT / "ksi_daemon" / "router.py").read_text().count("\n")
+    lines = (ROOT / "ksi_daemon" / "core" / "router.py").read_text().count("\n")
     assert lines < 500, f"router.py has {lines} lines"
 
 

@@ -25,7 +25,8 @@ import structlog
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
-from ...protocol import UNAVAILABLE, VALIDATION_ERROR, KSIError, encode_push
+from ...core.protocol import encode_push
+from ...protocol import UNAVAILABLE, VALIDATION_ERROR, KSIError
 from ...storage.sqlite_database import DatabaseUnusable, open_writer
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from .agents import AgentInboxes

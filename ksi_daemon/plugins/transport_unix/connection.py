@@ -12,7 +12,7 @@ import struct
 
 import structlog
 
-from ...protocol import FORBIDDEN, PAYLOAD_TOO_LARGE, KSIError, encode_error
+from ...core.protocol import FORBIDDEN, PAYLOAD_TOO_LARGE, KSIError, encode_error
 
 log = structlog.get_logger("ksi.transport.unix")
 _ids = itertools.count(1)

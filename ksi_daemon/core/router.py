@@ -26,7 +26,7 @@ import pydantic
 import structlog
 
 from .event_stats import EventStats, percentiles_ms
-from .event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
+from ..event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
 from .context import Context
 from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
                        KSIError, as_reply_data, encode_error, encode_push, encode_reply,
