@@ -1,7 +1,8 @@
 """Import litellm in a background thread so the socket answers at once.
 
 litellm takes seconds and a lot of memory to import. The plugin starts this loader when the daemon
-is ready; requests that arrive earlier wait for `ready()` instead of failing.
+is ready (unless `plugins.completion.warm_up` is false: then the first request that needs litellm
+starts it); requests that arrive earlier wait for `ready()` instead of failing.
 """
 from __future__ import annotations
 
@@ -34,12 +35,16 @@ class LiteLLMLoader:
         return self.module is not None
 
     def start(self) -> None:
+        """Begin the import in a thread; a second call does nothing."""
+        if self._event is not None:
+            return
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
         threading.Thread(target=self._load, name="litellm-import", daemon=True).start()
 
     async def ready(self):
         """The litellm module, once imported; raises `unavailable` if the import failed."""
+        self.start()
         if self.module is None and self.error is None:
             await self._event.wait()
         if self.error is not None:

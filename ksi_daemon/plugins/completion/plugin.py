@@ -81,6 +81,7 @@ class CompletionPlugin(BasePlugin):
             extra_args=cli.get("extra_args"),
             sessions=claude_cli.ClaudeSessions(context.data_dir / "claude_sessions.json"))
         self.loader = LiteLLMLoader(self._providers, self.log)
+        self.warm_up = bool(own.get("warm_up", True))
         self.counts = {"completed": 0, "failed": 0, "cancelled": 0, "resumed": 0}
         self._resolved: dict[str, tuple[str, dict]] = {}
         journal = own.get("journal") or {}
@@ -97,7 +98,8 @@ class CompletionPlugin(BasePlugin):
 
     @hookimpl
     def ksi_ready(self, context):
-        self.loader.start()
+        if self.warm_up:  # off: litellm is imported by the first call that needs it
+            self.loader.start()
         for job in self._to_resume:
             self._push(job, "completion:progress", self._progress(job, "queued"))
             self.scheduler.submit(job)
