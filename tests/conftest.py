@@ -1,4 +1,14 @@
-"""Fixtures that run the real daemon as a subprocess and talk to it over its real socket."""
+"""Fixtures that run the real daemon, as a subprocess over its real socket or in this process.
+
+`daemon` / `daemon_factory`: a `DaemonProcess` (a subprocess, talked to over its socket), for
+what only a process or a socket shows. `inprocess_daemon` / `inprocess_factory`: a
+`ThreadedDaemon` (tests/inprocess.py: the same plugins in this process, in-memory connections),
+with the same client interface, for the router's and the plugins' logic.
+
+Every daemon a test starts has `plugins.completion.warm_up: false` unless its config says
+otherwise: litellm (seconds of CPU and ~120 MB) is imported by the first completion, not by
+every daemon. A test about the warm-up itself sets it.
+"""
 from __future__ import annotations
 
 import os
@@ -10,15 +20,29 @@ import sys
 import tempfile
 from pathlib import Path
 
-import orjson
-import pytest
-
-from ksi_daemon.launcher import wait_until_healthy
-
-ROOT = Path(__file__).resolve().parent.parent
+# Before anything can import litellm: no price-list download, no telemetry, no hub lookups.
 TEST_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
             "HF_HUB_OFFLINE": "1"}
 os.environ.update(TEST_ENV)
+
+import orjson  # noqa: E402
+import pytest  # noqa: E402
+
+from ksi_daemon.launcher import wait_until_healthy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CONFIG = {"plugins": {"completion": {"warm_up": False}}}
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """`override` over `base`, dicts merged key by key (as a config section is)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def data_of(reply: dict) -> dict:
@@ -87,7 +111,7 @@ class DaemonProcess:
         self.var_dir = workdir / "var"
         self.socket_path = self.var_dir / "run" / "daemon.sock"
         self.config_path = workdir / "daemon.json"
-        self.config_path.write_bytes(orjson.dumps(config or {}))
+        self.config_path.write_bytes(orjson.dumps(merge_config(TEST_CONFIG, config or {})))
         self.env = {**os.environ, **TEST_ENV, "HOME": str(workdir), "KSI_VAR_DIR": str(self.var_dir),
                     "PYTHONPATH": str(ROOT), **(env or {})}
         self.env.pop("KSI_SOCKET_PATH", None)
@@ -161,3 +185,37 @@ def daemon_factory(workdir):
 @pytest.fixture
 def daemon(daemon_factory) -> DaemonProcess:
     return daemon_factory()
+
+
+@pytest.fixture
+def inprocess_factory(workdir):
+    """Start ThreadedDaemons (the daemon in this process); all are stopped after the test."""
+    from inprocess import ThreadedDaemon
+    started: list[ThreadedDaemon] = []
+
+    def start(config: dict | None = None, subdir: str | None = None) -> ThreadedDaemon:
+        directory = workdir / subdir if subdir else workdir
+        directory.mkdir(exist_ok=True)
+        daemon = ThreadedDaemon(directory, config)
+        started.append(daemon)
+        return daemon.start()
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def inprocess_daemon(inprocess_factory):
+    return inprocess_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_inprocess_daemon():
+    """One in-process daemon for a module whose tests do not interfere (namespaced keys, ...)."""
+    from inprocess import ThreadedDaemon
+    path = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
+    daemon = ThreadedDaemon(path).start()
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(path, ignore_errors=True)
