@@ -1,0 +1,335 @@
+"""The real daemon inside the test process: no subprocess, and no socket unless a test wants one.
+
+`InProcessDaemon` starts what `ksi_daemon.daemon.Daemon` starts (the config loaded the same way,
+the real PluginManager with the built-in plugins and any plugin dirs, each plugin's SQLite
+files under a temporary var dir) in the running event loop, and serves `MemoryConnection`s:
+lines handed straight to the router, replies and pushes kept in memory. An async test awaits it
+in its own loop:
+
+    async with InProcessDaemon(tmp_path) as daemon:
+        async with daemon.connect() as client:
+            reply = await client.request("system:health")
+
+`ThreadedDaemon` runs the same daemon on a loop in a background thread, for the (sync) tests
+written against `conftest.DaemonProcess`: `client()` returns a `MemoryLineClient` with
+`LineClient`'s methods (`send`, `send_raw`, `recv`, `recv_reply`, `request`), so a test moves
+here by changing its fixture, not its body. With the Unix transport enabled (the default)
+`socket_client()` still opens a real socket to the same daemon.
+
+What only a process or a socket can show (signals, exit codes, kill -9, socket modes and peer
+credentials, framing of oversized lines, back-pressure, the client library, the interfaces)
+stays on `DaemonProcess`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+
+import orjson
+
+from conftest import TEST_CONFIG, LineClient, merge_config
+
+try:  # the core's own in-memory connection, once it has one
+    from ksi_daemon.core.connection import MemoryConnection as _CoreMemoryConnection
+except ImportError:  # pragma: no cover - older core
+    _CoreMemoryConnection = None
+
+
+class _NoTransport:
+    """What `system:metrics` asks of a connection's transport: nothing is ever buffered."""
+
+    @staticmethod
+    def get_write_buffer_size() -> int:
+        return 0
+
+
+class MemoryConnection:
+    """A client connection without a transport: lines in by `feed`, lines out to `deliver`.
+
+    Framing as the Unix transport does it for lines under the size limit: split on newlines,
+    blank lines ignored, a partial line kept until its newline arrives.
+    """
+    _count = 0
+
+    def __init__(self, router, deliver, peer_uid: int | None = None,
+                 peer_pid: int | None = None):
+        MemoryConnection._count += 1
+        self.id = f"memory:{MemoryConnection._count}"
+        self.router, self.deliver = router, deliver
+        self.peer_uid = os.getuid() if peer_uid is None else peer_uid
+        self.peer_pid = os.getpid() if peer_pid is None else peer_pid
+        self.transport = _NoTransport()
+        self.closed = False
+        self.pending = 0
+        self.pushes_dropped = 0
+        self._buffer = b""
+        router.connections.add(self)
+
+    def feed(self, data: bytes) -> None:
+        if self.closed:
+            return
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            if line and not line.isspace():
+                self.router.handle_line(line, self)
+
+    def send(self, line: bytes) -> None:
+        if not self.closed:
+            self.deliver(line)
+
+    def push(self, line: bytes) -> None:
+        self.send(line)
+
+    def request_done(self, _task=None) -> None:
+        self.pending -= 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.router.connection_closed(self)
+
+
+def _split_lines(chunk: bytes) -> list[bytes]:
+    return [line for line in chunk.split(b"\n") if line]
+
+
+class AsyncMemoryClient:
+    """An async client on a MemoryConnection, in the daemon's own loop."""
+
+    def __init__(self, router):
+        self._lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self.connection = MemoryConnection(router, self._deliver)
+
+    def _deliver(self, chunk: bytes) -> None:
+        for line in _split_lines(chunk):
+            self._lines.put_nowait(line)
+
+    def send_raw(self, payload: bytes) -> None:
+        self.connection.feed(payload)
+
+    def send(self, event: str, data: dict | None = None, **envelope) -> None:
+        message = {"event": event, **envelope}
+        if data is not None:
+            message["data"] = data
+        self.send_raw(orjson.dumps(message) + b"\n")
+
+    async def recv(self, timeout: float = 10.0) -> dict:
+        return orjson.loads(await asyncio.wait_for(self._lines.get(), timeout))
+
+    async def recv_reply(self, timeout: float = 10.0) -> dict:
+        while True:
+            message = await self.recv(timeout)
+            if message["type"] == "reply":
+                return message
+
+    async def request(self, event: str, data: dict | None = None, **envelope) -> dict:
+        self.send(event, data, **envelope)
+        return await self.recv_reply()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+
+
+class InProcessDaemon:
+    """The daemon's plugins and router, started in the running event loop."""
+
+    def __init__(self, workdir: Path, config: dict | None = None):
+        self.workdir = Path(workdir)
+        self.var_dir = self.workdir / "var"
+        self.socket_path = self.var_dir / "run" / "daemon.sock"
+        self.config_path = self.workdir / "daemon.json"
+        self.config_path.write_bytes(orjson.dumps(merge_config(TEST_CONFIG, config or {})))
+        self.daemon = None
+
+    @property
+    def router(self):
+        return self.daemon.router
+
+    @property
+    def plugins(self):
+        return self.daemon.plugins
+
+    async def start(self) -> "InProcessDaemon":
+        from ksi_daemon.config import load_config
+        from ksi_daemon.daemon import Daemon, prepare_run_dir
+        from ksi_daemon.logging_setup import configure_logging
+        config, _warnings = load_config(str(self.config_path), {"var_dir": str(self.var_dir)},
+                                        environ={})
+        settings = config["daemon"]
+        self.log_file = configure_logging(Path(settings["var_dir"]) / "logs",
+                                          settings.get("log_level", "INFO"), console=False)
+        prepare_run_dir(settings["socket_path"])
+        self.daemon = Daemon(config)
+        self.daemon.plugins.load_all()
+        await self.daemon.plugins.start_all()
+        await self.daemon.plugins.ready_all()
+        return self
+
+    async def stop(self) -> None:
+        """Daemon.run's shutdown: refuse new work, let plugins stop, drain, shut down."""
+        import time
+        daemon = self.daemon
+        if daemon is None:
+            return
+        self.daemon = None
+        daemon.shutdown_deadline = time.monotonic() + daemon.shutdown_timeout
+        daemon.router.accepting = False
+        await daemon.plugins.stopping_all()
+        await daemon.router.drain(max(0.0, daemon.shutdown_deadline - time.monotonic()))
+        await daemon.plugins.shutdown_all()
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) ==
+                        str(self.log_file)]:
+            root.removeHandler(handler)
+            handler.close()
+
+    def read_log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def connect(self) -> AsyncMemoryClient:
+        return AsyncMemoryClient(self.router)
+
+    async def __aenter__(self):
+        return await self.start()
+
+    async def __aexit__(self, *exc):
+        await self.stop()
+
+
+class MemoryLineClient:
+    """`conftest.LineClient`'s interface on a MemoryConnection of a daemon in another thread."""
+
+    def __init__(self, owner: "ThreadedDaemon", timeout: float = 10.0):
+        self.owner, self.timeout = owner, timeout
+        self._lines: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.connection = owner.call(self._open)
+
+    def _open(self) -> MemoryConnection:
+        return MemoryConnection(self.owner.router, self._deliver)
+
+    def _deliver(self, chunk: bytes) -> None:
+        for line in _split_lines(chunk):
+            self._lines.put(line)
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def send_raw(self, payload: bytes) -> None:
+        self.owner.loop.call_soon_threadsafe(self.connection.feed, payload)
+
+    def send(self, event: str, data: dict | None = None, **envelope) -> None:
+        message = {"event": event, **envelope}
+        if data is not None:
+            message["data"] = data
+        self.send_raw(orjson.dumps(message) + b"\n")
+
+    def recv(self) -> dict:
+        try:
+            return orjson.loads(self._lines.get(timeout=self.timeout))
+        except queue.Empty:
+            raise TimeoutError(f"nothing received in {self.timeout} s") from None
+
+    def recv_reply(self) -> dict:
+        while True:
+            message = self.recv()
+            if message["type"] == "reply":
+                return message
+
+    def request(self, event: str, data: dict | None = None, **envelope) -> dict:
+        self.send(event, data, **envelope)
+        return self.recv_reply()
+
+    def close(self) -> None:
+        if not self.owner.loop.is_closed():
+            self.owner.loop.call_soon_threadsafe(self.connection.close)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _ThisProcess:
+    """Stands in for `DaemonProcess.proc` where a test asks the daemon's pid."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+
+
+class ThreadedDaemon:
+    """An InProcessDaemon on its own event loop in a background thread, for sync tests."""
+
+    def __init__(self, workdir: Path, config: dict | None = None):
+        self.workdir = Path(workdir)
+        self.inner = InProcessDaemon(self.workdir, config)
+        self.var_dir, self.socket_path = self.inner.var_dir, self.inner.socket_path
+        self.proc = _ThisProcess()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def router(self):
+        return self.inner.router
+
+    @property
+    def plugins(self):
+        return self.inner.plugins
+
+    def start(self) -> "ThreadedDaemon":
+        import uvloop
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="ksi-inprocess",
+                                        daemon=True)
+        self._thread.start()
+        self.run(self.inner.start(), timeout=30)
+        return self
+
+    def run(self, coroutine, timeout: float = 30.0):
+        """Run a coroutine on the daemon's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def call(self, function, *args):
+        """Call a plain function on the daemon's loop and return its result."""
+        async def call():
+            return function(*args)
+        return self.run(call())
+
+    def client(self, timeout: float = 10.0) -> MemoryLineClient:
+        return MemoryLineClient(self, timeout)
+
+    def socket_client(self, timeout: float = 10.0) -> LineClient:
+        return LineClient(self.socket_path, timeout)
+
+    def request(self, event: str, data: dict | None = None) -> dict:
+        with self.client() as client:
+            return client.request(event, data)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.loop is None or self.loop.is_closed():
+            return
+        try:
+            self.run(self.inner.stop(), timeout=timeout)
+            self.run(self._cancel_leftovers(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+    @staticmethod
+    async def _cancel_leftovers() -> None:
+        leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=1.0)
