@@ -53,7 +53,10 @@ class LoopedConnection:
     def push(self, line: bytes) -> None:
         pass
 
-    def request_done(self, _task=None) -> None:
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
         self.pending -= 1
 
 

@@ -61,7 +61,7 @@ class Context:
         """Called by the router when a request's handler returned `reply_later()`."""
         self.handler, self.data, self.started = handler, data, started
         self.router.owed.add(self)
-        self.connection.pending += 1  # the reply is owed even after the client's EOF
+        self.connection.reply_owed()  # the reply is owed even after the client's EOF
 
     def as_future(self) -> asyncio.Future:
         """For the callers that await the handler (emit, the middleware path)."""
@@ -96,4 +96,4 @@ class Context:
             conn.send(router.error_reply(handler, self.event, self.correlation_id, exc))
         router.after_reply(handler.stats, self.event, self.data, self.correlation_id, conn,
                            self.started, exc is None)
-        conn.request_done()
+        conn.reply_done()

@@ -155,9 +155,9 @@ class Router:
                 line = self.error_reply(handler, event, cid, timed_out or exc)
             conn.send(line)
             self.after_reply(handler.stats, event, data, cid, conn, started, ok)
-            conn.request_done()
+            conn.reply_done()
         self.in_flight.add(future)
-        conn.pending += 1  # as in _spawn: the reply is owed even after the client's EOF
+        conn.reply_owed()  # as in _spawn: the reply is owed even after the client's EOF
         future.add_done_callback(reply)
 
     def _deadline_of(self, handler: Handler) -> float | None:
@@ -376,6 +376,9 @@ class Router:
         self._match_cache.clear()
         return list(active)
 
+    def connection_opened(self, conn) -> None:
+        self.connections.add(conn)
+
     def connection_closed(self, conn) -> None:
         self.connections.discard(conn)
         if self._subscriptions.pop(conn, None) is not None:
@@ -405,8 +408,8 @@ class Router:
         task = asyncio.get_running_loop().create_task(coro)
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
-        conn.pending += 1  # the connection stays open for this reply even after the client's EOF
-        task.add_done_callback(conn.request_done)
+        conn.reply_owed()  # the connection stays open for this reply even after the client's EOF
+        task.add_done_callback(conn.reply_done)
 
     async def drain(self, deadline_s: float) -> int:
         """Stop taking requests, wait for in-flight ones, cancel what is left at the deadline;

@@ -85,8 +85,7 @@ class SystemPlugin(BasePlugin):
         figures = self.router.metrics()
         figures["queues"] = {
             "in_flight_requests": figures.pop("in_flight"),
-            "output_buffered_bytes": sum(c.transport.get_write_buffer_size()
-                                         for c in self.router.connections if not c.closed),
+            "output_buffered_bytes": sum(c.buffered_bytes() for c in self.router.connections),
             "pushes_dropped": sum(c.pushes_dropped for c in self.router.connections)}
         figures["rss_bytes"] = resident_memory()
         return figures

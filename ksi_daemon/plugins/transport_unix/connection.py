@@ -27,6 +27,8 @@ def peer_credentials(transport: asyncio.Transport) -> tuple[int, int, int]:
 
 
 class Connection(asyncio.Protocol):
+    """A Unix-socket client; implements `ksi_daemon.core.connection.Connection`."""
+
     def __init__(self, router, limits: dict, allowed_uids: set[int], registry: set):
         self.router, self.registry, self.allowed_uids = router, registry, allowed_uids
         self.max_line = limits["max_line_bytes"]
@@ -58,7 +60,7 @@ class Connection(asyncio.Protocol):
             return
         self.id = f"unix:{self.id[5:]}:pid{self.peer_pid}"
         self.registry.add(self)
-        self.router.connections.add(self)
+        self.router.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -105,12 +107,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # `nc -N` and friends half-close after sending: still owe them their replies.
         self._eof = True
-        return self.pending > 0  # True keeps the transport open until request_done closes it
-
-    def request_done(self, _task=None) -> None:
-        self.pending -= 1
-        if self._eof and self.pending == 0:
-            self.close()
+        return self.pending > 0  # True keeps the transport open until reply_done closes it
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it catches up.
@@ -147,6 +144,17 @@ class Connection(asyncio.Protocol):
                     self.grace_s, self._disconnect_if_still_slow)
             return
         self.send(line)
+
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
+        self.pending -= 1
+        if self._eof and self.pending == 0:
+            self.close()
+
+    def buffered_bytes(self) -> int:
+        return 0 if self.closed else self.transport.get_write_buffer_size()
 
     # ---- slow consumers and limits -----------------------------------------------------------
 
