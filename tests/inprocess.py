@@ -33,64 +33,33 @@ import orjson
 
 from conftest import TEST_CONFIG, LineClient, merge_config
 
-try:  # the core's own in-memory connection, once it has one
-    from ksi_daemon.core.connection import MemoryConnection as _CoreMemoryConnection
-except ImportError:  # pragma: no cover - older core
-    _CoreMemoryConnection = None
+from ksi_daemon.core.memory_connection import MemoryConnection
 
 
-class _NoTransport:
-    """What `system:metrics` asks of a connection's transport: nothing is ever buffered."""
-
-    @staticmethod
-    def get_write_buffer_size() -> int:
-        return 0
-
-
-class MemoryConnection:
-    """A client connection without a transport: lines in by `feed`, lines out to `deliver`.
+class FramedConnection(MemoryConnection):
+    """The core's MemoryConnection, fed bytes as a socket client writes them, each line it
+    receives also handed to `deliver` (the client's queue).
 
     Framing as the Unix transport does it for lines under the size limit: split on newlines,
     blank lines ignored, a partial line kept until its newline arrives.
     """
-    _count = 0
 
-    def __init__(self, router, deliver, peer_uid: int | None = None,
-                 peer_pid: int | None = None):
-        MemoryConnection._count += 1
-        self.id = f"memory:{MemoryConnection._count}"
-        self.router, self.deliver = router, deliver
-        self.peer_uid = os.getuid() if peer_uid is None else peer_uid
-        self.peer_pid = os.getpid() if peer_pid is None else peer_pid
-        self.transport = _NoTransport()
-        self.closed = False
-        self.pending = 0
-        self.pushes_dropped = 0
-        self._buffer = b""
-        router.connections.add(self)
+    def __init__(self, router, deliver, **peer):
+        self._partial, self.deliver = b"", deliver
+        super().__init__(router, **peer)
 
     def feed(self, data: bytes) -> None:
         if self.closed:
             return
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
             if line and not line.isspace():
-                self.router.handle_line(line, self)
+                self.send_line(line)
 
     def send(self, line: bytes) -> None:
         if not self.closed:
+            super().send(line)
             self.deliver(line)
-
-    def push(self, line: bytes) -> None:
-        self.send(line)
-
-    def request_done(self, _task=None) -> None:
-        self.pending -= 1
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.router.connection_closed(self)
 
 
 def _split_lines(chunk: bytes) -> list[bytes]:
@@ -102,7 +71,7 @@ class AsyncMemoryClient:
 
     def __init__(self, router):
         self._lines: asyncio.Queue[bytes] = asyncio.Queue()
-        self.connection = MemoryConnection(router, self._deliver)
+        self.connection = FramedConnection(router, self._deliver)
 
     def _deliver(self, chunk: bytes) -> None:
         for line in _split_lines(chunk):
@@ -197,7 +166,12 @@ class InProcessDaemon:
         return self.log_file.read_text(errors="replace")
 
     def connect(self) -> AsyncMemoryClient:
+        """A client reading its lines in order (`recv`, `request`), as over a socket."""
         return AsyncMemoryClient(self.router)
+
+    def memory_connection(self, **peer) -> MemoryConnection:
+        """The core's MemoryConnection (replies by correlation id: `ask`, `reply_to`)."""
+        return MemoryConnection(self.router, **peer)
 
     async def __aenter__(self):
         return await self.start()
@@ -214,8 +188,8 @@ class MemoryLineClient:
         self._lines: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.connection = owner.call(self._open)
 
-    def _open(self) -> MemoryConnection:
-        return MemoryConnection(self.owner.router, self._deliver)
+    def _open(self) -> FramedConnection:
+        return FramedConnection(self.owner.router, self._deliver)
 
     def _deliver(self, chunk: bytes) -> None:
         for line in _split_lines(chunk):
