@@ -177,8 +177,12 @@ async def test_pause_holds_new_events_and_clear_empties_the_stream(shared_daemon
         await pilot.press("p")
         assert stream_shows(app, "while-paused") and "PAUSED" not in title()
 
-        await other.emit("completion:request", {"prompt": "to be cleared"})
-        await wait_until(pilot, lambda: rows_of(app, "#completions"), "a completion")
+        result = await other.emit("completion:request", {"prompt": "to be cleared"})
+        # The last event the completion causes is the turn stored after its answer: cleared
+        # before it arrives, it would be drawn after the clear.
+        await wait_until(pilot, lambda: rows_of(app, "#completions").get(
+            result["request_id"], [""] * 4)[3] == "done" and stream_shows(
+                app, "conversation:append"), "the finished completion and its stored turn")
         await pilot.press("c")
         assert stream_lines(app) == [] and rows_of(app, "#completions") == {}
         await other.emit("state:set", {"key": "after-clear", "value": 3})
@@ -204,7 +208,9 @@ async def test_no_daemon_at_start_then_a_restart_under_the_monitor(workdir):
             assert await asyncio.to_thread(daemon.stop, signal.SIGTERM) == 0
             await wait_until(pilot, lambda: "the daemon went away" in status_of(app),
                              "that the daemon went away")
-            assert stream_shows(app, "lost the daemon")
+            # The status line changes at once, the stream at the next redraw (0.2 s later).
+            await wait_until(pilot, lambda: stream_shows(app, "lost the daemon"),
+                             "the lost daemon in the stream")
             assert "no daemon" in str(app.query_one("#metrics", Static).render())
             await pilot.pause(0.5)  # a few failed attempts to reconnect must not hurt
 
