@@ -26,6 +26,8 @@ import asyncio
 import logging
 import os
 import queue
+import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -138,6 +140,7 @@ class InProcessDaemon:
         self.log_file = configure_logging(Path(settings["var_dir"]) / "logs",
                                           settings.get("log_level", "INFO"), console=False)
         prepare_run_dir(settings["socket_path"])
+        _forget_earlier_daemons_model_providers()
         self.daemon = Daemon(config)
         self.daemon.plugins.load_all()
         await self.daemon.plugins.start_all()
@@ -178,6 +181,19 @@ class InProcessDaemon:
 
     async def __aexit__(self, *exc):
         await self.stop()
+
+
+def _forget_earlier_daemons_model_providers() -> None:
+    """litellm stays imported between daemons of one process, and its provider map with it:
+    drop the providers an earlier daemon registered (the claude-cli one holds that daemon's
+    runner and config), so this daemon's completion plugin registers its own."""
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return
+    from ksi_daemon.plugins.completion import claude_cli, offline_model
+    ours = {offline_model.PROVIDER, claude_cli.PROVIDER}
+    litellm.custom_provider_map[:] = [entry for entry in litellm.custom_provider_map
+                                      if entry["provider"] not in ours]
 
 
 class MemoryLineClient:
@@ -289,9 +305,13 @@ class ThreadedDaemon:
         with self.client() as client:
             return client.request(event, data)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """The daemon's graceful shutdown (what SIGTERM does); 0, the exit code it would give.
+        `start()` again is a restart on the same var dir. A kill -9 needs a DaemonProcess."""
+        if sig not in (signal.SIGTERM, signal.SIGINT):
+            raise ValueError("an in-process daemon stops only gracefully; use DaemonProcess")
         if self.loop is None or self.loop.is_closed():
-            return
+            return 0
         try:
             self.run(self.inner.stop(), timeout=timeout)
             self.run(self._cancel_leftovers(), timeout=5)
@@ -299,6 +319,7 @@ class ThreadedDaemon:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
+        return 0
 
     @staticmethod
     async def _cancel_leftovers() -> None:

@@ -1,4 +1,7 @@
-"""A plain (sync) handler may return an asyncio Future; the router replies when it resolves."""
+"""A plain (sync) handler may return an asyncio Future; the router replies when it resolves.
+
+The daemon runs in this process (tests/inprocess.py); the half-close test uses its real socket.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +12,8 @@ PLUGINS = Path(__file__).parent / "plugins"
 
 
 @pytest.fixture
-def daemon(daemon_factory):
-    return daemon_factory({"daemon": {"plugin_dirs": [str(PLUGINS / "futures")],
+def daemon(inprocess_factory):
+    return inprocess_factory({"daemon": {"plugin_dirs": [str(PLUGINS / "futures")],
                                       "event_timeout": 0.5}})
 
 
@@ -49,7 +52,7 @@ def test_emit_awaits_the_future_of_a_plain_handler(daemon):
 
 def test_a_half_closed_client_still_gets_the_futures_reply(daemon):
     import socket
-    with daemon.client() as client:
+    with daemon.socket_client() as client:
         client.send("later:echo", {"text": "bye", "seconds": 0.2}, correlation_id="late")
         client.sock.shutdown(socket.SHUT_WR)
         assert client.recv()["data"] == {"echo": "bye"}
