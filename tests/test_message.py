@@ -1,4 +1,8 @@
-"""The message events over the real socket: topics, fan-out, retention, agents' inboxes."""
+"""The message events: topics, fan-out, retention, agents' inboxes.
+
+On the in-process daemon (tests/inprocess.py; a restart is its graceful stop and start), except
+what needs a real socket or process: a subscriber that never reads (back-pressure) and kill -9.
+"""
 from __future__ import annotations
 
 import signal
@@ -10,6 +14,10 @@ import pytest
 
 from conftest import data_of, error_of
 
+
+@pytest.fixture
+def daemon(inprocess_daemon):
+    return inprocess_daemon
 
 
 def next_push(client, event: str = "message:received") -> dict:
@@ -119,7 +127,7 @@ def test_publisher_gets_its_own_message_only_when_subscribed(daemon):
         push = pushes[0]
         assert push["data"]["content"] == "b"
         # With no sender given, the sender is the publishing connection.
-        assert push["data"]["sender"].startswith("unix:")
+        assert push["data"]["sender"] == publisher.connection.id
 
 
 def test_delivered_counts_every_subscriber(daemon):
@@ -165,8 +173,8 @@ def test_invalid_subscriptions_are_validation_errors(daemon):
             ["fine"]
 
 
-def test_subscriptions_per_connection_are_bounded(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"message": {"max_patterns_per_subscriber": 3}}})
+def test_subscriptions_per_connection_are_bounded(inprocess_factory):
+    daemon = inprocess_factory(config={"plugins": {"message": {"max_patterns_per_subscriber": 3}}})
     with daemon.client() as client:
         data_of(client.request("message:subscribe", {"topics": ["a", "b"]}))
         error = error_of(client.request("message:subscribe", {"topics": ["c", "d"]}))
@@ -220,8 +228,8 @@ def test_closed_connections_are_dropped(daemon):
             assert next_push(staying)["data"]["content"] == 3
 
 
-def test_history_keeps_the_last_n_per_topic(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"message": {"retention_per_topic": 3}}})
+def test_history_keeps_the_last_n_per_topic(inprocess_factory):
+    daemon = inprocess_factory(config={"plugins": {"message": {"retention_per_topic": 3}}})
     with daemon.client() as client:
         ids = [data_of(client.request("message:publish", {"topic": "h", "content": i}))
                ["message_id"] for i in range(5)]
@@ -248,8 +256,8 @@ def test_history_keeps_the_last_n_per_topic(daemon_factory):
         assert new_id["message_id"] not in ids
 
 
-def test_retained_topics_are_bounded_and_stay_so_after_a_restart(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"message": {"max_topics": 2}}})
+def test_retained_topics_are_bounded_and_stay_so_after_a_restart(inprocess_factory):
+    daemon = inprocess_factory(config={"plugins": {"message": {"max_topics": 2}}})
     with daemon.client() as client:
         for topic in ("a", "b", "a", "c"):  # "b" is then the least recently published
             data_of(client.request("message:publish", {"topic": topic, "content": topic}))
@@ -264,7 +272,8 @@ def test_retained_topics_are_bounded_and_stay_so_after_a_restart(daemon_factory)
         assert counts == {"a": 2, "b": 0, "c": 1}
 
 
-def test_retained_messages_and_agent_subscriptions_survive_a_crash(daemon):
+def test_retained_messages_and_agent_subscriptions_survive_a_crash(daemon_factory):
+    daemon = daemon_factory()  # a process: it is killed
     with daemon.client() as client:
         # An agent subscription is committed before its reply.
         data_of(client.request("message:subscribe", {"agent_id": "k", "topics": ["inbox.k"]}))
@@ -312,8 +321,8 @@ def test_pipelined_publishes_answer_in_order_after_their_own_push(daemon):
             [(kind, f"p{i}") for i in range(20) for kind in ("event", "reply")]
 
 
-def test_history_respects_the_maximum_age(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"message": {"retention_max_age_s": 0.5}}})
+def test_history_respects_the_maximum_age(inprocess_factory):
+    daemon = inprocess_factory(config={"plugins": {"message": {"retention_max_age_s": 0.5}}})
     with daemon.client() as client:
         data_of(client.request("message:publish", {"topic": "old", "content": 1}))
         time.sleep(0.8)
