@@ -1,4 +1,8 @@
-"""The conversation store over the real socket: append, history, list, get, search, export."""
+"""The conversation store: append, history, list, get, search, export.
+
+On the in-process daemon (tests/inprocess.py): a restart is its graceful stop and a new start
+on the same var dir.
+"""
 from __future__ import annotations
 
 import sqlite3
@@ -6,8 +10,14 @@ from pathlib import Path
 
 import orjson
 
+import pytest
+
 from conftest import data_of, error_of
 
+
+@pytest.fixture
+def daemon(inprocess_daemon):
+    return inprocess_daemon
 
 
 def append(client, session_id: str, role: str, content: str, **extra) -> dict:
@@ -131,8 +141,8 @@ def test_export_writes_readable_files(daemon):
     assert missing["code"] == "not_found" and bad["code"] == "validation_error"
 
 
-def test_turns_are_durable_across_a_restart(daemon_factory):
-    daemon = daemon_factory()
+def test_turns_are_durable_across_a_restart(inprocess_factory):
+    daemon = inprocess_factory()
     with daemon.client() as client:
         for n in range(5):
             append(client, "kept", "user", f"remember {n}")
@@ -144,7 +154,7 @@ def test_turns_are_durable_across_a_restart(daemon_factory):
                           ).fetchone() == (5,)
     finally:
         db.close()
-    daemon = daemon_factory()
+    daemon = inprocess_factory()
     with daemon.client() as client:
         history = data_of(client.request("conversation:history", {"session_id": "kept"}))
         found = data_of(client.request("conversation:search", {"query": "remember"}))

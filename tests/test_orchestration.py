@@ -1,4 +1,8 @@
-"""The orchestration plugin over the real socket, with the real agent and completion plugins.
+"""The orchestration plugin with the real agent and completion plugins.
+
+The tests on the offline model run on the in-process daemon (tests/inprocess.py); those on the
+fake OpenAI server start a daemon process (litellm's HTTP clients outlive an in-process
+daemon's event loop).
 
 Models: the built-in offline model (deterministic; it quotes key words of what it was told) and
 tests/fake_openai_server.py (`echo` repeats the conversation, `pause` answers after one second,
@@ -15,6 +19,11 @@ from fake_openai_server import FakeOpenAIServer
 from ksi_daemon.plugins.completion.offline_model import key_words
 
 FAKE_MODELS = ("echo", "pause", "broken")
+
+
+@pytest.fixture
+def daemon(inprocess_daemon):
+    return inprocess_daemon
 
 
 @pytest.fixture
@@ -139,17 +148,21 @@ CASTS = [
 
 def test_every_mode_casts_its_roles_and_runs_to_its_end_side_by_side(daemon):
     with daemon.client(timeout=60) as client:
-        runs = {}
+        runs, early = {}, []
         for mode, agents, roles in CASTS:  # all five run at the same time
             request = {"mode": mode, "topic": "How should a small team review code?",
                        "rounds": 1, **({"agents": agents} if agents else {})}
-            started = start(client, **request)
+            # The runs started first may push turns before the next start's reply: keep them.
+            client.send("orchestration:start", request)
+            while (message := client.recv())["type"] != "reply":
+                early.append(message)
+            started = data_of(message)
             assert [a["role"] for a in started["agents"]] == roles
             assert len({a["agent_id"] for a in started["agents"]}) == len(roles)
             runs[started["orchestration_id"]] = (roles, [])
         finished = {}
         while len(finished) < len(runs):
-            message = client.recv()
+            message = early.pop(0) if early else client.recv()
             run_id = message["data"]["orchestration_id"]
             if message["event"] == "orchestration:turn":
                 assert run_id not in finished
@@ -289,8 +302,8 @@ def test_a_daemon_that_stops_ends_running_orchestrations_as_terminated(daemon_fa
     assert daemon.wait(30) == 0
 
 
-def test_ended_orchestrations_are_forgotten_past_the_configured_number(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"orchestration": {"finished_kept": 1}}})
+def test_ended_orchestrations_are_forgotten_past_the_configured_number(inprocess_factory):
+    daemon = inprocess_factory(config={"plugins": {"orchestration": {"finished_kept": 1}}})
     with daemon.client(timeout=60) as client:
         first = start(client, mode="debate", topic="Tea or coffee?", rounds=1)
         pushes_until_finished(client, first["orchestration_id"])
