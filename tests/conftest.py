@@ -3,7 +3,10 @@
 `daemon` / `daemon_factory`: a `DaemonProcess` (a subprocess, talked to over its socket), for
 what only a process or a socket shows. `inprocess_daemon` / `inprocess_factory`: a
 `ThreadedDaemon` (tests/inprocess.py: the same plugins in this process, in-memory connections),
-with the same client interface, for the router's and the plugins' logic.
+with the same client interface, for the router's and the plugins' logic. A test (or a module,
+with `pytestmark`) marked `pytest.mark.daemon("inprocess")` gets the in-process kind from
+`daemon` and `daemon_factory` too, so moving it changes no line of its body;
+`pytest.mark.daemon("process")` keeps one test of such a module on a process.
 
 Every daemon a test starts has `plugins.completion.warm_up: false` unless its config says
 otherwise: litellm (seconds of CPU and ~120 MB) is imported by the first completion, not by
@@ -163,8 +166,31 @@ def workdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def runs_in_process(request) -> bool:
+    """True under `@pytest.mark.daemon("inprocess")` (on the test, its class or its module;
+    the closest wins, so `@pytest.mark.daemon("process")` keeps one test on a process)."""
+    marker = request.node.get_closest_marker("daemon")
+    kind = marker.args[0] if marker is not None and marker.args else "process"
+    if kind not in ("process", "inprocess"):
+        raise ValueError(f"pytest.mark.daemon({kind!r}): 'process' or 'inprocess'")
+    return kind == "inprocess"
+
+
 @pytest.fixture
-def daemon_factory(workdir):
+def daemon_factory(request, workdir):
+    """Start daemons: processes, or in-process ones under `pytest.mark.daemon("inprocess")`."""
+    if runs_in_process(request):
+        inprocess = request.getfixturevalue("inprocess_factory")
+
+        def start_in_process(config: dict | None = None, env: dict | None = None, args=None,
+                             wait=True, subdir: str | None = None):
+            if env or args or not wait:
+                raise ValueError("env, args and wait=False need a daemon process: mark the "
+                                 "test pytest.mark.daemon('process')")
+            return inprocess(config, subdir=subdir)
+
+        yield start_in_process
+        return
     started: list[DaemonProcess] = []
 
     def start(config: dict | None = None, env: dict | None = None, args=None, wait=True,

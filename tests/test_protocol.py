@@ -14,6 +14,7 @@ from conftest import LineClient
 MiB = 1024 * 1024
 
 
+@pytest.mark.daemon("inprocess")
 def test_valid_request_gets_one_reply_with_its_correlation_id(daemon):
     with daemon.client() as client:
         reply = client.request("system:health", correlation_id="c-1")
@@ -26,11 +27,13 @@ def test_valid_request_gets_one_reply_with_its_correlation_id(daemon):
         assert "error" not in reply
 
 
+@pytest.mark.daemon("inprocess")
 def test_missing_correlation_id_is_generated(daemon):
     reply = daemon.request("system:health")
     assert isinstance(reply["correlation_id"], str) and reply["correlation_id"]
 
 
+@pytest.mark.daemon("inprocess")
 @pytest.mark.parametrize("payload, code, event", [
     (b'{"event": "system:nosuch"}', "unknown_event", "system:nosuch"),
     (b'{"event": "system:health"', "invalid_json", None),
@@ -59,18 +62,21 @@ def test_bad_lines_get_one_coded_reply_and_the_connection_stays_usable(daemon, p
         assert client.request("system:health", correlation_id="after")["correlation_id"] == "after"
 
 
+@pytest.mark.daemon("inprocess")
 def test_unknown_event_suggests_close_names(daemon):
     reply = daemon.request("system:helth")
     assert reply["error"]["code"] == "unknown_event"
     assert "system:health" in reply["error"]["details"]["suggestions"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_validation_error_lists_failing_fields(daemon):
     reply = daemon.request("system:subscribe", {"patterns": "not-a-list"})
     assert reply["error"]["code"] == "validation_error"
     assert reply["error"]["details"][0]["loc"] == ["patterns"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_correlation_id_of_a_bad_envelope_is_kept_when_readable(daemon):
     with daemon.client() as client:
         client.send_raw(b'{"event": "Bad Name", "correlation_id": "keep-me"}\n')
@@ -132,6 +138,7 @@ def test_replies_never_contain_raw_newlines(daemon):
         assert raw.count(b"\n") == 1
 
 
+@pytest.mark.daemon("inprocess")
 def test_subscriber_sees_another_clients_events(daemon):
     with daemon.client() as watcher, daemon.client() as actor:
         assert watcher.request("system:subscribe", {"patterns": ["system:h*"]})["data"] == \
@@ -146,6 +153,7 @@ def test_subscriber_sees_another_clients_events(daemon):
         assert watcher.recv()["correlation_id"] == "second"
 
 
+@pytest.mark.daemon("inprocess")
 def test_unsubscribe_stops_pushes(daemon):
     with daemon.client() as watcher, daemon.client() as actor:
         watcher.request("system:subscribe", {"patterns": ["*"]})
