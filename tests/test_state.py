@@ -36,6 +36,7 @@ def state_db(daemon) -> str:
     return str(daemon.var_dir / "db" / "state.db")
 
 
+@pytest.mark.daemon("inprocess")
 def test_every_json_type_comes_back_exactly(daemon):
     with daemon.client() as client:
         for index, value in enumerate(ROUND_TRIP_VALUES):
@@ -51,6 +52,7 @@ def test_every_json_type_comes_back_exactly(daemon):
         assert math.isclose(small, 1e-300, rel_tol=0) and small != 0
 
 
+@pytest.mark.daemon("inprocess")
 def test_missing_key_is_not_found_and_versions_count_writes(daemon):
     with daemon.client() as client:
         assert data_of(client.request("state:get", {"key": "nope"})) == \
@@ -64,6 +66,7 @@ def test_missing_key_is_not_found_and_versions_count_writes(daemon):
         assert data_of(client.request("state:set", {"key": "k", "value": 9}))["version"] == 1
 
 
+@pytest.mark.daemon("inprocess")
 def test_namespaces_are_isolated(daemon):
     with daemon.client() as client:
         client.request("state:set", {"key": "shared", "value": "in a", "namespace": "a"})
@@ -89,6 +92,7 @@ def test_namespaces_are_isolated(daemon):
     assert rows == [("b", "shared"), ("x", "b:shared")]
 
 
+@pytest.mark.daemon("inprocess")
 def test_list_with_prefix_and_limit(daemon):
     with daemon.client() as client:
         for key in ["user:1", "user:2", "user:10", "users", "admin:1", "user:3"]:
@@ -103,6 +107,7 @@ def test_list_with_prefix_and_limit(daemon):
             {"keys": [], "count": 0}
 
 
+@pytest.mark.daemon("inprocess")
 def test_compare_and_set_answers_conflict(daemon):
     with daemon.client() as client:
         assert data_of(client.request("state:set", {"key": "c", "value": "first",
@@ -119,6 +124,7 @@ def test_compare_and_set_answers_conflict(daemon):
         assert (got["value"], got["version"]) == ("second", 2)
 
 
+@pytest.mark.daemon("inprocess")
 def test_bad_keys_and_namespaces_are_validation_errors(daemon):
     bad = [{"key": "", "value": 1}, {"key": "a\nb", "value": 1}, {"key": "tab\there", "value": 1},
            {"key": "x" * 1025, "value": 1}, {"key": "k", "value": 1, "namespace": "ns\x00"},
@@ -136,6 +142,7 @@ def test_bad_keys_and_namespaces_are_validation_errors(daemon):
         assert data_of(client.request("state:list", {}))["keys"] == ["ok"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_ttl_expiry_hides_then_purges_the_key(daemon_factory):
     daemon = daemon_factory(config={"plugins": {"state": {"purge_interval_s": 0.2}}})
     with daemon.client() as watcher, daemon.client() as client:
@@ -159,6 +166,7 @@ def test_ttl_expiry_hides_then_purges_the_key(daemon_factory):
         [("lasting", "null")]
 
 
+@pytest.mark.daemon("inprocess")
 def test_every_change_is_pushed_to_subscribers(daemon):
     with daemon.client() as watcher, daemon.client() as client:
         watcher.request("system:subscribe", {"patterns": ["state:changed"]})
@@ -175,6 +183,7 @@ def test_every_change_is_pushed_to_subscribers(daemon):
     assert seen[-1]["data"]["deleted"] == 1
 
 
+@pytest.mark.daemon("inprocess")
 def test_values_survive_a_restart(daemon_factory):
     daemon = daemon_factory()
     with daemon.client() as client:
@@ -297,6 +306,7 @@ def test_damaged_pages_fail_the_integrity_check(daemon_factory, workdir):
     assert path.read_bytes() == bytes(raw)
 
 
+@pytest.mark.daemon("inprocess")
 def test_audit_records_who_changed_what(daemon_factory):
     daemon = daemon_factory(config={"plugins": {"state_service": {"audit": True}}})
     with daemon.client() as client:
@@ -318,6 +328,7 @@ def test_audit_records_who_changed_what(daemon_factory):
         query(state_db(daemon), "DELETE FROM state_audit")
 
 
+@pytest.mark.daemon("inprocess")
 def test_audit_is_off_unless_configured(daemon):
     with daemon.client() as client:
         client.request("state:set", {"key": "a", "value": 1})
@@ -346,6 +357,7 @@ def _read_your_writes(daemon, worker: int, rounds: int, failures: list) -> None:
                     failures.append((worker, n, "deleted key still found"))
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_read_after_an_acknowledged_write_sees_it(daemon):
     """From any connection, while other connections write the same and other keys."""
     failures: list = []
@@ -358,6 +370,7 @@ def test_a_read_after_an_acknowledged_write_sees_it(daemon):
     assert not failures, failures[:5]
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_write_stuck_behind_a_lock_answers_timeout_then_commits(daemon_factory):
     daemon = daemon_factory(config={"daemon": {"event_timeout": 1.0}})
     with daemon.client() as client:
@@ -383,6 +396,7 @@ def test_a_write_stuck_behind_a_lock_answers_timeout_then_commits(daemon_factory
         assert data_of(client.request("state:set", {"key": "after", "value": 2}))["version"] == 1
 
 
+@pytest.mark.daemon("inprocess")
 def test_writes_sent_together_count_versions_in_order(daemon_factory):
     """Writes that arrive in one burst share a commit (and, for plain sets, a statement); each
     still gets its own version, a key written twice in one burst included."""
