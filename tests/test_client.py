@@ -1,4 +1,8 @@
-"""ksi_client against a real daemon over its real socket: replies, errors, pushes, failures."""
+"""ksi_client against a real daemon over its real socket: replies, errors, pushes, failures.
+
+The daemon runs in this process (tests/inprocess.py) with its real Unix transport, so every
+byte still crosses a real socket; the tests of a daemon killed or signalled use a process.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +22,7 @@ from ksi_client import (Event, EventClient, KSIConflictError, KSIConnectionError
                         error_from_reply)
 from ksi_daemon.protocol import ERROR_CODES
 
+pytestmark = pytest.mark.daemon("inprocess")
 WAIT_S = 10  # a bound for waits that succeed in milliseconds; only reached when broken
 
 PROBE_PLUGIN = '''
@@ -256,6 +261,7 @@ async def test_a_late_reply_after_a_client_timeout_is_ignored(daemon):
             assert (await client.emit("system:health"))["status"] == "healthy"
 
 
+@pytest.mark.daemon("process")
 async def test_daemon_killed_while_requests_pending(probe_daemon):
     client = EventClient(socket_path=probe_daemon.socket_path)
     await client.connect()
@@ -274,6 +280,7 @@ async def test_daemon_killed_while_requests_pending(probe_daemon):
     await client.close()
 
 
+@pytest.mark.daemon("process")
 async def test_daemon_stopping_gracefully_answers_or_fails_every_pending_call(probe_daemon):
     client = EventClient(socket_path=probe_daemon.socket_path)
     await client.connect()
