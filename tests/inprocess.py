@@ -257,6 +257,11 @@ class _ThisProcess:
         self.pid = os.getpid()
 
 
+# litellm caches its HTTP clients per event loop, by id(loop): a closed loop kept here can never
+# be freed, so no later daemon's loop gets its id and with it a client bound to a dead loop.
+_FINISHED_LOOPS: list[asyncio.AbstractEventLoop] = []
+
+
 class ThreadedDaemon:
     """An InProcessDaemon on its own event loop in a background thread, for sync tests."""
 
@@ -319,6 +324,7 @@ class ThreadedDaemon:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
+            _FINISHED_LOOPS.append(self.loop)
         return 0
 
     @staticmethod

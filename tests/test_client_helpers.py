@@ -32,6 +32,12 @@ from test_docs import seed_code_block
 WAIT_S = 10  # a bound for waits that succeed in milliseconds; only reached when broken
 
 
+# The daemon runs in this process behind its real Unix socket (tests/inprocess.py), so litellm
+# is imported once, not by every daemon; the claude tool's test keeps a process (the tool gets
+# its environment from the daemon process).
+pytestmark = pytest.mark.daemon("inprocess")
+
+
 @pytest.fixture
 def fake_openai():
     with FakeOpenAIServer() as server:
@@ -446,6 +452,7 @@ async def run_as_written(code: str) -> dict:
     return namespace
 
 
+@pytest.mark.daemon("process")
 async def test_the_seed_client_examples_run_as_written(claude_daemon, monkeypatch):
     daemon, api = claude_daemon
     monkeypatch.setenv("KSI_SOCKET_PATH", str(daemon.socket_path))
