@@ -93,6 +93,7 @@ def terminal_of(pushes: list[dict]) -> dict:
     return ends[0]
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_plain_request_answers_with_every_result_field(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:
@@ -113,6 +114,7 @@ def test_a_plain_request_answers_with_every_result_field(daemon_factory, fake_op
     assert logged[0]["request_id"] == result["request_id"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_streamed_chunks_concatenate_to_the_text_and_usage_is_reported(daemon_factory,
                                                                        fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
@@ -138,6 +140,7 @@ def test_streamed_chunks_concatenate_to_the_text_and_usage_is_reported(daemon_fa
     assert fake_openai.calls_to("echo")[0]["stream"] is True
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_second_turn_sees_the_first(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:
@@ -156,6 +159,7 @@ def test_a_second_turn_sees_the_first(daemon_factory, fake_openai):
                     {"role": "user", "content": "what is my name?"}]
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_system_prompt_sent_with_every_turn_reaches_the_model_once_and_first(
         daemon_factory, fake_openai):
     # As the agent plugin does: the system prompt is messages[0] of every turn's request.
@@ -181,6 +185,7 @@ def test_a_system_prompt_sent_with_every_turn_reaches_the_model_once_and_first(
         {"role": "user", "content": "and the map?"}]
 
 
+@pytest.mark.daemon("inprocess")
 def test_twenty_concurrent_requests_over_four_sessions_keep_each_sessions_order(
         daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
@@ -209,6 +214,7 @@ def test_twenty_concurrent_requests_over_four_sessions_keep_each_sessions_order(
             assert results[prompts[k]] == echo_text(call["messages"])
 
 
+@pytest.mark.daemon("inprocess")
 def test_cancel_stops_a_stream_and_a_queued_request(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base, max_concurrent=1))
     with daemon.client(timeout=60) as client:
@@ -270,6 +276,7 @@ def test_a_stream_left_mid_answer_hangs_up_at_once_even_while_its_frames_live(fa
     assert asyncio.run(leave_after_the_first_words()) >= 1
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_request_past_its_timeout_ends_with_a_timeout_error(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:
@@ -283,6 +290,7 @@ def test_a_request_past_its_timeout_ends_with_a_timeout_error(daemon_factory, fa
         assert client.request("system:health")["data"]["status"] == "healthy"
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_429_with_retry_after_is_retried_then_succeeds(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:
@@ -299,6 +307,7 @@ def test_a_429_with_retry_after_is_retried_then_succeeds(daemon_factory, fake_op
     assert len(calls) == 2 and calls[1]["time"] - calls[0]["time"] >= 0.95
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_500_is_retried_then_ends_in_an_error(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:
@@ -316,6 +325,7 @@ def test_a_500_is_retried_then_ends_in_an_error(daemon_factory, fake_openai):
     assert len(fake_openai.calls_to("broken-a")) == 6
 
 
+@pytest.mark.daemon("inprocess")
 def test_an_unknown_model_is_answered_clearly(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base))
     with daemon.client(timeout=60) as client:
@@ -358,6 +368,7 @@ def test_the_offline_default_model_works_without_network_or_key(daemon_factory):
     assert second["text"] != first["text"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_the_offline_model_answers_what_another_speaker_said_not_its_own_stock_phrases(
         daemon_factory):
     daemon = daemon_factory()
@@ -485,6 +496,7 @@ async def ksi_completion_post_response(context):
 '''
 
 
+@pytest.mark.daemon("inprocess")
 def test_completion_hooks_change_the_call_and_annotate_the_result(daemon_factory, fake_openai,
                                                                   workdir):
     plugins = workdir / "plugins"
@@ -500,6 +512,7 @@ def test_completion_hooks_change_the_call_and_annotate_the_result(daemon_factory
     assert result["annotations"] == {"words": 6, "model_seen": "openai/echo"}
 
 
+@pytest.mark.daemon("inprocess")
 def test_priority_orders_the_queue(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base, max_concurrent=1))
     with daemon.client(timeout=60) as client:
@@ -612,6 +625,7 @@ def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, workdi
 
 # ---- the Python client --------------------------------------------------------------------------
 
+@pytest.mark.daemon("inprocess")
 async def test_async_client_creates_and_streams_completions(daemon_factory):
     from ksi_client import EventClient, KSIError
     from ksi_client.completion import AsyncClient
