@@ -164,6 +164,7 @@ def test_sigterm_checkpoints_what_cannot_finish_and_exits_0(daemon_factory, fake
     assert journal_column(second) == ["completed"] * 3
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_factory,
                                                                        fake_openai):
     config = config_for(fake_openai.api_base)
@@ -219,6 +220,7 @@ def test_a_repeated_request_id_is_answered_from_its_job_not_run_again(daemon_fac
     assert fake_openai.calls_saying("fails") == 2
 
 
+@pytest.mark.daemon("inprocess")
 def test_finished_requests_are_forgotten_beyond_the_kept_count(daemon_factory, fake_openai):
     config = config_for(fake_openai.api_base, journal={"keep_finished": 2})
     daemon = daemon_factory(config=config)
@@ -286,6 +288,7 @@ def test_a_call_that_ignores_cancellation_does_not_keep_the_daemon_alive(daemon_
     assert second.stop() == 0
 
 
+@pytest.mark.daemon("inprocess")
 def test_errors_a_user_can_cause_are_coded_and_leave_the_connection_working(daemon):
     with daemon.client(timeout=120) as client:
         assert error_of(client.request("completion:status", {"request_id": "nobody"}))[
@@ -304,6 +307,7 @@ def test_errors_a_user_can_cause_are_coded_and_leave_the_connection_working(daem
         assert result["text"] and result["resumed"] is False
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(daemon_factory):
     first = daemon_factory(subdir="d")
     texts = {}
