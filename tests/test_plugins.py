@@ -17,6 +17,7 @@ def plugins_by_name(daemon) -> dict:
     return {p["name"]: p for p in daemon.request("system:plugins")["data"]["plugins"]}
 
 
+@pytest.mark.daemon("inprocess")
 def test_both_seed_plugin_examples_work_from_a_plugin_dir(daemon_factory):
     daemon = daemon_factory(plugin_dir_config("seeds"))
     assert daemon.request("my:command")["data"] == {"result": "processed"}
@@ -37,6 +38,7 @@ def test_plugin_dirs_from_the_environment(daemon_factory):
     assert daemon.request("my:custom:event")["data"] == {"status": "processed"}
 
 
+@pytest.mark.daemon("inprocess")
 def test_fallback_answers_none_means_unknown_event(daemon_factory):
     daemon = daemon_factory(plugin_dir_config("seeds"))
     reply = daemon.request("my:comand")
@@ -49,6 +51,7 @@ def faulty(daemon_factory):
     return daemon_factory(plugin_dir_config("faulty", "seeds"))
 
 
+@pytest.mark.daemon("inprocess")
 def test_plugin_failing_at_import_is_reported_and_the_daemon_healthy(faulty):
     plugins = plugins_by_name(faulty)
     assert plugins["broken_import"]["state"] == "failed"
@@ -59,6 +62,7 @@ def test_plugin_failing_at_import_is_reported_and_the_daemon_healthy(faulty):
     assert faulty.request("my:command")["data"] == {"result": "processed"}
 
 
+@pytest.mark.daemon("inprocess")
 def test_plugin_failing_at_start_answers_unavailable(faulty):
     plugins = plugins_by_name(faulty)
     assert plugins["broken_start"]["state"] == "failed"
@@ -68,6 +72,7 @@ def test_plugin_failing_at_start_answers_unavailable(faulty):
     assert "database password missing" in reply["error"]["message"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_handler_exception_answers_handler_error_and_is_reported(faulty):
     reply = faulty.request("flaky:divide", {"a": 1, "b": 0})
     assert reply["error"]["code"] == "handler_error"
@@ -80,6 +85,7 @@ def test_handler_exception_answers_handler_error_and_is_reported(faulty):
     assert faulty.request("system:health")["data"]["status"] == "healthy"
 
 
+@pytest.mark.daemon("inprocess")
 def test_dependency_cycle_and_missing_dependency_are_reported(faulty):
     plugins = plugins_by_name(faulty)
     assert plugins["cycle_a"]["state"] == "failed"
@@ -90,6 +96,7 @@ def test_dependency_cycle_and_missing_dependency_are_reported(faulty):
     assert "missing dependency: ghost" in plugins["needs_ghost"]["error"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_crashing_service_marks_its_plugin_failed(faulty):
     deadline = time.monotonic() + 5
     while plugins_by_name(faulty)["crashing_service"]["state"] != "failed":
@@ -99,6 +106,7 @@ def test_crashing_service_marks_its_plugin_failed(faulty):
     assert faulty.request("system:health")["data"]["status"] == "healthy"
 
 
+@pytest.mark.daemon("inprocess")
 def test_event_claimed_twice_fails_the_later_plugin_naming_both(faulty):
     plugins = plugins_by_name(faulty)
     assert plugins["greedy"]["state"] == "failed"
@@ -118,6 +126,7 @@ def features(daemon_factory):
                            "plugins": {"greeter": {"greeting": "howdy"}}})
 
 
+@pytest.mark.daemon("inprocess")
 def test_order_follows_dependencies_then_priority_then_name(features):
     names = [p["name"] for p in features.request("system:plugins")["data"]["plugins"]]
     assert names.index("counter") < names.index("greeter")  # dependency beats priority
@@ -125,6 +134,7 @@ def test_order_follows_dependencies_then_priority_then_name(features):
     assert names[-1] == "transport_unix"  # priority 1000: opens the socket last
 
 
+@pytest.mark.daemon("inprocess")
 def test_sync_handler_with_model_and_plugin_config(features):
     assert features.request("greet:sync", {"name": "Ada", "times": 2})["data"] == \
         {"text": "howdy Ada howdy Ada"}
@@ -133,6 +143,7 @@ def test_sync_handler_with_model_and_plugin_config(features):
     assert reply["error"]["details"][0]["loc"] == ["name"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_handler_with_a_typeddict_gets_the_validated_dict(features):
     assert features.request("greet:shout", {"name": "ada", "times": "2"})["data"] == \
         {"text": "ADA ADA", "received": "dict"}  # "2" coerced to 2, like a model's field
@@ -147,6 +158,7 @@ def test_handler_with_a_typeddict_gets_the_validated_dict(features):
     assert shout["additionalProperties"] is False
 
 
+@pytest.mark.daemon("inprocess")
 def test_async_handler_emits_to_another_plugin_and_pushes_to_requester(features):
     with features.client() as client:
         client.send("greet:async", {"name": "Bo", "times": 3}, correlation_id="req-7")
@@ -162,12 +174,14 @@ def test_async_handler_emits_to_another_plugin_and_pushes_to_requester(features)
     assert history["events"][-1]["correlation_id"] == "req-7"  # the chain is traceable
 
 
+@pytest.mark.daemon("inprocess")
 def test_handler_raising_ksi_error_gets_that_code(features):
     reply = features.request("greet:refuse")
     assert reply["error"] == {"code": "conflict", "message": "greeter refuses",
                               "details": {"why": "asked to"}}
 
 
+@pytest.mark.daemon("inprocess")
 def test_slow_requests_do_not_block_later_ones_on_the_connection(features):
     with features.client() as client:
         client.send("greet:slow", {"seconds": 1.0}, correlation_id="slow")
@@ -176,6 +190,7 @@ def test_slow_requests_do_not_block_later_ones_on_the_connection(features):
         assert client.recv()["correlation_id"] == "slow"
 
 
+@pytest.mark.daemon("inprocess")
 def test_handler_past_its_deadline_answers_timeout(daemon_factory):
     daemon = daemon_factory(plugin_dir_config("features", event_timeout=0.3))
     reply = daemon.request("greet:slow", {"seconds": 5})
@@ -183,6 +198,7 @@ def test_handler_past_its_deadline_answers_timeout(daemon_factory):
     assert daemon.request("system:health")["data"]["status"] == "healthy"
 
 
+@pytest.mark.daemon("inprocess")
 def test_middleware_can_rewrite_refuse_and_annotate(daemon_factory):
     daemon = daemon_factory(plugin_dir_config("middleware"))
     assert daemon.request("echo:back", {"shout": "hey"})["data"] == \
@@ -197,6 +213,7 @@ def test_middleware_can_rewrite_refuse_and_annotate(daemon_factory):
     assert daemon.request("state:get", {"key": "k"})["data"]["value"] == "v"
 
 
+@pytest.mark.daemon("inprocess")
 def test_disabled_plugin_is_listed_and_not_loaded(daemon_factory):
     daemon = daemon_factory({**plugin_dir_config("seeds"),
                              "plugins": {"custom_events": {"enabled": False}}})
