@@ -107,6 +107,15 @@ class LineClient:
         self.close()
 
 
+DAEMON_STARTS = {"process": 0, "inprocess": 0}  # reported at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(
+        f"daemons started: {DAEMON_STARTS['process']} processes (DaemonProcess), "
+        f"{DAEMON_STARTS['inprocess']} in-process")
+
+
 class DaemonProcess:
     def __init__(self, workdir: Path, config: dict | None = None, env: dict | None = None,
                  args: list[str] | None = None):
@@ -122,6 +131,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "DaemonProcess":
+        DAEMON_STARTS["process"] += 1
         self.output = open(self.workdir / "daemon.out", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ksi_daemon", "--foreground", "--config",

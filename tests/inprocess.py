@@ -1,10 +1,10 @@
-"""The real daemon inside the test process: no subprocess, and no socket unless a test wants one.
+"""The real daemon inside the test process: no subprocess, no daemon start per test paid twice.
 
 `InProcessDaemon` starts what `ksi_daemon.daemon.Daemon` starts (the config loaded the same way,
 the real PluginManager with the built-in plugins and any plugin dirs, each plugin's SQLite
-files under a temporary var dir) in the running event loop, and serves `MemoryConnection`s:
-lines handed straight to the router, replies and pushes kept in memory. An async test awaits it
-in its own loop:
+files under a temporary var dir) in the running event loop, and serves the core's
+`MemoryConnection`s: lines handed straight to the router, replies and pushes kept in memory.
+An async test awaits it in its own loop:
 
     async with InProcessDaemon(tmp_path) as daemon:
         async with daemon.connect() as client:
@@ -13,12 +13,16 @@ in its own loop:
 `ThreadedDaemon` runs the same daemon on a loop in a background thread, for the (sync) tests
 written against `conftest.DaemonProcess`: `client()` returns a `MemoryLineClient` with
 `LineClient`'s methods (`send`, `send_raw`, `recv`, `recv_reply`, `request`), so a test moves
-here by changing its fixture, not its body. With the Unix transport enabled (the default)
-`socket_client()` still opens a real socket to the same daemon.
+here by a marker (`pytest.mark.daemon("inprocess")`, see conftest.py), not by a new body. The
+Unix transport is a plugin like the others and runs too: `socket_client()` (or ksi_client on
+`socket_path`) talks to the same daemon over a real socket.
 
-What only a process or a socket can show (signals, exit codes, kill -9, socket modes and peer
-credentials, framing of oversized lines, back-pressure, the client library, the interfaces)
-stays on `DaemonProcess`.
+What it saves: a Python start and the plugins' imports per daemon, and litellm's import (seconds
+of CPU), paid once per test process instead of by every daemon that calls a model.
+
+What only a process can show (signals, exit codes, kill -9, what the process prints, its
+environment) stays on `DaemonProcess`; so do the tests of the transport itself (socket modes,
+peer credentials, oversized lines, back-pressure), which need the socket's own buffers.
 """
 from __future__ import annotations
 
@@ -29,11 +33,12 @@ import queue
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import orjson
 
-from conftest import TEST_CONFIG, LineClient, merge_config
+from conftest import DAEMON_STARTS, TEST_CONFIG, LineClient, merge_config
 
 from ksi_daemon.core.memory_connection import MemoryConnection
 
@@ -149,7 +154,6 @@ class InProcessDaemon:
 
     async def stop(self) -> None:
         """Daemon.run's shutdown: refuse new work, let plugins stop, drain, shut down."""
-        import time
         daemon = self.daemon
         if daemon is None:
             return
@@ -287,6 +291,7 @@ class ThreadedDaemon:
         self._thread = threading.Thread(target=self.loop.run_forever, name="ksi-inprocess",
                                         daemon=True)
         self._thread.start()
+        DAEMON_STARTS["inprocess"] += 1
         self.run(self.inner.start(), timeout=30)
         return self
 
