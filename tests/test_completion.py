@@ -602,7 +602,8 @@ def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, workdi
     binary = claude_binary()
     env = {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "sk-ant-fake",
            "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+           "CLAUDE_CODE_MAX_RETRIES": "0"}  # the tool's own retries of a refused API: ~25 s
     config = {"plugins": {"completion": {"claude_cli": {"binary": str(binary),
                                                         "timeout_s": 20},
                                          "retry": {"max_attempts": 1}}}}
