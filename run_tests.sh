@@ -15,4 +15,12 @@ if [ ! -f .venv/.ksi-installed ] || [ pyproject.toml -nt .venv/.ksi-installed ];
 fi
 
 export LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_MODE=PRODUCTION HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers (KSI_TEST_WORKERS=1 runs in one process): much of a daemon test is
+# waiting (for a process, a socket, a grace period), which the other worker fills. A file's
+# tests stay on one worker, so a module's shared daemon starts once.
+workers=${KSI_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" -gt 1 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
+exec .venv/bin/python -m pytest ${parallel[@]+"${parallel[@]}"} "$@"

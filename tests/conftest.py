@@ -110,6 +110,18 @@ class LineClient:
 DAEMON_STARTS = {"process": 0, "inprocess": 0}  # reported at the end of the run
 
 
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its controller adds the counts up
+        workeroutput["daemon_starts"] = dict(DAEMON_STARTS)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
+def pytest_testnodedown(node, error):
+    for kind, count in getattr(node, "workeroutput", {}).get("daemon_starts", {}).items():
+        DAEMON_STARTS[kind] += count
+
+
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"daemons started: {DAEMON_STARTS['process']} processes (DaemonProcess), "
