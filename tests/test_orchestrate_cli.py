@@ -16,6 +16,11 @@ from fake_openai_server import FakeOpenAIServer
 SCRIPT = ROOT / "interfaces" / "orchestrate.py"
 
 
+# The daemon runs in this process behind its real Unix socket (tests/inprocess.py);
+# orchestrate.py is still a real process talking to it over that socket.
+pytestmark = pytest.mark.daemon("inprocess")
+
+
 @pytest.fixture
 def fake_openai():
     with FakeOpenAIServer() as server:
