@@ -1,4 +1,4 @@
-"""The Textual monitor driven by its pilot (`App.run_test()`) against a real daemon process.
+"""The Textual monitor driven by its pilot (`App.run_test()`) against a real daemon's socket.
 
 Other clients act on the daemon through ksi_client; the tests read what a user would see:
 the rows of the agents and completions tables, the lines of the event stream, the status line
@@ -23,6 +23,7 @@ from rich.console import Console
 from textual.widgets import DataTable, RichLog, Static
 
 from conftest import DaemonProcess
+from inprocess import ThreadedDaemon
 from interfaces.monitor.app import MonitorApp
 from ksi_client import Event, EventClient, KSIUnknownEventError
 
@@ -33,9 +34,10 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 
 @pytest.fixture(scope="module")
 def shared_daemon():
-    """One daemon for the tests that only need one running (each starts its own monitor)."""
+    """One daemon for the tests that only need one running (each starts its own monitor): in
+    this process, behind its real socket, which the monitor reads as it would any daemon's."""
     workdir = Path(tempfile.mkdtemp(prefix="ksi-mon-", dir="/tmp"))
-    daemon = DaemonProcess(workdir).start()
+    daemon = ThreadedDaemon(workdir).start()
     yield daemon
     daemon.stop()
     shutil.rmtree(workdir, ignore_errors=True)
