@@ -206,10 +206,10 @@ def daemon_factory(request, workdir):
 
         def start_in_process(config: dict | None = None, env: dict | None = None, args=None,
                              wait=True, subdir: str | None = None):
-            if env or args or not wait:
-                raise ValueError("env, args and wait=False need a daemon process: mark the "
-                                 "test pytest.mark.daemon('process')")
-            return inprocess(config, subdir=subdir)
+            if env or not wait:
+                raise ValueError("env and wait=False need a daemon process: mark the test "
+                                 "pytest.mark.daemon('process')")
+            return inprocess(config, subdir=subdir, args=args)
 
         yield start_in_process
         return
@@ -241,10 +241,11 @@ def inprocess_factory(workdir):
     from inprocess import ThreadedDaemon
     started: list[ThreadedDaemon] = []
 
-    def start(config: dict | None = None, subdir: str | None = None) -> ThreadedDaemon:
+    def start(config: dict | None = None, subdir: str | None = None,
+              args: list[str] | None = None) -> ThreadedDaemon:
         directory = workdir / subdir if subdir else workdir
         directory.mkdir(exist_ok=True)
-        daemon = ThreadedDaemon(directory, config)
+        daemon = ThreadedDaemon(directory, config, args)
         started.append(daemon)
         return daemon.start()
 

@@ -119,8 +119,9 @@ class AsyncMemoryClient:
 class InProcessDaemon:
     """The daemon's plugins and router, started in the running event loop."""
 
-    def __init__(self, workdir: Path, config: dict | None = None):
+    def __init__(self, workdir: Path, config: dict | None = None, args: list[str] | None = None):
         self.workdir = Path(workdir)
+        self.args = list(args or [])  # command-line flags, read by the daemon's own parser
         self.var_dir = self.workdir / "var"
         self.socket_path = self.var_dir / "run" / "daemon.sock"
         self.config_path = self.workdir / "daemon.json"
@@ -139,8 +140,13 @@ class InProcessDaemon:
         from ksi_daemon.config import load_config
         from ksi_daemon.daemon import Daemon, prepare_run_dir
         from ksi_daemon.logging_setup import configure_logging
-        config, _warnings = load_config(str(self.config_path), {"var_dir": str(self.var_dir)},
-                                        environ={})
+        from ksi_daemon.__main__ import parse_args
+        cli = parse_args(["--config", str(self.config_path), *self.args])
+        config, _warnings = load_config(cli.config, {
+            "var_dir": cli.var_dir or str(self.var_dir), "socket_path": cli.socket_path,
+            "log_level": cli.log_level}, environ={})
+        if cli.plugin_dirs:  # as ksi_daemon.__main__ does: --plugin-dir adds to the list
+            config["daemon"]["plugin_dirs"] += cli.plugin_dirs
         settings = config["daemon"]
         self.log_file = configure_logging(Path(settings["var_dir"]) / "logs",
                                           settings.get("log_level", "INFO"), console=False)
@@ -269,9 +275,9 @@ _FINISHED_LOOPS: list[asyncio.AbstractEventLoop] = []
 class ThreadedDaemon:
     """An InProcessDaemon on its own event loop in a background thread, for sync tests."""
 
-    def __init__(self, workdir: Path, config: dict | None = None):
+    def __init__(self, workdir: Path, config: dict | None = None, args: list[str] | None = None):
         self.workdir = Path(workdir)
-        self.inner = InProcessDaemon(self.workdir, config)
+        self.inner = InProcessDaemon(self.workdir, config, args)
         self.var_dir, self.socket_path = self.inner.var_dir, self.inner.socket_path
         self.proc = _ThisProcess()
         self.loop: asyncio.AbstractEventLoop | None = None

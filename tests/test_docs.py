@@ -26,6 +26,11 @@ FILE_BLOCK = re.compile(r"<!-- file: (?P<path>\S+) -->\n```python\n(?P<code>.*?)
 EXAMPLE_CONFIG = {"plugins": {"greeter": {"blocked": ["mallory"]}}}
 
 
+# The example plugins run in an in-process daemon (tests/inprocess.py), loaded from their
+# directory as a daemon process loads them; the environment's plugin dirs need a process.
+pytestmark = pytest.mark.daemon("inprocess")
+
+
 def file_blocks() -> list[tuple[str, str]]:
     return [(m["path"], m["code"]) for m in FILE_BLOCK.finditer(
         (DOCS / "PLUGINS.md").read_text(encoding="utf-8"))]
@@ -255,6 +260,7 @@ def test_plugin_dirs_from_the_config_file_are_loaded(daemon_factory):
     assert daemon.request("my:custom:event")["data"] == {"status": "processed"}
 
 
+@pytest.mark.daemon("process")
 def test_plugin_dirs_from_the_environment_are_loaded(daemon_factory):
     daemon = daemon_factory(env={"KSI_PLUGIN_DIRS": str(EXAMPLES)})
     assert daemon.request("my:command")["data"] == {"result": "processed"}
