@@ -6,6 +6,7 @@ tests/fake_anthropic_server.py. Nothing here touches the internet.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -538,6 +539,15 @@ def claude_binary() -> Path:
     binary = CLAUDE_CODE_DIR / "node_modules" / ".bin" / "claude"
     if binary.exists():
         return binary
+    CLAUDE_CODE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CLAUDE_CODE_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest-xdist worker may be installing it
+        if binary.exists():
+            return binary
+        return _install_claude_code(binary)
+
+
+def _install_claude_code(binary: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         pytest.skip("node/npm are not installed, so the claude tool cannot be installed")
