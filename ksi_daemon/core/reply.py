@@ -19,6 +19,7 @@ from typing import Any
 import pydantic
 import structlog
 
+from .history import truncated
 from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, VALIDATION_ERROR, KSIError,
                        as_reply_data, encode_error, encode_reply)
 
@@ -34,6 +35,7 @@ class ReplyPath:
 
     def __init__(self, router):
         self.history = router.history
+        self.history_limit = router.history_limit
         self.subscriptions = router.subscriptions
         self.fan_out = router.fan_out
         self.stats_of = router.stats_of
@@ -42,8 +44,10 @@ class ReplyPath:
         self.owed = router.owed
 
     def finish(self, handler, stats, event: str, data: dict, cid: str, conn, started: float,
-               result: Any, exc: BaseException | None = None) -> None:
+               size: int, result: Any, exc: BaseException | None = None) -> None:
         """Answer a request with `result` (or `exc`) and record it: timings, history, fan-out.
+        `size` is the request line's length: past the history's limit its data is truncated
+        there (subscribers still see all of it).
 
         `stats` None is the slow path's unknown name: counted by its name once something
         answered it, else in the one `(unknown)` bucket, kept out of history.
@@ -62,12 +66,13 @@ class ReplyPath:
                 return self.unknown_stats.record(started, False)
             stats = self.stats_of(event)
         stats.record(started, exc is None)
-        self.history.append((event, cid, _now(), conn.id, data))
+        self.history.append((event, cid, _now(), conn.id, data if size <= self.history_limit
+                             else truncated(data, size)))
         if self.subscriptions:
             self.fan_out(event, data, cid, conn)
 
     def when_done(self, future: asyncio.Future, handler, event: str, data: dict, cid: str,
-                  conn, started: float, deadline: float | None) -> None:
+                  conn, started: float, size: int, deadline: float | None) -> None:
         """Answer with the outcome of an async handler's task or a sync handler's future once it
         is done; past `deadline` it is cancelled and the reply is `timeout`."""
         timer = timed_out = None
@@ -86,7 +91,8 @@ class ReplyPath:
                 result, exc = future.result(), None
             except BaseException as failure:  # noqa: BLE001 - includes cancellation at shutdown
                 result, exc = None, timed_out or failure
-            self.finish(handler, handler.stats, event, data, cid, conn, started, result, exc)
+            self.finish(handler, handler.stats, event, data, cid, conn, started, size, result,
+                        exc)
             conn.reply_done()
         self.in_flight.add(future)
         conn.reply_owed()  # the reply is owed even after the client's EOF
@@ -103,16 +109,16 @@ class OwedReply:
     nothing. A caller that awaits the handler (`ctx.emit`, middleware) asks `as_future()`.
     """
     __slots__ = ("path", "event", "correlation_id", "connection", "handler", "data",
-                 "started", "future")
+                 "started", "size", "future")
 
     def __init__(self, path: ReplyPath, event: str, correlation_id: str | None, connection):
         self.path, self.event, self.correlation_id = path, event, correlation_id
         self.connection = connection
         self.handler = self.future = None
 
-    def owe(self, handler, data: dict, started: float) -> None:
+    def owe(self, handler, data: dict, started: float, size: int) -> None:
         """Called by the router when the request's handler returned this reply."""
-        self.handler, self.data, self.started = handler, data, started
+        self.handler, self.data, self.started, self.size = handler, data, started, size
         self.path.owed.add(self)
         self.connection.reply_owed()  # the reply is owed even after the client's EOF
 
@@ -142,7 +148,7 @@ class OwedReply:
         path, conn = self.path, self.connection
         path.owed.discard(self)
         path.finish(handler, handler.stats, self.event, self.data, self.correlation_id, conn,
-                    self.started, result, exc)
+                    self.started, self.size, result, exc)
         conn.reply_done()
 
 

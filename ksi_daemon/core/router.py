@@ -27,6 +27,7 @@ import structlog
 from ..event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
 from .context import Context
 from .event_stats import EventStats, percentiles_ms
+from .history import entry_limit, estimated_size, truncated
 from .protocol import (TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError, as_reply_data,
                        encode_error, encode_push, parse_request)
 from .reply import OwedReply, ReplyPath, as_ksi_error
@@ -63,7 +64,7 @@ class Handler:
 
 class Router:
     def __init__(self, *, event_timeout: float = 30.0, max_event_history: int = 1000,
-                 log_events: bool = False):
+                 max_event_history_bytes: int = 8 * 1024 * 1024, log_events: bool = False):
         self.event_timeout = event_timeout
         self.log_events = log_events
         self.handlers: dict[str, Handler] = {}
@@ -71,6 +72,7 @@ class Router:
         self.pre_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.post_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.history: deque = deque(maxlen=max_event_history)
+        self.history_limit = entry_limit(max_event_history, max_event_history_bytes)
         self.other_stats: dict[str, EventStats] = {"(rejected)": EventStats(),
                                                    "(unknown)": EventStats()}
         self.connections: set = set()
@@ -106,11 +108,13 @@ class Router:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
         handler = self.handlers.get(event)
         if handler is None or self._slow_path or not self.accepting:
-            self._spawn(self._dispatch_slowly(event, data, cid, conn, started), conn)
+            self._spawn(self._dispatch_slowly(event, data, cid, conn, started, len(line)),
+                        conn)
         elif handler.is_async:
             task = asyncio.get_running_loop().create_task(
                 self._call_with_deadline(handler, event, data, cid, conn))
-            self.replies.when_done(task, handler, event, data, cid, conn, started, None)
+            self.replies.when_done(task, handler, event, data, cid, conn, started, len(line),
+                                   None)
         else:
             try:
                 arg = handler.validate(data) if handler.validate else data
@@ -119,14 +123,15 @@ class Router:
                 else:
                     result = handler.func(arg)
                 if result.__class__ is OwedReply:  # ctx.reply_later(): answered when settled
-                    return result.owe(handler, data, started)
+                    return result.owe(handler, data, started, len(line))
                 if isinstance(result, asyncio.Future):
                     return self.replies.when_done(result, handler, event, data, cid, conn,
-                                                  started, self._deadline_of(handler))
+                                                  started, len(line), self._deadline_of(handler))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a coded reply
                 return self.replies.finish(handler, handler.stats, event, data, cid, conn,
-                                           started, None, exc)
-            self.replies.finish(handler, handler.stats, event, data, cid, conn, started, result)
+                                           started, len(line), None, exc)
+            self.replies.finish(handler, handler.stats, event, data, cid, conn, started,
+                                len(line), result)
 
     def _deadline_of(self, handler: Handler) -> float | None:
         return self.event_timeout if handler.timeout == DEFAULT_TIMEOUT else handler.timeout
@@ -149,8 +154,8 @@ class Router:
         except TimeoutError:
             raise KSIError(TIMEOUT, f"{event} did not finish within {deadline} s") from None
 
-    async def _dispatch_slowly(self, event: str, data: dict, cid: str, conn,
-                               started: float) -> None:
+    async def _dispatch_slowly(self, event: str, data: dict, cid: str, conn, started: float,
+                               size: int) -> None:
         """The path for unknown names, middleware, and requests arriving during shutdown."""
         handler = self.handlers.get(event)
         stats = handler.stats if handler is not None else None  # None: counted by outcome
@@ -169,7 +174,7 @@ class Router:
             result = await self._run_post_hooks(event, data, result, ctx)
         except BaseException as failure:  # noqa: BLE001
             exc = failure
-        self.replies.finish(handler, stats, event, data, cid, conn, started, result, exc)
+        self.replies.finish(handler, stats, event, data, cid, conn, started, size, result, exc)
 
     # ---- plugin-facing: emit and push -------------------------------------------------------
 
@@ -217,7 +222,8 @@ class Router:
     def announce_all(self, event: str, announced: list[tuple[str | None, dict]],
                      source=None) -> None:
         """`announce` of many events of one name at once, (correlation_id, data) each: the
-        changes one commit made (one history entry each, one timestamp for them all)."""
+        changes one commit made (one history entry each, one timestamp for them all). Their
+        data is not measured for the history's limit: keep it small (state:changed's is)."""
         if event in self.handlers or self.fallbacks:
             for correlation_id, data in announced:
                 self.announce(event, data, correlation_id, source)
@@ -235,14 +241,17 @@ class Router:
             log.warning("announce_failed", error=str(task.exception()))
 
     def _record_emit(self, event: str, data: dict, correlation_id, source) -> None:
-        self.history.append((event, correlation_id, _now(), getattr(source, "name", source), data))
+        size = estimated_size(data, self.history_limit)
+        kept = data if size <= self.history_limit else truncated(data, size)
+        self.history.append((event, correlation_id, _now(), getattr(source, "name", source), kept))
         if self.subscriptions:
             self.fan_out(event, data, correlation_id, None)
 
     def push(self, event: str, data: Any, correlation_id: str | None, connection) -> None:
         line = encode_push(event, data, correlation_id)
         self.stats_of(event).count += 1
-        self.history.append((event, correlation_id, _now(), "push", data))
+        self.history.append((event, correlation_id, _now(), "push", data
+                             if len(line) <= self.history_limit else truncated(data, len(line))))
         if connection is not None:
             connection.push(line)
         if self.subscriptions:
