@@ -76,6 +76,7 @@ class Router:
         self.other_stats: dict[str, EventStats] = {"(rejected)": EventStats(),
                                                    "(unknown)": EventStats()}
         self.connections: set = set()
+        self.pushes_dropped_by_closed = 0  # so that metrics keep counting them after they go
         self.in_flight: set[asyncio.Task] = set()
         self.owed: set[OwedReply] = set()  # replies handed out by ctx.reply_later()
         self.accepting = True
@@ -324,7 +325,10 @@ class Router:
         self.connections.add(conn)
 
     def connection_closed(self, conn) -> None:
-        self.connections.discard(conn)
+        """A transport's report that `conn` is gone (a second report of it is ignored)."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.pushes_dropped_by_closed += conn.pushes_dropped
         if self.subscriptions.pop(conn, None) is not None:
             self._match_cache.clear()
 
@@ -383,6 +387,10 @@ class Router:
             if stats.count:
                 per_event[name] = {"count": stats.count, "errors": stats.errors,
                                    **percentiles_ms(stats.durations)}
+        connections = self.connections
         return {"events_total": sum(s["count"] for s in per_event.values()),
-                "events": per_event, "connections": len(self.connections),
-                "in_flight": len(self.in_flight) + len(self.owed)}
+                "events": per_event, "connections": len(connections),
+                "queues": {"in_flight_requests": len(self.in_flight) + len(self.owed),
+                           "output_buffered_bytes": sum(c.buffered_bytes() for c in connections),
+                           "pushes_dropped": self.pushes_dropped_by_closed + sum(
+                               c.pushes_dropped for c in connections)}}

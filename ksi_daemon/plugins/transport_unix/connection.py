@@ -12,11 +12,18 @@ import struct
 
 import structlog
 
-from ...core.protocol import FORBIDDEN, PAYLOAD_TOO_LARGE, KSIError, encode_error
+from ...core.protocol import (FORBIDDEN, PAYLOAD_TOO_LARGE, RATE_LIMITED, KSIError,
+                              encode_error, encode_push)
 
 log = structlog.get_logger("ksi.transport.unix")
 _ids = itertools.count(1)
 _PEERCRED = struct.Struct("3i")
+# A disconnected slow consumer gets this long to read what is buffered and the notice after it;
+# one that reads nothing is cut off then.
+NOTICE_FLUSH_S = 5.0
+# A refused peer gets this long to read its `forbidden` line and close; what it sends meanwhile
+# is read and thrown away (closing with it unread would reset the connection before it reads).
+REFUSED_LINGER_S = 2.0
 
 
 def peer_credentials(transport: asyncio.Transport) -> tuple[int, int, int]:
@@ -53,10 +60,12 @@ class Connection(asyncio.Protocol):
         self.peer_pid, self.peer_uid, _gid = peer_credentials(transport)
         if self.peer_uid not in self.allowed_uids:
             log.warning("peer_forbidden", uid=self.peer_uid, pid=self.peer_pid)
+            self.closed = True  # from here on data_received discards what the peer sends
             transport.write(encode_error(None, None, KSIError(
                 FORBIDDEN, f"uid {self.peer_uid} may not use this daemon")))
-            self.closed = True
-            transport.close()
+            transport.write_eof()  # the line, then EOF; the peer's own EOF closes the rest
+            self._grace_timer = asyncio.get_running_loop().call_later(
+                REFUSED_LINGER_S, transport.abort)
             return
         self.id = f"unix:{self.id[5:]}:pid{self.peer_pid}"
         self.registry.add(self)
@@ -160,12 +169,22 @@ class Connection(asyncio.Protocol):
 
     def _disconnect_if_still_slow(self) -> None:
         self._grace_timer = None
-        if not self.closed and self.transport.get_write_buffer_size() > self.output_limit // 2:
-            log.warning("slow_consumer_disconnected", connection=self.id,
-                        pushes_dropped=self.pushes_dropped,
-                        buffered=self.transport.get_write_buffer_size())
-            self.closed = True
-            self.transport.abort()
+        buffered = self.buffered_bytes()
+        if self.closed or buffered <= self.output_limit // 2:
+            return
+        log.warning("slow_consumer_disconnected", connection=self.id,
+                    pushes_dropped=self.pushes_dropped, buffered=buffered)
+        self.closed = True
+        # After what is buffered (whole lines), one coded notice, then EOF: the client learns
+        # why. The router forgets it now, not when the flush ends.
+        self.transport.write(encode_push("system:disconnected", {
+            "code": RATE_LIMITED, "message": "disconnected: this connection did not read its "
+            f"pushes (more than {self.output_limit} bytes buffered for "
+            f"{self.grace_s} s)", "pushes_dropped": self.pushes_dropped}, None))
+        self.transport.close()
+        self.router.connection_closed(self)
+        self._grace_timer = asyncio.get_running_loop().call_later(
+            NOTICE_FLUSH_S, self.transport.abort)
 
     def _too_large(self) -> None:
         self.send(encode_error(None, None, KSIError(
