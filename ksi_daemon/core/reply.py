@@ -38,7 +38,6 @@ class ReplyPath:
         self.history_limit = router.history_limit
         self.subscriptions = router.subscriptions
         self.fan_out = router.fan_out
-        self.stats_of = router.stats_of
         self.unknown_stats = router.other_stats["(unknown)"]
         self.in_flight = router.in_flight
         self.owed = router.owed
@@ -49,8 +48,8 @@ class ReplyPath:
         `size` is the request line's length: past the history's limit its data is truncated
         there (subscribers still see all of it).
 
-        `stats` None is the slow path's unknown name: counted by its name once something
-        answered it, else in the one `(unknown)` bucket, kept out of history.
+        `stats` None is a name nobody answered: counted in the one `(unknown)` bucket and
+        kept out of history, so client-chosen names grow neither.
         """
         if exc is None:
             try:
@@ -62,9 +61,7 @@ class ReplyPath:
             line = error_line(handler, event, cid, exc)
         conn.send(line)
         if stats is None:
-            if exc is not None:
-                return self.unknown_stats.record(started, False)
-            stats = self.stats_of(event)
+            return self.unknown_stats.record(started, False)
         stats.record(started, exc is None)
         self.history.append((event, cid, _now(), conn.id, data if size <= self.history_limit
                              else truncated(data, size)))

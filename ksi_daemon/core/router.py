@@ -159,7 +159,7 @@ class Router:
                                size: int) -> None:
         """The path for unknown names, middleware, and requests arriving during shutdown."""
         handler = self.handlers.get(event)
-        stats = handler.stats if handler is not None else None  # None: counted by outcome
+        stats = handler.stats if handler is not None else None  # None: nobody answered
         result = exc = None
         try:
             if not self.accepting:
