@@ -178,9 +178,10 @@ class Connection(asyncio.Protocol):
         # After what is buffered (whole lines), one coded notice, then EOF: the client learns
         # why. The router forgets it now, not when the flush ends.
         self.transport.write(encode_push("system:disconnected", {
-            "code": RATE_LIMITED, "message": "disconnected: this connection did not read its "
-            f"pushes (more than {self.output_limit} bytes buffered for "
-            f"{self.grace_s} s)", "pushes_dropped": self.pushes_dropped}, None))
+            "code": RATE_LIMITED, "message": "disconnected: this connection does not read "
+            f"its pushes ({buffered} bytes still unread {self.grace_s} s after pushes were "
+            f"first dropped at {self.output_limit})", "pushes_dropped": self.pushes_dropped},
+            None))
         self.transport.close()
         self.router.connection_closed(self)
         self._grace_timer = asyncio.get_running_loop().call_later(
