@@ -30,6 +30,7 @@ class DaemonSettings(_Section):
     socket_path: str | None = None
     plugin_dirs: list[str] = Field(default_factory=list)
     max_event_history: int = Field(1000, ge=0)
+    max_event_history_bytes: int = Field(8 * 1024 * 1024, ge=0)
     event_timeout: float = Field(30.0, gt=0)
     shutdown_timeout: float = Field(10.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

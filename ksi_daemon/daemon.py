@@ -74,6 +74,7 @@ class Daemon:
         self.pid_file = Path(settings["var_dir"]) / "run" / "daemon.pid"
         self.router = Router(event_timeout=settings["event_timeout"],
                              max_event_history=settings["max_event_history"],
+                             max_event_history_bytes=settings["max_event_history_bytes"],
                              log_events=settings["log_events"])
         self.plugins = PluginManager(config, self.router, self)
         self.shutdown_timeout = settings["shutdown_timeout"]

@@ -36,6 +36,14 @@ ERROR_CODES = frozenset({
 EVENT_NAME = re.compile(r"[a-z0-9_]+(?::[a-z0-9_]+)+")
 MAX_CORRELATION_ID = 128
 
+# orjson decodes 1024 nested arrays/objects but encodes at most 254 (255 raise "Recursion limit
+# reached"; tests/test_core_reply.py pins both). A request nested deeper than MAX_NESTING is
+# refused when it is decoded, so that its reply can always be encoded: the levels between are
+# room for replies that embed a request's data (a validation error's details, history entries).
+ENCODER_MAX_NESTING = 254
+MAX_NESTING = ENCODER_MAX_NESTING - 32
+_SHALLOW_LINE = 2 * MAX_NESTING  # a JSON text nested N deep has at least 2N bytes
+
 _loads = orjson.loads
 _dumps = orjson.dumps
 _now = time.time
@@ -93,6 +101,11 @@ def parse_request(line: bytes) -> tuple[str, dict, str]:
                          "(lowercase [a-z0-9_] segments joined by ':')")
         error.correlation_id = correlation_id
         raise error
+    if len(line) > _SHALLOW_LINE and nests_deeper_than(line, request, MAX_NESTING):
+        error = KSIError(INVALID_REQUEST, f"the request is nested more than {MAX_NESTING} "
+                         "levels deep, past what a reply could carry")
+        error.correlation_id, error.event = correlation_id, event
+        raise error
     data = request.get("data")
     if data is None:
         data = {}
@@ -101,6 +114,22 @@ def parse_request(line: bytes) -> tuple[str, dict, str]:
         error.correlation_id, error.event = correlation_id, event
         raise error
     return event, data, correlation_id
+
+
+def nests_deeper_than(line: bytes, request: dict, limit: int) -> bool:
+    """Whether the decoded `request` nests more than `limit` arrays/objects deep. Counting the
+    brackets of the line first (in C) spares the walk for nearly every long line."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    stack = [(request, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in value.values() if value.__class__ is dict else value:
+            if child.__class__ is dict or child.__class__ is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def as_reply_data(result: Any) -> Any:

@@ -234,9 +234,12 @@ class StatePlugin(BasePlugin):
     def _audit_of(self, ctx):
         if not self.audit_enabled:
             return None
-        connection = getattr(ctx, "connection", None)
-        return (getattr(connection, "peer_pid", None), getattr(connection, "peer_uid", None),
-                getattr(ctx, "correlation_id", None))
+        if ctx is None:  # the daemon's own write (the expiry sweep)
+            return None, None, None
+        connection = ctx.connection  # a core Connection, or None for an event a plugin emitted
+        if connection is None:
+            return None, None, ctx.correlation_id
+        return connection.peer_pid, connection.peer_uid, ctx.correlation_id
 
 
 _loads, _dumps = orjson.loads, orjson.dumps
