@@ -1,8 +1,9 @@
 """A plugin can't take the daemon down, and sees the daemon only through its context.
 
 One daemon (started once for the module) with the plugins of tests/plugins/isolation: seeds/002
-style `typing.TypedDict` schemas, a plugin whose dependency is not installed, a plugin from a
-plugin dir asking for the daemon's internals, and one reporting what its context offers.
+style `typing.TypedDict` schemas, a schema pydantic cannot build, a plugin whose dependency is
+not installed, a plugin from a plugin dir asking for the daemon's internals, and one reporting
+what its context offers.
 """
 from __future__ import annotations
 
@@ -90,3 +91,12 @@ def test_history_names_the_plugin_that_emitted_or_announced(daemon):
     assert sources["plugin_view:started"] == "plugin_view"  # context.emit
     assert sources["plugin_view:announced"] == "plugin_view"  # context.announce
     assert not any("object at 0x" in str(e["source"]) for e in history)
+
+
+def test_a_schema_pydantic_cannot_build_fails_only_its_plugin(daemon):
+    plugin = plugins_by_name(daemon)["bad_schema"]
+    assert plugin["state"] == "failed"
+    assert "the schema of bad_schema:go is not usable" in plugin["error"]
+    error = error_of(daemon.request("bad_schema:go", {"thing": 1}))
+    assert error["code"] == "unavailable"
+    assert data_of(daemon.request("system:health"))["status"] == "healthy"
