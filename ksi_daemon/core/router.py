@@ -68,6 +68,9 @@ class Router:
         self.event_timeout = event_timeout
         self.log_events = log_events
         self.handlers: dict[str, Handler] = {}
+        # What a client's request finds: the same handlers, but a refusal for internal events.
+        self.client_handlers: dict[str, Handler] = {}
+        self.failed_namespaces: dict[str, str] = {}  # namespace -> why its plugin failed
         self.fallbacks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.pre_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.post_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
@@ -87,8 +90,9 @@ class Router:
 
     # ---- set-up (called by the plugin manager at start) ---------------------------------------
 
-    def add_handler(self, handler: Handler) -> None:
+    def add_handler(self, handler: Handler, for_clients: Handler | None = None) -> None:
         self.handlers[handler.event] = handler
+        self.client_handlers[handler.event] = for_clients or handler
 
     def seal(self) -> None:  # decide once whether requests take the slower middleware path
         self._slow_path = bool(self.pre_hooks or self.post_hooks)
@@ -107,7 +111,7 @@ class Router:
             return
         if self.log_events:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
-        handler = self.handlers.get(event)
+        handler = self.client_handlers.get(event)
         if handler is None or self._slow_path or not self.accepting:
             self._spawn(self._dispatch_slowly(event, data, cid, conn, started, len(line)),
                         conn)
@@ -158,7 +162,7 @@ class Router:
     async def _dispatch_slowly(self, event: str, data: dict, cid: str, conn, started: float,
                                size: int) -> None:
         """The path for unknown names, middleware, and requests arriving during shutdown."""
-        handler = self.handlers.get(event)
+        handler = self.client_handlers.get(event)
         stats = handler.stats if handler is not None else None  # None: nobody answered
         result = exc = None
         try:
@@ -280,6 +284,8 @@ class Router:
                 return as_reply_data(result)
         if missing_ok:
             return None
+        if event.partition(":")[0] in self.failed_namespaces:
+            raise KSIError(UNAVAILABLE, self.failed_namespaces[event.partition(":")[0]])
         names = list(self.handlers)
         names += [c for p, _, _ in self.fallbacks for c in getattr(
             getattr(p, "capabilities", None), "commands", ())]

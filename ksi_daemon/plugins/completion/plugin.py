@@ -23,7 +23,7 @@ from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, TIMEOUT, UNAVAILABLE, KSIError
 from ...storage.sqlite_writer import WriterStopped
-from . import claude_cli, offline_model
+from . import claude_cli, hookspecs, offline_model
 from .calls import call_model
 from .hooks import CompletionHooks
 from .journal import Entry, Journal
@@ -43,7 +43,8 @@ class CompletionPlugin(BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="completion", version="0.1.0", priority=50,
-                           description="Model completions: sessions, streaming, retries"),
+                           description="Model completions: sessions, streaming, retries",
+                           hookspecs=[hookspecs]),
             PluginCapabilities(event_namespaces=["completion"],
                                provides_services=["completion"]))
         self.jobs: OrderedDict[str, Job] = OrderedDict()
@@ -57,7 +58,6 @@ class CompletionPlugin(BasePlugin):
     async def ksi_startup(self, config, context):
         own = context.config
         self.log = context.log
-        self.router, self.daemon = context.router, context.daemon
         self.default_model = own.get("default_model") or offline_model.DEFAULT_MODEL
         self.aliases = dict(own.get("aliases") or {})
         self.default_timeout_s = float(own.get("timeout_s", 300))
@@ -69,7 +69,7 @@ class CompletionPlugin(BasePlugin):
         self.memory = ConversationMemory(self._emit_for_memory, self.log,
                                          int(own.get("history_window", 40)))
         self.responses = ResponseLog(Path(config["daemon"]["var_dir"]) / "logs" / "responses")
-        self.hooks = CompletionHooks(context.manager, self.log)
+        self.hooks = CompletionHooks(context)
         self.scheduler = SessionScheduler(
             self._run, int(own.get("max_concurrent", 16)),
             {k: int(v) for k, v in (own.get("per_model_concurrency") or {}).items()},
@@ -130,7 +130,7 @@ class CompletionPlugin(BasePlugin):
             await self.journal.close()
 
     def _shutdown_time_left(self) -> float:
-        deadline = getattr(self.daemon, "shutdown_deadline", None)
+        deadline = self.context.shutdown_deadline
         if deadline is None:
             return self.shutdown_timeout_s
         return max(0.0, deadline - time.monotonic())
@@ -573,7 +573,7 @@ class CompletionPlugin(BasePlugin):
         return {"resumed": True} if job.resumed else {}
 
     def _push(self, job: Job, event: str, data: dict) -> None:
-        self.router.push(event, data, job.correlation_id, job.connection)
+        self.context.push(event, data, job.correlation_id, job.connection)
 
 
 def _messages_of(request: CompletionRequest) -> list[dict]:

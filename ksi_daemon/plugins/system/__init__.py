@@ -24,11 +24,12 @@ class SystemPlugin(BasePlugin):
         super().__init__(
             PluginMetadata(name="system", version="0.1.0", priority=0,
                            description="Daemon health, discovery, subscriptions and control"),
-            PluginCapabilities(event_namespaces=["system"]))
+            # internals: it reports on the router, the plugin manager and the daemon
+            PluginCapabilities(event_namespaces=["system"], internals=True))
 
     @hookimpl
     def ksi_startup(self, context):
-        self.router, self.manager, self.daemon = context.router, context.manager, context.daemon
+        self.router, self.manager, self.daemon = context.internals
         self.pid = os.getpid()
 
     @event_handler("system:health", returns=HealthReply)

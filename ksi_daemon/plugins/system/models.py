@@ -55,6 +55,8 @@ class EventDescription(BaseModel):
     summary: str
     parameters: dict[str, Any]
     plugin: str
+    internal: bool = Field(False, description="only plugins may send it; a client gets "
+                                              "`forbidden` (absent when false)")
 
 
 class DiscoverReply(BaseModel):

@@ -23,7 +23,8 @@ class UnixTransport(BasePlugin):
         super().__init__(
             PluginMetadata(name="transport_unix", version="0.1.0", priority=1000,
                            description="Newline-delimited JSON over a Unix stream socket"),
-            PluginCapabilities(provides_services=["transport"]))
+            # internals: it hands every line to the router itself
+            PluginCapabilities(provides_services=["transport"], internals=True))
         self.server: asyncio.AbstractServer | None = None
         self.connections: set[Connection] = set()
         self.socket_path: Path | None = None
@@ -43,7 +44,7 @@ class UnixTransport(BasePlugin):
             context.log.warning("unix_transport_disabled")
             return
         sock = bind_socket(self.socket_path)
-        router = context.router
+        router = context.internals.router
         self.server = await asyncio.get_running_loop().create_unix_server(
             lambda: Connection(router, self.limits, self.allowed_uids, self.connections),
             sock=sock)
