@@ -16,6 +16,7 @@ from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
 
 CLOSE_GRACE_S = 2.0
+SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
 
 
 class UnixTransport(BasePlugin):
@@ -34,6 +35,7 @@ class UnixTransport(BasePlugin):
         self.enabled = config["transports"]["unix"]["enabled"]
         self.socket_path = Path(settings["socket_path"])
         self.allowed_uids = {os.getuid(), *settings["allowed_uids"]}
+        self.backlog = settings["listen_backlog"]
         self.limits = {key: settings[key] for key in
                        ("max_line_bytes", "output_buffer_bytes", "slow_consumer_grace_s")}
 
@@ -44,10 +46,17 @@ class UnixTransport(BasePlugin):
             return
         sock = bind_socket(self.socket_path)
         router = context.router
+        # The loop calls listen() again with its own default backlog (100) unless told.
         self.server = await asyncio.get_running_loop().create_unix_server(
             lambda: Connection(router, self.limits, self.allowed_uids, self.connections),
-            sock=sock)
-        context.log.info("listening", socket=str(self.socket_path))
+            sock=sock, backlog=self.backlog)
+        kernel_cap = kernel_backlog_cap()
+        if kernel_cap is not None and kernel_cap < self.backlog:
+            context.log.warning("listen_backlog_capped", configured=self.backlog,
+                                somaxconn=kernel_cap,
+                                fix="raise net.core.somaxconn (sysctl) to hold larger bursts")
+        context.log.info("listening", socket=str(self.socket_path),
+                         backlog=min(self.backlog, kernel_cap or self.backlog))
 
     @hookimpl
     def ksi_stopping(self):
@@ -85,9 +94,16 @@ def bind_socket(path: Path) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(socket.SOMAXCONN)
     sock.setblocking(False)
-    return sock
+    return sock  # the loop's create_unix_server calls listen() with the configured backlog
+
+
+def kernel_backlog_cap() -> int | None:
+    """net.core.somaxconn: the kernel silently lowers any larger listen backlog to it."""
+    try:
+        return int(SOMAXCONN_FILE.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 ksi_plugin = UnixTransport
