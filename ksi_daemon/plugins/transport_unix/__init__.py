@@ -11,10 +11,13 @@ import socket
 import stat
 from pathlib import Path
 
+import structlog
+
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
 
+log = structlog.get_logger("ksi.transport.unix")
 CLOSE_GRACE_S = 2.0
 SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
 
@@ -66,12 +69,19 @@ class UnixTransport(BasePlugin):
     @hookimpl
     async def ksi_shutdown(self):
         for conn in list(self.connections):
+            # (what shutdown had read of each client: tests/test_ops_shutdown.py checks that
+            # every line within it was answered)
+            log.debug("connection_closing", connection=conn.id, bytes_read=conn.bytes_read)
             conn.close()  # flushes what is buffered, then closes
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_GRACE_S
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
+            # A client that does not read its replies loses them here, and the log says so.
+            log.warning("connection_aborted_at_shutdown", connection=conn.id,
+                        unsent_bytes=conn.transport.get_write_buffer_size(),
+                        grace_s=CLOSE_GRACE_S)
             conn.transport.abort()
         if self.server is not None:
             self.socket_path.unlink(missing_ok=True)
