@@ -53,7 +53,8 @@ def run_foreground(config: dict, warnings: list[str]) -> int:
 
     import uvloop
 
-    from .daemon import AlreadyRunning, Daemon, InstanceLock, prepare_run_dir
+    from .daemon import (AlreadyRunning, Daemon, InstanceLock, exit_past_running_threads,
+                         prepare_run_dir)
     from .logging_setup import configure_logging
     from . import private_files
 
@@ -74,9 +75,10 @@ def run_foreground(config: dict, warnings: list[str]) -> int:
         print(f"ksi: {exc}", file=sys.stderr)
         return 2
     try:
-        return uvloop.run(Daemon(config).run())
+        code = uvloop.run(Daemon(config).run())
     finally:
         lock.release()
+    return exit_past_running_threads(code)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import fcntl
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -152,3 +154,28 @@ class Daemon:
 
     def uptime(self) -> float:
         return time.time() - self.started_at
+
+
+def exit_past_running_threads(code: int) -> int:
+    """`code` for the interpreter's normal exit, or the end of the process right here when
+    threads are still running, so the interpreter never finalizes under them.
+
+    Such a thread is the completion plugin's litellm import when SIGTERM comes right after
+    start (it takes seconds): the normal exit would run litellm's atexit handlers (which import
+    and run an event loop) while that thread holds the import locks, then tear modules down
+    under a thread inside C extensions; once in nine such stops that ended in SIGABRT after
+    `daemon_stopped`. Nothing is left to save at this point: the plugins closed their databases,
+    the pid file is gone, the kernel drops the instance lock.
+    """
+    running = [thread.name for thread in threading.enumerate()
+               if thread is not threading.current_thread() and thread.is_alive()]
+    if not running:
+        return code
+    log.info("exiting_past_running_threads", threads=running[:20], exit_code=code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

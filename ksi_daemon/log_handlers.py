@@ -42,6 +42,8 @@ class LineFile(logging.Handler):
         self._cut_line = False  # a write was cut short: the next one starts a fresh line
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.fd < 0:
+            return  # closed at exit while another thread still logs
         try:
             line = (self.format(record) + "\n").encode("utf-8", "replace")
         except Exception:  # noqa: BLE001 - a record that cannot be formatted: the usual report
