@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -26,6 +27,9 @@ from .core.router import Router
 
 log = structlog.get_logger("ksi.daemon")
 LEFTOVER_GRACE_S = 1.0
+# Each client is a file descriptor: the usual soft limit of 1024 would refuse (EMFILE) a burst
+# of a thousand clients once the databases and logs have theirs.
+WANTED_OPEN_FILES = 65536
 
 
 class AlreadyRunning(Exception):
@@ -67,6 +71,23 @@ def prepare_run_dir(socket_path: str) -> None:
         os.chmod(run_dir, 0o700)  # mkdir's mode is filtered by the umask
 
 
+def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
+    """Lift the soft limit on open files towards `wanted` (never past the hard limit, which
+    only root may raise); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open_file_limit_kept", soft=soft, hard=hard, error=str(exc))
+    if soft != resource.RLIM_INFINITY and soft < 1100:
+        log.warning("open_file_limit_low", soft=soft, hard=hard,
+                    consequence="fewer than ~1000 clients can be connected at once")
+    return soft
+
+
 class Daemon:
     def __init__(self, config: dict):
         self.config = config
@@ -91,6 +112,7 @@ class Daemon:
             self._stop.set()
 
     async def run(self) -> int:
+        raise_open_file_limit()
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -3,6 +3,8 @@ client trying again while it is full)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import signal
 import socket
 
@@ -10,6 +12,7 @@ import orjson
 import pytest
 
 from ksi_client import KSIConnectionError
+from conftest import DaemonProcess
 from ksi_client.event_client import EventClient
 
 BURST = 1000
@@ -25,14 +28,37 @@ async def health_for_each_of(socket_path: str, count: int) -> list:
                                 return_exceptions=True)
 
 
-def test_a_thousand_clients_connecting_at_once_each_get_their_health_reply(daemon):
+@contextlib.contextmanager
+def soft_file_limit(soft: int):
+    """The usual desktop limit of 1024 open files, for a process started inside."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+@pytest.fixture
+def daemon_with_the_usual_file_limit(workdir):
+    with soft_file_limit(1024):
+        daemon = DaemonProcess(workdir).start()
+    yield daemon
+    daemon.stop()
+
+
+def test_a_thousand_clients_connecting_at_once_each_get_their_health_reply(
+        daemon_with_the_usual_file_limit):
+    daemon = daemon_with_the_usual_file_limit
     results = asyncio.run(health_for_each_of(str(daemon.socket_path), BURST))
     failures = [r for r in results if isinstance(r, BaseException)]
     assert not failures, f"{len(failures)} of {BURST} failed, e.g. {failures[0]!r}"
     assert all(r["status"] == "healthy" for r in results)
 
 
-def test_the_default_backlog_queues_a_burst_of_a_thousand_while_the_daemon_is_busy(daemon):
+def test_the_default_backlog_queues_a_burst_of_a_thousand_while_the_daemon_is_busy(
+        daemon_with_the_usual_file_limit):
+    daemon = daemon_with_the_usual_file_limit
     # Stopped, the daemon accepts nothing: every connect of the burst must fit in the backlog.
     socks = []
     daemon.proc.send_signal(signal.SIGSTOP)
