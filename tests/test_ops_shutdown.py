@@ -16,7 +16,6 @@ from pathlib import Path
 
 import orjson
 
-from conftest import LineClient
 
 FEATURES = str(Path(__file__).parent / "plugins" / "features")
 CLIENTS = 8
