@@ -8,6 +8,7 @@ requests it read, and each of them must have exactly one reply: no more, no fewe
 """
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
@@ -112,7 +113,8 @@ def closing_records(daemon) -> list[dict]:
     records = [orjson.loads(line) for line in
                (daemon.var_dir / "logs" / "daemon.log").read_bytes().splitlines()]
     closing = [r for r in records if r["event"] == "connection_closing"]
-    return sorted(closing, key=lambda r: int(r["connection"].split(":")[1]))
+    # connection ids carry the accept order ("unix:7:pid123"); the clients connected in turn
+    return sorted(closing, key=lambda r: int(re.search(r"\d+", r["connection"]).group()))
 
 
 def test_sigterm_mid_flood_answers_every_line_read_exactly_once(daemon_factory):
