@@ -39,6 +39,9 @@ class DaemonSettings(_Section):
     output_buffer_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     slow_consumer_grace_s: float = Field(2.0, ge=0)
     allowed_uids: list[int] = Field(default_factory=list)
+    # Connections the kernel queues before the daemon accepts them: a burst of clients larger
+    # than this is refused (EAGAIN) until it drains. Capped by net.core.somaxconn.
+    listen_backlog: int = Field(2048, ge=1, le=65535)
 
 
 class UnixTransportSettings(_Section):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 
+from .private_files import owner_only
+
 READY_TIMEOUT_S = 30.0
 
 
@@ -48,9 +50,11 @@ def wait_until_healthy(socket_path: str, process: subprocess.Popen | None,
 def start_in_background(config: dict, argv: list[str]) -> int:
     settings = config["daemon"]
     log_dir = Path(settings["var_dir"]) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     out_path = log_dir / "daemon.out"
-    with open(out_path, "ab") as out:
+    with owner_only():  # var/ is private (private_files.py): the daemon's output too
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(out_path, "ab")
+    with out:
         start_offset = out.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "ksi_daemon", "--foreground", *argv],

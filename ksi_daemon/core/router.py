@@ -36,6 +36,7 @@ log = structlog.get_logger("ksi.router")
 _perf = time.perf_counter
 _now = time.time
 MAX_MATCH_CACHE = 4096
+SHUTTING_DOWN = KSIError(UNAVAILABLE, "the daemon is shutting down")
 
 
 class Handler:
@@ -111,8 +112,10 @@ class Router:
             return
         if self.log_events:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
+        if not self.accepting:  # answered now: a task made now could be cancelled unstarted
+            return conn.send(encode_error(event, cid, SHUTTING_DOWN))
         handler = self.client_handlers.get(event)
-        if handler is None or self._slow_path or not self.accepting:
+        if handler is None or self._slow_path:
             self._spawn(self._dispatch_slowly(event, data, cid, conn, started, len(line)),
                         conn)
         elif handler.is_async:

@@ -47,6 +47,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.pushes_dropped = 0
         self.pending = 0  # requests whose reply has not been written yet
+        self.bytes_read = 0  # handed to the line splitter; logged when shutdown closes it
         self._eof = False
         self._buffer = bytearray()
         self._discarding = False  # inside an oversized line: skip up to the next newline
@@ -74,6 +75,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.bytes_read += len(data)
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
