@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from ..config import ConfigError, load_config
@@ -75,7 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         for warning in warnings:
             error(f"warning: {warning}")
     try:
-        return VERBS[args.verb](config, args)
+        code = VERBS[args.verb](config, args)
+        sys.stdout.flush()  # here, so a reader that left is noticed while we can still say so
+        return code
+    except BrokenPipeError:
+        return quietly_after_the_reader_left()
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+
+
+def quietly_after_the_reader_left() -> int:
+    """`status | head -1`: the reader has what it wanted; end as a Unix tool ends on SIGPIPE.
+
+    Output still buffered would raise again when the interpreter flushes at exit, so stdout
+    now points at /dev/null; the exit code is the shell's for a process killed by SIGPIPE.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

@@ -1,0 +1,31 @@
+"""daemon_control.py as a newcomer first meets it: pipes, other directories, restarts, failures."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from test_daemon_control import CONTROL, Control, control  # noqa: F401 (control is a fixture)
+
+SIGPIPE_EXIT = 128 + 13
+
+
+def run_into_a_closed_pipe(control: Control, *args: str) -> subprocess.CompletedProcess:
+    """As `daemon_control.py VERB | head -1` once head has read its line and gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, str(CONTROL), *args], cwd=control.workdir,
+                              env=control.env, stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    finally:
+        os.close(write_end)
+
+
+def test_a_reader_that_goes_away_ends_status_health_and_logs_quietly(control):
+    control.started()
+    for verb in ("status", "health", "logs"):
+        result = run_into_a_closed_pipe(control, verb)
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, verb
+        assert result.stderr == "", (verb, result.stderr)
+        assert result.returncode == SIGPIPE_EXIT, verb
