@@ -51,7 +51,8 @@ def print_how_to_talk(socket_path: str) -> None:
     chat = PROJECT_ROOT / "interfaces" / "chat.py"
     chat_shown = "interfaces/chat.py" if Path.cwd() == PROJECT_ROOT else str(chat)
     python = python_command()
-    # Clients find the socket the way the protocol says (KSI_SOCKET_PATH, KSI_VAR_DIR, ./var);
+    # Clients find the socket the way the protocol says (KSI_SOCKET_PATH, KSI_VAR_DIR, the
+    # project's var/);
     # only when --config/--var-dir/--socket moved it must they be told where it is.
     env_prefix = "" if os.path.realpath(socket_path) == socket_clients_would_find() else \
         f"KSI_SOCKET_PATH={socket_path} "
@@ -59,7 +60,7 @@ def print_how_to_talk(socket_path: str) -> None:
     chat_line = f"\n  chat:          {env_prefix}{python} {chat_shown}" if chat.exists() else ""
     print(f"""
 Talk to it:
-  raw protocol:  echo '{{"event":"system:health"}}' | nc -U {socket_path}{chat_line}
+  raw protocol:  echo '{{"event":"system:health"}}' | nc -N -U {socket_path}{chat_line}
   Python (in `{python} -m asyncio`, which allows top-level await):
     from ksi_client import EventClient
     async with EventClient(socket_path="{socket_path}") as client:
