@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                      "used, else the daemon's default)")
     parser.add_argument("--socket", metavar="PATH",
                         help="the daemon's socket (default: KSI_SOCKET_PATH, then "
-                             "KSI_VAR_DIR/run/daemon.sock, then ./var/run/daemon.sock)")
+                             "KSI_VAR_DIR/run/daemon.sock, then the project's "
+                             "var/run/daemon.sock)")
     return parser.parse_args(argv)
 
 

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--socket", help="the daemon's socket (default: KSI_SOCKET_PATH, "
                                          "then KSI_VAR_DIR/run/daemon.sock, then "
-                                         "./var/run/daemon.sock)")
+                                         "the project's var/run/daemon.sock)")
     args = parser.parse_args(argv)
     if not args.list_modes and not (args.topic and args.topic.strip()):
         parser.error("a TOPIC is needed (or --list-modes)")

@@ -232,10 +232,10 @@ def test_one_shot_prints_the_answer_and_continues_the_last_session(daemon):
     again = run_chat(daemon, "--session", "named-one", "How deep?")
     assert "caves" in named.stdout and "This is turn 2" in again.stdout
     assert "caves" in again.stdout
-    # Found as ./var/run/daemon.sock of the working directory, like a daemon started there.
-    env = {key: value for key, value in chat_env(daemon).items()
-           if key not in ("KSI_SOCKET_PATH", "KSI_VAR_DIR")}
-    local = run_chat(daemon, "And the bats?", env=env, cwd=daemon.workdir)
+    # Found through KSI_VAR_DIR alone, from another directory.
+    env = {key: value for key, value in chat_env(daemon).items() if key != "KSI_SOCKET_PATH"}
+    env["KSI_VAR_DIR"] = str(daemon.var_dir)
+    local = run_chat(daemon, "And the bats?", env=env, cwd="/")
     assert local.returncode == 0, local.stderr
     assert "This is turn 3" in local.stdout and "caves" in local.stdout
 

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __doc__ as description
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="config file (default ~/.ksi/daemon.json or $KSI_CONFIG)")
-    common.add_argument("--var-dir", help="runtime data directory (default ./var or $KSI_VAR_DIR)")
+    common.add_argument("--var-dir", help="runtime data directory (default $KSI_VAR_DIR, "
+                                            "else the project's var/)")
     common.add_argument("--socket", help="socket path (default <var-dir>/run/daemon.sock)")
     parser = argparse.ArgumentParser(prog="daemon_control.py", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
