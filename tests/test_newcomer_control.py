@@ -29,3 +29,30 @@ def test_a_reader_that_goes_away_ends_status_health_and_logs_quietly(control):
         assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, verb
         assert result.stderr == "", (verb, result.stderr)
         assert result.returncode == SIGPIPE_EXIT, verb
+
+
+def plugin_states(control: Control) -> dict[str, str]:
+    plugins = control.request("system:plugins")["data"]["plugins"]
+    return {plugin["name"]: plugin["state"] for plugin in plugins}
+
+
+def test_restart_starts_again_with_the_config_file_start_was_given(control):
+    config = control.workdir / "quiet.json"
+    config.write_text('{"plugins": {"orchestration": {"enabled": false}}}')
+    assert control.run("start", "--config", str(config)).returncode == 0
+    assert plugin_states(control)["orchestration"] == "disabled"
+    restarted = control.run("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"config file it was started with: {config}" in restarted.stdout
+    assert plugin_states(control)["orchestration"] == "disabled"
+
+
+def test_restart_leaves_the_daemon_running_when_its_config_file_broke(control):
+    config = control.workdir / "quiet.json"
+    config.write_text('{"plugins": {"orchestration": {"enabled": false}}}')
+    assert control.run("start", "--config", str(config)).returncode == 0
+    pid = control.request("system:health")["data"]["pid"]
+    config.write_text("{not json")
+    refused = control.run("restart")
+    assert refused.returncode == 1 and "cannot be used now" in refused.stderr
+    assert control.request("system:health")["data"]["pid"] == pid

@@ -9,6 +9,7 @@ Exit codes: 0 success; 1 failure (the reason is on stderr); 2 usage error or a m
 
 One module per verb (or small group of verbs), beside what they share:
 `asking` (one request to the daemon), `process` (finding its process without asking it),
+`remembered` (what `start` was given, for `restart`),
 `output` (how results are printed), `command_line` (the parser and `main`).
 """
 from .command_line import main

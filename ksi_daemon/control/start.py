@@ -10,6 +10,7 @@ from ..launcher import start_in_background
 from .asking import health_or_none
 from .output import EXIT_FAILED, EXIT_OK, error
 from .process import lock_holder
+from .remembered import remember_start
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +32,7 @@ def start(config: dict, args: argparse.Namespace) -> int:
     code = start_in_background(config, daemon_arguments(config, args))
     if code != 0:
         return code
+    remember_start(config, absolute_config_file(args))
     print_how_to_talk(socket_path)
     return EXIT_OK
 
@@ -39,12 +41,17 @@ def daemon_arguments(config: dict, args: argparse.Namespace) -> list[str]:
     """The command line that makes the daemon resolve the same configuration we did."""
     argv = []
     if args.config:
-        argv += ["--config", str(Path(args.config).expanduser().absolute())]
+        argv += ["--config", absolute_config_file(args)]
     if args.var_dir:
         argv += ["--var-dir", config["daemon"]["var_dir"]]
     if args.socket:
         argv += ["--socket", config["daemon"]["socket_path"]]
     return argv
+
+
+def absolute_config_file(args: argparse.Namespace) -> str | None:
+    # Absolute, so the daemon (and a later restart, from anywhere) reads the same file.
+    return str(Path(args.config).expanduser().absolute()) if args.config else None
 
 
 def print_how_to_talk(socket_path: str) -> None:

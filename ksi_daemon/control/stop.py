@@ -6,9 +6,11 @@ import os
 import signal
 from pathlib import Path
 
+from ..config import ConfigError, load_config
 from .asking import DaemonRefused, DaemonUnreachable, health_or_none, query
 from .output import EXIT_FAILED, EXIT_OK, error
 from .process import lock_holder, pid_file, wait_until_gone
+from .remembered import config_started_with
 from .start import start
 
 # How long `stop` waits after system:shutdown beyond the shutdown deadline the daemon was given
@@ -88,8 +90,34 @@ def remove_leftovers(config: dict) -> None:
 
 
 def restart(config: dict, args: argparse.Namespace) -> int:
+    new_config = config_for_the_restart(config, args)
+    if new_config is None:
+        return EXIT_FAILED
     code = stop(config, args)
     if code != EXIT_OK:
         error("not starting again because the running daemon could not be stopped")
         return code
-    return start(config, args)
+    return start(new_config, args)
+
+
+def config_for_the_restart(config: dict, args: argparse.Namespace) -> dict | None:
+    """The configuration to start again with: `--config` if given, else the daemon's own.
+
+    Read before stopping, so a config file that has gone or broken since leaves the running
+    daemon alone (None, after saying why).
+    """
+    if args.config is not None:
+        return config
+    remembered = config_started_with(config)
+    if remembered is None:
+        return config
+    args.config = remembered
+    try:
+        new_config, _warnings = load_config(remembered, {"var_dir": args.var_dir,
+                                                         "socket_path": args.socket})
+    except ConfigError as exc:
+        error(f"the daemon was started with --config {remembered}, which cannot be used now: "
+              f"{exc}; not restarting (give --config to choose another)")
+        return None
+    print(f"Restarting with the config file it was started with: {remembered}", flush=True)
+    return new_config
