@@ -13,7 +13,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import sys
+import sysconfig
 import time
 import traceback
 import typing
@@ -64,6 +66,7 @@ class PluginRecord:
         self.context: PluginContext | None = None
         self.handler_errors = 0
         self.last_handler_error: str | None = None
+        self.where: str | None = None  # file:line where its failure arose, when one did
 
     def note_handler_error(self, event: str, exc: BaseException) -> None:
         self.handler_errors += 1
@@ -156,6 +159,7 @@ class PluginManager:
             record.capabilities = getattr(obj, "capabilities", None) or PluginCapabilities()
         except Exception as exc:  # noqa: BLE001
             record.state, record.error = "failed", f"import failed: {_reason(exc)}"
+            record.where = _site_of(exc)
             log.error("plugin_import_failed", plugin=name, error=record.error,
                       traceback=traceback.format_exc())
         if record.name in self.records:
@@ -238,6 +242,7 @@ class PluginManager:
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
         record.state, record.error = "failed", reason
+        record.where = record.where or _site_of(sys.exception())  # None outside an except
         self._counts = None
         log.error("plugin_failed", plugin=record.name, error=reason)
         message = f"plugin {record.name} failed: {reason}"
@@ -412,6 +417,23 @@ def _first_line(doc: str | None) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _site_of(exc: BaseException | None) -> str | None:
+    """`file:line` where exc arose in code a plugin author can open: a SyntaxError's own
+    position, else the innermost frame outside Python's and installed packages' files."""
+    if exc is None:
+        return None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    libraries = tuple({os.path.join(sysconfig.get_paths()[key], "")
+                       for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    frames = [(frame.f_code.co_filename, line)
+              for frame, line in traceback.walk_tb(exc.__traceback__)
+              if not frame.f_code.co_filename.startswith("<")]
+    own = [frame for frame in frames if not frame[0].startswith(libraries)]
+    site = (own or frames or [None])[-1]
+    return f"{site[0]}:{site[1]}" if site else None
 
 
 def _cycle_reason(start: str, pending: dict[str, set], placed: set) -> str:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import orjson
+
 from test_daemon_control import CONTROL, Control, control  # noqa: F401 (control is a fixture)
 
 SIGPIPE_EXIT = 128 + 13
@@ -56,3 +58,42 @@ def test_restart_leaves_the_daemon_running_when_its_config_file_broke(control):
     refused = control.run("restart")
     assert refused.returncode == 1 and "cannot be used now" in refused.stderr
     assert control.request("system:health")["data"]["pid"] == pid
+
+
+BROKEN_IMPORT = "import os\nimport a_module_nobody_installed  # line 2\n"
+BROKEN_START = '''from ksi_daemon.plugin_base import hookimpl
+
+
+@hookimpl
+def ksi_startup(config):
+    raise RuntimeError("no licence key\\nsecond line of the story")  # line 6
+'''
+BROKEN_SYNTAX = "def handler(:\n"
+
+
+def test_start_and_health_name_each_failed_plugin_with_its_reason_and_place(control):
+    plugins = control.workdir / "plugins"
+    plugins.mkdir()
+    for name, text in (("needs_a_module", BROKEN_IMPORT), ("refuses_to_start", BROKEN_START),
+                       ("typo", BROKEN_SYNTAX)):
+        (plugins / f"{name}.py").write_text(text)
+    control.env["KSI_PLUGIN_DIRS"] = str(plugins)
+    started = control.run("start")
+    assert started.returncode == 0, started.stderr
+    assert "running but 3 plugins failed" in started.stdout
+    expected = {
+        "needs_a_module": ("import failed: ModuleNotFoundError: No module named "
+                           "'a_module_nobody_installed'", f"{plugins / 'needs_a_module.py'}:2"),
+        "refuses_to_start": ("startup failed: RuntimeError: no licence key",
+                             f"{plugins / 'refuses_to_start.py'}:6"),
+        "typo": ("import failed: SyntaxError", f"{plugins / 'typo.py'}:1")}
+    for name, (error, where) in expected.items():
+        line = next(line for line in started.stderr.splitlines() if f"plugin {name} " in line)
+        assert error in line and line.endswith(f"(at {where})"), line
+    assert "second line" not in started.stderr
+    health = orjson.loads(control.run("health", "--json").stdout)
+    assert health["status"] == "degraded"
+    assert {p["plugin"]: p["where"] for p in health["failed_plugins"]} == \
+        {name: where for name, (_, where) in expected.items()}
+    shown = control.run("health").stdout
+    assert "degraded" in shown and "refuses_to_start failed: startup failed" in shown

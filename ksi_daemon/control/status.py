@@ -5,6 +5,7 @@ import argparse
 
 import orjson
 
+from ..launcher import failed_plugin_lines
 from .asking import DaemonRefused, DaemonUnreachable, health_or_none, query
 from .output import EXIT_FAILED, EXIT_OK, error, format_duration, print_fields
 from .process import lock_holder, pid_file, read_pid_file
@@ -32,6 +33,7 @@ def health(config: dict, args: argparse.Namespace) -> int:
             ("plugins", f"{counts.get('active', 0)} active, {counts.get('failed', 0)} failed"),
             ("connections", f"{data.get('connections')} (including this one)"),
             ("socket", socket_path)]
+    rows += [("failed", line) for line in failed_plugin_lines(data.get("failed_plugins") or [])]
     print_fields(rows)
     return EXIT_OK
 
