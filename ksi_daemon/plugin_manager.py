@@ -420,19 +420,24 @@ def _reason(exc: BaseException) -> str:
 
 
 def _site_of(exc: BaseException | None) -> str | None:
-    """`file:line` where exc arose in code a plugin author can open: a SyntaxError's own
-    position, else the innermost frame outside Python's and installed packages' files."""
+    """`file:line` where exc arose in the plugin's own code: a SyntaxError's own position,
+    else the innermost frame outside Python's and installed packages' files and outside the
+    daemon's machinery (a built-in plugin's folder counts as its own code)."""
     if exc is None:
         return None
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}"
     libraries = tuple({os.path.join(sysconfig.get_paths()[key], "")
                        for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    daemon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+    plugins = os.path.join(daemon, "plugins", "")
     frames = [(frame.f_code.co_filename, line)
               for frame, line in traceback.walk_tb(exc.__traceback__)
               if not frame.f_code.co_filename.startswith("<")]
-    own = [frame for frame in frames if not frame[0].startswith(libraries)]
-    site = (own or frames or [None])[-1]
+    outside_libraries = [f for f in frames if not f[0].startswith(libraries)]
+    plugin_code = [f for f in outside_libraries
+                   if not f[0].startswith(daemon) or f[0].startswith(plugins)]
+    site = (plugin_code or outside_libraries or frames or [None])[-1]
     return f"{site[0]}:{site[1]}" if site else None
 
 
