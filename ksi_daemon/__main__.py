@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--foreground", action="store_true", help="run attached to this terminal")
     parser.add_argument("--config", help="config file (default ~/.ksi/daemon.json)")
-    parser.add_argument("--var-dir", help="runtime data directory (default ./var)")
+    parser.add_argument("--var-dir", help="runtime data directory (default: the project's var/)")
     parser.add_argument("--socket", dest="socket_path", help="socket path")
     parser.add_argument("--plugin-dir", dest="plugin_dirs", action="append",
                         help="extra plugin directory (repeatable)")

@@ -16,7 +16,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import sys
+import sysconfig
 import time
 import traceback
 import typing
@@ -69,6 +71,7 @@ class PluginRecord:
         self.context: PluginContext | None = None
         self.handler_errors = 0
         self.last_handler_error: str | None = None
+        self.where: str | None = None  # file:line where its failure arose, when one did
 
     def note_handler_error(self, event: str, exc: BaseException) -> None:
         self.handler_errors += 1
@@ -147,6 +150,7 @@ class PluginManager:
             record.capabilities = getattr(obj, "capabilities", None) or PluginCapabilities()
         except Exception as exc:  # noqa: BLE001
             record.state, record.error = "failed", f"import failed: {_reason(exc)}"
+            record.where = _site_of(exc)
             log.error("plugin_import_failed", plugin=name, error=record.error,
                       traceback=traceback.format_exc())
         if record.name in self.records:
@@ -250,6 +254,7 @@ class PluginManager:
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
         record.state, record.error = "failed", reason
+        record.where = record.where or _site_of(sys.exception())  # None outside an except
         self._counts = None
         log.error("plugin_failed", plugin=record.name, error=reason)
         message = f"plugin {record.name} failed: {reason}"
@@ -471,6 +476,28 @@ def _first_line(doc: str | None) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _site_of(exc: BaseException | None) -> str | None:
+    """`file:line` where exc arose in the plugin's own code: a SyntaxError's own position,
+    else the innermost frame outside Python's and installed packages' files and outside the
+    daemon's machinery (a built-in plugin's folder counts as its own code)."""
+    if exc is None:
+        return None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    libraries = tuple({os.path.join(sysconfig.get_paths()[key], "")
+                       for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    daemon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+    plugins = os.path.join(daemon, "plugins", "")
+    frames = [(frame.f_code.co_filename, line)
+              for frame, line in traceback.walk_tb(exc.__traceback__)
+              if not frame.f_code.co_filename.startswith("<")]
+    outside_libraries = [f for f in frames if not f[0].startswith(libraries)]
+    plugin_code = [f for f in outside_libraries
+                   if not f[0].startswith(daemon) or f[0].startswith(plugins)]
+    site = (plugin_code or outside_libraries or frames or [None])[-1]
+    return f"{site[0]}:{site[1]}" if site else None
 
 
 def _cycle_reason(start: str, pending: dict[str, set], placed: set) -> str:

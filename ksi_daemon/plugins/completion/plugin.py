@@ -224,16 +224,28 @@ class CompletionPlugin(BasePlugin):
                 "litellm_ready": self.loader.is_ready, **self.counts}
 
     @event_handler("completion:models")
-    def models(self, data: ModelsRequest):
-        """The default model, configured aliases, and the built-in providers."""
+    async def models(self, data: ModelsRequest):
+        """The default model, configured aliases, the built-in providers; `check` tests a name."""
         aliases = {name: (target if isinstance(target, str) else
                           {k: v for k, v in target.items() if k != "api_key"})
                    for name, target in self.aliases.items()}
-        return {"default_model": self.default_model, "aliases": aliases,
-                "models": sorted({self.default_model, *self.aliases}),
-                "providers": [offline_model.PROVIDER, claude_cli.PROVIDER],
-                "note": "any litellm model name is accepted as well",
-                "litellm_ready": self.loader.is_ready}
+        reply = {"default_model": self.default_model, "aliases": aliases,
+                 "models": sorted({self.default_model, *self.aliases}),
+                 "providers": [offline_model.PROVIDER, claude_cli.PROVIDER],
+                 "note": "any litellm model name is accepted as well"}
+        if data.check is not None:
+            reply["check"] = await self._check_model(data.check)
+        return {**reply, "litellm_ready": self.loader.is_ready}
+
+    async def _check_model(self, name: str) -> dict:
+        """Would a request naming `name` be accepted? The same resolution a request gets:
+        an alias, a built-in provider, or a name litellm's own tables can route (no call)."""
+        await self.loader.ready()
+        try:
+            routes_to, _extra = self._resolve(name)
+        except KSIError as exc:
+            return {"model": name, "usable": False, "reason": exc.message}
+        return {"model": name, "usable": True, "routes_to": routes_to}
 
     # ---- submitting ----------------------------------------------------------------------------
 
@@ -360,10 +372,11 @@ class CompletionPlugin(BasePlugin):
             try:
                 self.loader.module.get_llm_provider(name)
             except Exception:  # noqa: BLE001 - litellm says it cannot route this name
-                known = ", ".join(sorted({self.default_model, *self.aliases})) or "none"
+                aliases = ", ".join(sorted(self.aliases)) or "none are configured"
                 raise KSIError(NOT_FOUND, f"unknown model {name!r}: it is neither a configured "
-                               f"alias ({known}) nor a model name litellm can route; see "
-                               "completion:models") from None
+                               f"alias ({aliases}) nor a model name litellm can route (the "
+                               f"default model is {self.default_model}); see completion:models"
+                               ) from None
         return name, extra
 
     # ---- running -------------------------------------------------------------------------------

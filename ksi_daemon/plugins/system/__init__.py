@@ -34,10 +34,22 @@ class SystemPlugin(BasePlugin):
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
-        """Is the daemon up: status, uptime, version, pid, plugin counts, connections."""
-        return {"status": "healthy", "uptime_s": round(self.daemon.uptime(), 3),
+        """Is the daemon up: status, uptime, version, pid, plugins (failed ones named), connections.
+
+        With a failed plugin the status is "degraded" and `failed_plugins` names each one."""
+        counts = self.manager.counts()
+        failed = self._failed_plugins() if counts["failed"] else []  # counts are cached
+        return {"status": "degraded" if failed else "healthy",
+                "uptime_s": round(self.daemon.uptime(), 3),
                 "version": self.daemon.version, "pid": self.pid,
-                "plugins": self.manager.counts(), "connections": len(self.router.connections)}
+                "plugins": counts, "connections": len(self.router.connections),
+                "failed_plugins": failed}
+
+    def _failed_plugins(self) -> list[dict]:
+        # The first line of the reason is what fits a health line; system:plugins has it whole.
+        return [{"plugin": record.name, "error": (record.error or "").split("\n", 1)[0],
+                 "where": record.where or record.source}
+                for record in self.manager.order if record.state == "failed"]
 
     @event_handler("system:discover", returns=DiscoverReply)
     def discover(self, data: DiscoverRequest):
