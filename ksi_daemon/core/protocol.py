@@ -77,11 +77,13 @@ def new_correlation_id() -> str:
     return f"ksi-{_ID_PREFIX}-{next(_id_counter)}"
 
 
-def parse_request(line: bytes) -> tuple[str, dict, str]:
+def parse_request(line: bytes, known_events=frozenset()) -> tuple[str, dict, str]:
     """Turn one request line into (event, data, correlation_id), or raise a coded KSIError.
 
     When the error is raised after the correlation id was read, it is kept on the exception as
     `correlation_id` (and the event name as `event`) so the error reply can carry them.
+    `known_events` (anything supporting `in`: the router passes its handler index) holds names
+    already known to be well-formed, which skip the pattern check (a third of a microsecond).
     """
     try:
         request = _loads(line)
@@ -96,7 +98,8 @@ def parse_request(line: bytes) -> tuple[str, dict, str]:
         raise KSIError(INVALID_REQUEST, "correlation_id must be a non-empty string of at most "
                        f"{MAX_CORRELATION_ID} characters")
     event = request.get("event")
-    if type(event) is not str or EVENT_NAME.fullmatch(event) is None:
+    if type(event) is not str or (event not in known_events
+                                  and EVENT_NAME.fullmatch(event) is None):
         error = KSIError(INVALID_REQUEST, "event must be a string like 'namespace:action' "
                          "(lowercase [a-z0-9_] segments joined by ':')")
         error.correlation_id = correlation_id

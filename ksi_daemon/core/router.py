@@ -104,8 +104,10 @@ class Router:
         """Process one request line from `conn`; exactly one reply is written back to it."""
         started = _perf()
         try:
-            event, data, cid = parse_request(line)
+            event, data, cid = parse_request(line, self.client_handlers)
         except KSIError as exc:
+            if line.isspace():  # a blank line is no request (PROTOCOL.md §1): no reply
+                return
             conn.send(encode_error(getattr(exc, "event", None),
                                    getattr(exc, "correlation_id", None), exc))
             self.other_stats["(rejected)"].record(started, False)
@@ -130,11 +132,13 @@ class Router:
                     result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
                 else:
                     result = handler.func(arg)
-                if result.__class__ is OwedReply:  # ctx.reply_later(): answered when settled
-                    return result.owe(handler, data, started, len(line))
-                if isinstance(result, asyncio.Future):
-                    return self.replies.when_done(result, handler, event, data, cid, conn,
-                                                  started, len(line), self._deadline_of(handler))
+                if result.__class__ is not dict:  # (a dict, the usual answer, is finished now)
+                    if result.__class__ is OwedReply:  # ctx.reply_later(): finished when settled
+                        return result.owe(handler, data, started, len(line))
+                    if isinstance(result, asyncio.Future):
+                        return self.replies.when_done(result, handler, event, data, cid, conn,
+                                                      started, len(line),
+                                                      self._deadline_of(handler))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a coded reply
                 return self.replies.finish(handler, handler.stats, event, data, cid, conn,
                                            started, len(line), None, exc)

@@ -93,23 +93,25 @@ class Connection(asyncio.Protocol):
             data = bytes(self._buffer)
             self._buffer.clear()
         batch = self._batch = []
-        handle_line, max_line, start = self.router.handle_line, self.max_line, 0
+        handle_line, max_line = self.router.handle_line, self.max_line
         try:
-            while True:
-                newline = data.find(b"\n", start)
-                if newline < 0:
-                    break
-                line = data[start:newline]
-                start = newline + 1
-                if len(line) > max_line:
-                    self._too_large()
-                elif line and not line.isspace():
-                    handle_line(line, self)
-            if len(data) - start > max_line:
+            lines = data.split(b"\n")  # in C: a pipelined chunk holds a hundred lines
+            rest = lines.pop()
+            if len(data) <= max_line:  # no line of this chunk can be too long
+                for line in lines:
+                    if line:  # (whitespace-only lines are the router's to ignore)
+                        handle_line(line, self)
+            else:
+                for line in lines:
+                    if len(line) > max_line:
+                        self._too_large()
+                    elif line:
+                        handle_line(line, self)
+            if len(rest) > max_line:
                 self._too_large()
                 self._discarding = True
-            elif start < len(data):
-                self._buffer += data[start:]
+            elif rest:
+                self._buffer += rest
         finally:
             self._batch = None
             if batch and not self.closed:
