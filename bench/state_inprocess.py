@@ -29,10 +29,13 @@ EVENTS = ("system:health", "state:set", "state:get")
 
 
 class LoopedConnection:
-    """A fake connection: each reply it is given makes it send its next request."""
+    """A fake connection (ksi_daemon.core.connection.Connection): each reply it is given makes
+    it send its next request."""
 
     def __init__(self, router, number: int, event: str, counts: list):
         self.id, self.closed, self.pending = f"bench:{number}", False, 0
+        self.peer_pid = self.peer_uid = None
+        self.pushes_dropped = 0
         self.router, self.number, self.event, self.counts = router, number, event, counts
         self.sent = 0
 
@@ -58,6 +61,9 @@ class LoopedConnection:
 
     def reply_done(self, _finished=None) -> None:
         self.pending -= 1
+
+    def buffered_bytes(self) -> int:
+        return 0
 
 
 async def start_daemon_in(var_dir: Path):

@@ -150,6 +150,7 @@ class InProcessDaemon:
         settings = config["daemon"]
         self.log_file = configure_logging(Path(settings["var_dir"]) / "logs",
                                           settings.get("log_level", "INFO"), console=False)
+        self._log_handlers = list(logging.getLogger().handlers)
         prepare_run_dir(settings["socket_path"])
         _forget_earlier_daemons_model_providers()
         self.daemon = Daemon(config)
@@ -170,10 +171,10 @@ class InProcessDaemon:
         await daemon.router.drain(max(0.0, daemon.shutdown_deadline - time.monotonic()))
         await daemon.plugins.shutdown_all()
         root = logging.getLogger()
-        for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) ==
-                        str(self.log_file)]:
-            root.removeHandler(handler)
-            handler.close()
+        for handler in self._log_handlers:  # this daemon's log file, closed with it
+            if handler in root.handlers:
+                root.removeHandler(handler)
+                handler.close()
 
     def read_log(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,13 @@ async def test_waiting_for_a_reply_that_never_comes_times_out():
     conn = MemoryConnection(build_router())
     with pytest.raises(asyncio.TimeoutError):
         await conn.reply_to("nobody-sent-this", timeout=0.01)
+
+
+def test_context_and_the_reply_path_do_not_import_the_router():
+    # The old circle: router.py imported context.py, which needed the router's internals.
+    import subprocess
+    import sys
+    code = ("import sys, ksi_daemon.core.context, ksi_daemon.core.reply; "
+            "sys.exit('ksi_daemon.core.router' in sys.modules)")
+    root = Path(__file__).resolve().parent.parent  # this tree's ksi_daemon, not an installed one
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -8,7 +8,7 @@
     conn.received                                # every line received, decoded, in order
     conn.replies, conn.pushes                    # the same, split by "type"
     conn.lines                                   # the raw bytes, as a transport would write them
-    conn.eof()                                   # the client half-closes: closed once nothing is owed
+    conn.eof()                                   # the client half-closes (closed once answered)
     conn.close()                                 # the client goes away
 
 Everything the router sends is decoded when it arrives, so a test sees exactly what a socket

@@ -67,7 +67,7 @@ class StatePlugin(BasePlugin):
             self.path, settings.synchronous, create_schema, name="state",
             deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all,
             on_commits=self._committed)
-        self.router = context.router
+        self.announce_all = context.announce_all  # history records the source as "state"
         self.reader = StateReader(reader_conn)
         self.cache = ReadCache(settings.read_cache_entries)
         log.info("state_database_open", path=str(self.path),
@@ -150,12 +150,12 @@ class StatePlugin(BasePlugin):
                                                        "version": version, "op": "set"}))
                 continue
             if changed:  # announced first: `state:changed` keeps the commit order
-                self.router.announce_all("state:changed", changed, self)
+                self.announce_all("state:changed", changed)
                 changed = []
             if on_commit is not None:
                 run_on_commit(on_commit, result, error)
         if changed:
-            self.router.announce_all("state:changed", changed, self)
+            self.announce_all("state:changed", changed)
 
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
