@@ -257,14 +257,3 @@ def inprocess_factory(workdir):
 @pytest.fixture
 def inprocess_daemon(inprocess_factory):
     return inprocess_factory()
-
-
-@pytest.fixture(scope="module")
-def shared_inprocess_daemon():
-    """One in-process daemon for a module whose tests do not interfere (namespaced keys, ...)."""
-    from inprocess import ThreadedDaemon
-    path = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
-    daemon = ThreadedDaemon(path).start()
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(path, ignore_errors=True)
