@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, with_config
 from typing_extensions import NotRequired, TypedDict
 
+from ...storage.limits import SQLITE_INT_MAX
+
 MAX_KEY_CHARS = 1024
 MAX_NAMESPACE_CHARS = 256
 MAX_TTL_S = 10 * 365 * 24 * 3600.0
@@ -46,8 +48,8 @@ class SetRequest(TypedDict):
     ttl_s: NotRequired[Annotated[float | None, Field(gt=0, le=MAX_TTL_S, description="seconds "
                                                      "until the key expires")]]
     if_version: NotRequired[Annotated[int | None, Field(
-        ge=0, description="write only if the key is at this version (0: only if absent); else "
-        "`conflict`")]]
+        ge=0, le=SQLITE_INT_MAX, description="write only if the key is at this version (0: only "
+        "if absent); else `conflict`")]]
 
 
 @with_config(ConfigDict(extra="forbid"))
