@@ -64,6 +64,7 @@ class PluginRecord:
         self.context: PluginContext | None = None
         self.handler_errors = 0
         self.last_handler_error: str | None = None
+        self.degraded: str | None = None  # see PluginContext.report_degraded
 
     def note_handler_error(self, event: str, exc: BaseException) -> None:
         self.handler_errors += 1
@@ -74,7 +75,7 @@ class PluginRecord:
                 "error": self.error or self.last_handler_error, "events": self.events,
                 "hooks": self.hooks, "load_ms": round(self.load_ms, 3), "source": self.source,
                 "priority": self.metadata.priority, "dependencies": self.metadata.dependencies,
-                "handler_errors": self.handler_errors}
+                "handler_errors": self.handler_errors, "degraded": self.degraded}
 
 
 class PluginContext:
@@ -97,6 +98,12 @@ class PluginContext:
         return await self.router.emit(event, data, correlation_id=correlation_id,
                                       source=self.record)
 
+    def report_degraded(self, reason: str | None) -> None:
+        """The plugin runs but something it needs fails (its disk is full): `system:health` says
+        `degraded` and names it with `reason` until the plugin reports None (it works again)."""
+        self.record.degraded = reason
+        self.manager.note_degraded(self.record)
+
 
 class PluginManager:
     def __init__(self, config: dict, router: Router, daemon=None):
@@ -108,6 +115,7 @@ class PluginManager:
         self.services: list[asyncio.Task] = []
         self.var_dir = Path(config["daemon"]["var_dir"])
         self._counts: dict | None = None
+        self.degraded: dict[str, str] = {}  # plugin name -> what fails (report_degraded)
 
     # ---- loading ------------------------------------------------------------------------------
 
@@ -334,11 +342,19 @@ class PluginManager:
     def status(self) -> list[dict]:
         return [r.as_status() for r in self.order]
 
+    def note_degraded(self, record: PluginRecord) -> None:
+        if record.degraded is None:
+            self.degraded.pop(record.name, None)
+        else:
+            self.degraded[record.name] = record.degraded
+        self._counts = None
+
     def counts(self) -> dict:
         # system:health asks on every call; states change rarely, so count only after a change.
         if self._counts is None:
             self._counts = {"active": sum(r.state == "active" for r in self.order),
-                            "failed": sum(r.state == "failed" for r in self.order)}
+                            "failed": sum(r.state == "failed" for r in self.order),
+                            "degraded": len(self.degraded)}
         return dict(self._counts)
 
 

@@ -25,7 +25,8 @@ from .store import (KnownVersions, StateReader, audit_in_order, clear_namespace,
                     delete_value, get_in_order, list_in_order, purge_expired,
                     set_plain, set_value)
 from .read_cache import ReadCache
-from ...storage.sqlite_writer import SqliteWriter, run_on_commit, start_database
+from ...storage.plugin_database import PluginDatabase
+from ...storage.sqlite_writer import SqliteWriter, run_on_commit
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
@@ -64,12 +65,15 @@ class StatePlugin(BasePlugin):
         self.settings, self.audit_enabled = settings, settings.audit
         self.path = database_path(settings, config)
         self.known = KnownVersions()  # the writer thread's, passed to every write
-        self.writer, reader_conn = start_database(
-            self.path, settings.synchronous, create_schema, name="state",
-            deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all,
-            on_commits=self._committed)
+        self.database = PluginDatabase.open(
+            self.path, name="state", synchronous=settings.synchronous,
+            create_schema=create_schema, deadline_s=config["daemon"]["event_timeout"],
+            after_rollback=self.known.forget_all, on_commits=self._committed,
+            report_degraded=getattr(context, "report_degraded", None),
+            max_page_count=settings.max_page_count)
+        self.writer = self.database.writer
         self.router = context.router
-        self.reader = StateReader(reader_conn)
+        self.reader = StateReader(self.database.reader)
         self.cache = ReadCache(settings.read_cache_entries)
         # Per namespace, the clears queued or committing: until they commit, every read of the
         # namespace waits behind them in the writer's queue (see `get`).
@@ -80,14 +84,12 @@ class StatePlugin(BasePlugin):
     @hookimpl
     def ksi_ready(self, context):
         # Long-running services, supervised by the daemon and cancelled at shutdown.
-        return [self._purge_expired_keys(context), self.writer.enforce_deadlines()]
+        return [self._purge_expired_keys(context)]  # (the write deadlines: PluginDatabase)
 
     @hookimpl
     async def ksi_shutdown(self, context):
         if self.writer is not None:
-            await self.writer.stop()
-        if self.reader is not None:
-            self.reader.conn.close()
+            await self.database.close()
 
     async def _purge_expired_keys(self, context) -> None:
         while True:

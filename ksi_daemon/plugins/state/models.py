@@ -110,3 +110,6 @@ class StateSettings(BaseModel):
     purge_interval_s: float = Field(5.0, gt=0)
     db_path: str | None = None
     read_cache_entries: int = Field(10_000, ge=0, description="0 turns the read cache off")
+    # For tests only: the database may grow to this many pages (PRAGMA max_page_count), past
+    # which every write fails as on a full disk ("database or disk is full").
+    max_page_count: int | None = Field(None, ge=1, le=SQLITE_INT_MAX)

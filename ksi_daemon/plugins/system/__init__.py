@@ -33,10 +33,17 @@ class SystemPlugin(BasePlugin):
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
-        """Is the daemon up: status, uptime, version, pid, plugin counts, connections."""
-        return {"status": "healthy", "uptime_s": round(self.daemon.uptime(), 3),
+        """Is the daemon up: status, uptime, version, pid, plugin counts, connections.
+
+        `status` is "degraded" while a plugin runs but fails at something it needs (a full
+        disk); `degraded` names them (PluginContext.report_degraded)."""
+        degraded = self.manager.degraded
+        return {"status": "degraded" if degraded else "healthy",
+                "uptime_s": round(self.daemon.uptime(), 3),
                 "version": self.daemon.version, "pid": self.pid,
-                "plugins": self.manager.counts(), "connections": len(self.router.connections)}
+                "plugins": self.manager.counts(), "connections": len(self.router.connections),
+                "degraded": [{"plugin": name, "reason": reason}
+                             for name, reason in degraded.items()]}
 
     @event_handler("system:discover", returns=DiscoverReply)
     def discover(self, data: DiscoverRequest):

@@ -39,6 +39,12 @@ class ShutdownRequest(Request):
 class PluginCounts(BaseModel):
     active: int
     failed: int
+    degraded: int = Field(0, description="plugins running but failing at something they need")
+
+
+class DegradedPlugin(BaseModel):
+    plugin: str
+    reason: str
 
 
 class HealthReply(BaseModel):
@@ -48,6 +54,7 @@ class HealthReply(BaseModel):
     pid: int
     plugins: PluginCounts
     connections: int
+    degraded: list[DegradedPlugin] = Field(default_factory=list)
 
 
 class EventDescription(BaseModel):
