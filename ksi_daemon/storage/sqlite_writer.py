@@ -245,10 +245,13 @@ class SqliteWriter:
         self.commits += 1
         self.writes += len(batch)
         self._last_batch = len(batch)
-        # One wake-up of the event loop per batch, not one per write.
-        self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
+        self._hand_over(outcomes)
         if self.checkpointer is not None:  # after the replies were handed over
             self.checkpointer.committed(self.conn)
+
+    def _hand_over(self, outcomes: list) -> None:
+        # One wake-up of the event loop per batch, not one per write.
+        self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
 
     def _all_failed(self, batch: list, exc: Exception) -> list:
         error = self._coded(exc)

@@ -70,7 +70,7 @@ class StatePlugin(BasePlugin):
             create_schema=create_schema, deadline_s=config["daemon"]["event_timeout"],
             after_rollback=self.known.forget_all, on_commits=self._committed,
             report_degraded=getattr(context, "report_degraded", None),
-            max_page_count=settings.max_page_count)
+            max_page_count=settings.max_page_count, commit_on_loop=settings.commit_on_loop)
         self.writer = self.database.writer
         self.router = context.router
         self.reader = StateReader(self.database.reader)
