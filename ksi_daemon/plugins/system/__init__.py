@@ -43,7 +43,7 @@ class SystemPlugin(BasePlugin):
                 "version": self.daemon.version, "pid": self.pid,
                 "plugins": self.manager.counts(), "connections": len(self.router.connections),
                 "degraded": [{"plugin": name, "reason": reason}
-                             for name, reason in degraded.items()]}
+                             for name, reason in degraded.items()] if degraded else ()}
 
     @event_handler("system:discover", returns=DiscoverReply)
     def discover(self, data: DiscoverRequest):
