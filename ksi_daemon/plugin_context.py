@@ -2,7 +2,8 @@
 
 A plugin talks to the rest of the daemon through events and its own hooks, so this is all it
 gets: its name, config section, data directory and logger; `emit`, `announce`, `announce_all`
-and `push`; the shutdown deadline; `hook(name)` for the hooks it calls. The router, the plugin
+and `push`; the shutdown deadline; `hook(name)` for the hooks it calls; `report_degraded` for
+what health should say when something it needs fails. The router, the plugin
 manager and the daemon object stay out of reach: a plugin holding them could depend on any of
 their internals, and every event it sent would be recorded under its object's repr instead of
 its name.
@@ -27,10 +28,11 @@ class Internals(NamedTuple):
 
 class PluginContext:
     def __init__(self, record, router, hooks, shutdown_deadline: Callable[[], float | None],
-                 internals: Internals | None, log):
+                 internals: Internals | None, log, note_degraded: Callable[[Any], None]):
         self.name, self.log = record.name, log
         self._record, self._router, self._hooks = record, router, hooks
         self._shutdown_deadline, self._internals = shutdown_deadline, internals
+        self._note_degraded = note_degraded
 
     @property
     def config(self) -> dict:
@@ -66,6 +68,12 @@ class PluginContext:
              connection=None) -> None:
         """Send `event` to `connection` (once, if given) and to matching subscribers."""
         self._router.push(event, data, correlation_id, connection)
+
+    def report_degraded(self, reason: str | None) -> None:
+        """The plugin runs but something it needs fails (its disk is full): `system:health` says
+        `degraded` and names it with `reason` until the plugin reports None (it works again)."""
+        self._record.degraded = reason
+        self._note_degraded(self._record)
 
     def hook(self, name: str):
         """The hook `name` (a `ksi_daemon.core.hooks.Hook`): its implementations in plugin

@@ -72,6 +72,7 @@ class PluginRecord:
         self.handler_errors = 0
         self.last_handler_error: str | None = None
         self.where: str | None = None  # file:line where its failure arose, when one did
+        self.degraded: str | None = None  # see PluginContext.report_degraded
 
     def note_handler_error(self, event: str, exc: BaseException) -> None:
         self.handler_errors += 1
@@ -82,7 +83,7 @@ class PluginRecord:
                 "error": self.error or self.last_handler_error, "events": self.events,
                 "hooks": self.hooks, "load_ms": round(self.load_ms, 3), "source": self.source,
                 "priority": self.metadata.priority, "dependencies": self.metadata.dependencies,
-                "handler_errors": self.handler_errors}
+                "handler_errors": self.handler_errors, "degraded": self.degraded}
 
 
 class PluginManager:
@@ -96,6 +97,7 @@ class PluginManager:
         self.services: list[asyncio.Task] = []
         self.var_dir = Path(config["daemon"]["var_dir"])
         self._counts: dict | None = None
+        self.degraded: dict[str, str] = {}  # plugin name -> what fails (report_degraded)
 
     # ---- loading ------------------------------------------------------------------------------
 
@@ -315,7 +317,8 @@ class PluginManager:
         return PluginContext(
             record, self.router, self.hooks,
             lambda: getattr(self.daemon, "shutdown_deadline", None), internals,
-            structlog.get_logger(f"ksi.plugin.{record.name}").bind(plugin=record.name))
+            structlog.get_logger(f"ksi.plugin.{record.name}").bind(plugin=record.name),
+            self.note_degraded)
 
     async def ready_all(self) -> None:
         for record in self.active():
@@ -379,11 +382,19 @@ class PluginManager:
     def status(self) -> list[dict]:
         return [r.as_status() for r in self.order]
 
+    def note_degraded(self, record: PluginRecord) -> None:
+        if record.degraded is None:
+            self.degraded.pop(record.name, None)
+        else:
+            self.degraded[record.name] = record.degraded
+        self._counts = None
+
     def counts(self) -> dict:
         # system:health asks on every call; states change rarely, so count only after a change.
         if self._counts is None:
             self._counts = {"active": sum(r.state == "active" for r in self.order),
-                            "failed": sum(r.state == "failed" for r in self.order)}
+                            "failed": sum(r.state == "failed" for r in self.order),
+                            "degraded": len(self.degraded)}
         return dict(self._counts)
 
 

@@ -2,5 +2,5 @@
 answer with that coded error (PROTOCOL.md §2). The codec itself lives in `ksi_daemon.core`."""
 from .core.protocol import (CONFLICT, ERROR_CODES, FORBIDDEN, HANDLER_ERROR,  # noqa: F401
                             INVALID_JSON, INVALID_REQUEST, NOT_FOUND, PAYLOAD_TOO_LARGE,
-                            RATE_LIMITED, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
-                            KSIError)
+                            RATE_LIMITED, STORAGE_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT,
+                            VALIDATION_ERROR, KSIError)

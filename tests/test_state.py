@@ -230,9 +230,11 @@ def _write_until_killed(daemon, worker: int, cycle: int, acked: dict, errors: li
         client.close()
 
 
-@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL", "NORMAL-on-loop"])
 def test_kill_9_loses_no_acknowledged_write(daemon_factory, synchronous):
-    config = {"plugins": {"state": {"synchronous": synchronous}}}
+    # NORMAL-on-loop: the experimental commit on the event loop (storage/loop_writer.py)
+    config = {"plugins": {"state": {"synchronous": synchronous.removesuffix("-on-loop"),
+                                    "commit_on_loop": synchronous.endswith("-on-loop")}}}
     counters = {worker: 0 for worker in range(8)}
     for cycle in range(5):
         daemon = daemon_factory(config=config)

@@ -9,6 +9,12 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
+import structlog
+
+from .errors import SQLITE_FULL, disk_is_full, primary_code
+
+log = structlog.get_logger("ksi.storage")
+
 SYNCHRONOUS_LEVELS = ("FULL", "NORMAL")
 BUSY_TIMEOUT_MS = 10_000
 
@@ -38,6 +44,12 @@ def open_writer(path: Path, synchronous: str, create_schema: Callable[[sqlite3.C
                          f"not {synchronous!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     existed = path.exists()
+    if existed and path.stat().st_size == 0:
+        # SQLite takes an empty file for an empty database: say so, in case it was not meant to
+        # be empty (a copy that failed, a truncated restore).
+        log.warning("database_file_empty", path=str(path),
+                    message=f"the database {path} is an empty file: it starts as an empty store")
+        existed = False  # nothing to check yet
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -87,5 +99,9 @@ def read_only_uri(path: Path) -> str:
 
 
 def _unusable(path: Path, exc: Exception) -> str:
+    if primary_code(exc) == SQLITE_FULL or disk_is_full(path):
+        # (SQLite reports a full disk met while opening as a "disk I/O error")
+        return (f"the database {path} cannot be used: {exc}: the disk holding it is full. It was "
+                "left untouched. Free some space there and start again.")
     return (f"the database {path} cannot be used: {exc}. It was left untouched. Check its "
             "permissions, restore it from a backup, or move it aside to start with an empty one.")

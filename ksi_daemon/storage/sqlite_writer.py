@@ -10,6 +10,8 @@ fsync. An op made with `Combinable(many)` has consecutive writes of its own run 
 An op may refuse with `KSIError` only before it has written anything (a failed precondition such
 as `conflict`), so a refusal needs no rollback. Any other exception rolls the batch back and runs
 it again with one savepoint per op, so the op that failed fails alone and the others commit.
+A failure of the storage itself (a full disk, an I/O error: storage/errors.py) reaches the caller
+as `storage_error`, and the owner hears it through `report_degraded` until a write commits again.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import time
 from collections import deque
 from itertools import groupby, repeat, starmap
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
 from ..protocol import TIMEOUT, UNAVAILABLE, KSIError
+from .errors import is_storage_failure, storage_error
 from .wal_checkpointer import WalCheckpointer
 
 log = structlog.get_logger("ksi.sqlite_writer")
@@ -62,9 +66,17 @@ class SqliteWriter:
     def __init__(self, conn: sqlite3.Connection, name: str = "sqlite-writer",
                  max_batch: int = 1024, deadline_s: float | None = None,
                  after_rollback: Callable[[], None] | None = None,
-                 on_commits: Callable[[list], None] | None = None):
+                 on_commits: Callable[[list], None] | None = None,
+                 report_degraded: Callable[[str | None], None] | None = None):
         # The connection was opened with check_same_thread=False and is used only by the thread.
         self.conn = conn
+        self.path = conn.execute("PRAGMA database_list").fetchone()[2] or None
+        # Called on the loop with what fails in the storage (a full disk), then with None once a
+        # write commits again: the plugin shows as degraded in system:health meanwhile.
+        self.report_degraded = report_degraded
+        self.failure: str | None = None  # set by the thread: the storage failure not yet cured
+        self._failed_now: str | None = None  # the batch being committed failed so
+        self._reported_failure: str | None = None
         # Called on the thread after a transaction was rolled back: what the ops remember of
         # the database (the state plugin's known versions) must forget what did not commit.
         self.after_rollback = after_rollback
@@ -216,26 +228,62 @@ class SqliteWriter:
                 return False
 
     def _commit_batch(self, batch: list) -> None:
+        changes_before, self._failed_now = self.conn.total_changes, None
         try:
             outcomes = self._run_in_one_transaction(batch, savepoints=False)
         except _RetryWithSavepoints:
             try:
                 outcomes = self._run_in_one_transaction(batch, savepoints=True)
             except Exception as exc:  # noqa: BLE001 - the commit failed: nothing is durable
-                outcomes = [(item, None, exc) for item in batch]
+                outcomes = self._all_failed(batch, exc)
         except Exception as exc:  # noqa: BLE001
-            outcomes = [(item, None, exc) for item in batch]
+            outcomes = self._all_failed(batch, exc)
+        if self._failed_now is not None:
+            self.failure = self._failed_now
+        elif self.failure is not None and self.conn.total_changes > changes_before:
+            self.failure = None  # a write committed: the storage works again
         self.commits += 1
         self.writes += len(batch)
         self._last_batch = len(batch)
-        # One wake-up of the event loop per batch, not one per write.
-        self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
+        self._hand_over(outcomes)
         if self.checkpointer is not None:  # after the replies were handed over
             self.checkpointer.committed(self.conn)
+
+    def _hand_over(self, outcomes: list) -> None:
+        # One wake-up of the event loop per batch, not one per write.
+        self.loop.call_soon_threadsafe(self._resolve_all, outcomes)
+
+    def _all_failed(self, batch: list, exc: Exception) -> list:
+        error = self._coded(exc)
+        return [(item, None, error) for item in batch]
+
+    def _coded(self, exc: Exception) -> Exception:
+        """A storage failure as `storage_error` (and remembered for health); others as they are."""
+        if not is_storage_failure(exc):
+            return exc
+        error = storage_error(exc, self._thread.name.removesuffix("-writer"),
+                              self.path and Path(self.path))
+        if self.failure is None and self._failed_now is None:  # logged once, not per batch
+            log.error("database_write_failed", writer=self._thread.name, error=str(exc),
+                      details=error.details)
+        self._failed_now = error.message
+        return error
+
+    def _report_health(self) -> None:
+        failure = self._reported_failure = self.failure
+        if failure is None:
+            log.info("database_writes_resumed", writer=self._thread.name)
+        if self.report_degraded is not None:
+            try:
+                self.report_degraded(failure)
+            except Exception:  # noqa: BLE001 - the writes must be answered all the same
+                log.exception("report_degraded_failed")
 
     def _resolve_all(self, outcomes: list) -> None:
         """On the event loop: first the commit callbacks (or the owner's `on_commits` hook), so
         what follows the database is up to date, then the callers' futures, in submit order."""
+        if self.failure != self._reported_failure:  # the storage failed, or works again
+            self._report_health()
         if self.on_commits is not None:
             try:
                 self.on_commits(outcomes)
@@ -275,8 +323,12 @@ class SqliteWriter:
                     except Exception as exc:  # noqa: BLE001 - handed to the caller that asked
                         if not savepoints:
                             raise _RetryWithSavepoints() from exc
+                        if not conn.in_transaction:
+                            # SQLite rolled the whole transaction back itself (it may on a full
+                            # disk or an I/O error): nothing of this batch stands, all of it fails.
+                            raise
                         conn.execute("ROLLBACK TO op")
-                        outcomes.append((item, None, exc))
+                        outcomes.append((item, None, self._coded(exc)))
                     if savepoints:
                         conn.execute("RELEASE op")
             committing = time.perf_counter()
@@ -341,15 +393,13 @@ def start_database(path, synchronous: str, create_schema, *, name: str, deadline
                    on_commits: Callable[[list], None] | None = None):
     """Open `path` (integrity-checked), start its writer thread; return (writer, reader conn).
 
-    An unusable database stops start-up (SystemExit) on purpose: serving without the data, or
-    over a fresh file, would answer "not found" for data the user still has.
+    The older face of storage.plugin_database.PluginDatabase.open, for the plugins not moved to
+    it yet (conversation, the completion journal): the caller runs `writer.enforce_deadlines()`
+    itself (from ksi_ready) and closes the reader.
     """
-    from .sqlite_database import DatabaseUnusable, open_reader, open_writer
-    try:
-        conn = open_writer(path, synchronous.upper(), create_schema)
-    except DatabaseUnusable as exc:
-        log.critical("database_unusable", database=name, path=str(path), error=str(exc))
-        raise SystemExit(f"ksi: {name} database: {exc}") from None
+    from .plugin_database import open_writer_or_exit
+    from .sqlite_database import open_reader
+    conn = open_writer_or_exit(path, name, synchronous, create_schema)
     writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s,
                           after_rollback=after_rollback, on_commits=on_commits)
     writer.start(asyncio.get_running_loop())

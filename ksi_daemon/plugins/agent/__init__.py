@@ -25,7 +25,7 @@ from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, VALIDATION_ERROR, KSIError)
-from ...storage.sqlite_database import DatabaseUnusable, open_writer
+from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
@@ -62,14 +62,12 @@ class AgentPlugin(BasePlugin):
         self.book.refresh()
         path = Path(settings.db_path).expanduser() if settings.db_path else \
             Path(context.data_dir) / DB_FILE_NAME
-        try:
-            conn = open_writer(path, settings.synchronous.upper(), store.create_schema)
-        except DatabaseUnusable as exc:
-            log.critical("agent_database_unusable", path=str(path), error=str(exc))
-            raise SystemExit(f"ksi: agent plugin: {exc}") from None
-        loaded = store.load(conn)
-        self.writer = SqliteWriter(conn, name="agent-writer")
-        self.writer.start(asyncio.get_running_loop())
+        self.database = PluginDatabase.open(
+            path, name="agent", synchronous=settings.synchronous,
+            create_schema=store.create_schema, deadline_s=config["daemon"]["event_timeout"],
+            reader=False, load=store.load,
+            report_degraded=context.report_degraded)
+        self.writer, loaded = self.database.writer, self.database.loaded
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
         self._unpublished = self._restore(loaded)
@@ -145,7 +143,7 @@ class AgentPlugin(BasePlugin):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
-        await self.writer.stop()
+        await self.database.close()
 
     # ---- plumbing ----------------------------------------------------------------------------
 

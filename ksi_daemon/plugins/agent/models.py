@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ...storage.limits import SQLITE_INT_MAX
 from .profiles import Profile
 
 Status = Literal["running", "restarting", "failed", "terminated"]
@@ -162,7 +163,8 @@ class AgentSettings(BaseModel):
                                                            "none: completion's default")
     send_timeout_s: float = Field(300.0, gt=0, description="default wait of agent:send wait")
     recent_kept: int = Field(20, ge=1, le=1000, description="answered messages kept per agent")
-    keep_terminated: int = Field(1000, ge=0, description="terminated agents still listed")
+    keep_terminated: int = Field(1000, ge=0, le=SQLITE_INT_MAX,  # a LIMIT in agents.db
+                                 description="terminated agents still listed")
     profiles_dir: str | None = Field(None, description="default: <var>/agent_profiles")
     db_path: str | None = None
     synchronous: Literal["NORMAL", "FULL", "normal", "full"] = "NORMAL"

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...storage.limits import SQLITE_INT_MAX
+
 SessionId = Field(min_length=1, max_length=256, description="the conversation's id")
 
 
@@ -35,7 +37,7 @@ class HistoryRequest(Request):
 
 class ListRequest(Request):
     limit: int = Field(50, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=SQLITE_INT_MAX)
     sort: Literal["updated_desc", "updated_asc", "created_desc", "created_asc",
                   "messages_desc"] = "updated_desc"
 
@@ -43,7 +45,8 @@ class ListRequest(Request):
 class GetRequest(Request):
     session_id: str = SessionId
     limit: int = Field(100, ge=1, le=10_000)
-    offset: int = Field(0, ge=0, description="skip this many of the oldest messages")
+    offset: int = Field(0, ge=0, le=SQLITE_INT_MAX,
+                        description="skip this many of the oldest messages")
 
 
 class SearchRequest(Request):

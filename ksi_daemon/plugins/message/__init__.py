@@ -27,7 +27,7 @@ from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...core.protocol import encode_push
 from ...protocol import UNAVAILABLE, VALIDATION_ERROR, KSIError
-from ...storage.sqlite_database import DatabaseUnusable, open_writer
+from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from .agents import AgentInboxes
 from .connections import ConnectionSubscriptions
@@ -67,26 +67,24 @@ class MessagePlugin(BasePlugin):
         settings = self.settings = MessageSettings.model_validate(context.config or {})
         self.path = Path(settings.db_path).expanduser() if settings.db_path else \
             Path(context.data_dir) / DB_FILE_NAME
-        try:
-            conn = open_writer(self.path, settings.synchronous.upper(), create_schema)
-        except DatabaseUnusable as exc:
-            log.critical("message_database_unusable", path=str(self.path), error=str(exc))
-            raise SystemExit(f"ksi: message plugin: {exc}") from None
+        max_age = settings.retention_max_age_s
+        self.database = PluginDatabase.open(
+            self.path, name="message", synchronous=settings.synchronous,
+            create_schema=create_schema, deadline_s=config["daemon"]["event_timeout"],
+            reader=False, load=lambda conn: load(conn, time.time() - max_age if max_age else None),
+            report_degraded=context.report_degraded)
+        self.writer = self.database.writer
         self.retained = RetainedMessages(settings.retention_per_topic,
                                          settings.retention_max_age_s, settings.max_topics)
         self.connections = ConnectionSubscriptions(settings.max_patterns_per_subscriber)
         self.agents = AgentInboxes(settings.agent_queue_size, context.emit, self._cursor_moved)
-        max_age = settings.retention_max_age_s
-        stored = load(conn, time.time() - max_age if max_age else None)
+        stored = self.database.loaded
         if settings.retention_per_topic:
             for seq, message in stored.messages:
                 self.retained.add(seq, message)
         self.agents.restore(stored.patterns, stored.cursors)
         self._seq = itertools.count(stored.last_seq + 1)
         self.last_seq = stored.last_seq
-        self.writer = SqliteWriter(conn, name="message-writer",
-                                   deadline_s=config["daemon"]["event_timeout"])
-        self.writer.start(asyncio.get_running_loop())
         self.retention_writer = RetentionWriter(self.writer)
         # What a smaller retention setting or the age limit no longer keeps leaves the file now.
         self.writer.submit(prune, self.retained.oldest_kept(), self.retained.drop_expired()
@@ -96,7 +94,7 @@ class MessagePlugin(BasePlugin):
 
     @hookimpl
     def ksi_ready(self, context):
-        return [self.writer.enforce_deadlines(), self._sweep()]
+        return [self._sweep()]  # (the write deadlines: PluginDatabase)
 
     @hookimpl
     async def ksi_shutdown(self, context):
@@ -105,7 +103,7 @@ class MessagePlugin(BasePlugin):
         await self.agents.stop()
         self.retention_writer.flush()
         self._flush_cursors()
-        await self.writer.stop()
+        await self.database.close()
 
     async def _sweep(self) -> None:
         """Drop closed connections nobody published to, and messages past the maximum age."""

@@ -21,10 +21,12 @@ from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import KSIError
 from .models import (GLOBAL, AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply,
                      KeyRequest, ListReply, ListRequest, SetReply, SetRequest, StateSettings)
-from .store import (KnownVersions, StateReader, clear_namespace, create_schema, delete_value,
-                    purge_expired, set_plain, set_value)
+from .store import (KnownVersions, StateReader, audit_in_order, clear_namespace, create_schema,
+                    delete_value, get_in_order, list_in_order, purge_expired,
+                    set_plain, set_value)
 from .read_cache import ReadCache
-from ...storage.sqlite_writer import SqliteWriter, run_on_commit, start_database
+from ...storage.plugin_database import PluginDatabase
+from ...storage.sqlite_writer import SqliteWriter, run_on_commit
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
@@ -63,27 +65,31 @@ class StatePlugin(BasePlugin):
         self.settings, self.audit_enabled = settings, settings.audit
         self.path = database_path(settings, config)
         self.known = KnownVersions()  # the writer thread's, passed to every write
-        self.writer, reader_conn = start_database(
-            self.path, settings.synchronous, create_schema, name="state",
-            deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all,
-            on_commits=self._committed)
+        self.database = PluginDatabase.open(
+            self.path, name="state", synchronous=settings.synchronous,
+            create_schema=create_schema, deadline_s=config["daemon"]["event_timeout"],
+            after_rollback=self.known.forget_all, on_commits=self._committed,
+            report_degraded=context.report_degraded,
+            max_page_count=settings.max_page_count, commit_on_loop=settings.commit_on_loop)
+        self.writer = self.database.writer
         self.announce_all = context.announce_all  # history records the source as "state"
-        self.reader = StateReader(reader_conn)
+        self.reader = StateReader(self.database.reader)
         self.cache = ReadCache(settings.read_cache_entries)
+        # Per namespace, the clears queued or committing: until they commit, every read of the
+        # namespace waits behind them in the writer's queue (see `get`).
+        self.clearing: dict[str, int] = {}
         log.info("state_database_open", path=str(self.path),
                  synchronous=settings.synchronous.upper(), audit=settings.audit)
 
     @hookimpl
     def ksi_ready(self, context):
         # Long-running services, supervised by the daemon and cancelled at shutdown.
-        return [self._purge_expired_keys(context), self.writer.enforce_deadlines()]
+        return [self._purge_expired_keys(context)]  # (the write deadlines: PluginDatabase)
 
     @hookimpl
     async def ksi_shutdown(self, context):
         if self.writer is not None:
-            await self.writer.stop()
-        if self.reader is not None:
-            self.reader.conn.close()
+            await self.database.close()
 
     async def _purge_expired_keys(self, context) -> None:
         while True:
@@ -157,10 +163,15 @@ class StatePlugin(BasePlugin):
         if changed:
             self.announce_all("state:changed", changed)
 
-    @event_handler("state:get", returns=GetReply)
+    @event_handler("state:get", returns=GetReply, timeout=WRITER_DEADLINE)
     def get(self, data: KeyRequest):
         """Read a value; `found` is false for a key never set, deleted or expired."""
         namespace, key = cache_key = (data.get("namespace", GLOBAL), data["key"])
+        if cache_key in self.cache.pending or namespace in self.clearing:
+            # A write of this key is queued or committing (maybe sent just before on this very
+            # connection): the read waits behind it in the writer's queue and is answered after
+            # its commit, so it sees it. A sync handler's future: no task, no context.
+            return self.writer.submit(get_in_order, namespace, key)
         entry = self.cache.get(cache_key)
         if entry is None:
             entry = self.reader.get(namespace, key)
@@ -172,8 +183,10 @@ class StatePlugin(BasePlugin):
                 "version": entry[1]}
 
     @event_handler("state:delete", returns=DeleteReply, timeout=WRITER_DEADLINE)
-    async def delete(self, data: KeyRequest, ctx):
+    def delete(self, data: KeyRequest, ctx):
         """Delete a key; `deleted` says whether it existed."""
+        # A plain handler like `set`: the delete is queued now, in arrival order, so a request
+        # sent after it on the connection sees the key gone (a task would queue it later).
         namespace, key = data.get("namespace", GLOBAL), data["key"]
         cache, cache_key = self.cache, (namespace, key)
 
@@ -182,35 +195,50 @@ class StatePlugin(BasePlugin):
             if error is None and version is not None:
                 ctx.announce("state:changed", {"namespace": namespace, "key": key,
                                                "version": version, "op": "delete"})
-        future = self.writer.submit(delete_value, self.known, namespace, key,
-                                    self._audit_of(ctx), on_commit=committed)
+        reply = ctx.reply_later()
+        self.writer.submit(delete_value, self.known, namespace, key, self._audit_of(ctx),
+                           on_commit=committed, future=SettledAs(reply, _deleted))
         cache.write_queued(cache_key)  # after the submit succeeded, before `committed` can run
-        return {"deleted": await future is not None}
+        return reply
 
-    @event_handler("state:list", returns=ListReply)
+    @event_handler("state:list", returns=ListReply, timeout=WRITER_DEADLINE)
     def list(self, data: ListRequest):
         """Keys of a namespace in order, optionally only those with a prefix."""
+        if self.cache.pending or self.clearing:
+            # Some write is queued or committing: the list waits behind it (which namespace it
+            # writes is not tracked per prefix; lists are rare next to the writes they follow).
+            return self.writer.submit(list_in_order, data.namespace, data.prefix, data.limit)
         keys = self.reader.keys(data.namespace, data.prefix, data.limit)
         return {"keys": keys, "count": len(keys)}
 
     @event_handler("state:clear", returns=ClearReply, timeout=WRITER_DEADLINE)
-    async def clear(self, data: ClearRequest, ctx):
+    def clear(self, data: ClearRequest, ctx):
         """Delete every key of a namespace; `deleted` counts them."""
-        namespace = data.namespace
+        namespace, clearing = data.namespace, self.clearing
 
         def committed(deleted, error):  # announced on commit, even if the request gave up
+            left = clearing[namespace] - 1
+            if left:
+                clearing[namespace] = left
+            else:
+                del clearing[namespace]
             self.cache.forget_all()
             if error is None and deleted:
                 ctx.announce("state:changed", {"namespace": namespace, "key": None,
                                                "version": None, "op": "clear",
                                                "deleted": deleted})
-        deleted = await self._write(clear_namespace, self.known, namespace, self._audit_of(ctx),
-                                    on_commit=committed)
-        return {"deleted": deleted}
+        reply = ctx.reply_later()
+        self.writer.submit(clear_namespace, self.known, namespace, self._audit_of(ctx),
+                           on_commit=committed, future=SettledAs(reply, _cleared))
+        clearing[namespace] = clearing.get(namespace, 0) + 1  # after the submit succeeded
+        return reply
 
-    @event_handler("state:audit")
+    @event_handler("state:audit", timeout=WRITER_DEADLINE)
     def audit(self, data: AuditRequest):
         """The append-only record of changes (when `plugins.state.audit` is on), oldest first."""
+        if self.cache.pending or self.clearing:  # as `list`: behind the writes queued before it
+            return self.writer.submit(audit_in_order, self.audit_enabled, data.namespace,
+                                      data.key, data.limit)
         entries = self.reader.audit(data.namespace, data.key, data.limit)
         return {"enabled": self.audit_enabled, "entries": entries, "count": len(entries)}
 
@@ -240,6 +268,32 @@ class StatePlugin(BasePlugin):
         if connection is None:
             return None, None, ctx.correlation_id
         return connection.peer_pid, connection.peer_uid, ctx.correlation_id
+
+
+class SettledAs:
+    """Settles an owed reply with `shape(result)`: for writes whose op's result is not the reply
+    (a delete's op gives the version the key had, its reply says whether it existed)."""
+    __slots__ = ("reply", "shape")
+
+    def __init__(self, reply, shape):
+        self.reply, self.shape = reply, shape
+
+    def done(self) -> bool:
+        return self.reply.done()
+
+    def set_result(self, result) -> None:
+        self.reply.set_result(self.shape(result))
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.reply.set_exception(exc)
+
+
+def _deleted(version: int | None) -> dict:
+    return {"deleted": version is not None}
+
+
+def _cleared(deleted: int) -> dict:
+    return {"deleted": deleted}
 
 
 _loads, _dumps = orjson.loads, orjson.dumps

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, with_config
 from typing_extensions import NotRequired, TypedDict
 
+from ...storage.limits import SQLITE_INT_MAX
+
 MAX_KEY_CHARS = 1024
 MAX_NAMESPACE_CHARS = 256
 MAX_TTL_S = 10 * 365 * 24 * 3600.0
@@ -46,8 +48,8 @@ class SetRequest(TypedDict):
     ttl_s: NotRequired[Annotated[float | None, Field(gt=0, le=MAX_TTL_S, description="seconds "
                                                      "until the key expires")]]
     if_version: NotRequired[Annotated[int | None, Field(
-        ge=0, description="write only if the key is at this version (0: only if absent); else "
-        "`conflict`")]]
+        ge=0, le=SQLITE_INT_MAX, description="write only if the key is at this version (0: only "
+        "if absent); else `conflict`")]]
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -108,3 +110,9 @@ class StateSettings(BaseModel):
     purge_interval_s: float = Field(5.0, gt=0)
     db_path: str | None = None
     read_cache_entries: int = Field(10_000, ge=0, description="0 turns the read cache off")
+    # For tests only: the database may grow to this many pages (PRAGMA max_page_count), past
+    # which every write fails as on a full disk ("database or disk is full").
+    max_page_count: int | None = Field(None, ge=1, le=SQLITE_INT_MAX)
+    # An experiment, off by default: with synchronous NORMAL, commit each loop pass's writes on
+    # the event loop instead of the writer thread (ksi_daemon/storage/loop_writer.py).
+    commit_on_loop: bool = False

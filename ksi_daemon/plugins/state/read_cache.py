@@ -23,7 +23,9 @@ class ReadCache:
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
         self._entries: dict[Key, tuple] = {}  # (value as JSON text, version, expires_at)
-        self._pending: dict[Key, int] = {}
+        # Writes of each key queued or committing, not yet followed here. Public: `state:get`
+        # reads it inline to decide whether a read must wait in the writer's queue.
+        self.pending: dict[Key, int] = {}
 
     def get(self, key: Key) -> tuple | None:
         entry = self._entries.get(key)
@@ -33,15 +35,15 @@ class ReadCache:
         return entry
 
     def fill(self, key: Key, value, version: int, expires_at: float | None) -> None:
-        if self.max_entries and key not in self._pending:
+        if self.max_entries and key not in self.pending:
             self._store(key, (value, version, expires_at))
 
     def write_queued(self, key: Key) -> None:
-        self._pending[key] = self._pending.get(key, 0) + 1
+        self.pending[key] = self.pending.get(key, 0) + 1
 
     def write_done(self, key: Key, entry: tuple | None) -> None:
         """The write of `key` committed (entry: its new value) or failed/deleted it (None)."""
-        pending = self._pending
+        pending = self.pending
         left = pending[key] - 1
         if left:
             pending[key] = left

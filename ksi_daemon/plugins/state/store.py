@@ -205,33 +205,72 @@ def _alive(expires_at: float | None, now: float) -> bool:
     return expires_at is None or expires_at > now
 
 
-# ---- reads: the reader connection, on the event loop ---------------------------------------------
+# ---- reads: on the reader connection (inline, on the event loop), or in order on the writer -------
+# A read of a key with a write still queued or committing runs on the writer thread instead, in
+# the queue behind that write, so it sees it (one connection is one ordered stream, PROTOCOL.md
+# §1); the writer answers it after the commit, like the write itself.
+
+_LIVE_VALUE = ("SELECT value, version, expires_at FROM state WHERE namespace = ? AND key = ? "
+               "AND (expires_at IS NULL OR expires_at > ?)")
+_LIVE_KEYS = ("SELECT key FROM state WHERE namespace = ? AND key >= ? AND key < ? "
+              "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?")
+_AUDIT_ENTRIES = (
+    "SELECT id, at, namespace, key, op, version, peer_pid, peer_uid, correlation_id "
+    "FROM state_audit WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR key = ?2) "
+    "ORDER BY id DESC LIMIT ?3")
+_AUDIT_NAMES = ("id", "at", "namespace", "key", "op", "version", "peer_pid", "peer_uid",
+                "correlation_id")
+
+
+def live_value(conn, namespace: str, key: str) -> tuple | None:
+    """(value as JSON text, version, expires_at) of a live key, or None."""
+    return conn.execute(_LIVE_VALUE, (namespace, key, time.time())).fetchone()
+
+
+def live_keys(conn, namespace: str, prefix: str, limit: int) -> list[str]:
+    rows = conn.execute(_LIVE_KEYS, (namespace, prefix, prefix + _PREFIX_END, time.time(),
+                                     limit)).fetchall()
+    return [key for (key,) in rows if key.startswith(prefix)]
+
+
+def audit_entries(conn, namespace: str | None, key: str | None, limit: int) -> list[dict]:
+    rows = conn.execute(_AUDIT_ENTRIES, (namespace, key, limit)).fetchall()
+    return [dict(zip(_AUDIT_NAMES, row)) for row in reversed(rows)]
+
+
+def get_in_order(conn, namespace: str, key: str) -> dict:
+    """A writer op: `state:get` behind the writes queued before it."""
+    entry = live_value(conn, namespace, key)
+    if entry is None:
+        return {"namespace": namespace, "key": key, "found": False, "value": None,
+                "version": None}
+    return {"namespace": namespace, "key": key, "found": True, "value": orjson.loads(entry[0]),
+            "version": entry[1]}
+
+
+def list_in_order(conn, namespace: str, prefix: str, limit: int) -> dict:
+    """A writer op: `state:list` behind the writes queued before it."""
+    keys = live_keys(conn, namespace, prefix, limit)
+    return {"keys": keys, "count": len(keys)}
+
+
+def audit_in_order(conn, enabled: bool, namespace: str | None, key: str | None,
+                   limit: int) -> dict:
+    """A writer op: `state:audit` behind the writes queued before it."""
+    entries = audit_entries(conn, namespace, key, limit)
+    return {"enabled": enabled, "entries": entries, "count": len(entries)}
+
 
 class StateReader:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
-        self._loads = orjson.loads
 
     def get(self, namespace: str, key: str) -> tuple | None:
         """(value as JSON text, version, expires_at) of a live key, or None."""
-        row = self.conn.execute(
-            "SELECT value, version, expires_at FROM state WHERE namespace = ? AND key = ? "
-            "AND (expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time())
-        ).fetchone()
-        return row
+        return live_value(self.conn, namespace, key)
 
     def keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT key FROM state WHERE namespace = ? AND key >= ? AND key < ? "
-            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?",
-            (namespace, prefix, prefix + _PREFIX_END, time.time(), limit)).fetchall()
-        return [key for (key,) in rows if key.startswith(prefix)]
+        return live_keys(self.conn, namespace, prefix, limit)
 
     def audit(self, namespace: str | None, key: str | None, limit: int) -> list[dict]:
-        rows = self.conn.execute(
-            "SELECT id, at, namespace, key, op, version, peer_pid, peer_uid, correlation_id "
-            "FROM state_audit WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR key = ?2) "
-            "ORDER BY id DESC LIMIT ?3", (namespace, key, limit)).fetchall()
-        names = ("id", "at", "namespace", "key", "op", "version", "peer_pid", "peer_uid",
-                 "correlation_id")
-        return [dict(zip(names, row)) for row in reversed(rows)]
+        return audit_entries(self.conn, namespace, key, limit)

@@ -34,16 +34,20 @@ class SystemPlugin(BasePlugin):
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
-        """Is the daemon up: status, uptime, version, pid, plugins (failed ones named), connections.
+        """Is the daemon up: status, uptime, version, pid, plugins, connections.
 
-        With a failed plugin the status is "degraded" and `failed_plugins` names each one."""
-        counts = self.manager.counts()
+        `status` is "degraded" while a plugin has failed (`failed_plugins` names each, with the
+        first line of its error and where it arose) or runs but fails at something it needs, a
+        full disk (`degraded` names those: PluginContext.report_degraded)."""
+        counts, degraded = self.manager.counts(), self.manager.degraded
         failed = self._failed_plugins() if counts["failed"] else []  # counts are cached
-        return {"status": "degraded" if failed else "healthy",
+        return {"status": "degraded" if failed or degraded else "healthy",
                 "uptime_s": round(self.daemon.uptime(), 3),
                 "version": self.daemon.version, "pid": self.pid,
                 "plugins": counts, "connections": len(self.router.connections),
-                "failed_plugins": failed}
+                "failed_plugins": failed,
+                "degraded": [{"plugin": name, "reason": reason}
+                             for name, reason in degraded.items()] if degraded else ()}
 
     def _failed_plugins(self) -> list[dict]:
         # The first line of the reason is what fits a health line; system:plugins has it whole.

@@ -39,6 +39,12 @@ class ShutdownRequest(Request):
 class PluginCounts(BaseModel):
     active: int
     failed: int
+    degraded: int = Field(0, description="plugins running but failing at something they need")
+
+
+class DegradedPlugin(BaseModel):
+    plugin: str
+    reason: str
 
 
 class FailedPlugin(BaseModel):
@@ -55,6 +61,7 @@ class HealthReply(BaseModel):
     plugins: PluginCounts
     connections: int
     failed_plugins: list[FailedPlugin] = Field(default_factory=list)
+    degraded: list[DegradedPlugin] = Field(default_factory=list)
 
 
 class EventDescription(BaseModel):
