@@ -89,6 +89,9 @@ class SystemPlugin(BasePlugin):
                                          for c in self.router.connections if not c.closed),
             "pushes_dropped": sum(c.pushes_dropped for c in self.router.connections)}
         figures["rss_bytes"] = resident_memory()
+        watch = getattr(self.daemon, "loop_watch", None)  # loop stalls (ksi_daemon/loop_watch.py)
+        if watch is not None:
+            figures["loop_stalls"] = watch.figures()
         return figures
 
     @event_handler("system:shutdown")
