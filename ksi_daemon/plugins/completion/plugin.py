@@ -547,14 +547,29 @@ class CompletionPlugin(BasePlugin):
         if job.payload.agent_id:
             result["agent_id"] = job.payload.agent_id
 
-        def deliver() -> None:
-            self.counts["completed"] += 1
+        logged = False
+
+        def log_response() -> None:
+            nonlocal logged
+            if logged:
+                return
+            logged = True
             try:
                 self.responses.append(job.session_id, {**result, "timestamp": time.time()})
             except OSError as exc:
                 self.log.error("response_log_failed", error=repr(exc))
+
+        def deliver() -> None:
+            log_response()  # (done already, unless the journal could not take the outcome)
+            self.counts["completed"] += 1
             self._push(job, "completion:result", result)
-        return self._end(job, "completed", result, result, deliver)
+        committed = self._end(job, "completed", result, result, deliver)
+        if committed is not None:
+            # Written while the journal commits: the writer thread was woken first (one loop
+            # turn after the submit), so opening the session's file overlaps the commit instead
+            # of following it, and still precedes the reply, which waits for the commit.
+            asyncio.get_running_loop().call_soon(log_response)
+        return committed
 
     def _end_with_error(self, job: Job, code: str, message: str) -> asyncio.Future | None:
         def deliver() -> None:
