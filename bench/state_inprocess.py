@@ -29,10 +29,13 @@ EVENTS = ("system:health", "state:set", "state:get")
 
 
 class LoopedConnection:
-    """A fake connection: each reply it is given makes it send its next request."""
+    """A fake connection (ksi_daemon.core.connection.Connection): each reply it is given makes
+    it send its next request."""
 
     def __init__(self, router, number: int, event: str, counts: list):
         self.id, self.closed, self.pending = f"bench:{number}", False, 0
+        self.peer_pid = self.peer_uid = None
+        self.pushes_dropped = 0
         self.router, self.number, self.event, self.counts = router, number, event, counts
         self.sent = 0
 
@@ -53,8 +56,14 @@ class LoopedConnection:
     def push(self, line: bytes) -> None:
         pass
 
-    def request_done(self, _task=None) -> None:
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
         self.pending -= 1
+
+    def buffered_bytes(self) -> int:
+        return 0
 
 
 async def start_daemon_in(var_dir: Path):

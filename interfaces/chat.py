@@ -37,8 +37,9 @@ STORE_WAIT_S = 5.0  # an answer arrives just before its turns are stored; reads 
 HELP = """commands:
   /help               this list
   /new                start a new session
-  /session [ID]       show the session id, or switch to session ID
-  /model [NAME]       show the model, or use NAME from now on ("default": the daemon's)
+  /session [ID]       show the session id, or switch to session ID (one that exists)
+  /model [NAME]       show the model, or use NAME from now on if the daemon can use it
+                      ("default": the daemon's)
   /history            the messages of this session so far
   /export [FORMAT]    write the session to a file in the daemon's var/exports (markdown, json)
   /quit               leave (so do Ctrl-D, and Ctrl-C at the prompt)"""
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                      "used, else the daemon's default)")
     parser.add_argument("--socket", metavar="PATH",
                         help="the daemon's socket (default: KSI_SOCKET_PATH, then "
-                             "KSI_VAR_DIR/run/daemon.sock, then ./var/run/daemon.sock)")
+                             "KSI_VAR_DIR/run/daemon.sock, then the project's "
+                             "var/run/daemon.sock)")
     return parser.parse_args(argv)
 
 
@@ -108,6 +110,10 @@ class Screen:
         return line.rstrip("\r\n") if line else None
 
 
+class UnusableModel(Exception):
+    """--model names a model the daemon would refuse; the message says why."""
+
+
 class Chat:
     """One conversation with the daemon: the session, the model, and what was stored."""
 
@@ -121,6 +127,10 @@ class Chat:
     # ---- choosing the session ---------------------------------------------------------------
 
     def start(self, args: argparse.Namespace) -> None:
+        if args.model and args.model != "default":
+            problem = self.model_problem(args.model)
+            if problem:
+                raise UnusableModel(problem)
         remembered = self._remembered()
         self.model = args.model or remembered.get("model")  # kept by --new and --session too
         if self.model == "default":
@@ -144,6 +154,31 @@ class Chat:
 
     def _model_note(self) -> str:
         return f" · model {self.model}" if self.model else ""
+
+    def model_problem(self, name: str) -> str | None:
+        """Why the daemon would refuse a request naming `name`, asked when the model is chosen
+        rather than found out at the next message; None if it is usable or cannot be told."""
+        try:
+            reply = self.client.emit("completion:models", {"check": name})
+        except KSIConnectionError:
+            raise
+        except KSIError:
+            return None  # a daemon that cannot check: the next answer will say
+        check = reply.get("check")
+        if not isinstance(check, dict) or check.get("usable", True):
+            return None
+        return str(check.get("reason") or f"unknown model {name!r}")
+
+    def _session_exists(self, session_id: str) -> bool:
+        try:
+            self.client.conversation(session_id, limit=1)
+        except KSINotFoundError:
+            return False
+        except KSIConnectionError:
+            raise
+        except KSIError:
+            return True  # no conversation store to ask: switching is all that can be done
+        return True
 
     def _remembered(self) -> dict:
         try:
@@ -221,12 +256,22 @@ class Chat:
         self.screen.notice("new session: it gets its id with the first answer")
 
     def session(self, argument: str) -> None:
-        if argument:
+        if not argument or argument == self.session_id:
+            self.screen.say(self.session_id or "(new session: no id until the first answer)")
+        elif self._session_exists(argument):
             self.switch_to(argument)
         else:
-            self.screen.say(self.session_id or "(new session: no id until the first answer)")
+            current = f"session {self.session_id}" if self.session_id else "this new session"
+            self.screen.error(f"no session {argument} exists; staying in {current} "
+                              "(/new starts another)")
 
     def choose_model(self, argument: str) -> None:
+        if argument and argument != "default":
+            problem = self.model_problem(argument)
+            if problem:
+                self.screen.error(f"{problem}; still using "
+                                  f"{self.model or 'the default model'}")
+                return
         if argument:
             self.model = None if argument == "default" else argument
         self.screen.say(self.model or "default (the daemon's default model)")
@@ -317,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     except KSIConnectionError as exc:
         screen.error(connection_problem(exc, client))
         return EXIT_FAILED
+    except UnusableModel as exc:
+        screen.error(f"--model: {exc}")
+        return EXIT_USAGE
     except KSIError as exc:
         screen.error(f"error ({exc.code}): {exc.message}")
         return EXIT_FAILED

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--socket", help="the daemon's socket (default: KSI_SOCKET_PATH, "
                                          "then KSI_VAR_DIR/run/daemon.sock, then "
-                                         "./var/run/daemon.sock)")
+                                         "the project's var/run/daemon.sock)")
     args = parser.parse_args(argv)
     if not args.list_modes and not (args.topic and args.topic.strip()):
         parser.error("a TOPIC is needed (or --list-modes)")
@@ -112,14 +112,26 @@ def error(message: str) -> None:
     print(f"orchestrate: {message}", file=sys.stderr, flush=True)
 
 
+# The request fields this command fills from its command line, by the option a user typed.
+OPTION_OF_FIELD = {"topic": "TOPIC", "mode": "--mode", "agents": "--agents",
+                   "rounds": "--rounds", "model": "--model"}
+
+
 def describe(exc: KSIError) -> str:
-    """The daemon's message, with the failing fields of a validation error spelt out."""
+    """The daemon's message, with the failing fields of a validation error spelt out, each
+    under the name of the option it came from (the user never typed `rounds`)."""
     if exc.code == "validation_error" and isinstance(exc.details, list):
-        reasons = [str(d.get("msg", "")).removeprefix("Value error, ")
-                   for d in exc.details if isinstance(d, dict)]
+        reasons = [reason_with_its_option(d) for d in exc.details if isinstance(d, dict)]
         if reasons:
             return "; ".join(reasons)
     return exc.message
+
+
+def reason_with_its_option(detail: dict) -> str:
+    reason = str(detail.get("msg", "")).removeprefix("Value error, ")
+    location = detail.get("loc") or []
+    option = OPTION_OF_FIELD.get(location[0]) if location else None
+    return f"{option}: {reason[:1].lower()}{reason[1:]}" if option else reason
 
 
 class Orchestrate:

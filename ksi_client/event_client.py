@@ -40,6 +40,7 @@ import orjson
 
 from .errors import KSIConnectionError, KSITimeoutError, error_from_reply
 from .socket_path import no_daemon_message, resolve_socket_path
+from .unix_connect import BacklogStayedFull, connect_unix_socket
 
 log = logging.getLogger("ksi_client")
 
@@ -52,6 +53,9 @@ MAX_CORRELATION_ID = 128
 LONG_LINE_BYTES = 64 * 1024
 _LIMIT_IN_MESSAGE = re.compile(r"exceeds (\d+) bytes")
 CLOSE_GRACE_S = 2.0
+# How long a connect keeps trying while the daemon's listen backlog is full (a burst of clients
+# connecting at once); the client's own timeout bounds it too.
+BACKLOG_RETRY_S = 3.0
 CLIENT_DEFAULT: Any = object()  # "use the client's own timeout"
 
 
@@ -325,9 +329,15 @@ class EventClient:
             path = str(self.socket_path)
             try:
                 async with asyncio.timeout(self.timeout):
+                    sock = await connect_unix_socket(path, min(BACKLOG_RETRY_S, self.timeout))
                     _, protocol = await loop.create_unix_connection(
                         lambda: _LineProtocol(self._on_line, self._on_lost, self._max_line),
-                        path)
+                        sock=sock)
+            except BacklogStayedFull as exc:
+                raise KSIConnectionError(
+                    f"the daemon at {path} is not taking new connections: {exc} (more clients "
+                    "are connecting at once than daemon.listen_backlog holds)",
+                    {"socket_path": path}) from None
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise KSIConnectionError(no_daemon_message(self.socket_path, exc.strerror),
                                          {"socket_path": path}) from None

@@ -1,8 +1,8 @@
 """Where the daemon's socket is, found the way the daemon decides where to put it.
 
-Order: `KSI_SOCKET_PATH`, then `$KSI_VAR_DIR/run/daemon.sock`, then `./var/run/daemon.sock`
-relative to the working directory (the daemon's default var directory is `./var` of the
-directory it was started from).
+Order: `KSI_SOCKET_PATH`, then `$KSI_VAR_DIR/run/daemon.sock`, then the project's
+`var/run/daemon.sock`: `var/` of the source tree this package was imported from (`~/.ksi/var`
+for an installed copy), the daemon's own default, so the working directory does not matter.
 """
 from __future__ import annotations
 
@@ -21,7 +21,15 @@ def find_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     var_dir = environ.get("KSI_VAR_DIR")
     if var_dir:
         return (Path(var_dir).expanduser() / "run" / "daemon.sock").absolute()
-    return (Path("var") / "run" / "daemon.sock").absolute()
+    return project_var_dir() / "run" / "daemon.sock"
+
+
+def project_var_dir() -> Path:
+    # The rule of ksi_daemon.config.default_var_dir, restated so the client needs no daemon code.
+    tree = Path(__file__).resolve().parent.parent
+    if (tree / "pyproject.toml").is_file():
+        return tree / "var"
+    return Path("~/.ksi/var").expanduser().absolute()
 
 
 def resolve_socket_path(socket_path: str | os.PathLike | None) -> Path:

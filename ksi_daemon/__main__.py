@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--foreground", action="store_true", help="run attached to this terminal")
     parser.add_argument("--config", help="config file (default ~/.ksi/daemon.json)")
-    parser.add_argument("--var-dir", help="runtime data directory (default ./var)")
+    parser.add_argument("--var-dir", help="runtime data directory (default: the project's var/)")
     parser.add_argument("--socket", dest="socket_path", help="socket path")
     parser.add_argument("--plugin-dir", dest="plugin_dirs", action="append",
                         help="extra plugin directory (repeatable)")
@@ -53,15 +53,20 @@ def run_foreground(config: dict, warnings: list[str]) -> int:
 
     import uvloop
 
-    from .daemon import AlreadyRunning, Daemon, InstanceLock, prepare_run_dir
+    from .daemon import (AlreadyRunning, Daemon, InstanceLock, exit_past_running_threads,
+                         prepare_run_dir)
     from .logging_setup import configure_logging
+    from . import private_files
 
     settings = config["daemon"]
+    private_files.keep_private_from_now_on()  # before anything under var/ is created
+    tightened, not_tightened = private_files.make_private(Path(settings["var_dir"]))
     configure_logging(Path(settings["var_dir"]) / "logs", settings["log_level"], console=True)
     import structlog
     log = structlog.get_logger("ksi.daemon")
     for warning in warnings:
         log.warning("config_warning", message=warning)
+    private_files.report(log, tightened, not_tightened)
     lock = InstanceLock(settings["socket_path"])
     try:
         prepare_run_dir(settings["socket_path"])
@@ -70,9 +75,10 @@ def run_foreground(config: dict, warnings: list[str]) -> int:
         print(f"ksi: {exc}", file=sys.stderr)
         return 2
     try:
-        return uvloop.run(Daemon(config).run())
+        code = uvloop.run(Daemon(config).run())
     finally:
         lock.release()
+    return exit_past_running_threads(code)
 
 
 if __name__ == "__main__":

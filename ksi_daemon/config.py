@@ -15,6 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_CONFIG_FILE = Path("~/.ksi/daemon.json")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
+# An installed copy has no source tree to keep its var/ in: it lives beside the config file.
+INSTALLED_VAR_DIR = "~/.ksi/var"
+
+
+def default_var_dir() -> str:
+    """The project's var/: the one of the source tree this package was imported from.
+
+    Not the working directory, so `daemon_control.py`, `python -m ksi_daemon` and every client
+    find the same daemon wherever they are run. `ksi_client.find_socket_path` applies the same
+    rule (the client does not import the daemon); a test pins that the two agree.
+    """
+    tree = Path(__file__).resolve().parent.parent
+    return str(tree / "var") if (tree / "pyproject.toml").is_file() else INSTALLED_VAR_DIR
 
 
 class ConfigError(Exception):
@@ -26,10 +39,11 @@ class _Section(BaseModel):
 
 
 class DaemonSettings(_Section):
-    var_dir: str = "var"
+    var_dir: str = Field(default_factory=default_var_dir)
     socket_path: str | None = None
     plugin_dirs: list[str] = Field(default_factory=list)
     max_event_history: int = Field(1000, ge=0)
+    max_event_history_bytes: int = Field(8 * 1024 * 1024, ge=0)
     event_timeout: float = Field(30.0, gt=0)
     shutdown_timeout: float = Field(10.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -38,6 +52,9 @@ class DaemonSettings(_Section):
     output_buffer_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     slow_consumer_grace_s: float = Field(2.0, ge=0)
     allowed_uids: list[int] = Field(default_factory=list)
+    # Connections the kernel queues before the daemon accepts them: a burst of clients larger
+    # than this is refused (EAGAIN) until it drains. Capped by net.core.somaxconn.
+    listen_backlog: int = Field(2048, ge=1, le=65535)
 
 
 class UnixTransportSettings(_Section):

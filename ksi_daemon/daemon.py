@@ -12,7 +12,10 @@ import asyncio
 import fcntl
 import logging
 import os
+import resource
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +28,9 @@ from .loop_watch import LoopWatch, handler_names_of
 
 log = structlog.get_logger("ksi.daemon")
 LEFTOVER_GRACE_S = 1.0
+# Each client is a file descriptor: the usual soft limit of 1024 would refuse (EMFILE) a burst
+# of a thousand clients once the databases and logs have theirs.
+WANTED_OPEN_FILES = 65536
 
 
 class AlreadyRunning(Exception):
@@ -66,6 +72,23 @@ def prepare_run_dir(socket_path: str) -> None:
         os.chmod(run_dir, 0o700)  # mkdir's mode is filtered by the umask
 
 
+def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
+    """Lift the soft limit on open files towards `wanted` (never past the hard limit, which
+    only root may raise); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open_file_limit_kept", soft=soft, hard=hard, error=str(exc))
+    if soft != resource.RLIM_INFINITY and soft < 1100:
+        log.warning("open_file_limit_low", soft=soft, hard=hard,
+                    consequence="fewer than ~1000 clients can be connected at once")
+    return soft
+
+
 class Daemon:
     def __init__(self, config: dict):
         self.config = config
@@ -75,6 +98,7 @@ class Daemon:
         self.pid_file = Path(settings["var_dir"]) / "run" / "daemon.pid"
         self.router = Router(event_timeout=settings["event_timeout"],
                              max_event_history=settings["max_event_history"],
+                             max_event_history_bytes=settings["max_event_history_bytes"],
                              log_events=settings["log_events"])
         self.plugins = PluginManager(config, self.router, self)
         self.loop_watch = LoopWatch(handler_names=handler_names_of(self.router))
@@ -91,6 +115,7 @@ class Daemon:
             self._stop.set()
 
     async def run(self) -> int:
+        raise_open_file_limit()
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -155,3 +180,28 @@ class Daemon:
 
     def uptime(self) -> float:
         return time.time() - self.started_at
+
+
+def exit_past_running_threads(code: int) -> int:
+    """`code` for the interpreter's normal exit, or the end of the process right here when
+    threads are still running, so the interpreter never finalizes under them.
+
+    Such a thread is the completion plugin's litellm import when SIGTERM comes right after
+    start (it takes seconds): the normal exit would run litellm's atexit handlers (which import
+    and run an event loop) while that thread holds the import locks, then tear modules down
+    under a thread inside C extensions; once in nine such stops that ended in SIGABRT after
+    `daemon_stopped`. Nothing is left to save at this point: the plugins closed their databases,
+    the pid file is gone, the kernel drops the instance lock.
+    """
+    running = [thread.name for thread in threading.enumerate()
+               if thread is not threading.current_thread() and thread.is_alive()]
+    if not running:
+        return code
+    log.info("exiting_past_running_threads", threads=running[:20], exit_code=code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

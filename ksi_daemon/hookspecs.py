@@ -8,7 +8,14 @@ priority, then name; shutdown in reverse), so one plugin raising never stops the
 plugin is marked `failed` with the reason and the daemon carries on.
 
 Events are mostly declared with `@event_handler` (see `ksi_daemon.event_system`); the hooks below
-cover the lifecycle and the extension points around events.
+cover the lifecycle and the extension points around events. Hooks that belong to one plugin live
+in that plugin's own hookspecs module, declared in its `PluginMetadata(hookspecs=[...])`: the
+completion hooks are in `ksi_daemon/plugins/completion/hookspecs.py`.
+
+`firstresult=True` below means: implementations are asked in plugin order until one returns
+something other than None, and that answer is used (`Hook.call_first`). Every other hook calls
+every implementation (`Hook.call_each`). pluggy's `tryfirst`/`trylast` are not honoured: the
+order is the plugins' order, nothing else.
 """
 from __future__ import annotations
 
@@ -22,9 +29,10 @@ def ksi_startup(config, context):
     """Prepare the plugin: open files, read its config. Called once, before any request.
 
     config: the whole daemon configuration (dict).
-    context: this plugin's PluginContext: `name`, `config` (its own section of
-        `plugins.<name>`), `data_dir` (created for it under `var/plugins/<name>`), `emit()`,
-        `log`.
+    context: this plugin's PluginContext (ksi_daemon/plugin_context.py): `name`, `config`
+        (its own section of `plugins.<name>`), `data_dir` (created for it under
+        `var/plugins/<name>`), `log`, `emit()`, `announce()`, `announce_all()`, `push()`,
+        `shutdown_deadline`, `hook(name)`. The same object reaches every lifecycle hook.
     Raising marks the plugin failed; its events then answer `unavailable`.
     """
 
@@ -77,30 +85,4 @@ def ksi_post_event(event_name, data, result, context):
     """Middleware after a handler succeeded. Return a dict to replace `result`, or None to keep it.
 
     Costs nothing on the hot path when no plugin implements it (checked once at start).
-    """
-
-
-@hookspec
-def ksi_completion_pre_call(context):
-    """A completion is about to call its model. Change the call by changing `context` in place.
-
-    context: a `PreCallContext` (ksi_daemon.plugins.completion.models) with `request_id`,
-        `session_id`, `agent_id`, `model` (the litellm model name, alias already resolved),
-        `messages` (OpenAI-style dicts: the session's earlier turns, then this turn), `params`
-        (extra litellm arguments such as temperature) and `metadata` (free for plugins).
-    Assign `context.model` or edit `context.messages` / `context.params`; the return value is
-    ignored. Raise `KSIError` to refuse the completion with that code (it ends with
-    `completion:error`); any other exception is logged and this implementation is skipped.
-    May be async. See docs/COMPLETION.md for runnable examples.
-    """
-
-
-@hookspec
-def ksi_completion_post_response(context):
-    """A completion has its answer, before it is stored and sent. Observe it or annotate it.
-
-    context: a `PostResponseContext` with `request_id`, `session_id`, `agent_id`, `model`,
-        `messages` (what was sent), `text`, `usage`, `cost_usd`, `attempts` and `annotations`,
-        a dict whose entries are returned to the client in the result's `annotations`.
-    Exceptions other than `KSIError` are logged and ignored. May be async.
     """

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 
+from .private_files import owner_only
+
 READY_TIMEOUT_S = 30.0
 
 
@@ -48,9 +50,11 @@ def wait_until_healthy(socket_path: str, process: subprocess.Popen | None,
 def start_in_background(config: dict, argv: list[str]) -> int:
     settings = config["daemon"]
     log_dir = Path(settings["var_dir"]) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     out_path = log_dir / "daemon.out"
-    with open(out_path, "ab") as out:
+    with owner_only():  # var/ is private (private_files.py): the daemon's output too
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(out_path, "ab")
+    with out:
         start_offset = out.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "ksi_daemon", "--foreground", *argv],
@@ -69,8 +73,18 @@ def start_in_background(config: dict, argv: list[str]) -> int:
         print(f"ksi: the daemon did not start{why}:\n{reason or '(no output)'}",
               file=sys.stderr)
         return 1 if timed_out else process.returncode or 1
-    print(f"KSI daemon running: pid {health['pid']}, socket {settings['socket_path']}")
+    failed = health.get("failed_plugins") or []
+    but = f" but {len(failed)} plugin{'s' if len(failed) != 1 else ''} failed" if failed else ""
+    print(f"KSI daemon running{but}: pid {health['pid']}, socket {settings['socket_path']}")
+    for line in failed_plugin_lines(failed):
+        print(f"ksi: {line}", file=sys.stderr)
     return 0
+
+
+def failed_plugin_lines(failed: list[dict]) -> list[str]:
+    """One line per failed plugin of a health reply: its name, why, and where it arose."""
+    return [f"plugin {plugin.get('plugin')} failed: {plugin.get('error')} "
+            f"(at {plugin.get('where')})" for plugin in failed]
 
 
 def stop_unresponsive(process: subprocess.Popen, grace_s: float = 5.0) -> None:

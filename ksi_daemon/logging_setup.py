@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import structlog
 
+from .log_handlers import LineFile, QuietStream
+
 
 def configure_logging(log_dir: Path, level: str = "INFO", console: bool = False) -> Path:
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -22,16 +24,19 @@ def configure_logging(log_dir: Path, level: str = "INFO", console: bool = False)
         processor=structlog.processors.JSONRenderer(
             serializer=lambda obj, **kw: orjson.dumps(obj, default=str).decode()),
         foreign_pre_chain=shared)
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler = LineFile(log_file)  # a full disk drops lines quietly (log_handlers.py)
     file_handler.setFormatter(json_formatter)
     handlers: list[logging.Handler] = [file_handler]
     if console:
-        console_handler = logging.StreamHandler(sys.stderr)
+        console_handler = QuietStream(sys.stderr)
         console_handler.setFormatter(structlog.stdlib.ProcessorFormatter(
             processor=structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
             foreign_pre_chain=shared))
         handlers.append(console_handler)
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, LineFile):  # configured again (tests): do not leak its fd
+            replaced.close()
     root.handlers[:] = handlers
     root.setLevel(level)
     structlog.configure(

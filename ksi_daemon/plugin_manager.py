@@ -2,8 +2,11 @@
 
 Plugins come from three places only: the built-ins, the `ksi.plugins` entry-point group, and the
 configured plugin directories. Order is deterministic: declared dependencies (topologically), then
-priority, then name. A plugin that fails to import, register, start, serve or stop is marked
-`failed` with the reason; the daemon keeps running and the plugin's events answer `unavailable`.
+priority, then name; every hook is called in that order through one runner (`core/hooks.py`).
+A plugin that fails to import, register, start, serve or stop is marked `failed` with the
+reason; the daemon keeps running and the plugin's events answer `unavailable` (for a plugin that
+could not even be imported: every unanswered name in the namespaces it claimed, see
+`_claimed_namespaces`).
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import sys
+import sysconfig
 import time
 import traceback
 import typing
@@ -24,10 +29,12 @@ import pluggy
 import structlog
 
 from . import hookspecs
-from .event_system import handler_specs, is_schema
+from .event_system import handler_specs, is_schema, pydantic_ready
+from .plugin_context import Internals, PluginContext
 from .plugin_types import PluginCapabilities, PluginMetadata
 from .plugin_base import BasePlugin
-from .event_system import call_hook
+from .core.hooks import HookRunner
+from .core.protocol import FORBIDDEN, KSIError
 from .core.router import Handler, Router
 
 ENTRY_POINT_GROUP = "ksi.plugins"
@@ -64,6 +71,7 @@ class PluginRecord:
         self.context: PluginContext | None = None
         self.handler_errors = 0
         self.last_handler_error: str | None = None
+        self.where: str | None = None  # file:line where its failure arose, when one did
 
     def note_handler_error(self, event: str, exc: BaseException) -> None:
         self.handler_errors += 1
@@ -77,27 +85,6 @@ class PluginRecord:
                 "handler_errors": self.handler_errors}
 
 
-class PluginContext:
-    """What a plugin gets from the daemon (passed to every lifecycle hook as `context`)."""
-
-    def __init__(self, record: PluginRecord, router: Router, manager: PluginManager, daemon):
-        self.name, self.record = record.name, record
-        self.router, self.manager, self.daemon = router, manager, daemon
-        self.log = structlog.get_logger(f"ksi.plugin.{record.name}").bind(plugin=record.name)
-
-    @property
-    def config(self) -> dict:
-        return self.record.config
-
-    @property
-    def data_dir(self) -> Path | None:
-        return self.record.data_dir
-
-    async def emit(self, event: str, data: dict | None = None, correlation_id: str | None = None):
-        return await self.router.emit(event, data, correlation_id=correlation_id,
-                                      source=self.record)
-
-
 class PluginManager:
     def __init__(self, config: dict, router: Router, daemon=None):
         self.config, self.router, self.daemon = config, router, daemon
@@ -105,6 +92,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
         self.order: list[PluginRecord] = []
+        self.hooks = HookRunner(self.pm, lambda: self.order)
         self.services: list[asyncio.Task] = []
         self.var_dir = Path(config["daemon"]["var_dir"])
         self._counts: dict | None = None
@@ -114,11 +102,17 @@ class PluginManager:
     def load_all(self) -> None:
         for name, source, importer in self._discover():
             self._load(name, source, importer)
+        # Every plugin's own hookspecs before any implementation is registered, so pluggy
+        # checks each implementation against its spec, whichever plugin declares it.
+        for record in self.records.values():
+            self._add_hookspecs(record)
+        for record in self.records.values():
+            self._register(record)
         self.order = self._ordered()
         for record in self.order:
             if record.state == "loading":
                 self._index(record)
-        self.router.seal()
+        self._hooks_changed()
 
     def _discover(self):
         found: dict[str, str] = {}
@@ -156,6 +150,7 @@ class PluginManager:
             record.capabilities = getattr(obj, "capabilities", None) or PluginCapabilities()
         except Exception as exc:  # noqa: BLE001
             record.state, record.error = "failed", f"import failed: {_reason(exc)}"
+            record.where = _site_of(exc)
             log.error("plugin_import_failed", plugin=name, error=record.error,
                       traceback=traceback.format_exc())
         if record.name in self.records:
@@ -168,13 +163,31 @@ class PluginManager:
         record.config = section if isinstance(section, dict) else {}
         if record.state == "loading" and record.config.get("enabled", True) is False:
             record.state = "disabled"
-        if record.state == "loading":
-            try:
-                self.pm.register(record.obj, name=record.name)
-                record.hooks = sorted(h.name for h in self.pm.get_hookcallers(record.obj) or ())
-            except Exception as exc:  # noqa: BLE001 - pluggy rejects ill-formed hooks here
-                record.state, record.error = "failed", f"hook validation failed: {_reason(exc)}"
+        if record.state == "failed":
+            self._claim_namespaces(record)
         record.load_ms = (time.perf_counter() - started) * 1000
+
+    def _add_hookspecs(self, record: PluginRecord) -> None:
+        """The hooks a plugin declares for others (`PluginMetadata.hookspecs`)."""
+        if record.state != "loading":
+            return
+        for specs in record.metadata.hookspecs:
+            try:
+                self.pm.add_hookspecs(specs)
+            except Exception as exc:  # noqa: BLE001 - a spec clashing with another one
+                self._fail(record, f"hookspecs rejected: {_reason(exc)}")
+                return
+
+    def _register(self, record: PluginRecord) -> None:
+        if record.state != "loading":
+            return
+        started = time.perf_counter()
+        try:
+            self.pm.register(record.obj, name=record.name)
+            record.hooks = sorted(h.name for h in self.pm.get_hookcallers(record.obj) or ())
+        except Exception as exc:  # noqa: BLE001 - pluggy rejects ill-formed hooks here
+            self._fail(record, f"hook validation failed: {_reason(exc)}")
+        record.load_ms += (time.perf_counter() - started) * 1000
 
     def _ordered(self) -> list[PluginRecord]:
         """Dependencies first, then priority, then name; cycles and missing names fail."""
@@ -209,7 +222,8 @@ class PluginManager:
         return order + rest
 
     def _index(self, record: PluginRecord) -> None:
-        """Put the plugin's handlers and hook implementations into the router."""
+        """Put the plugin's handlers into the router's index (its hooks reach the router
+        through `_hooks_changed`)."""
         claimed = []
         for func, spec in _declared_handlers(record.obj):
             for event in (spec.event, *spec.aliases):
@@ -218,38 +232,58 @@ class PluginManager:
                     self._fail(record, f"event {event} is already handled by plugin "
                                f"{holder.plugin.name}; declare override=True to take it over")
                     return
-                claimed.append(Handler(event, func, record, model=spec.model or _model_of(func),
-                                       summary=spec.summary or _first_line(func.__doc__),
-                                       returns=spec.returns, timeout=spec.timeout))
-        for handler in claimed:
-            self.router.add_handler(handler)
-        record.events = sorted({h.event for h in claimed} | set(record.capabilities.commands))
-        for hook_name, target in (("ksi_handle_event", self.router.fallbacks),
-                                  ("ksi_pre_event", self.router.pre_hooks),
-                                  ("ksi_post_event", self.router.post_hooks)):
-            for impl in self._impls(record, hook_name):
-                target.append((record.obj, impl.function, tuple(impl.argnames)))
+                try:
+                    handler = _handler_of(event, func, spec, record)
+                except Exception as exc:  # noqa: BLE001 - a schema pydantic cannot build
+                    self._fail(record, f"the schema of {event} is not usable: {_reason(exc)}")
+                    return
+                claimed.append((handler, spec.internal))
+        for handler, internal in claimed:
+            self.router.add_handler(handler, _refusing_clients(handler) if internal else None)
+        record.events = sorted({h.event for h, _ in claimed} | set(record.capabilities.commands))
 
-    def _impls(self, record: PluginRecord, hook_name: str):
-        caller = getattr(self.pm.hook, hook_name, None)
-        if caller is None or record.state in ("failed", "disabled"):
-            return []
-        return [impl for impl in caller.get_hookimpls() if impl.plugin is record.obj]
+    def _hooks_changed(self) -> None:
+        """The set of running plugins changed: recompute every hook's implementations once, and
+        give the router its fallback and middleware lists from them."""
+        self.hooks.rebuild()
+        router = self.router
+        router.fallbacks[:] = self.hooks.hook("ksi_handle_event").impls
+        router.pre_hooks[:] = self.hooks.hook("ksi_pre_event").impls
+        router.post_hooks[:] = self.hooks.hook("ksi_post_event").impls
+        router.seal()
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
         record.state, record.error = "failed", reason
+        record.where = record.where or _site_of(sys.exception())  # None outside an except
         self._counts = None
         log.error("plugin_failed", plugin=record.name, error=reason)
         message = f"plugin {record.name} failed: {reason}"
         for handler in self.router.handlers.values():
             if handler.plugin is record:
                 handler.disable(message)
-        for hooks in (self.router.fallbacks, self.router.pre_hooks, self.router.post_hooks):
-            hooks[:] = [entry for entry in hooks if entry[0] is not record.obj]
-        self.router.seal()
+        self._claim_namespaces(record)
+        self._hooks_changed()
         for dependent in self.records.values():
             if record.name in dependent.metadata.dependencies and dependent.state != "failed":
                 self._fail(dependent, f"dependency {record.name} failed")
+
+    def _claim_namespaces(self, record: PluginRecord) -> None:
+        """Names nobody answers in a failed plugin's namespaces answer `unavailable`.
+
+        A plugin that could not be imported never told the daemon its event names, so the
+        daemon goes by what it knows: the plugin's name (its file, package or entry-point name),
+        the `event_namespaces` of its capabilities, and `plugins.<name>.event_namespaces` in the
+        config. Names a running plugin answers are not affected: only the `unknown_event`
+        answer is replaced.
+        """
+        if "@" in record.name:  # a second plugin of the same name: the name is the other's
+            return
+        namespaces = {record.name, *record.capabilities.event_namespaces,
+                      *(record.config.get("event_namespaces") or ())}
+        message = f"plugin {record.name} failed: {record.error}"
+        for namespace in namespaces:
+            if isinstance(namespace, str) and namespace.strip("/"):
+                self.router.failed_namespaces[namespace.strip("/")] = message
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -258,7 +292,11 @@ class PluginManager:
             if record.state != "loading":
                 continue
             record.data_dir = self.var_dir / "plugins" / record.name
-            record.context = PluginContext(record, self.router, self, self.daemon)
+            if record.capabilities.internals and record.source != "builtin":
+                self._fail(record, "only built-in plugins may have the daemon's internals "
+                           "(PluginCapabilities(internals=True))")
+                continue
+            record.context = self._context_of(record)
             if isinstance(record.obj, BasePlugin):
                 record.obj.context, record.obj.config = record.context, record.config
                 record.obj.data_dir = record.data_dir
@@ -271,11 +309,19 @@ class PluginManager:
                 record.started = True  # let it release what it opened before failing
                 self._fail(record, f"startup failed: {_reason(exc)}")
 
+    def _context_of(self, record: PluginRecord) -> PluginContext:
+        internals = Internals(self.router, self, self.daemon) \
+            if record.capabilities.internals else None
+        return PluginContext(
+            record, self.router, self.hooks,
+            lambda: getattr(self.daemon, "shutdown_deadline", None), internals,
+            structlog.get_logger(f"ksi.plugin.{record.name}").bind(plugin=record.name))
+
     async def ready_all(self) -> None:
         for record in self.active():
             try:
-                for impl in self._impls(record, "ksi_ready"):
-                    result = impl.function(**{name: record.context for name in impl.argnames})
+                for impl in self.hooks.of(record, "ksi_ready"):
+                    result = impl.call(context=record.context)
                     if inspect.iscoroutinefunction(impl.function):
                         result = await result  # `async def ksi_ready` returns its services
                     # a plain `def ksi_ready` returning a coroutine hands over a service
@@ -308,11 +354,10 @@ class PluginManager:
                 log.error("plugin_shutdown_failed", plugin=record.name, error=record.error)
 
     async def _call(self, record: PluginRecord, hook_name: str, **kwargs) -> list:
-        results = []
-        for impl in self._impls(record, hook_name) if record.state != "disabled" else []:
-            results.append(await call_hook(impl.function, tuple(impl.argnames),
-                                           context=record.context, **kwargs))
-        return results
+        """One plugin's lifecycle hook; raising is the caller's to turn into the plugin's
+        failure (the lifecycle's error policy), so the other plugins are still called."""
+        return [await impl.run(context=record.context, **kwargs)
+                for impl in self.hooks.of(record, hook_name)]
 
     def _supervise(self, record: PluginRecord, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{record.name}-service")
@@ -395,6 +440,25 @@ def _declared_handlers(obj):
                 yield value, spec
 
 
+def _handler_of(event: str, func, spec, record: PluginRecord) -> Handler:
+    return Handler(event, func, record, model=pydantic_ready(spec.model or _model_of(func)),
+                   summary=spec.summary or _first_line(func.__doc__),
+                   returns=pydantic_ready(spec.returns), timeout=spec.timeout)
+
+
+def _refusing_clients(handler: Handler) -> Handler:
+    """What a client finds under an internal event's name: a refusal (the router's client-facing
+    index holds it; `ctx.emit` finds the real handler). It shares the handler's counters, so
+    refusals show as that event's errors in system:metrics."""
+    message = f"{handler.event} is internal: only plugins may send it"
+
+    def refuse(data):
+        raise KSIError(FORBIDDEN, message)
+    refusal = Handler(handler.event, refuse, handler.plugin, summary=handler.summary)
+    refusal.stats = handler.stats
+    return refusal
+
+
 def _model_of(func) -> type | None:
     """The pydantic model (or TypedDict) a handler's first parameter is annotated with, if any."""
     try:
@@ -412,6 +476,28 @@ def _first_line(doc: str | None) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _site_of(exc: BaseException | None) -> str | None:
+    """`file:line` where exc arose in the plugin's own code: a SyntaxError's own position,
+    else the innermost frame outside Python's and installed packages' files and outside the
+    daemon's machinery (a built-in plugin's folder counts as its own code)."""
+    if exc is None:
+        return None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    libraries = tuple({os.path.join(sysconfig.get_paths()[key], "")
+                       for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    daemon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+    plugins = os.path.join(daemon, "plugins", "")
+    frames = [(frame.f_code.co_filename, line)
+              for frame, line in traceback.walk_tb(exc.__traceback__)
+              if not frame.f_code.co_filename.startswith("<")]
+    outside_libraries = [f for f in frames if not f[0].startswith(libraries)]
+    plugin_code = [f for f in outside_libraries
+                   if not f[0].startswith(daemon) or f[0].startswith(plugins)]
+    site = (plugin_code or outside_libraries or frames or [None])[-1]
+    return f"{site[0]}:{site[1]}" if site else None
 
 
 def _cycle_reason(start: str, pending: dict[str, set], placed: set) -> str:

@@ -185,7 +185,9 @@ def event_section(entry: dict) -> list[str]:
         if "alias_of" in entry else ""
     lines = [f"### `{entry['event']}`", "",
              f"{cell(entry['summary']) or '(no summary)'}{alias}  ",
-             f"Plugin: `{entry['plugin']}`", ""]
+             f"Plugin: `{entry['plugin']}`" + (
+                 "  \nInternal: only plugins send it (`ctx.emit`); a client gets `forbidden`."
+                 if entry.get("internal") else ""), ""]
     lines += schema_section("Parameters (`data`)", entry["parameters"])
     if "returns" in entry:
         lines += ["", *schema_section("Reply `data`", entry["returns"])]

@@ -183,8 +183,9 @@ def test_new_session_model_and_session_switching_in_a_terminal(daemon, terminals
     assert f"session {first_id} (2 messages)" in chat.say(f"/session {first_id}")
     assert "This is turn 2" in answer_line(chat.say("And their speed?"))
     assert answer_line(chat.say("/model")).startswith("default")
-    assert answer_line(chat.say("/model no-such-model")) == "no-such-model"
-    assert "error (not_found): unknown model 'no-such-model'" in chat.say("Hello?")
+    refused = chat.say("/model no-such-model")  # checked when chosen, not at the next message
+    assert "unknown model 'no-such-model'" in refused and "still using the default" in refused
+    assert answer_line(chat.say("/model")).startswith("default")
     assert "unknown command /frobnicate" in chat.say("/frobnicate")
     chat.say("/model default")
     assert "This is turn 3" in answer_line(chat.say("Still there?"))
@@ -232,10 +233,10 @@ def test_one_shot_prints_the_answer_and_continues_the_last_session(daemon):
     again = run_chat(daemon, "--session", "named-one", "How deep?")
     assert "caves" in named.stdout and "This is turn 2" in again.stdout
     assert "caves" in again.stdout
-    # Found as ./var/run/daemon.sock of the working directory, like a daemon started there.
-    env = {key: value for key, value in chat_env(daemon).items()
-           if key not in ("KSI_SOCKET_PATH", "KSI_VAR_DIR")}
-    local = run_chat(daemon, "And the bats?", env=env, cwd=daemon.workdir)
+    # Found through KSI_VAR_DIR alone, from another directory.
+    env = {key: value for key, value in chat_env(daemon).items() if key != "KSI_SOCKET_PATH"}
+    env["KSI_VAR_DIR"] = str(daemon.var_dir)
+    local = run_chat(daemon, "And the bats?", env=env, cwd="/")
     assert local.returncode == 0, local.stderr
     assert "This is turn 3" in local.stdout and "caves" in local.stdout
 
@@ -263,11 +264,11 @@ def test_readable_errors_without_tracebacks(daemon, tmp_path):
     env["KSI_VAR_DIR"] = str(tmp_path)
     assert "no daemon running" in run_chat(daemon, "hi", env=env).stderr
 
-    piped = run_chat(daemon, "--model", "no-such-model", stdin="hello\n/model default\nhi\n")
-    assert piped.returncode == 0
-    assert "error (not_found): unknown model 'no-such-model'" in piped.stderr
-    model_line, answer = piped.stdout.splitlines()  # nothing on stdout for the failed turn
-    assert model_line.startswith("default") and 'You said: "hi"' in answer
+    # A model the daemon would refuse is a usage error before any turn (see test_newcomer_chat).
+    piped = run_chat(daemon, "--model", "no-such-model", stdin="hello\n")
+    assert piped.returncode == 2
+    assert "--model: unknown model 'no-such-model'" in piped.stderr
+    assert piped.stdout == ""
     for result in (missing, piped):
         assert "Traceback" not in result.stderr
 

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from ksi_client import (Event, EventClient, KSIConflictError, KSIConnectionError, KSIError,
                         KSINotFoundError, KSITimeoutError, KSIUnavailableError,
                         KSIUnknownEventError, KSIValidationError, SyncEventClient,
-                        error_from_reply)
+                        error_from_reply, find_socket_path)
 from ksi_daemon.protocol import ERROR_CODES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 WAIT_S = 10  # a bound for waits that succeed in milliseconds; only reached when broken
 
@@ -205,12 +208,10 @@ async def test_socket_found_through_ksi_var_dir(daemon, monkeypatch):
         assert (await client.emit("system:health"))["pid"] == daemon.proc.pid
 
 
-async def test_socket_found_under_the_working_directory(daemon, monkeypatch):
-    monkeypatch.delenv("KSI_SOCKET_PATH", raising=False)
-    monkeypatch.delenv("KSI_VAR_DIR", raising=False)
-    monkeypatch.chdir(daemon.workdir)
-    async with EventClient() as client:
-        assert (await client.emit("system:health"))["pid"] == daemon.proc.pid
+def test_socket_found_in_the_projects_var_whatever_the_working_directory(monkeypatch):
+    # The daemon's default var/ is the source tree's (tests/test_newcomer_paths.py runs one).
+    monkeypatch.chdir("/")
+    assert find_socket_path({}) == ROOT / "var" / "run" / "daemon.sock"
 
 
 async def test_no_daemon_says_where_it_looked_and_how_to_start_one(monkeypatch, tmp_path):

@@ -117,7 +117,7 @@ def test_start_runs_the_daemon_in_the_background_and_says_how_to_reach_it(contro
     result = control.run("start")
     assert result.returncode == 0, result.stderr
     assert str(control.socket_path) in result.stdout
-    assert f"nc -U {control.socket_path}" in result.stdout
+    assert f"nc -N -U {control.socket_path}" in result.stdout
     assert "from ksi_client import EventClient" in result.stdout
     chat = Path(__file__).resolve().parent.parent / "interfaces" / "chat.py"
     assert ("interfaces/chat.py" in result.stdout) == chat.exists()

@@ -233,7 +233,10 @@ def test_failed_plugin_answers_unavailable_and_the_rest_keeps_working(daemon_fac
                  if p["name"] == "flaky")
     assert flaky["state"] == "failed"
     assert flaky["error"] == "startup failed: RuntimeError: fail_at_startup is set in plugins.flaky"
-    assert daemon.request("system:health")["data"]["plugins"]["failed"] == 1
+    health = daemon.request("system:health")["data"]
+    assert health["plugins"]["failed"] == 1 and health["status"] == "degraded"
+    assert health["failed_plugins"] == [{"plugin": "flaky", "error": flaky["error"],
+                                         "where": f"{EXAMPLES / 'flaky.py'}:13"}]
     assert daemon.request("my:command")["data"] == {"result": "processed"}
 
 

@@ -87,6 +87,10 @@ def test_what_the_daemon_refuses_is_a_readable_usage_error(daemon):
     result = orchestrate(daemon, "Is P=NP?", "--agents", "9")
     assert result.returncode == 2
     assert result.stderr.strip() == "orchestrate: debate takes 2 to 8 agents, not 9"
+    too_long = orchestrate(daemon, "Is P=NP?", "--rounds", "150")
+    assert too_long.returncode == 2
+    assert too_long.stderr.strip() == \
+        "orchestrate: --rounds: input should be less than or equal to 50"
     assert data_of(daemon.request("orchestration:status"))["count"] == 0
     no_topic = orchestrate(daemon, "--mode", "debate")
     assert no_topic.returncode == 2 and "TOPIC" in no_topic.stderr

@@ -49,12 +49,13 @@ def faulty(daemon_factory):
     return daemon_factory(plugin_dir_config("faulty", "seeds"))
 
 
-def test_plugin_failing_at_import_is_reported_and_the_daemon_healthy(faulty):
+def test_plugin_failing_at_import_is_reported_and_the_daemon_answers(faulty):
     plugins = plugins_by_name(faulty)
     assert plugins["broken_import"]["state"] == "failed"
     assert "this plugin cannot even be imported" in plugins["broken_import"]["error"]
     health = faulty.request("system:health")["data"]
-    assert health["status"] == "healthy"
+    assert health["status"] == "degraded"  # up, and saying which plugins failed
+    assert "broken_import" in {failed["plugin"] for failed in health["failed_plugins"]}
     assert health["plugins"]["failed"] >= 1
     assert faulty.request("my:command")["data"] == {"result": "processed"}
 
@@ -77,7 +78,7 @@ def test_handler_exception_answers_handler_error_and_is_reported(faulty):
     assert plugin["handler_errors"] == 1
     # one bad request does not take the plugin down: good input still works
     assert faulty.request("flaky:divide", {"a": 6, "b": 3})["data"] == {"result": 2.0}
-    assert faulty.request("system:health")["data"]["status"] == "healthy"
+    assert faulty.request("system:health")["data"]["status"] == "degraded"
 
 
 def test_dependency_cycle_and_missing_dependency_are_reported(faulty):
@@ -96,7 +97,7 @@ def test_crashing_service_marks_its_plugin_failed(faulty):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert "upstream went away" in plugins_by_name(faulty)["crashing_service"]["error"]
-    assert faulty.request("system:health")["data"]["status"] == "healthy"
+    assert faulty.request("system:health")["data"]["status"] == "degraded"
 
 
 def test_event_claimed_twice_fails_the_later_plugin_naming_both(faulty):
@@ -104,7 +105,7 @@ def test_event_claimed_twice_fails_the_later_plugin_naming_both(faulty):
     assert plugins["greedy"]["state"] == "failed"
     assert "system:health" in plugins["greedy"]["error"]
     assert "system" in plugins["greedy"]["error"]
-    assert faulty.request("system:health")["data"]["status"] == "healthy"
+    assert faulty.request("system:health")["data"]["status"] == "degraded"
 
 
 def test_faulty_daemon_still_shuts_down_cleanly(faulty):

@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Watch a KSI daemon: agents, completions, every event, and its figures.")
     parser.add_argument("--socket", metavar="PATH",
                         help="the daemon's socket (default: KSI_SOCKET_PATH, then "
-                             "$KSI_VAR_DIR/run/daemon.sock, then ./var/run/daemon.sock)")
+                             "$KSI_VAR_DIR/run/daemon.sock, then the project's "
+                             "var/run/daemon.sock)")
     parser.add_argument("--interval", type=float, default=None, metavar="SECONDS",
                         help="how often the metrics footer asks the daemon (default 2)")
     args = parser.parse_args(argv)

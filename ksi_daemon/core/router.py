@@ -5,11 +5,11 @@
                                                                         -> history ring, timings
 
 Sync handlers run inline (no task); one may return an asyncio Future instead of its reply
-(answered from the future's done-callback), or `ctx.reply_later()`, the context itself, which
-it settles (how the state plugin answers a write at its commit); async handlers run as tasks,
-started in arrival order. Both get the `event_timeout` deadline unless the handler declared its
-own. A handler that raises answers `handler_error`; the router never lets an exception escape to
-the transport.
+(answered from the future's done-callback), or `ctx.reply_later()`, an owed reply it settles
+(how the state plugin answers a write at its commit); async handlers run as tasks, started in
+arrival order. Both get the `event_timeout` deadline unless the handler declared its own. Every
+request is finished by the one reply path (`reply.py`): a handler that raises answers with a
+coded error, and the router never lets an exception escape to the transport.
 Plugins reach the router through `Context.emit()` (route an event to its handler and to
 subscribers) and `Context.push()` (send an event to the requesting connection and subscribers).
 """
@@ -22,20 +22,21 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import pydantic
 import structlog
 
-from .event_stats import EventStats, percentiles_ms
 from ..event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
 from .context import Context
-from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, VALIDATION_ERROR,
-                       KSIError, as_reply_data, encode_error, encode_push, encode_reply,
-                       parse_request)
+from .event_stats import EventStats, percentiles_ms
+from .history import entry_limit, estimated_size, truncated
+from .protocol import (TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError, as_reply_data,
+                       encode_error, encode_push, parse_request)
+from .reply import OwedReply, ReplyPath, as_ksi_error
 
 log = structlog.get_logger("ksi.router")
 _perf = time.perf_counter
 _now = time.time
 MAX_MATCH_CACHE = 4096
+SHUTTING_DOWN = KSIError(UNAVAILABLE, "the daemon is shutting down")
 
 
 class Handler:
@@ -64,28 +65,35 @@ class Handler:
 
 class Router:
     def __init__(self, *, event_timeout: float = 30.0, max_event_history: int = 1000,
-                 log_events: bool = False):
+                 max_event_history_bytes: int = 8 * 1024 * 1024, log_events: bool = False):
         self.event_timeout = event_timeout
         self.log_events = log_events
         self.handlers: dict[str, Handler] = {}
+        # What a client's request finds: the same handlers, but a refusal for internal events.
+        self.client_handlers: dict[str, Handler] = {}
+        self.failed_namespaces: dict[str, str] = {}  # namespace -> why its plugin failed
         self.fallbacks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.pre_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.post_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.history: deque = deque(maxlen=max_event_history)
+        self.history_limit = entry_limit(max_event_history, max_event_history_bytes)
         self.other_stats: dict[str, EventStats] = {"(rejected)": EventStats(),
                                                    "(unknown)": EventStats()}
         self.connections: set = set()
+        self.pushes_dropped_by_closed = 0  # so that metrics keep counting them after they go
         self.in_flight: set[asyncio.Task] = set()
-        self.owed: set[Context] = set()  # owed replies (ctx.reply_later())
+        self.owed: set[OwedReply] = set()  # replies handed out by ctx.reply_later()
         self.accepting = True
         self._slow_path = False
-        self._subscriptions: dict[Any, dict[str, Callable[[str], bool]]] = {}
+        self.subscriptions: dict[Any, dict[str, Callable[[str], bool]]] = {}
         self._match_cache: dict[str, tuple] = {}
+        self.replies = ReplyPath(self)
 
     # ---- set-up (called by the plugin manager at start) ---------------------------------------
 
-    def add_handler(self, handler: Handler) -> None:
+    def add_handler(self, handler: Handler, for_clients: Handler | None = None) -> None:
         self.handlers[handler.event] = handler
+        self.client_handlers[handler.event] = for_clients or handler
 
     def seal(self) -> None:  # decide once whether requests take the slower middleware path
         self._slow_path = bool(self.pre_hooks or self.post_hooks)
@@ -96,69 +104,46 @@ class Router:
         """Process one request line from `conn`; exactly one reply is written back to it."""
         started = _perf()
         try:
-            event, data, cid = parse_request(line)
+            event, data, cid = parse_request(line, self.client_handlers)
         except KSIError as exc:
+            if line.isspace():  # a blank line is no request (PROTOCOL.md §1): no reply
+                return
             conn.send(encode_error(getattr(exc, "event", None),
                                    getattr(exc, "correlation_id", None), exc))
             self.other_stats["(rejected)"].record(started, False)
             return
         if self.log_events:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
-        handler = self.handlers.get(event)
-        if handler is None or self._slow_path or not self.accepting:
-            self._spawn(self._dispatch_slowly(event, data, cid, conn, started), conn)
+        if not self.accepting:  # answered now: a task made now could be cancelled unstarted
+            return conn.send(encode_error(event, cid, SHUTTING_DOWN))
+        handler = self.client_handlers.get(event)
+        if handler is None or self._slow_path:
+            self._spawn(self._dispatch_slowly(event, data, cid, conn, started, len(line)),
+                        conn)
         elif handler.is_async:
             task = asyncio.get_running_loop().create_task(
                 self._call_with_deadline(handler, event, data, cid, conn))
-            self._reply_when_done(task, handler, event, data, cid, conn, started, None)
+            self.replies.when_done(task, handler, event, data, cid, conn, started, len(line),
+                                   None)
         else:
-            ok = True
             try:
                 arg = handler.validate(data) if handler.validate else data
                 if handler.wants_ctx:
                     result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
                 else:
                     result = handler.func(arg)
-                if result.__class__ is Context:  # ctx.reply_later(): answered when settled
-                    return result.owe(handler, data, started)
-                if isinstance(result, asyncio.Future):
-                    return self._reply_when_done(result, handler, event, data, cid, conn,
-                                                 started, self._deadline_of(handler))
-                reply = encode_reply(event, cid, as_reply_data(result))
+                if result.__class__ is not dict:  # (a dict, the usual answer, is finished now)
+                    if result.__class__ is OwedReply:  # ctx.reply_later(): finished when settled
+                        return result.owe(handler, data, started, len(line))
+                    if isinstance(result, asyncio.Future):
+                        return self.replies.when_done(result, handler, event, data, cid, conn,
+                                                      started, len(line),
+                                                      self._deadline_of(handler))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a coded reply
-                ok = False
-                reply = self.error_reply(handler, event, cid, exc)
-            conn.send(reply)
-            self.after_reply(handler.stats, event, data, cid, conn, started, ok)
-
-    def _reply_when_done(self, future: asyncio.Future, handler: Handler, event: str, data: dict,
-                         cid: str, conn, started: float, deadline: float | None) -> None:
-        """Reply with the outcome of an async handler's task or a sync handler's future, from its
-        done-callback; past `deadline` it is cancelled and the reply is `timeout`."""
-        timer = timed_out = None
-        if deadline is not None:
-            def expire() -> None:  # cancelled like an async handler's task past its deadline
-                nonlocal timed_out
-                timed_out = KSIError(TIMEOUT, f"{event} did not finish within {deadline} s")
-                future.cancel()
-            timer = future.get_loop().call_later(deadline, expire)
-
-        def reply(_future) -> None:
-            if timer is not None:
-                timer.cancel()
-            self.in_flight.discard(future)
-            ok = True
-            try:
-                line = encode_reply(event, cid, as_reply_data(future.result()))
-            except BaseException as exc:  # noqa: BLE001 - includes cancellation at shutdown
-                ok = False
-                line = self.error_reply(handler, event, cid, timed_out or exc)
-            conn.send(line)
-            self.after_reply(handler.stats, event, data, cid, conn, started, ok)
-            conn.request_done()
-        self.in_flight.add(future)
-        conn.pending += 1  # as in _spawn: the reply is owed even after the client's EOF
-        future.add_done_callback(reply)
+                return self.replies.finish(handler, handler.stats, event, data, cid, conn,
+                                           started, len(line), None, exc)
+            self.replies.finish(handler, handler.stats, event, data, cid, conn, started,
+                                len(line), result)
 
     def _deadline_of(self, handler: Handler) -> float | None:
         return self.event_timeout if handler.timeout == DEFAULT_TIMEOUT else handler.timeout
@@ -168,7 +153,7 @@ class Router:
         args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
             else (arg,)
         waiting = handler.func(*args)
-        if waiting.__class__ is Context:  # ctx.reply_later()
+        if waiting.__class__ is OwedReply:  # ctx.reply_later()
             waiting = waiting.as_future()
         if not (handler.is_async or isinstance(waiting, asyncio.Future)):
             return waiting
@@ -181,12 +166,12 @@ class Router:
         except TimeoutError:
             raise KSIError(TIMEOUT, f"{event} did not finish within {deadline} s") from None
 
-    async def _dispatch_slowly(self, event: str, data: dict, cid: str, conn,
-                               started: float) -> None:
+    async def _dispatch_slowly(self, event: str, data: dict, cid: str, conn, started: float,
+                               size: int) -> None:
         """The path for unknown names, middleware, and requests arriving during shutdown."""
-        handler = self.handlers.get(event)
-        stats = None
-        ok = False
+        handler = self.client_handlers.get(event)
+        stats = handler.stats if handler is not None else None  # None: nobody answered
+        result = exc = None
         try:
             if not self.accepting:
                 raise KSIError(UNAVAILABLE, "the daemon is shutting down")
@@ -197,44 +182,11 @@ class Router:
                     await self._call_with_deadline(handler, event, data, cid, conn))
             else:
                 result = await self._ask_fallbacks(event, data, ctx)
-            stats = self._stats_of(event)
+                stats = self.stats_of(event)  # answered: counted by its name from here on
             result = await self._run_post_hooks(event, data, result, ctx)
-            reply = encode_reply(event, cid, result)
-            ok = True
-        except BaseException as exc:  # noqa: BLE001
-            reply = self.error_reply(handler, event, cid, exc)
-        conn.send(reply)
-        if stats is not None or handler is not None:
-            self.after_reply(stats or handler.stats, event, data, cid, conn, started, ok)
-        else:
-            self.other_stats["(unknown)"].record(started, False)
-
-    def after_reply(self, stats: EventStats, event: str, data: dict, cid: str, conn,
-                    started: float, ok: bool) -> None:
-        """Timings, history and subscribers of a request just answered (also an owed reply)."""
-        stats.record(started, ok)
-        self.history.append((event, cid, _now(), conn.id, data))
-        if self._subscriptions:
-            self._fan_out(event, data, cid, conn)
-
-    def error_reply(self, handler: Handler | None, event: str, cid: str,
-                    exc: BaseException) -> bytes:
-        return encode_error(event, cid, self._as_ksi_error(handler, event, cid, exc))
-
-    def _as_ksi_error(self, handler, event, cid, exc: BaseException) -> KSIError:
-        if isinstance(exc, KSIError):
-            return exc
-        if isinstance(exc, pydantic.ValidationError):
-            return KSIError(VALIDATION_ERROR, f"data does not match the schema of {event}",
-                            exc.errors(include_url=False, include_context=False))
-        if isinstance(exc, asyncio.CancelledError):
-            return KSIError(UNAVAILABLE, "the daemon stopped before this request finished")
-        plugin = getattr(handler.plugin, "name", None) if handler else None
-        if plugin is not None:
-            handler.plugin.note_handler_error(event, exc)
-        log.error("handler_error", event_name=event, correlation_id=cid, plugin=plugin,
-                  error=repr(exc), exc_info=exc)
-        return KSIError(HANDLER_ERROR, f"{event} failed: {type(exc).__name__}: {exc}")
+        except BaseException as failure:  # noqa: BLE001
+            exc = failure
+        self.replies.finish(handler, stats, event, data, cid, conn, started, size, result, exc)
 
     # ---- plugin-facing: emit and push -------------------------------------------------------
 
@@ -261,9 +213,9 @@ class Router:
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():
                 raise  # the caller is being cancelled, no handler failed: it must see that
-            raise self._as_ksi_error(handler, event, correlation_id, exc) from exc
+            raise as_ksi_error(handler, event, correlation_id, exc) from exc
         finally:
-            self._stats_of(event).record(started, ok)
+            self.stats_of(event).record(started, ok)
 
     def announce(self, event: str, data: dict, correlation_id=None, source=None,
                  connection=None) -> None:
@@ -277,22 +229,23 @@ class Router:
             return
         self._record_emit(event, data, correlation_id, source)
         # counted like a push: there is no handler to time
-        (self.other_stats.get(event) or self._stats_of(event)).count += 1
+        (self.other_stats.get(event) or self.stats_of(event)).count += 1
 
     def announce_all(self, event: str, announced: list[tuple[str | None, dict]],
                      source=None) -> None:
         """`announce` of many events of one name at once, (correlation_id, data) each: the
-        changes one commit made (one history entry each, one timestamp for them all)."""
+        changes one commit made (one history entry each, one timestamp for them all). Their
+        data is not measured for the history's limit: keep it small (state:changed's is)."""
         if event in self.handlers or self.fallbacks:
             for correlation_id, data in announced:
                 self.announce(event, data, correlation_id, source)
             return
         now, name = _now(), getattr(source, "name", source)
         self.history.extend([(event, cid, now, name, data) for cid, data in announced])
-        if self._subscriptions:
+        if self.subscriptions:
             for correlation_id, data in announced:
-                self._fan_out(event, data, correlation_id, None)
-        (self.other_stats.get(event) or self._stats_of(event)).count += len(announced)
+                self.fan_out(event, data, correlation_id, None)
+        (self.other_stats.get(event) or self.stats_of(event)).count += len(announced)
 
     def _announced(self, task: asyncio.Task) -> None:  # log a failed announce
         self.in_flight.discard(task)
@@ -300,22 +253,25 @@ class Router:
             log.warning("announce_failed", error=str(task.exception()))
 
     def _record_emit(self, event: str, data: dict, correlation_id, source) -> None:
-        self.history.append((event, correlation_id, _now(), getattr(source, "name", source), data))
-        if self._subscriptions:
-            self._fan_out(event, data, correlation_id, None)
+        size = estimated_size(data, self.history_limit)
+        kept = data if size <= self.history_limit else truncated(data, size)
+        self.history.append((event, correlation_id, _now(), getattr(source, "name", source), kept))
+        if self.subscriptions:
+            self.fan_out(event, data, correlation_id, None)
 
     def push(self, event: str, data: Any, correlation_id: str | None, connection) -> None:
         line = encode_push(event, data, correlation_id)
-        self._stats_of(event).count += 1
-        self.history.append((event, correlation_id, _now(), "push", data))
+        self.stats_of(event).count += 1
+        self.history.append((event, correlation_id, _now(), "push", data
+                             if len(line) <= self.history_limit else truncated(data, len(line))))
         if connection is not None:
             connection.push(line)
-        if self._subscriptions:
+        if self.subscriptions:
             for subscriber in self._subscribers_of(event):
                 if subscriber is not connection:
                     subscriber.push(line)
 
-    def _stats_of(self, event: str) -> EventStats:
+    def stats_of(self, event: str) -> EventStats:
         """Timings of `event`; events without a handler of their own (pushes, fallback-answered
         names) are counted by name, which plugins choose, never clients."""
         handler = self.handlers.get(event)
@@ -335,6 +291,8 @@ class Router:
                 return as_reply_data(result)
         if missing_ok:
             return None
+        if event.partition(":")[0] in self.failed_namespaces:
+            raise KSIError(UNAVAILABLE, self.failed_namespaces[event.partition(":")[0]])
         names = list(self.handlers)
         names += [c for p, _, _ in self.fallbacks for c in getattr(
             getattr(p, "capabilities", None), "commands", ())]
@@ -361,24 +319,30 @@ class Router:
     # ---- subscriptions -----------------------------------------------------------------------
 
     def subscribe(self, conn, patterns: list[str]) -> list[str]:
-        active = self._subscriptions.setdefault(conn, {})
+        active = self.subscriptions.setdefault(conn, {})
         for pattern in patterns:
             active[pattern] = compile_pattern(pattern)
         self._match_cache.clear()
         return list(active)
 
     def unsubscribe(self, conn, patterns: list[str] | None = None) -> list[str]:
-        active = self._subscriptions.get(conn, {})
+        active = self.subscriptions.get(conn, {})
         for pattern in list(active) if patterns is None else patterns:
             active.pop(pattern, None)
         if not active:
-            self._subscriptions.pop(conn, None)
+            self.subscriptions.pop(conn, None)
         self._match_cache.clear()
         return list(active)
 
+    def connection_opened(self, conn) -> None:
+        self.connections.add(conn)
+
     def connection_closed(self, conn) -> None:
-        self.connections.discard(conn)
-        if self._subscriptions.pop(conn, None) is not None:
+        """A transport's report that `conn` is gone (a second report of it is ignored)."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.pushes_dropped_by_closed += conn.pushes_dropped
+        if self.subscriptions.pop(conn, None) is not None:
             self._match_cache.clear()
 
     def _subscribers_of(self, event: str) -> tuple:
@@ -387,11 +351,11 @@ class Router:
             if len(self._match_cache) >= MAX_MATCH_CACHE:
                 self._match_cache.clear()
             subscribers = self._match_cache[event] = tuple(
-                conn for conn, patterns in self._subscriptions.items()
+                conn for conn, patterns in self.subscriptions.items()
                 if any(match(event) for match in patterns.values()))
         return subscribers
 
-    def _fan_out(self, event: str, data: dict, cid: str | None, origin) -> None:
+    def fan_out(self, event: str, data: dict, cid: str | None, origin) -> None:
         subscribers = self._subscribers_of(event)
         if subscribers:
             line = encode_push(event, data, cid)
@@ -405,8 +369,8 @@ class Router:
         task = asyncio.get_running_loop().create_task(coro)
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
-        conn.pending += 1  # the connection stays open for this reply even after the client's EOF
-        task.add_done_callback(conn.request_done)
+        conn.reply_owed()  # the connection stays open for this reply even after the client's EOF
+        task.add_done_callback(conn.reply_done)
 
     async def drain(self, deadline_s: float) -> int:
         """Stop taking requests, wait for in-flight ones, cancel what is left at the deadline;
@@ -436,6 +400,10 @@ class Router:
             if stats.count:
                 per_event[name] = {"count": stats.count, "errors": stats.errors,
                                    **percentiles_ms(stats.durations)}
+        connections = self.connections
         return {"events_total": sum(s["count"] for s in per_event.values()),
-                "events": per_event, "connections": len(self.connections),
-                "in_flight": len(self.in_flight) + len(self.owed)}
+                "events": per_event, "connections": len(connections),
+                "queues": {"in_flight_requests": len(self.in_flight) + len(self.owed),
+                           "output_buffered_bytes": sum(c.buffered_bytes() for c in connections),
+                           "pushes_dropped": self.pushes_dropped_by_closed + sum(
+                               c.pushes_dropped for c in connections)}}

@@ -336,7 +336,7 @@ class AgentPlugin(BasePlugin):
                    for profile, source in self.book.profiles().values()]
         return {"profiles": entries, "count": len(entries), "errors": self.book.errors()}
 
-    @event_handler("agent:inbox")
+    @event_handler("agent:inbox", internal=True)
     async def inbox(self, data: InboxDelivery):
         """A topic message for an agent (from the message plugin); stored before it is taken."""
         agent = self.agents.get(data.agent_id)

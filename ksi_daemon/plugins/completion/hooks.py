@@ -1,38 +1,25 @@
-"""Calling `ksi_completion_pre_call` / `ksi_completion_post_response` in every active plugin.
+"""Calling `ksi_completion_pre_call` / `ksi_completion_post_response` (specs in hookspecs.py).
 
-Each implementation runs on its own, in plugin order, and may be sync or async. One that raises
-KSIError refuses the completion with that code; any other exception is logged and that
-implementation is skipped, so a broken plugin never breaks completions.
+Each implementation runs on its own, in plugin order (dependencies, priority, name), and may be
+sync or async. One that raises KSIError refuses the completion with that code; any other
+exception is logged and that implementation is skipped, so a broken plugin never breaks
+completions (the runner's `refuse_or_skip` policy).
 """
 from __future__ import annotations
 
-from ...protocol import KSIError
-from ...event_system import call_hook
+from ...plugin_base import refuse_or_skip
 
 
 class CompletionHooks:
-    def __init__(self, manager, log):
-        self.manager, self.log = manager, log
+    def __init__(self, context):
+        # The runner keeps these up to date when a plugin fails; nothing is looked up per call.
+        self._pre_call = context.hook("ksi_completion_pre_call")
+        self._post_response = context.hook("ksi_completion_post_response")
 
-    async def pre_call(self, context) -> None:
-        await self._call_each("ksi_completion_pre_call", context)
+    async def pre_call(self, call) -> None:
+        if self._pre_call:
+            await self._pre_call.call_each(refuse_or_skip, context=call)
 
-    async def post_response(self, context) -> None:
-        await self._call_each("ksi_completion_post_response", context)
-
-    async def _call_each(self, hook_name: str, context) -> None:
-        caller = getattr(self.manager.pm.hook, hook_name, None) if self.manager else None
-        if caller is None:
-            return
-        # pluggy lists implementations last-registered first; plugin order is the reverse.
-        for impl in reversed(caller.get_hookimpls()):
-            record = self.manager.records.get(impl.plugin_name)
-            if record is not None and record.state != "active":
-                continue
-            try:
-                await call_hook(impl.function, tuple(impl.argnames), context=context)
-            except KSIError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - isolate the plugin, keep the completion
-                self.log.error("completion_hook_failed", hook=hook_name,
-                               plugin=impl.plugin_name, error=repr(exc))
+    async def post_response(self, seen) -> None:
+        if self._post_response:
+            await self._post_response.call_each(refuse_or_skip, context=seen)

@@ -49,7 +49,8 @@ class StatusRequest(Request):
 
 
 class ModelsRequest(Request):
-    pass
+    check: str | None = Field(None, description="a model name or alias: say whether a request "
+                              "naming it would be accepted (nothing is called, no network)")
 
 
 class Usage(BaseModel):

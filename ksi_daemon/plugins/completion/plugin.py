@@ -23,7 +23,7 @@ from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, TIMEOUT, UNAVAILABLE, KSIError
 from ...storage.sqlite_writer import WriterStopped
-from . import claude_cli, offline_model
+from . import claude_cli, hookspecs, offline_model
 from .calls import call_model
 from .hooks import CompletionHooks
 from .journal import Entry, Journal
@@ -43,7 +43,8 @@ class CompletionPlugin(BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="completion", version="0.1.0", priority=50,
-                           description="Model completions: sessions, streaming, retries"),
+                           description="Model completions: sessions, streaming, retries",
+                           hookspecs=[hookspecs]),
             PluginCapabilities(event_namespaces=["completion"],
                                provides_services=["completion"]))
         self.jobs: OrderedDict[str, Job] = OrderedDict()
@@ -57,7 +58,6 @@ class CompletionPlugin(BasePlugin):
     async def ksi_startup(self, config, context):
         own = context.config
         self.log = context.log
-        self.router, self.daemon = context.router, context.daemon
         self.default_model = own.get("default_model") or offline_model.DEFAULT_MODEL
         self.aliases = dict(own.get("aliases") or {})
         self.default_timeout_s = float(own.get("timeout_s", 300))
@@ -69,7 +69,7 @@ class CompletionPlugin(BasePlugin):
         self.memory = ConversationMemory(self._emit_for_memory, self.log,
                                          int(own.get("history_window", 40)))
         self.responses = ResponseLog(Path(config["daemon"]["var_dir"]) / "logs" / "responses")
-        self.hooks = CompletionHooks(context.manager, self.log)
+        self.hooks = CompletionHooks(context)
         self.scheduler = SessionScheduler(
             self._run, int(own.get("max_concurrent", 16)),
             {k: int(v) for k, v in (own.get("per_model_concurrency") or {}).items()},
@@ -130,7 +130,7 @@ class CompletionPlugin(BasePlugin):
             await self.journal.close()
 
     def _shutdown_time_left(self) -> float:
-        deadline = getattr(self.daemon, "shutdown_deadline", None)
+        deadline = self.context.shutdown_deadline
         if deadline is None:
             return self.shutdown_timeout_s
         return max(0.0, deadline - time.monotonic())
@@ -244,16 +244,28 @@ class CompletionPlugin(BasePlugin):
                 "litellm_ready": self.loader.is_ready, **self.counts}
 
     @event_handler("completion:models")
-    def models(self, data: ModelsRequest):
-        """The default model, configured aliases, and the built-in providers."""
+    async def models(self, data: ModelsRequest):
+        """The default model, configured aliases, the built-in providers; `check` tests a name."""
         aliases = {name: (target if isinstance(target, str) else
                           {k: v for k, v in target.items() if k != "api_key"})
                    for name, target in self.aliases.items()}
-        return {"default_model": self.default_model, "aliases": aliases,
-                "models": sorted({self.default_model, *self.aliases}),
-                "providers": [offline_model.PROVIDER, claude_cli.PROVIDER],
-                "note": "any litellm model name is accepted as well",
-                "litellm_ready": self.loader.is_ready}
+        reply = {"default_model": self.default_model, "aliases": aliases,
+                 "models": sorted({self.default_model, *self.aliases}),
+                 "providers": [offline_model.PROVIDER, claude_cli.PROVIDER],
+                 "note": "any litellm model name is accepted as well"}
+        if data.check is not None:
+            reply["check"] = await self._check_model(data.check)
+        return {**reply, "litellm_ready": self.loader.is_ready}
+
+    async def _check_model(self, name: str) -> dict:
+        """Would a request naming `name` be accepted? The same resolution a request gets:
+        an alias, a built-in provider, or a name litellm's own tables can route (no call)."""
+        await self.loader.ready()
+        try:
+            routes_to, _extra = self._resolve(name)
+        except KSIError as exc:
+            return {"model": name, "usable": False, "reason": exc.message}
+        return {"model": name, "usable": True, "routes_to": routes_to}
 
     # ---- submitting ----------------------------------------------------------------------------
 
@@ -415,10 +427,11 @@ class CompletionPlugin(BasePlugin):
             try:
                 self.loader.module.get_llm_provider(name)
             except Exception:  # noqa: BLE001 - litellm says it cannot route this name
-                known = ", ".join(sorted({self.default_model, *self.aliases})) or "none"
+                aliases = ", ".join(sorted(self.aliases)) or "none are configured"
                 raise KSIError(NOT_FOUND, f"unknown model {name!r}: it is neither a configured "
-                               f"alias ({known}) nor a model name litellm can route; see "
-                               "completion:models") from None
+                               f"alias ({aliases}) nor a model name litellm can route (the "
+                               f"default model is {self.default_model}); see completion:models"
+                               ) from None
         return name, extra
 
     # ---- running -------------------------------------------------------------------------------
@@ -643,7 +656,7 @@ class CompletionPlugin(BasePlugin):
         return {"resumed": True} if job.resumed else {}
 
     def _push(self, job: Job, event: str, data: dict) -> None:
-        self.router.push(event, data, job.correlation_id, job.connection)
+        self.context.push(event, data, job.correlation_id, job.connection)
 
 
 def _messages_of(request: CompletionRequest) -> list[dict]:

@@ -67,7 +67,7 @@ class StatePlugin(BasePlugin):
             self.path, settings.synchronous, create_schema, name="state",
             deadline_s=config["daemon"]["event_timeout"], after_rollback=self.known.forget_all,
             on_commits=self._committed)
-        self.router = context.router
+        self.announce_all = context.announce_all  # history records the source as "state"
         self.reader = StateReader(reader_conn)
         self.cache = ReadCache(settings.read_cache_entries)
         log.info("state_database_open", path=str(self.path),
@@ -150,12 +150,12 @@ class StatePlugin(BasePlugin):
                                                        "version": version, "op": "set"}))
                 continue
             if changed:  # announced first: `state:changed` keeps the commit order
-                self.router.announce_all("state:changed", changed, self)
+                self.announce_all("state:changed", changed)
                 changed = []
             if on_commit is not None:
                 run_on_commit(on_commit, result, error)
         if changed:
-            self.router.announce_all("state:changed", changed, self)
+            self.announce_all("state:changed", changed)
 
     @event_handler("state:get", returns=GetReply)
     def get(self, data: KeyRequest):
@@ -234,9 +234,12 @@ class StatePlugin(BasePlugin):
     def _audit_of(self, ctx):
         if not self.audit_enabled:
             return None
-        connection = getattr(ctx, "connection", None)
-        return (getattr(connection, "peer_pid", None), getattr(connection, "peer_uid", None),
-                getattr(ctx, "correlation_id", None))
+        if ctx is None:  # the daemon's own write (the expiry sweep)
+            return None, None, None
+        connection = ctx.connection  # a core Connection, or None for an event a plugin emitted
+        if connection is None:
+            return None, None, ctx.correlation_id
+        return connection.peer_pid, connection.peer_uid, ctx.correlation_id
 
 
 _loads, _dumps = orjson.loads, orjson.dumps

@@ -24,19 +24,32 @@ class SystemPlugin(BasePlugin):
         super().__init__(
             PluginMetadata(name="system", version="0.1.0", priority=0,
                            description="Daemon health, discovery, subscriptions and control"),
-            PluginCapabilities(event_namespaces=["system"]))
+            # internals: it reports on the router, the plugin manager and the daemon
+            PluginCapabilities(event_namespaces=["system"], internals=True))
 
     @hookimpl
     def ksi_startup(self, context):
-        self.router, self.manager, self.daemon = context.router, context.manager, context.daemon
+        self.router, self.manager, self.daemon = context.internals
         self.pid = os.getpid()
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
-        """Is the daemon up: status, uptime, version, pid, plugin counts, connections."""
-        return {"status": "healthy", "uptime_s": round(self.daemon.uptime(), 3),
+        """Is the daemon up: status, uptime, version, pid, plugins (failed ones named), connections.
+
+        With a failed plugin the status is "degraded" and `failed_plugins` names each one."""
+        counts = self.manager.counts()
+        failed = self._failed_plugins() if counts["failed"] else []  # counts are cached
+        return {"status": "degraded" if failed else "healthy",
+                "uptime_s": round(self.daemon.uptime(), 3),
                 "version": self.daemon.version, "pid": self.pid,
-                "plugins": self.manager.counts(), "connections": len(self.router.connections)}
+                "plugins": counts, "connections": len(self.router.connections),
+                "failed_plugins": failed}
+
+    def _failed_plugins(self) -> list[dict]:
+        # The first line of the reason is what fits a health line; system:plugins has it whole.
+        return [{"plugin": record.name, "error": (record.error or "").split("\n", 1)[0],
+                 "where": record.where or record.source}
+                for record in self.manager.order if record.state == "failed"]
 
     @event_handler("system:discover", returns=DiscoverReply)
     def discover(self, data: DiscoverRequest):
@@ -82,12 +95,7 @@ class SystemPlugin(BasePlugin):
     @event_handler("system:metrics")
     def metrics(self, data):
         """Event counts and latency percentiles, connections, queue depths, memory."""
-        figures = self.router.metrics()
-        figures["queues"] = {
-            "in_flight_requests": figures.pop("in_flight"),
-            "output_buffered_bytes": sum(c.transport.get_write_buffer_size()
-                                         for c in self.router.connections if not c.closed),
-            "pushes_dropped": sum(c.pushes_dropped for c in self.router.connections)}
+        figures = self.router.metrics()  # events, connections, queues (the router's registry)
         figures["rss_bytes"] = resident_memory()
         watch = getattr(self.daemon, "loop_watch", None)  # loop stalls (ksi_daemon/loop_watch.py)
         if watch is not None:

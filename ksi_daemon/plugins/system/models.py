@@ -41,13 +41,20 @@ class PluginCounts(BaseModel):
     failed: int
 
 
+class FailedPlugin(BaseModel):
+    plugin: str
+    error: str = Field(description="the first line of the reason it failed")
+    where: str = Field(description="file:line where the failure arose, else the plugin's source")
+
+
 class HealthReply(BaseModel):
-    status: str
+    status: str = Field(description='"healthy", or "degraded" while a plugin has failed')
     uptime_s: float
     version: str
     pid: int
     plugins: PluginCounts
     connections: int
+    failed_plugins: list[FailedPlugin] = Field(default_factory=list)
 
 
 class EventDescription(BaseModel):
@@ -55,6 +62,8 @@ class EventDescription(BaseModel):
     summary: str
     parameters: dict[str, Any]
     plugin: str
+    internal: bool = Field(False, description="only plugins may send it; a client gets "
+                                              "`forbidden` (absent when false)")
 
 
 class DiscoverReply(BaseModel):

@@ -20,6 +20,8 @@ def describe_events(router, active_plugins, with_returns: bool = False) -> list[
             continue
         entry = {"event": name, "summary": handler.summary or "",
                  "parameters": json_schema(handler.model), "plugin": handler.plugin.name}
+        if router.client_handlers.get(name) is not handler:  # clients find a refusal there
+            entry["internal"] = True
         if with_returns and handler.returns is not None:
             entry["returns"] = json_schema(handler.returns)
         entries.append(entry)

@@ -11,11 +11,15 @@ import socket
 import stat
 from pathlib import Path
 
+import structlog
+
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
 
+log = structlog.get_logger("ksi.transport.unix")
 CLOSE_GRACE_S = 2.0
+SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
 
 
 class UnixTransport(BasePlugin):
@@ -23,7 +27,8 @@ class UnixTransport(BasePlugin):
         super().__init__(
             PluginMetadata(name="transport_unix", version="0.1.0", priority=1000,
                            description="Newline-delimited JSON over a Unix stream socket"),
-            PluginCapabilities(provides_services=["transport"]))
+            # internals: it hands every line to the router itself
+            PluginCapabilities(provides_services=["transport"], internals=True))
         self.server: asyncio.AbstractServer | None = None
         self.connections: set[Connection] = set()
         self.socket_path: Path | None = None
@@ -34,6 +39,7 @@ class UnixTransport(BasePlugin):
         self.enabled = config["transports"]["unix"]["enabled"]
         self.socket_path = Path(settings["socket_path"])
         self.allowed_uids = {os.getuid(), *settings["allowed_uids"]}
+        self.backlog = settings["listen_backlog"]
         self.limits = {key: settings[key] for key in
                        ("max_line_bytes", "output_buffer_bytes", "slow_consumer_grace_s")}
 
@@ -43,11 +49,18 @@ class UnixTransport(BasePlugin):
             context.log.warning("unix_transport_disabled")
             return
         sock = bind_socket(self.socket_path)
-        router = context.router
+        router = context.internals.router
+        # The loop calls listen() again with its own default backlog (100) unless told.
         self.server = await asyncio.get_running_loop().create_unix_server(
             lambda: Connection(router, self.limits, self.allowed_uids, self.connections),
-            sock=sock)
-        context.log.info("listening", socket=str(self.socket_path))
+            sock=sock, backlog=self.backlog)
+        kernel_cap = kernel_backlog_cap()
+        if kernel_cap is not None and kernel_cap < self.backlog:
+            context.log.warning("listen_backlog_capped", configured=self.backlog,
+                                somaxconn=kernel_cap,
+                                fix="raise net.core.somaxconn (sysctl) to hold larger bursts")
+        context.log.info("listening", socket=str(self.socket_path),
+                         backlog=min(self.backlog, kernel_cap or self.backlog))
 
     @hookimpl
     def ksi_stopping(self):
@@ -57,12 +70,19 @@ class UnixTransport(BasePlugin):
     @hookimpl
     async def ksi_shutdown(self):
         for conn in list(self.connections):
+            # (what shutdown had read of each client: tests/test_ops_shutdown.py checks that
+            # every line within it was answered)
+            log.debug("connection_closing", connection=conn.id, bytes_read=conn.bytes_read)
             conn.close()  # flushes what is buffered, then closes
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_GRACE_S
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
+            # A client that does not read its replies loses them here, and the log says so.
+            log.warning("connection_aborted_at_shutdown", connection=conn.id,
+                        unsent_bytes=conn.transport.get_write_buffer_size(),
+                        grace_s=CLOSE_GRACE_S)
             conn.transport.abort()
         if self.server is not None:
             self.socket_path.unlink(missing_ok=True)
@@ -85,9 +105,16 @@ def bind_socket(path: Path) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(socket.SOMAXCONN)
     sock.setblocking(False)
-    return sock
+    return sock  # the loop's create_unix_server calls listen() with the configured backlog
+
+
+def kernel_backlog_cap() -> int | None:
+    """net.core.somaxconn: the kernel silently lowers any larger listen backlog to it."""
+    try:
+        return int(SOMAXCONN_FILE.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 ksi_plugin = UnixTransport

@@ -12,11 +12,18 @@ import struct
 
 import structlog
 
-from ...core.protocol import FORBIDDEN, PAYLOAD_TOO_LARGE, KSIError, encode_error
+from ...core.protocol import (FORBIDDEN, PAYLOAD_TOO_LARGE, RATE_LIMITED, KSIError,
+                              encode_error, encode_push)
 
 log = structlog.get_logger("ksi.transport.unix")
 _ids = itertools.count(1)
 _PEERCRED = struct.Struct("3i")
+# A disconnected slow consumer gets this long to read what is buffered and the notice after it;
+# one that reads nothing is cut off then.
+NOTICE_FLUSH_S = 5.0
+# A refused peer gets this long to read its `forbidden` line and close; what it sends meanwhile
+# is read and thrown away (closing with it unread would reset the connection before it reads).
+REFUSED_LINGER_S = 2.0
 
 
 def peer_credentials(transport: asyncio.Transport) -> tuple[int, int, int]:
@@ -27,6 +34,8 @@ def peer_credentials(transport: asyncio.Transport) -> tuple[int, int, int]:
 
 
 class Connection(asyncio.Protocol):
+    """A Unix-socket client; implements `ksi_daemon.core.connection.Connection`."""
+
     def __init__(self, router, limits: dict, allowed_uids: set[int], registry: set):
         self.router, self.registry, self.allowed_uids = router, registry, allowed_uids
         self.max_line = limits["max_line_bytes"]
@@ -38,6 +47,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.pushes_dropped = 0
         self.pending = 0  # requests whose reply has not been written yet
+        self.bytes_read = 0  # handed to the line splitter; logged when shutdown closes it
         self._eof = False
         self._buffer = bytearray()
         self._discarding = False  # inside an oversized line: skip up to the next newline
@@ -51,18 +61,21 @@ class Connection(asyncio.Protocol):
         self.peer_pid, self.peer_uid, _gid = peer_credentials(transport)
         if self.peer_uid not in self.allowed_uids:
             log.warning("peer_forbidden", uid=self.peer_uid, pid=self.peer_pid)
+            self.closed = True  # from here on data_received discards what the peer sends
             transport.write(encode_error(None, None, KSIError(
                 FORBIDDEN, f"uid {self.peer_uid} may not use this daemon")))
-            self.closed = True
-            transport.close()
+            transport.write_eof()  # the line, then EOF; the peer's own EOF closes the rest
+            self._grace_timer = asyncio.get_running_loop().call_later(
+                REFUSED_LINGER_S, transport.abort)
             return
         self.id = f"unix:{self.id[5:]}:pid{self.peer_pid}"
         self.registry.add(self)
-        self.router.connections.add(self)
+        self.router.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.bytes_read += len(data)
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
@@ -80,23 +93,25 @@ class Connection(asyncio.Protocol):
             data = bytes(self._buffer)
             self._buffer.clear()
         batch = self._batch = []
-        handle_line, max_line, start = self.router.handle_line, self.max_line, 0
+        handle_line, max_line = self.router.handle_line, self.max_line
         try:
-            while True:
-                newline = data.find(b"\n", start)
-                if newline < 0:
-                    break
-                line = data[start:newline]
-                start = newline + 1
-                if len(line) > max_line:
-                    self._too_large()
-                elif line and not line.isspace():
-                    handle_line(line, self)
-            if len(data) - start > max_line:
+            lines = data.split(b"\n")  # in C: a pipelined chunk holds a hundred lines
+            rest = lines.pop()
+            if len(data) <= max_line:  # no line of this chunk can be too long
+                for line in lines:
+                    if line:  # (whitespace-only lines are the router's to ignore)
+                        handle_line(line, self)
+            else:
+                for line in lines:
+                    if len(line) > max_line:
+                        self._too_large()
+                    elif line:
+                        handle_line(line, self)
+            if len(rest) > max_line:
                 self._too_large()
                 self._discarding = True
-            elif start < len(data):
-                self._buffer += data[start:]
+            elif rest:
+                self._buffer += rest
         finally:
             self._batch = None
             if batch and not self.closed:
@@ -105,12 +120,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # `nc -N` and friends half-close after sending: still owe them their replies.
         self._eof = True
-        return self.pending > 0  # True keeps the transport open until request_done closes it
-
-    def request_done(self, _task=None) -> None:
-        self.pending -= 1
-        if self._eof and self.pending == 0:
-            self.close()
+        return self.pending > 0  # True keeps the transport open until reply_done closes it
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it catches up.
@@ -148,16 +158,38 @@ class Connection(asyncio.Protocol):
             return
         self.send(line)
 
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
+        self.pending -= 1
+        if self._eof and self.pending == 0:
+            self.close()
+
+    def buffered_bytes(self) -> int:
+        return 0 if self.closed else self.transport.get_write_buffer_size()
+
     # ---- slow consumers and limits -----------------------------------------------------------
 
     def _disconnect_if_still_slow(self) -> None:
         self._grace_timer = None
-        if not self.closed and self.transport.get_write_buffer_size() > self.output_limit // 2:
-            log.warning("slow_consumer_disconnected", connection=self.id,
-                        pushes_dropped=self.pushes_dropped,
-                        buffered=self.transport.get_write_buffer_size())
-            self.closed = True
-            self.transport.abort()
+        buffered = self.buffered_bytes()
+        if self.closed or buffered <= self.output_limit // 2:
+            return
+        log.warning("slow_consumer_disconnected", connection=self.id,
+                    pushes_dropped=self.pushes_dropped, buffered=buffered)
+        self.closed = True
+        # After what is buffered (whole lines), one coded notice, then EOF: the client learns
+        # why. The router forgets it now, not when the flush ends.
+        self.transport.write(encode_push("system:disconnected", {
+            "code": RATE_LIMITED, "message": "disconnected: this connection does not read "
+            f"its pushes ({buffered} bytes still unread {self.grace_s} s after pushes were "
+            f"first dropped at {self.output_limit})", "pushes_dropped": self.pushes_dropped},
+            None))
+        self.transport.close()
+        self.router.connection_closed(self)
+        self._grace_timer = asyncio.get_running_loop().call_later(
+            NOTICE_FLUSH_S, self.transport.abort)
 
     def _too_large(self) -> None:
         self.send(encode_error(None, None, KSIError(

@@ -1,0 +1,47 @@
+"""The connection contract: what the core asks of a transport's connection, and nothing more.
+
+The router, the reply path, `Context` and the built-in plugins use a connection only through
+these names, so a second transport (MCP, an extra socket, a cluster bridge) or the in-memory
+connection of the tests (`memory_connection.py`) plugs in by implementing them.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One client's ordered stream of request lines in, replies and pushes out.
+
+    id              a name for logs and history: `unix:<n>:pid<peer pid>`, `memory:<n>`
+    peer_pid, peer_uid  who is at the other end, as the transport learned it (None: unknown)
+    closed          True once nothing more can be written; the router skips closed connections
+    pushes_dropped  how many pushes this connection refused while its client was not reading
+
+    A transport registers a new connection with `router.connection_opened(conn)` and reports
+    its end with `router.connection_closed(conn)`; the router keeps the registry.
+    """
+
+    id: str
+    peer_pid: int | None
+    peer_uid: int | None
+    closed: bool
+    pushes_dropped: int
+
+    def send(self, line: bytes) -> None:
+        """Write a reply line (newline included). Never dropped: a transport whose client does
+        not read stops reading that client's requests instead."""
+
+    def push(self, line: bytes) -> None:
+        """Write a push line (newline included); the transport may drop it for a slow client,
+        counting it in `pushes_dropped`."""
+
+    def reply_owed(self) -> None:
+        """A request of this connection will be answered later (a task, a future, an owed
+        reply): the connection stays open for that reply even after its client's EOF."""
+
+    def reply_done(self, _finished: Any = None) -> None:
+        """An owed reply was written (also usable as a done-callback, hence the argument)."""
+
+    def buffered_bytes(self) -> int:
+        """Output written but not yet taken by the client (for metrics and push limits)."""
