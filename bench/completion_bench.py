@@ -279,10 +279,13 @@ class SegmentClock:
 
 
 class ClockedConnection:
-    """An in-memory connection for the router: a reply resolves the future waiting for it."""
+    """An in-memory connection for the router (ksi_daemon/core/connection.py's contract): a
+    reply resolves the future waiting for it."""
 
     def __init__(self, clock: SegmentClock):
         self.id, self.closed, self.pending, self.clock = "bench:segments", False, 0, clock
+        self.peer_pid = self.peer_uid = None
+        self.pushes_dropped = 0
         self.waiting: dict[str, asyncio.Future] = {}
 
     def send(self, line: bytes) -> None:
@@ -295,8 +298,14 @@ class ClockedConnection:
     def push(self, line: bytes) -> None:
         pass
 
-    def request_done(self, _task=None) -> None:
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
         self.pending -= 1
+
+    def buffered_bytes(self) -> int:
+        return 0
 
 
 def clock_the_plugin(plugin, clock: SegmentClock) -> None:
