@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/completion_bench.py [--calls 300 --warmup 30 --sessions 100 --turns 2
                                                 --journals NORMAL,FULL --journal-requests 500]
+    .venv/bin/python bench/completion_bench.py --segments 100
 
 Both paths call the same local OpenAI-compatible server (tests/fake_openai_server.py, its own
 process) in the same run:
@@ -22,6 +23,12 @@ process) in the same run:
 
 Each daemon runs with `max_concurrent` = `--sessions` so both sides may run every call at once.
 Every process started here is stopped before the script exits.
+
+`--segments N` instead: where one call's time goes. The daemon's plugins are started in this
+process and `N` `completion:request`s are fed to the router one at a time; each is cut into
+segments (accepted, journaled, model called, answered, outcome committed, replied) and each
+segment's wall time and event-loop CPU (`time.thread_time`) is printed as a median. CPU figures
+hold on a loaded machine where wall-clock ones do not.
 """
 from __future__ import annotations
 
@@ -255,6 +262,119 @@ async def main_async(args) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class SegmentClock:
+    """Marks (name, wall, loop-thread CPU) at the points one request passes."""
+
+    def __init__(self):
+        self.marks: list[tuple[str, float, float]] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.perf_counter(), time.thread_time()))
+
+    def segments(self) -> list[tuple[str, float, float]]:
+        names = [name for name, _, _ in self.marks]
+        end = names.index("replied") + 1 if "replied" in names else len(names)
+        return [(f"{a} -> {b}", (tb - ta) * 1000, (cb - ca) * 1000)
+                for (a, ta, ca), (b, tb, cb) in zip(self.marks[:end - 1], self.marks[1:end])]
+
+
+class ClockedConnection:
+    """An in-memory connection for the router (ksi_daemon/core/connection.py's contract): a
+    reply resolves the future waiting for it."""
+
+    def __init__(self, clock: SegmentClock):
+        self.id, self.closed, self.pending, self.clock = "bench:segments", False, 0, clock
+        self.peer_pid = self.peer_uid = None
+        self.pushes_dropped = 0
+        self.waiting: dict[str, asyncio.Future] = {}
+
+    def send(self, line: bytes) -> None:
+        self.clock.mark("replied")
+        message = orjson.loads(line)
+        waiter = self.waiting.pop(message["correlation_id"], None)
+        if waiter is not None:
+            waiter.set_result(message)
+
+    def push(self, line: bytes) -> None:
+        pass
+
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
+        self.pending -= 1
+
+    def buffered_bytes(self) -> int:
+        return 0
+
+
+def clock_the_plugin(plugin, clock: SegmentClock) -> None:
+    """Wrap the journal's writes and the model call of the running plugin with marks."""
+    from ksi_daemon.plugins.completion import plugin as plugin_module
+    for name in ("accept", "finish"):
+        write = getattr(plugin.journal, name)
+
+        def clocked(*args, _write=write, _name=name, on_commit=None, **kwargs):
+            clock.mark(f"{_name} submitted")
+
+            def committed(result, error, _then=on_commit):
+                clock.mark(f"{_name} committed")
+                if _then is not None:
+                    _then(result, error)
+            return _write(*args, on_commit=committed, **kwargs)
+        setattr(plugin.journal, name, clocked)
+    call_model = plugin_module.call_model
+
+    async def clocked_call(*args, **kwargs):
+        clock.mark("model called")
+        answer = await call_model(*args, **kwargs)
+        clock.mark("model answered")
+        return answer
+    plugin_module.call_model = clocked_call
+
+
+async def measure_segments(calls: int) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from state_inprocess import start_daemon_in
+    server, api_base = start_fake_server()
+    var_dir = Path(tempfile.mkdtemp(prefix="ksi-cs-", dir="/tmp"))
+    try:
+        daemon = await start_daemon_in(var_dir)
+        plugin = daemon.plugins.records["completion"].obj
+        plugin.aliases["echo"] = {"model": "openai/echo", "api_base": api_base,
+                                  "api_key": "sk-bench"}
+        await daemon.plugins.ready_all()
+        await plugin.loader.ready()
+        clock = SegmentClock()
+        clock_the_plugin(plugin, clock)
+        conn = ClockedConnection(clock)
+        figures: dict[str, list[tuple[float, float]]] = {}
+        for n in range(calls + 10):  # the first 10 warm up
+            cid = f"s{n}"
+            conn.waiting[cid] = asyncio.get_running_loop().create_future()
+            clock.marks.clear()
+            clock.mark("request")
+            daemon.router.handle_line(orjson.dumps({
+                "event": "completion:request", "correlation_id": cid,
+                "data": {"prompt": "how long does this take?", "model": "echo"}}), conn)
+            assert "data" in await conn.waiting[cid]
+            if n >= 10:
+                for name, wall, cpu in clock.segments():
+                    figures.setdefault(name, []).append((wall, cpu))
+            await asyncio.sleep(0.05)  # what follows a reply (turns stored, logging) is done
+        print(f"one completion:request through the daemon, {calls} calls, medians:")
+        print(f"  {'segment':40s} {'wall ms':>8s} {'loop CPU ms':>12s}")
+        for name, values in figures.items():
+            print(f"  {name:40s} {statistics.median(w for w, _ in values):8.3f} "
+                  f"{statistics.median(c for _, c in values):12.3f}")
+        await daemon.plugins.stopping_all()
+        await daemon.plugins.shutdown_all()
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
@@ -265,7 +385,10 @@ def main() -> None:
     parser.add_argument("--journals", default="NORMAL,FULL",
                         help="journal synchronous levels, one daemon each (default NORMAL,FULL)")
     parser.add_argument("--journal-requests", type=int, default=500)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--segments", type=int, default=0, metavar="N",
+                        help="instead: where one call's time goes, over N calls in-process")
+    args = parser.parse_args()
+    asyncio.run(measure_segments(args.segments) if args.segments else main_async(args))
 
 
 if __name__ == "__main__":

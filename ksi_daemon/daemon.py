@@ -24,6 +24,7 @@ import structlog
 from . import __version__
 from .plugin_manager import PluginManager
 from .core.router import Router
+from .loop_watch import LoopWatch, handler_names_of
 
 log = structlog.get_logger("ksi.daemon")
 LEFTOVER_GRACE_S = 1.0
@@ -100,6 +101,7 @@ class Daemon:
                              max_event_history_bytes=settings["max_event_history_bytes"],
                              log_events=settings["log_events"])
         self.plugins = PluginManager(config, self.router, self)
+        self.loop_watch = LoopWatch(handler_names=handler_names_of(self.router))
         self.shutdown_timeout = settings["shutdown_timeout"]
         # time.monotonic() by which in-flight work must be done; set when shutdown begins.
         self.shutdown_deadline: float | None = None
@@ -132,6 +134,7 @@ class Daemon:
             stopping.cancel()
             await self.plugins.shutdown_all()
             return 1
+        self.loop_watch.start()  # serving now (start-up's imports held the loop before)
         await stopping
         log.info("daemon_stopping", deadline_s=self.shutdown_timeout)
         self.shutdown_deadline = time.monotonic() + self.shutdown_timeout

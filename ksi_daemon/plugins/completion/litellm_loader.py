@@ -70,6 +70,7 @@ class LiteLLMLoader:
                     litellm.custom_provider_map.append(
                         {"provider": provider, "custom_handler": handler})
             custom_llm_setup()
+            _warm_up(litellm)
             # litellm's import leaves a few hundred thousand long-lived objects. Left to the
             # cyclic GC, each full collection walks them all (a pause of tenths of a second on
             # the loop), and so do the collections of interpreter finalization: seconds between
@@ -87,3 +88,15 @@ class LiteLLMLoader:
             self._loop.call_soon_threadsafe(self._event.set)
         except RuntimeError:
             pass  # the loop closed while we were importing: the daemon is gone
+
+
+def _warm_up(litellm) -> None:
+    """One offline call here, in the import's thread: litellm loads more on its first call (a
+    tokenizer, ~0.3 s holding the GIL), which would otherwise stall the loop at the first
+    request instead of during the import."""
+    from . import offline_model
+    try:
+        litellm.completion(model=offline_model.DEFAULT_MODEL, num_retries=0, timeout=30,
+                           messages=[{"role": "user", "content": "warm up"}])
+    except Exception:  # noqa: BLE001 - only a warm-up: real calls report their own failures
+        pass

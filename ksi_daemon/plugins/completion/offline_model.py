@@ -12,12 +12,16 @@ quoted offline sentences were about, and words of the system prompt come after t
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 
 PROVIDER = "ksi-offline"
 DEFAULT_MODEL = f"{PROVIDER}/default"
 WORDS_PER_CHUNK = 3
+# Conversations longer than this are answered in a worker thread: the answer costs about a
+# microsecond per 10 characters (linear), too long to hold the event loop for a long prompt.
+ON_THE_LOOP_UP_TO_CHARS = 8_000
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'-]+")
 _STOPWORDS = frozenset("""
@@ -59,12 +63,29 @@ _RETORTS = (
 )
 
 # The offline reply's fixed sentences, found again when a reply is quoted back to the model.
-_NOTE = re.compile(r"\(Answering as instructed: [^)\"]*\)")
-_HISTORY = re.compile(r"This is turn \d+ of our conversation; earlier we talked about "
-                      r"[^\"]*?, and you first said \"[^\"]*\"\.")
-_ECHO = re.compile(r"You said: \"[^\"]*\"")
+# Every variable part is bounded (quotes are clipped to 80 characters, slots hold a few words),
+# so that a regex tried at each occurrence of a fixed phrase scans a bounded stretch: unbounded,
+# a long prompt repeating one phrase would cost its length squared.
+_MOST_IN_A_SLOT = 200
+_NOTE = re.compile(r"\(Answering as instructed: [^)\"]{0,200}\)")
+_HISTORY = re.compile(r"This is turn \d{1,12} of our conversation; earlier we talked about "
+                      r"[^\"]{0,%d}?, and you first said \"[^\"]{0,200}\"\." % _MOST_IN_A_SLOT)
+_ECHO = re.compile(r"You said: \"[^\"]{0,200}\"")
 _SLOT = re.compile(r"\\\{(?:topic|first|second|First)\\\}")
-_TEMPLATES = [re.compile(_SLOT.sub(lambda _m: r"([^.;:\"]+?)", re.escape(template)))
+_SLOT_TEXT = r'([^.;:"]{1,%d}?)' % _MOST_IN_A_SLOT
+# A slot's text holds none of .;:" so the leftmost match of a template that starts with a slot
+# starts just after one of them (or at the text's start): saying so makes the regex try only
+# there, instead of scanning from every position of the prompt to its next full stop, which
+# made a 20,000-character prompt without one take seconds (quadratic).
+_AFTER_A_BREAK = r'(?<![^.;:"])'
+
+
+def _template_regex(template: str) -> re.Pattern:
+    pattern = _SLOT.sub(lambda _m: _SLOT_TEXT, re.escape(template))
+    return re.compile(_AFTER_A_BREAK + pattern if template.startswith("{") else pattern)
+
+
+_TEMPLATES = [_template_regex(template)
               for template in (*_OPENINGS, *_QUESTION_OPENINGS, *_BODIES, *_RETORTS)]
 _FILLERS = ("the context around it", "your message")
 
@@ -162,24 +183,24 @@ def build_provider():
             return _response(model, messages)
 
         async def acompletion(self, model, messages, *args, **kwargs):
-            return _response(model, messages)
+            return _response(model, messages, await answer_without_blocking(messages))
 
         def streaming(self, model, messages, *args, **kwargs):
             yield from _stream(messages)
 
         async def astreaming(self, model, messages, *args, **kwargs):
-            for chunk in _stream(messages):
+            for chunk in _stream(messages, await answer_without_blocking(messages)):
                 yield chunk
 
-    def _response(model: str, messages: list[dict]):
-        text = reply_to(messages)
+    def _response(model: str, messages: list[dict], text: str | None = None):
+        text = reply_to(messages) if text is None else text
         return ModelResponse(model=model, choices=[{"message": {"role": "assistant",
                                                                 "content": text},
                                                     "finish_reason": "stop", "index": 0}],
                              usage=litellm.Usage(**usage_of(messages, text)))
 
-    def _stream(messages: list[dict]):
-        text = reply_to(messages)
+    def _stream(messages: list[dict], text: str | None = None):
+        text = reply_to(messages) if text is None else text
         pieces = chunks_of(text) or [""]
         last = len(pieces) - 1
         for index, piece in enumerate(pieces):
@@ -189,6 +210,13 @@ def build_provider():
                    "tool_use": None}
 
     return OfflineModel()
+
+
+async def answer_without_blocking(messages: list[dict]) -> str:
+    """`reply_to(messages)`, in a worker thread when the conversation is long."""
+    if sum(len(str(m.get("content") or "")) for m in messages) <= ON_THE_LOOP_UP_TO_CHARS:
+        return reply_to(messages)
+    return await asyncio.to_thread(reply_to, messages)
 
 
 def _stable_number(messages: list[dict]) -> int:

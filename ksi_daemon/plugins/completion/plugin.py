@@ -166,9 +166,29 @@ class CompletionPlugin(BasePlugin):
     # ---- events ------------------------------------------------------------------------------
 
     @event_handler("completion:async", returns=AsyncReply)
-    async def completion_async(self, data: CompletionRequest, ctx):
+    def completion_async(self, data: CompletionRequest, ctx):
         """Queue a completion; its chunks and result arrive later as pushes."""
-        job, repeated = await self._submit(data, ctx)
+        job, repeated = self._job_for(data, ctx)
+        if repeated:
+            return self._accepted_reply(job, True)
+        # A plain handler owing its reply: it is written at the journal's commit, by the code
+        # that then queues the job, so it leaves before any push of the job (a client that
+        # matches lines by correlation id must not take a push for this reply).
+        reply = ctx.reply_later()
+
+        def answer(refusal: KSIError | None) -> None:
+            if refusal is None:
+                reply.set_result(self._accepted_reply(job, False))
+            else:
+                reply.set_exception(refusal)
+        committed = self._journal_then_queue(job, ctx, answer)
+        # The writer's deadline sweep fails the write's future without a commit: answer that.
+        committed.add_done_callback(lambda done: done.cancelled() or done.exception() is None
+                                    or reply.set_exception(done.exception()))
+        return reply
+
+    @staticmethod
+    def _accepted_reply(job: Job, repeated: bool) -> dict:
         return {"request_id": job.request_id, "status": job.state,
                 "session_id": job.session_id, "deduplicated": repeated, "resumed": job.resumed}
 
@@ -252,11 +272,25 @@ class CompletionPlugin(BasePlugin):
     # ---- submitting ----------------------------------------------------------------------------
 
     async def _submit(self, data: CompletionRequest, ctx) -> tuple[Job, bool]:
-        """The job for this request, and whether it was known already (then it is not rerun).
+        """The job for this request once the journal holds it, and whether it was known already
+        (then it is not rerun).
 
         The reply waits for the journal's commit; what happens to the job then follows the
         database, not this handler (it may be cancelled meanwhile).
         """
+        job, repeated = self._job_for(data, ctx)
+        if repeated:
+            return job, True
+        try:
+            await self._journal_then_queue(job, ctx)
+        except Exception:
+            if job.state == "refused":
+                raise job.done.result() from None
+            raise
+        return job, False
+
+    def _job_for(self, data: CompletionRequest, ctx) -> tuple[Job, bool]:
+        """A new job for this request, or the known one with its request_id (True)."""
         if self.stopping:
             raise KSIError(UNAVAILABLE, "the daemon is shutting down")
         if data.request_id is not None:
@@ -271,31 +305,52 @@ class CompletionPlugin(BasePlugin):
                             model_name, data, time.time())
         job.connection, job.correlation_id = ctx.connection, ctx.correlation_id
         self._remember(job)  # before the commit: a repeat arriving meanwhile finds it
+        return job, False
+
+    def _journal_then_queue(self, job: Job, ctx, answer=None) -> asyncio.Future:
+        """Journal the request; at the commit, `answer(None)` (or `answer(refusal)`), then queue
+        the job. Raises the refusal at once when the journal is already closed."""
+        data: CompletionRequest = job.payload
         entry = Entry(request_id=job.request_id, session_id=job.session_id,
-                      new_session=job.new_session, model=model_name, agent_id=data.agent_id,
+                      new_session=job.new_session, model=job.model, agent_id=data.agent_id,
                       correlation_id=ctx.correlation_id, request=data.model_dump(mode="json"),
                       accepted_at=job.queued_at)
         try:
-            await self.journal.accept(entry, on_commit=lambda _r, exc: self._accepted(job, exc))
+            return self.journal.accept(
+                entry, on_commit=lambda _r, exc: self._accepted(job, exc, answer))
         except WriterStopped as exc:
-            self._accepted(job, exc)
-        if job.state == "refused":
-            raise job.done.result()
-        return job, False
+            raise self._refuse(job, exc) from None
 
-    def _accepted(self, job: Job, error: BaseException | None) -> None:
-        """The journal holds the request (or could not take it): queue it, or refuse it."""
+    def _accepted(self, job: Job, error: BaseException | None, answer=None) -> None:
+        """The journal holds the request (or could not take it): answer, then queue or refuse."""
         if error is not None:
-            self.log.error("journal_write_failed", request_id=job.request_id, error=repr(error))
-            self.jobs.pop(job.request_id, None)
-            job.state = "refused"
-            self._settle(job, KSIError(UNAVAILABLE, "the request could not be recorded in the "
-                                                    f"completion journal: {error}"))
+            refusal = self._refuse(job, error)
+            if answer is not None:
+                answer(refusal)
+            return
+        if answer is not None:
+            answer(None)
+        # One loop turn later, so that a reply written by a later step (an owed reply awaited
+        # by middleware or ctx.emit) still goes before the job's first push.
+        asyncio.get_running_loop().call_soon(self._queue, job)
+
+    def _queue(self, job: Job) -> None:
+        if job.cancel_requested:  # cancelled between its acceptance and now
+            self._end_cancelled(job)
         elif self.stopping:
             self._checkpoint(job)
         else:
             self._push(job, "completion:progress", self._progress(job, "queued"))
             self.scheduler.submit(job)
+
+    def _refuse(self, job: Job, error: BaseException) -> KSIError:
+        self.log.error("journal_write_failed", request_id=job.request_id, error=repr(error))
+        self.jobs.pop(job.request_id, None)
+        job.state = "refused"
+        refusal = KSIError(UNAVAILABLE, "the request could not be recorded in the completion "
+                                        f"journal: {error}")
+        self._settle(job, refusal)
+        return refusal
 
     def _new_job(self, request_id: str, session_id: str, new_session: bool, model: str,
                  data: CompletionRequest, queued_at: float) -> Job:
@@ -507,14 +562,29 @@ class CompletionPlugin(BasePlugin):
         if job.payload.agent_id:
             result["agent_id"] = job.payload.agent_id
 
-        def deliver() -> None:
-            self.counts["completed"] += 1
+        logged = False
+
+        def log_response() -> None:
+            nonlocal logged
+            if logged:
+                return
+            logged = True
             try:
                 self.responses.append(job.session_id, {**result, "timestamp": time.time()})
             except OSError as exc:
                 self.log.error("response_log_failed", error=repr(exc))
+
+        def deliver() -> None:
+            log_response()  # (done already, unless the journal could not take the outcome)
+            self.counts["completed"] += 1
             self._push(job, "completion:result", result)
-        return self._end(job, "completed", result, result, deliver)
+        committed = self._end(job, "completed", result, result, deliver)
+        if committed is not None:
+            # Written while the journal commits: the writer thread was woken first (one loop
+            # turn after the submit), so opening the session's file overlaps the commit instead
+            # of following it, and still precedes the reply, which waits for the commit.
+            asyncio.get_running_loop().call_soon(log_response)
+        return committed
 
     def _end_with_error(self, job: Job, code: str, message: str) -> asyncio.Future | None:
         def deliver() -> None:

@@ -101,6 +101,9 @@ class SystemPlugin(BasePlugin):
         """Event counts and latency percentiles, connections, queue depths, memory."""
         figures = self.router.metrics()  # events, connections, queues (the router's registry)
         figures["rss_bytes"] = resident_memory()
+        watch = getattr(self.daemon, "loop_watch", None)  # loop stalls (ksi_daemon/loop_watch.py)
+        if watch is not None:
+            figures["loop_stalls"] = watch.figures()
         return figures
 
     @event_handler("system:shutdown")
