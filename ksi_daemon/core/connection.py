@@ -32,9 +32,9 @@ class Connection(Protocol):
         """Write a reply line (newline included). Never dropped: a transport whose client does
         not read stops reading that client's requests instead."""
 
-    def push(self, line: bytes) -> None:
+    def push(self, line: bytes) -> bool:
         """Write a push line (newline included); the transport may drop it for a slow client,
-        counting it in `pushes_dropped`."""
+        counting it in `pushes_dropped`. True when it was written (or queued to be)."""
 
     def reply_owed(self) -> None:
         """A request of this connection will be answered later (a task, a future, an owed

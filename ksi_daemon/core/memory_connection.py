@@ -107,8 +107,9 @@ class MemoryConnection:
         else:
             self.pushes.append(message)
 
-    def push(self, line: bytes) -> None:
+    def push(self, line: bytes) -> bool:
         self.send(line)
+        return not self.closed
 
     def reply_owed(self) -> None:
         self.pending += 1

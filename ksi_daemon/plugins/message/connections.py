@@ -1,10 +1,10 @@
 """Which client connections subscribed to which topics, and handing them a published line.
 
-Delivery writes the encoded push onto each connection under the transport's slow-consumer policy
-(PROTOCOL.md §3): while a connection's output is under its limit the line is written directly;
-past it, `connection.push()` drops it, counts it, and disconnects the connection if it stays
-slow for the grace period. So a subscriber that never reads costs the publisher nothing more
-than the check, and never stalls the others.
+Delivery hands the encoded push to each connection's `push()` (the core's Connection contract),
+under the transport's slow-consumer policy (PROTOCOL.md §3): past its output limit a connection
+drops the line, counts it, and is disconnected if it stays slow for the grace period. So a
+subscriber that never reads costs the publisher nothing more than the check, and never stalls
+the others.
 
 Plugins get no call when a connection closes, so closed connections are dropped lazily: when a
 publish finds one, on every subscribe, and by the plugin's periodic sweep. Memory stays bounded by
@@ -51,28 +51,18 @@ class ConnectionSubscriptions:
         self._match_cache.clear()
         return left
 
-    def deliver(self, topic: str, line: bytes, origin=None) -> int:
+    def deliver(self, topic: str, line: bytes) -> int:
         """Push `line` to every subscriber of `topic`; return how many took it (not dropped)."""
         subscribers = self._match_cache.get(topic)
         if subscribers is None:
             subscribers = self._subscribers_of(topic)
-        size = len(line)
         delivered = 0
         closed = None
-        for conn, transport, limit in subscribers:
+        for conn in subscribers:
             if conn.closed:
                 closed = (closed or []) + [conn]
-            elif transport is not None and conn is not origin and \
-                    transport.get_write_buffer_size() + size <= limit:
-                # Under its output limit: the write `conn.push` would do, without its two
-                # Python calls per subscriber (a fifth of the fan-out's cost, measured).
-                transport.write(line)
+            elif conn.push(line):  # False: dropped by the transport's slow-consumer policy
                 delivered += 1
-            else:
-                dropped_before = conn.pushes_dropped
-                conn.push(line)  # the transport's policy: drop, count, disconnect if still slow
-                if conn.pushes_dropped == dropped_before:
-                    delivered += 1
         if closed:
             for conn in closed:
                 self._patterns.pop(conn, None)
@@ -91,23 +81,10 @@ class ConnectionSubscriptions:
         if len(self._match_cache) >= MAX_MATCH_CACHE:
             self._match_cache.clear()
         subscribers = self._match_cache[topic] = tuple(
-            (conn, *direct_write_of(conn)) for conn, patterns in self._patterns.items()
+            conn for conn, patterns in self._patterns.items()
             if any(match(topic) for match in patterns.values()))
         return subscribers
 
     def __len__(self) -> int:
         return len(self._patterns)
 
-
-def direct_write_of(conn) -> tuple:
-    """(transport, output limit) when `conn` is a Unix-transport connection whose pushes may be
-    written directly while under the limit; (None, 0) sends everything through `conn.push`.
-
-    The publishing connection itself always goes through `conn.push`: a publish runs while its
-    connection's input is being processed, when replies are batched, and a direct write would
-    overtake them. Every other connection has no batch open at that moment.
-    """
-    transport, limit = getattr(conn, "transport", None), getattr(conn, "output_limit", None)
-    if transport is None or limit is None or not hasattr(transport, "get_write_buffer_size"):
-        return None, 0
-    return transport, limit

@@ -146,17 +146,18 @@ class Connection(asyncio.Protocol):
         elif not self.closed:
             self.transport.write(line)
 
-    def push(self, line: bytes) -> None:
+    def push(self, line: bytes) -> bool:
         """A push: dropped while this connection's output is over its limit (slow consumer)."""
         if self.closed:
-            return
+            return False
         if self.transport.get_write_buffer_size() + len(line) > self.output_limit:
             self.pushes_dropped += 1
             if self._grace_timer is None:
                 self._grace_timer = asyncio.get_running_loop().call_later(
                     self.grace_s, self._disconnect_if_still_slow)
-            return
+            return False
         self.send(line)
+        return True
 
     def reply_owed(self) -> None:
         self.pending += 1
