@@ -1,6 +1,6 @@
 """The completion helpers of AsyncClient: ask, stream, cancel.
 
-    from ksi_client import AsyncClient   # or: from ksi_client.completion import AsyncClient
+    from ksi_client import AsyncClient
 
     async with AsyncClient() as client:
         response = await client.create_completion("Explain quantum computing",
@@ -11,8 +11,8 @@
             print(delta, end="")
 
 Everything else EventClient offers (emit, subscribe, events) works on an AsyncClient too.
-AsyncClient itself is assembled in async_client.py; it is still importable from here, where it
-was first defined.
+AsyncClient itself is assembled in async_client.py from this and the other helper mixins; the
+helpers never import it (they work on whatever client they are mixed into).
 """
 from __future__ import annotations
 
@@ -125,10 +125,3 @@ def _request_data(prompt, model, session_id, options: dict) -> dict:
 def wait_for_completion(data: dict) -> float:
     """How long the client waits for a completion whose request data is `data`."""
     return float(data.get("timeout_s") or DEFAULT_COMPLETION_WAIT_S) + MARGIN_S
-
-
-def __getattr__(name: str):
-    if name == "AsyncClient":  # imported lazily: async_client.py imports this module
-        from .async_client import AsyncClient
-        return AsyncClient
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -638,8 +638,7 @@ def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, workdi
 
 @pytest.mark.daemon("inprocess")
 async def test_async_client_creates_and_streams_completions(daemon_factory):
-    from ksi_client import EventClient, KSIError
-    from ksi_client.completion import AsyncClient
+    from ksi_client import AsyncClient, EventClient, KSIError
 
     daemon = daemon_factory()
     async with AsyncClient(daemon.socket_path, timeout=60) as client:
