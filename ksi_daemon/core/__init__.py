@@ -6,9 +6,11 @@
     context.py      what a handler sees of its request
     connection.py   the Connection protocol every transport implements
     memory_connection.py  an in-memory Connection, to drive a Router in-process (tests)
+    hooks.py        the one hook runner: implementations in plugin order, call_each/call_first
     history.py      the history ring's bound in bytes (truncated copies of big data)
     event_stats.py  per-event counts and latencies
 
 Plugins never import from here: their API is `ksi_daemon.plugin_base`, `plugin_types`,
-`event_system`, `hookspecs` and `protocol` (the error codes and `KSIError`).
+`event_system`, `hookspecs`, `plugin_context` and `protocol` (the error codes and `KSIError`).
+(The built-in transport and the message plugin's fan-out use the codec of `protocol.py`.)
 """

@@ -14,30 +14,30 @@ class Context:
     A sync handler that answers later returns `ctx.reply_later()` and settles that once
     (`reply.OwedReply`); everything else about finishing the request is the reply path's.
     """
-    __slots__ = ("router", "event", "correlation_id", "connection", "plugin")
+    __slots__ = ("_router", "event", "correlation_id", "connection", "plugin")
 
     def __init__(self, router, event: str, correlation_id: str | None, connection,
                  plugin=None):
-        self.router, self.event, self.correlation_id = router, event, correlation_id
+        self._router, self.event, self.correlation_id = router, event, correlation_id
         self.connection, self.plugin = connection, plugin
 
     async def emit(self, event: str, data: dict | None = None) -> Any:
         """Route `event` as this request's consequence; return its handler's reply data."""
-        return await self.router.emit(event, data, correlation_id=self.correlation_id,
+        return await self._router.emit(event, data, correlation_id=self.correlation_id,
                                       source=self.plugin, connection=self.connection)
 
     def push(self, event: str, data: Any) -> None:
         """Send `event` to the requesting connection (once) and to matching subscribers."""
-        self.router.push(event, data, self.correlation_id, self.connection)
+        self._router.push(event, data, self.correlation_id, self.connection)
 
     def announce(self, event: str, data: dict) -> None:
         """`emit` for code that cannot await (a done-callback); the reply data is not returned."""
-        self.router.announce(event, data, self.correlation_id, self.plugin, self.connection)
+        self._router.announce(event, data, self.correlation_id, self.plugin, self.connection)
 
     def reply_later(self) -> OwedReply:
         """For a sync handler that answers later: return this, then settle it once with
         `set_result(data)` or `set_exception(exc)`."""
-        return OwedReply(self.router.replies, self.event, self.correlation_id, self.connection)
+        return OwedReply(self._router.replies, self.event, self.correlation_id, self.connection)
 
     @property
     def config(self) -> dict:
