@@ -44,8 +44,11 @@ from loadgen import cpu_seconds_of  # noqa: E402
 PYTHON = sys.executable
 DAEMON_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
               "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-SCENARIOS = (("1 × 100", 1, 100), ("16 × 1", 16, 1))
-TARGETS = {"1 × 100": {"ratio": 0.65}, "16 × 1": {"ratio": 0.6, "p99_us": 500.0},
+# (name, connections, requests in flight, bursts): a burst scenario sends its requests in one
+# write and waits for all their replies (C load generator only; see bench/loadgen.c).
+SCENARIOS = (("1 × 100", 1, 100, False), ("16 × 1", 16, 1, False),
+             ("1 × 100 b", 1, 100, True))
+TARGETS = {"1 × 100": {"ratio": 0.65}, "1 × 100 b": {"ratio": 0.65}, "16 × 1": {"ratio": 0.6, "p99_us": 500.0},
            "router_us": 5.0, "startup_s": 0.5}
 # A round counts as quiet when processes outside the benchmark used less CPU than this during it.
 QUIET_OTHERS_PCT = 10.0
@@ -189,10 +192,15 @@ def spawn_raw_server(workdir: Path, placement: Placement) -> tuple[subprocess.Po
     return process, socket_path
 
 
+def scenarios(args) -> tuple:
+    """The load scenarios this run can drive: bursts need the C load generator."""
+    return tuple(s for s in SCENARIOS if args.loadgen == "c" or not s[3])
+
+
 def run_load(socket_path: str, server_pid: int, connections: int, depth: int, args,
-             placement: Placement) -> dict:
-    client = [str(compiled_loadgen())] if args.loadgen == "c" else \
-        [PYTHON, str(BENCH_DIR / "loadgen.py")]
+             placement: Placement, bursts: bool = False) -> dict:
+    client = [str(compiled_loadgen()), "--burst", "1" if bursts else "0"] \
+        if args.loadgen == "c" else [PYTHON, str(BENCH_DIR / "loadgen.py")]
     command = [*client, "--socket", socket_path, "--server-pid", str(server_pid),
                "--connections", str(connections), "--depth", str(depth),
                "--warmup", str(args.warmup), "--duration", str(args.duration)]
@@ -239,16 +247,16 @@ def measure_load(workdir: Path, args, placement: Placement, config_text: bytes) 
         raw, raw_socket = spawn_raw_server(workdir, placement)
         servers = {"raw": (raw_socket, raw.pid),
                    "daemon": (daemon_socket(workdir / "daemon"), daemon.pid)}
-        results = {name: {"raw": [], "daemon": []} for name, _, _ in SCENARIOS}
+        results = {name: {"raw": [], "daemon": []} for name, *_ in scenarios(args)}
         results["settle"] = settle
         for round_number in range(1, args.rounds + 1):
             # Alternate who goes first, so a drift in machine load does not favour one side.
             order = ("raw", "daemon") if round_number % 2 else ("daemon", "raw")
-            for name, connections, depth in SCENARIOS:
+            for name, connections, depth, bursts in scenarios(args):
                 for server in order:
                     try:
                         result = run_load(*servers[server], connections, depth, args,
-                                          placement)
+                                          placement, bursts)
                     except RuntimeError as exc:
                         process = daemon if server == "daemon" else raw
                         time.sleep(0.5)
@@ -293,12 +301,12 @@ def report(micro: dict, startup: list[float], load: dict, args, pinning: str) ->
     print()
     print(f"KSI core benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
           f"UTC, nproc {os.cpu_count()}, Python {platform.python_version()}, {pinning}")
-    print(f"load: event system:health, closed loop, warm-up {args.warmup:g} s, measured "
+    print(f"load: event system:health, closed loop (\"b\": in bursts), warm-up {args.warmup:g} s, measured "
           f"{args.duration:g} s, {args.rounds} rounds alternating raw/daemon; medians of rounds")
     print()
     print(f"{'scenario':10} {'server':8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} "
           f"{'server CPU':>11} {'server CPU/req':>15} {'loadgen CPU':>12} {'others CPU':>11}")
-    for name, _, _ in SCENARIOS:
+    for name, *_ in scenarios(args):
         for server in ("raw", "daemon"):
             rounds = load[name][server]
             print(f"{name:10} {server:8} {median_of(rounds, 'rps'):>10,.0f} "

@@ -2,12 +2,17 @@
 
        cc -O2 -o loadgen bench/loadgen.c
        ./loadgen --socket PATH [--event system:health] [--data '{}'] [--connections 16]
-                 [--depth 1] [--warmup 1] [--duration 5] [--cpu N] [--server-pid PID]
+                 [--depth 1] [--burst 0|1] [--warmup 1] [--duration 5] [--cpu N]
+                 [--server-pid PID]
 
    The same measurement as bench/loadgen.py, written so that the client is never the bottleneck:
    a Python client saturates near 120k requests/s and hides the gap between two fast servers.
    Each connection keeps `depth` requests in flight; every reply that arrives is answered by a
-   new request (the new requests of one read go out in one write). Latency is send-to-reply per
+   new request (the new requests of one read go out in one write). With --burst 1 a connection
+   instead sends `depth` requests in one write and waits for all their replies before the next
+   burst, so the server always reads whole bursts: its CPU per request at a fixed batch size,
+   which a closed loop hides (a slower server there gets bigger batches, each request fewer
+   system calls, so both servers drift towards the same rate). Latency is send-to-reply per
    request, matched by correlation id ("<connection>-<number>"). Only replies arriving inside
    the measuring window count. Prints one JSON object with the keys loadgen.py prints.
 */
@@ -30,6 +35,7 @@
 typedef struct {
     int fd, index;
     uint64_t next_id;
+    int in_flight;
     uint64_t *sent_at;      /* send time (ns) by id % SENT_SLOTS */
     char *in;               /* unparsed input: at most one partial line */
     size_t in_len, in_cap;
@@ -41,6 +47,7 @@ typedef struct {
 static const char *event = "system:health";
 static const char *data = "{}";
 static int measuring = 0;
+static int burst = 0, burst_size = 1;
 static uint64_t *latencies;
 static size_t latencies_len, latencies_cap;
 static long errors, unmatched;
@@ -105,6 +112,7 @@ static void queue_requests(Conn *c, int count, uint64_t now) {
         append(&c->out, &c->out_len, &c->out_cap, line, (size_t)n);
         c->sent_at[id % SENT_SLOTS] = now;
     }
+    c->in_flight += count;
 }
 
 static int flush(Conn *c, int epfd) { /* -1 when the server closed the connection */
@@ -164,6 +172,7 @@ static int on_readable(Conn *c, int epfd) {
             start += len + 1;
             if (!is_reply || id == 0 || id > c->next_id) { unmatched++; continue; }
             answered++;
+            c->in_flight--;
             if (measuring) {
                 if (latencies_len == latencies_cap) {
                     latencies_cap = latencies_cap ? latencies_cap * 2 : 1 << 20;
@@ -177,8 +186,8 @@ static int on_readable(Conn *c, int epfd) {
         memmove(c->in, c->in + start, c->in_len - start);
         c->in_len -= start;
     }
-    if (answered) {
-        queue_requests(c, answered, now_ns());
+    if (burst ? c->in_flight == 0 : answered > 0) {
+        queue_requests(c, burst ? burst_size : answered, now_ns());
         return flush(c, epfd);
     }
     return 0;
@@ -236,11 +245,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(flag, "--duration")) duration = atof(value);
         else if (!strcmp(flag, "--cpu")) cpu = atoi(value);
         else if (!strcmp(flag, "--server-pid")) server_pid = atol(value);
+        else if (!strcmp(flag, "--burst")) burst = atoi(value);
         else { fprintf(stderr, "unknown flag %s\n", flag); return 2; }
     }
     if (!socket_path || connections < 1 || depth < 1 || depth >= SENT_SLOTS) {
         fprintf(stderr, "usage: %s --socket PATH [--event E] [--data JSON] [--connections N] "
-                        "[--depth N] [--warmup S] [--duration S] [--cpu N] [--server-pid PID]\n",
+                        "[--depth N] [--burst 0|1] [--warmup S] [--duration S] [--cpu N] "
+                        "[--server-pid PID]\n",
                 argv[0]);
         return 2;
     }
@@ -250,6 +261,7 @@ int main(int argc, char **argv) {
         CPU_SET(cpu, &set);
         sched_setaffinity(0, sizeof set, &set);
     }
+    burst_size = depth;
     int epfd = epoll_create1(0);
     Conn *conns = calloc((size_t)connections, sizeof *conns);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
