@@ -301,8 +301,9 @@ def report(micro: dict, startup: list[float], load: dict, args, pinning: str) ->
     print()
     print(f"KSI core benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
           f"UTC, nproc {os.cpu_count()}, Python {platform.python_version()}, {pinning}")
-    print(f"load: event system:health, closed loop (\"b\": in bursts), warm-up {args.warmup:g} s, measured "
-          f"{args.duration:g} s, {args.rounds} rounds alternating raw/daemon; medians of rounds")
+    print(f"load: event system:health, closed loop ('b': in bursts), warm-up {args.warmup:g} s, "
+          f"measured {args.duration:g} s, {args.rounds} rounds alternating raw/daemon; "
+          "medians of rounds")
     print()
     print(f"{'scenario':10} {'server':8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} "
           f"{'server CPU':>11} {'server CPU/req':>15} {'loadgen CPU':>12} {'others CPU':>11}")
