@@ -278,34 +278,23 @@ class SegmentClock:
                 for (a, ta, ca), (b, tb, cb) in zip(self.marks[:end - 1], self.marks[1:end])]
 
 
-class ClockedConnection:
-    """An in-memory connection for the router (ksi_daemon/core/connection.py's contract): a
-    reply resolves the future waiting for it."""
+def clocked_connection(clock: SegmentClock):
+    """An in-memory connection for the router whose reply resolves the future waiting for it
+    (built on state_inprocess.QuietConnection, imported with the in-process daemon)."""
+    from state_inprocess import QuietConnection
 
-    def __init__(self, clock: SegmentClock):
-        self.id, self.closed, self.pending, self.clock = "bench:segments", False, 0, clock
-        self.peer_pid = self.peer_uid = None
-        self.pushes_dropped = 0
-        self.waiting: dict[str, asyncio.Future] = {}
+    class ClockedConnection(QuietConnection):
+        def __init__(self):
+            super().__init__("bench:segments")
+            self.waiting: dict[str, asyncio.Future] = {}
 
-    def send(self, line: bytes) -> None:
-        self.clock.mark("replied")
-        message = orjson.loads(line)
-        waiter = self.waiting.pop(message["correlation_id"], None)
-        if waiter is not None:
-            waiter.set_result(message)
-
-    def push(self, line: bytes) -> None:
-        pass
-
-    def reply_owed(self) -> None:
-        self.pending += 1
-
-    def reply_done(self, _finished=None) -> None:
-        self.pending -= 1
-
-    def buffered_bytes(self) -> int:
-        return 0
+        def send(self, line: bytes) -> None:
+            clock.mark("replied")
+            message = orjson.loads(line)
+            waiter = self.waiting.pop(message["correlation_id"], None)
+            if waiter is not None:
+                waiter.set_result(message)
+    return ClockedConnection()
 
 
 def clock_the_plugin(plugin, clock: SegmentClock) -> None:
@@ -347,7 +336,7 @@ async def measure_segments(calls: int) -> None:
         await plugin.loader.ready()
         clock = SegmentClock()
         clock_the_plugin(plugin, clock)
-        conn = ClockedConnection(clock)
+        conn = clocked_connection(clock)
         figures: dict[str, list[tuple[float, float]]] = {}
         for n in range(calls + 10):  # the first 10 warm up
             cid = f"s{n}"

@@ -28,14 +28,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 EVENTS = ("system:health", "state:set", "state:get")
 
 
-class LoopedConnection:
-    """A fake connection (ksi_daemon.core.connection.Connection): each reply it is given makes
-    it send its next request."""
+class QuietConnection:
+    """The least a connection must be for the router (ksi_daemon.core.connection.Connection):
+    pushes are dropped on the floor; a subclass says what a reply does."""
 
-    def __init__(self, router, number: int, event: str, counts: list):
-        self.id, self.closed, self.pending = f"bench:{number}", False, 0
+    def __init__(self, connection_id: str):
+        self.id, self.closed, self.pending = connection_id, False, 0
         self.peer_pid = self.peer_uid = None
         self.pushes_dropped = 0
+
+    def send(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def push(self, line: bytes) -> bool:
+        return True
+
+    def reply_owed(self) -> None:
+        self.pending += 1
+
+    def reply_done(self, _finished=None) -> None:
+        self.pending -= 1
+
+    def buffered_bytes(self) -> int:
+        return 0
+
+
+class LoopedConnection(QuietConnection):
+    """Each reply it is given makes it send its next request."""
+
+    def __init__(self, router, number: int, event: str, counts: list):
+        super().__init__(f"bench:{number}")
         self.router, self.number, self.event, self.counts = router, number, event, counts
         self.sent = 0
 
@@ -52,18 +74,6 @@ class LoopedConnection:
         self.counts[0] += 1
         if self.counts[1]:
             asyncio.get_running_loop().call_soon(self.router.handle_line, self.next_line(), self)
-
-    def push(self, line: bytes) -> None:
-        pass
-
-    def reply_owed(self) -> None:
-        self.pending += 1
-
-    def reply_done(self, _finished=None) -> None:
-        self.pending -= 1
-
-    def buffered_bytes(self) -> int:
-        return 0
 
 
 async def start_daemon_in(var_dir: Path):
