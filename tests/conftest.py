@@ -59,32 +59,15 @@ def error_of(reply: dict) -> dict:
     return reply["error"]
 
 
-class LineClient:
-    """A bare socket speaking the wire protocol line by line, as `nc -U` would."""
-
-    def __init__(self, socket_path: str | Path, timeout: float = 10.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(socket_path))
-        self._buffer = b""
-
-    def send_raw(self, payload: bytes) -> None:
-        self.sock.sendall(payload)
+class LineSpeaker:
+    """Requests and replies line by line over whatever carries the lines: a subclass gives
+    `send_raw`, `recv` (the next message, decoded) and `close`."""
 
     def send(self, event: str, data: dict | None = None, **envelope) -> None:
         message = {"event": event, **envelope}
         if data is not None:
             message["data"] = data
         self.send_raw(orjson.dumps(message) + b"\n")
-
-    def recv(self) -> dict:
-        while b"\n" not in self._buffer:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("daemon closed the connection")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return orjson.loads(line)
 
     def recv_reply(self) -> dict:
         """The next reply, skipping pushes."""
@@ -97,14 +80,45 @@ class LineClient:
         self.send(event, data, **envelope)
         return self.recv_reply()
 
-    def close(self) -> None:
-        self.sock.close()
-
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+class LineClient(LineSpeaker):
+    """A bare socket speaking the wire protocol line by line, as `nc -U` would."""
+
+    def __init__(self, socket_path: str | Path, timeout: float = 10.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(socket_path))
+        self._buffer = b""
+
+    def send_raw(self, payload: bytes) -> None:
+        self.sock.sendall(payload)
+
+    def recv(self) -> dict:
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("daemon closed the connection")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return orjson.loads(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process `pid`, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 DAEMON_STARTS = {"process": 0, "inprocess": 0}  # reported at the end of the run

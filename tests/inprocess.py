@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from conftest import DAEMON_STARTS, TEST_CONFIG, LineClient, merge_config
+from conftest import DAEMON_STARTS, TEST_CONFIG, LineClient, LineSpeaker, merge_config
 
 from ksi_daemon.core.memory_connection import MemoryConnection
 
@@ -207,7 +207,7 @@ def _forget_earlier_daemons_model_providers() -> None:
                                       if entry["provider"] not in ours]
 
 
-class MemoryLineClient:
+class MemoryLineClient(LineSpeaker):
     """`conftest.LineClient`'s interface on a MemoryConnection of a daemon in another thread."""
 
     def __init__(self, owner: "ThreadedDaemon", timeout: float = 10.0):
@@ -228,37 +228,15 @@ class MemoryLineClient:
     def send_raw(self, payload: bytes) -> None:
         self.owner.loop.call_soon_threadsafe(self.connection.feed, payload)
 
-    def send(self, event: str, data: dict | None = None, **envelope) -> None:
-        message = {"event": event, **envelope}
-        if data is not None:
-            message["data"] = data
-        self.send_raw(orjson.dumps(message) + b"\n")
-
     def recv(self) -> dict:
         try:
             return orjson.loads(self._lines.get(timeout=self.timeout))
         except queue.Empty:
             raise TimeoutError(f"nothing received in {self.timeout} s") from None
 
-    def recv_reply(self) -> dict:
-        while True:
-            message = self.recv()
-            if message["type"] == "reply":
-                return message
-
-    def request(self, event: str, data: dict | None = None, **envelope) -> dict:
-        self.send(event, data, **envelope)
-        return self.recv_reply()
-
     def close(self) -> None:
         if not self.owner.loop.is_closed():
             self.owner.loop.call_soon_threadsafe(self.connection.close)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class _ThisProcess:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import orjson
 
+from conftest import rss_bytes
+
 from ksi_daemon.core.history import estimated_size, truncated
 from ksi_daemon.core.memory_connection import MemoryConnection
 from ksi_daemon.core.router import Handler, Router
@@ -58,14 +60,6 @@ async def test_big_requests_pushes_and_emits_are_truncated_in_history_small_ones
     assert emitted["_truncated"]["left_out"] == ["text"]
     # subscribers and the requester still got the whole data
     assert watcher.pushes[0]["data"] == big and conn.pushes[0]["data"] == big
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_many_large_requests_leave_history_truncated_and_memory_bounded(daemon_factory):

@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from conftest import LineClient
+from conftest import LineClient, rss_bytes
 
 MiB = 1024 * 1024
 
@@ -160,14 +160,6 @@ def test_unsubscribe_stops_pushes(daemon):
         assert watcher.request("system:unsubscribe", {})["data"] == {"patterns": []}
         actor.request("system:health")
         assert watcher.request("system:health", correlation_id="mine")["correlation_id"] == "mine"
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_subscriber_that_never_reads_neither_stalls_others_nor_grows_memory(daemon_factory):
