@@ -11,8 +11,9 @@ every helper with an example.
 from .async_client import AsyncClient
 from .completion import CompletionCancelled, CompletionResponse
 from .errors import (CONNECTION_ERROR, KSIConflictError, KSIConnectionError, KSIError,
-                     KSINotFoundError, KSITimeoutError, KSIUnavailableError, KSIUnknownEventError,
-                     KSIValidationError, UnknownEventError, error_from_reply)
+                     KSINotFoundError, KSIStorageError, KSITimeoutError, KSIUnavailableError,
+                     KSIUnknownEventError, KSIValidationError, UnknownEventError,
+                     error_from_reply)
 from .event_client import DEFAULT_TIMEOUT_S, Event, EventClient, EventStream, Subscription
 from .socket_path import find_socket_path
 from .sync_client import SyncClient, SyncEventClient, SyncEventStream
@@ -21,7 +22,7 @@ __all__ = [
     "EventClient", "SyncEventClient", "Event", "EventStream", "SyncEventStream", "Subscription",
     "KSIError", "KSIConnectionError", "KSITimeoutError", "KSIValidationError",
     "KSINotFoundError", "KSIUnknownEventError", "UnknownEventError", "KSIConflictError",
-    "KSIUnavailableError", "CONNECTION_ERROR", "error_from_reply", "find_socket_path",
+    "KSIUnavailableError", "KSIStorageError", "CONNECTION_ERROR", "error_from_reply", "find_socket_path",
     "DEFAULT_TIMEOUT_S", "AsyncClient", "SyncClient", "CompletionResponse",
     "CompletionCancelled",
 ]

@@ -25,7 +25,8 @@ class AsyncClient(CompletionHelpers, AgentHelpers, TopicHelpers, StateHelpers,
     """An EventClient with helpers; every helper raises the daemon's errors as KSIError."""
 
     async def health(self) -> dict:
-        """{status: "healthy", uptime_s, version, pid, plugins: {active, failed}, connections}."""
+        """{status: "healthy" or "degraded", uptime_s, version, pid, plugins: {active, failed,
+        degraded}, connections, failed_plugins, degraded} (PROTOCOL.md, system:health)."""
         return await self.emit("system:health")
 
 

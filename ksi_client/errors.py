@@ -87,12 +87,24 @@ class KSIUnavailableError(_ErrorWithFixedCode):
     fixed_code = "unavailable"
 
 
+class KSIStorageError(_ErrorWithFixedCode):
+    """The plugin's database failed under the request (a full disk, an I/O error, a lock):
+    nothing of it was stored. `retry_after_s` says when trying again may succeed (None: not by
+    waiting)."""
+    fixed_code = "storage_error"
+
+    @property
+    def retry_after_s(self) -> float | None:
+        details = self.details if isinstance(self.details, dict) else {}
+        return details.get("retry_after_s")
+
+
 UnknownEventError = KSIUnknownEventError  # the name the issue text uses
 
 ERROR_CLASSES: dict[str, type[_ErrorWithFixedCode]] = {
     cls.fixed_code: cls for cls in (KSIConnectionError, KSITimeoutError, KSIValidationError,
                                     KSINotFoundError, KSIUnknownEventError, KSIConflictError,
-                                    KSIUnavailableError)}
+                                    KSIUnavailableError, KSIStorageError)}
 
 
 def error_from_reply(error: Any) -> KSIError:

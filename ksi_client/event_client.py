@@ -277,8 +277,8 @@ class EventStream:
 class EventClient:
     """An asyncio client of the KSI daemon over its Unix socket (see the module docstring).
 
-    socket_path: the daemon's socket; None finds it from KSI_SOCKET_PATH, KSI_VAR_DIR or
-        ./var/run/daemon.sock.
+    socket_path: the daemon's socket; None finds it from KSI_SOCKET_PATH, KSI_VAR_DIR or the
+        project's var/run/daemon.sock (find_socket_path, socket_path.py).
     timeout: seconds each call (and connecting) may take unless the call says otherwise.
     max_line_bytes: the longest line accepted from the daemon; a longer one ends the connection.
     """

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ksi_client import (Event, EventClient, KSIConflictError, KSIConnectionError, KSIError,
-                        KSINotFoundError, KSITimeoutError, KSIUnavailableError,
+                        KSINotFoundError, KSIStorageError, KSITimeoutError, KSIUnavailableError,
                         KSIUnknownEventError, KSIValidationError, SyncEventClient,
                         error_from_reply, find_socket_path)
 from ksi_daemon.protocol import ERROR_CODES
@@ -140,6 +140,10 @@ def test_every_protocol_code_gives_an_error_with_that_code():
     assert isinstance(error_from_reply({"code": "timeout", "message": "m"}), KSITimeoutError)
     assert isinstance(error_from_reply({"code": "unavailable", "message": "m"}),
                       KSIUnavailableError)
+    full = error_from_reply({"code": "storage_error", "message": "m",
+                             "details": {"database": "state", "retry_after_s": 1.0}})
+    assert isinstance(full, KSIStorageError) and full.retry_after_s == 1.0
+    assert error_from_reply({"code": "storage_error", "message": "m"}).retry_after_s is None
 
 
 async def test_many_requests_in_flight_on_one_connection_get_their_own_replies(probe_daemon):
