@@ -83,7 +83,8 @@ class PluginRecord:
                 "error": self.error or self.last_handler_error, "events": self.events,
                 "hooks": self.hooks, "load_ms": round(self.load_ms, 3), "source": self.source,
                 "priority": self.metadata.priority, "dependencies": self.metadata.dependencies,
-                "handler_errors": self.handler_errors, "degraded": self.degraded}
+                "handler_errors": self.handler_errors, "degraded": self.degraded,
+                "where": self.where}
 
 
 class PluginManager:

@@ -97,3 +97,7 @@ def test_start_and_health_name_each_failed_plugin_with_its_reason_and_place(cont
         {name: where for name, (_, where) in expected.items()}
     shown = control.run("health").stdout
     assert "degraded" in shown and "refuses_to_start failed: startup failed" in shown
+    table = control.run("status").stdout
+    for name, (_, where) in expected.items():
+        row = next(line for line in table.splitlines() if line.startswith(name))
+        assert row.endswith(f"(at {where})"), row

@@ -96,10 +96,17 @@ def report_not_running(config: dict, as_json: bool) -> int:
     return code
 
 
+def error_and_place(plugin: dict) -> str:
+    """A plugin's error as one table cell: its first line, and the file:line where it arose
+    when the daemon knows it (`status --json` has the whole error)."""
+    error = (plugin.get("error") or "").split("\n", 1)[0]
+    return f"{error} (at {plugin['where']})" if error and plugin.get("where") else error
+
+
 def print_plugin_table(plugins: list[dict]) -> None:
     header = ("PLUGIN", "VERSION", "STATE", "LOAD", "ERROR")
     rows = [(p.get("name", "?"), p.get("version", ""), p.get("state", "?"),
-             f"{p.get('load_ms', 0):.1f} ms", p.get("error") or "") for p in plugins]
+             f"{p.get('load_ms', 0):.1f} ms", error_and_place(p)) for p in plugins]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
         cells = [f"{str(cell):<{width}}" for cell, width in zip(row, widths)]

@@ -83,6 +83,7 @@ class PluginStatus(BaseModel):
     version: str
     state: str
     error: str | None
+    where: str | None = Field(None, description="file:line where its failure arose, if it did")
     events: list[str]
     hooks: list[str]
     load_ms: float
