@@ -1,7 +1,7 @@
 """Instructions per request, counted by valgrind: a figure this shared machine cannot move.
 
     python bench/instructions_per_request.py [--events state:set,system:health --small 200
-                                              --large 1200 --warmup 400]
+                                              --large 1200 --warmup 400 --config JSON]
 
 Runs the daemon's router and plugins in-process (as bench/state_inprocess.py does: 16 fake
 connections, each sending its next request when its reply comes, the writer thread and SQLite
@@ -34,13 +34,13 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 
-async def run_requests(event: str, count: int) -> None:
+async def run_requests(event: str, count: int, config_json: bytes) -> None:
     """Answer exactly `count` requests of `event` with the in-process daemon, then return."""
     from state_inprocess import LoopedConnection, start_daemon_in
 
     var_dir = Path(tempfile.mkdtemp(prefix="ksi-ipr-"))
     try:
-        daemon = await start_daemon_in(var_dir)
+        daemon = await start_daemon_in(var_dir, config_json)
         finished = asyncio.get_running_loop().create_future()
         replies = [0, True]
 
@@ -57,20 +57,25 @@ async def run_requests(event: str, count: int) -> None:
             conn = CountedConnection(daemon.router, number, event, replies)
             daemon.router.handle_line(conn.next_line(), conn)
         await finished
+        writer = next(r.obj.writer for r in daemon.plugins.active() if r.name == "state")
+        print(f"state writes per commit: {writer.writes / max(writer.commits, 1):.1f}")
         await daemon.plugins.shutdown_all()
     finally:
         shutil.rmtree(var_dir, ignore_errors=True)
 
 
-def instructions_of(event: str, count: int) -> int:
-    """User-space instructions of a whole run answering `count` requests (valgrind's I refs)."""
+def instructions_of(event: str, count: int, config_json: str) -> tuple[int, str]:
+    """User-space instructions of a whole run answering `count` requests (valgrind's I refs),
+    and the state writer's writes per commit in it."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
            "HF_HUB_OFFLINE": "1"}
     output = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, __file__, "--run", event, "--count", str(count)],
-        capture_output=True, text=True, env=env, check=True, timeout=600).stderr
-    return int(re.search(r"I\s+refs:\s+([\d,]+)", output).group(1).replace(",", ""))
+         sys.executable, __file__, "--run", event, "--count", str(count), "--config", config_json],
+        capture_output=True, text=True, env=env, check=True, timeout=600)
+    per_commit = re.search(r"state writes per commit: \S+", output.stdout).group(0)
+    return (int(re.search(r"I\s+refs:\s+([\d,]+)", output.stderr).group(1).replace(",", "")),
+            per_commit)
 
 
 def main() -> int:
@@ -80,21 +85,25 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=1200)
     parser.add_argument("--warmup", type=int, default=400)
+    parser.add_argument("--config", default="{}",
+                        help='the daemon.json to run with, e.g. \'{"plugins": {"state": '
+                             '{"commit_on_loop": true}}}\'')
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         import uvloop
-        uvloop.run(run_requests(args.run, args.count))
+        uvloop.run(run_requests(args.run, args.count, args.config.encode()))
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install valgrind")
     counts = {}
     for event in args.events.split(","):
-        small = instructions_of(event, args.warmup + args.small)
-        large = instructions_of(event, args.warmup + args.large)
+        small, _ = instructions_of(event, args.warmup + args.small, args.config)
+        large, per_commit = instructions_of(event, args.warmup + args.large, args.config)
         counts[event] = (large - small) / (args.large - args.small)
-        print(f"{event:16s} {counts[event]:9.0f} instructions per request")
+        print(f"{event:16s} {counts[event]:9.0f} instructions per request"
+              + (f" ({per_commit}, the larger run)" if event.startswith("state:") else ""))
     if "system:health" in counts:
         for event, count in counts.items():
             if event != "system:health":

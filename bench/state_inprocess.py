@@ -76,13 +76,14 @@ class LoopedConnection(QuietConnection):
             asyncio.get_running_loop().call_soon(self.router.handle_line, self.next_line(), self)
 
 
-async def start_daemon_in(var_dir: Path):
-    """The daemon's router and plugins, started in this process with the default config."""
+async def start_daemon_in(var_dir: Path, config_json: bytes = b"{}"):
+    """The daemon's router and plugins, started in this process with `config_json` (the
+    daemon.json text; default: the default config)."""
     from ksi_daemon.config import load_config
     from ksi_daemon.daemon import Daemon
     from ksi_daemon.logging_setup import configure_logging
     configure_logging(var_dir / "logs", "WARNING", console=False)
-    (var_dir / "daemon.json").write_bytes(b"{}")
+    (var_dir / "daemon.json").write_bytes(config_json)
     config, _warnings = load_config(str(var_dir / "daemon.json"), {"var_dir": str(var_dir)},
                                     environ={})
     daemon = Daemon(config)
