@@ -433,6 +433,27 @@ def test_writes_sent_together_count_versions_in_order(daemon_factory):
     assert seen == expected
 
 
+@pytest.mark.daemon("inprocess")
+def test_a_burst_mixing_expiring_and_lasting_keys_stores_each_expiry(daemon):
+    """Plain sets sharing one statement: the rows without a TTL store NULL, the others their
+    expiry, whichever kind comes first in the burst."""
+    writes = [("lasting-1", None), ("brief-1", 600), ("lasting-2", None), ("brief-2", 900)]
+    with daemon.client() as client:
+        client.send_raw(b"".join(
+            orjson.dumps({"event": "state:set", "correlation_id": key,
+                          "data": {"key": key, "value": key, "namespace": "mix",
+                                   **({} if ttl is None else {"ttl_s": ttl})}}) + b"\n"
+            for key, ttl in writes))
+        replies = [client.recv_reply() for _ in writes]
+        assert all(data_of(reply)["version"] == 1 for reply in replies)
+        assert [data_of(client.request("state:get", {"key": key, "namespace": "mix"}))["value"]
+                for key, _ttl in writes] == [key for key, _ttl in writes]
+    rows = dict(query(state_db(daemon), "SELECT key, expires_at - updated_at FROM state"))
+    assert rows["lasting-1"] is None and rows["lasting-2"] is None
+    assert math.isclose(rows["brief-1"], 600, abs_tol=5)
+    assert math.isclose(rows["brief-2"], 900, abs_tol=5)
+
+
 def test_a_rolled_back_group_leaves_no_remembered_version(tmp_path):
     """The writer remembers each key's version to skip reading it back; a group that fails
     mid-way is rolled back and run again write by write, and what it remembered from the failed

@@ -52,10 +52,18 @@ _UPSERT_ROWS = (
     "version = excluded.version, updated_at = excluded.updated_at, "
     "expires_at = excluded.expires_at")
 _ROW = "(?, ?, ?, ?, ?, ?)"
-# At most this many rows per statement: a handful of statement texts, all in sqlite3's cache.
+# A row without expiry writes NULL in the statement's text instead of binding None: sqlite3 binds
+# None through its adaptation protocol, a lookup and a Python call per row (bench/RESULTS.md,
+# "State", session 8). A statement holds rows of one kind; a group of plain sets without
+# expiry, the hot case, is all of that kind.
+_ROW_NO_EXPIRY = "(?, ?, ?, ?, ?, NULL)"
+# At most this many rows per statement: a few dozen statement texts, all in sqlite3's cache
+# (128 statements per connection).
 ROWS_PER_STATEMENT = 32
 _UPSERTS = [None] + [_UPSERT_ROWS.format(rows=", ".join([_ROW] * n))
                      for n in range(1, ROWS_PER_STATEMENT + 1)]
+_UPSERTS_NO_EXPIRY = [None] + [_UPSERT_ROWS.format(rows=", ".join([_ROW_NO_EXPIRY] * n))
+                               for n in range(1, ROWS_PER_STATEMENT + 1)]
 _CURRENT = "SELECT version, expires_at FROM state WHERE namespace = ? AND key = ?"
 _AUDIT = ("INSERT INTO state_audit (at, namespace, key, op, version, peer_pid, peer_uid, "
           "correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -139,7 +147,9 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
     known = writes[0][0]
     remembered = known._entries  # read inline: this loop runs once per write of the hot path
     rows: dict[tuple, tuple] = {}  # (namespace, key) -> (version, expires_at) it will hold
-    upserts: dict[tuple, tuple] = {}  # (namespace, key) -> its row's parameters
+    # (namespace, key) -> its row's parameters: without expires_at while no write has one
+    upserts: dict[tuple, tuple] = {}
+    expiring = False
     replies = []
     for _known, namespace, key, value_json, expires_at in writes:
         name = (namespace, key)
@@ -151,12 +161,18 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
         # (an expired key counts as absent: it starts again at 1)
         version = earlier[0] + 1 if earlier[1] is None or earlier[1] > now else 1
         rows[name] = (version, expires_at)
-        upserts[name] = (namespace, key, value_json, version, now, expires_at)
+        upserts[name] = (namespace, key, value_json, version, now)
+        if expires_at is not None:
+            expiring = True
         replies.append({"namespace": namespace, "key": key, "version": version})
-    upserts = list(upserts.values())
+    if expiring:  # rows of both kinds: every row binds its expires_at
+        statements = _UPSERTS
+        upserts = [(*row, rows[name][1]) for name, row in upserts.items()]
+    else:
+        statements, upserts = _UPSERTS_NO_EXPIRY, list(upserts.values())
     for start in range(0, len(upserts), ROWS_PER_STATEMENT):
         chunk = upserts[start:start + ROWS_PER_STATEMENT]
-        conn.execute(_UPSERTS[len(chunk)], list(chain.from_iterable(chunk)))
+        conn.execute(statements[len(chunk)], list(chain.from_iterable(chunk)))
     known.wrote_all(rows)
     return replies
 
