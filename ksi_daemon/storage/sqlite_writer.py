@@ -81,9 +81,10 @@ class SqliteWriter:
         # the database (the state plugin's known versions) must forget what did not commit.
         self.after_rollback = after_rollback
         # Called on the loop with each commit's outcomes, [((op, args, future, on_commit,
-        # queued_at), result, error), ...], instead of the writes' own on_commit callbacks, which
-        # it must call itself: an owner whose writes are mostly alike handles them in one pass
-        # (the state plugin's sets) rather than with a callback each.
+        # queued_at), result, error), ...], instead of the writes' own on_commit callbacks and
+        # the settling of their futures, which it must do itself (`run_on_commit`, `settle`):
+        # an owner whose writes are mostly alike handles them in one pass (the state plugin's
+        # sets) rather than with a callback and a second pass each.
         self.on_commits = on_commits
         self.checkpointer = WalCheckpointer.for_writer(conn, name)
         self.max_batch = max_batch
@@ -280,27 +281,23 @@ class SqliteWriter:
                 log.exception("report_degraded_failed")
 
     def _resolve_all(self, outcomes: list) -> None:
-        """On the event loop: first the commit callbacks (or the owner's `on_commits` hook), so
-        what follows the database is up to date, then the callers' futures, in submit order."""
+        """On the event loop: each write's commit callback, then its future (or the owner's
+        `on_commits` hook, which does both), in submit order."""
         if self.failure != self._reported_failure:  # the storage failed, or works again
             self._report_health()
         if self.on_commits is not None:
             try:
-                self.on_commits(outcomes)
+                return self.on_commits(outcomes)
             except Exception:  # noqa: BLE001 - the futures must be resolved all the same
                 log.exception("on_commits_failed")
-        else:
-            for (_op, _args, _future, on_commit, _queued_at), result, exc in outcomes:
-                if on_commit is not None:
-                    run_on_commit(on_commit, result, exc)
-        for (_op, _args, future, _on_commit, _queued_at), result, exc in outcomes:
-            try:  # (no done() call first: a method call per write)
-                if exc is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(exc)
-            except asyncio.InvalidStateError:  # the caller gave up (timeout, cancellation); the
-                pass                            # write stands
+            for (_op, _args, future, _on_commit, _queued_at), result, exc in outcomes:
+                if not future.done():
+                    settle(future, result, exc)
+            return
+        for (_op, _args, future, on_commit, _queued_at), result, exc in outcomes:
+            if on_commit is not None:
+                run_on_commit(on_commit, result, exc)
+            settle(future, result, exc)
 
     def _run_in_one_transaction(self, batch: list, savepoints: bool) -> list:
         conn = self.conn
@@ -363,6 +360,17 @@ class SqliteWriter:
 
 
 _op_of, _args_of = itemgetter(0), itemgetter(1)  # of a queued write: (op, args, future, ...)
+
+
+def settle(future, result, exc) -> None:
+    """Resolve a write's future (or owed reply) with its outcome, unless its caller gave up."""
+    try:  # (no done() call first: a method call per write)
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+    except asyncio.InvalidStateError:  # the caller gave up (timeout, cancellation); the write
+        pass                            # stands
 
 
 def run_on_commit(on_commit, result, exc) -> None:

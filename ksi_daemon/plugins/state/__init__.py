@@ -26,7 +26,7 @@ from .store import (KnownVersions, StateReader, audit_in_order, clear_namespace,
                     set_plain, set_value)
 from .read_cache import ReadCache
 from ...storage.plugin_database import PluginDatabase
-from ...storage.sqlite_writer import SqliteWriter, run_on_commit
+from ...storage.sqlite_writer import SqliteWriter, run_on_commit, settle
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
@@ -130,10 +130,11 @@ class StatePlugin(BasePlugin):
         return reply
 
     def _committed(self, outcomes: list) -> None:
-        """The writer's `on_commits` hook, on the loop after each commit, before its replies:
-        the read cache and `state:changed` follow the commits, in commit order, even for
-        requests that gave up meanwhile. Sets are handled here inline; other writes by their
-        own on_commit callbacks."""
+        """The writer's `on_commits` hook, on the loop after each commit: the read cache and
+        `state:changed` follow the commits, in commit order, even for requests that gave up
+        meanwhile, and each write is answered. Sets are handled here inline (the cache, then
+        the reply, all in one pass; a run of sets' `state:changed` follows their replies);
+        other writes by their own on_commit callbacks, before their replies."""
         try:
             self._follow_commit(outcomes)
         except BaseException:
@@ -149,9 +150,11 @@ class StatePlugin(BasePlugin):
                 namespace, key, value_json, expires_at = _written(args)
                 if error is not None:
                     cache.write_done((namespace, key), None)
+                    settle(reply, None, error)
                     continue
                 version = result["version"]
                 cache.write_done((namespace, key), (value_json, version, expires_at))
+                reply.set_result(result)  # (an owed reply: settling it again does nothing)
                 changed.append((reply.correlation_id, {"namespace": namespace, "key": key,
                                                        "version": version, "op": "set"}))
                 continue
@@ -160,6 +163,7 @@ class StatePlugin(BasePlugin):
                 changed = []
             if on_commit is not None:
                 run_on_commit(on_commit, result, error)
+            settle(reply, result, error)
         if changed:
             self.announce_all("state:changed", changed)
 
