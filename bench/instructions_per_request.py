@@ -87,7 +87,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--config", default="{}",
                         help='the daemon.json to run with, e.g. \'{"plugins": {"state": '
-                             '{"commit_on_loop": true}}}\'')
+                             '{"synchronous": "FULL"}}}\'')
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -230,11 +230,9 @@ def _write_until_killed(daemon, worker: int, cycle: int, acked: dict, errors: li
         client.close()
 
 
-@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL", "NORMAL-on-loop"])
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
 def test_kill_9_loses_no_acknowledged_write(daemon_factory, synchronous):
-    # NORMAL-on-loop: the experimental commit on the event loop (storage/loop_writer.py)
-    config = {"plugins": {"state": {"synchronous": synchronous.removesuffix("-on-loop"),
-                                    "commit_on_loop": synchronous.endswith("-on-loop")}}}
+    config = {"plugins": {"state": {"synchronous": synchronous}}}
     counters = {worker: 0 for worker in range(8)}
     for cycle in range(5):
         daemon = daemon_factory(config=config)

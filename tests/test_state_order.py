@@ -103,18 +103,3 @@ def test_a_compare_and_set_pipelined_after_a_set_sees_its_version(daemon):
         ])
     assert replies[1]["version"] == 1 and replies[2]["version"] == 2
     assert (replies[3]["value"], replies[3]["version"]) == (2, 2)
-
-
-def test_commits_on_the_event_loop_keep_the_order_too(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"state": {"commit_on_loop": True}}})
-    with daemon.client() as client:
-        requests = []
-        for n in range(KEYS):
-            requests += [("state:set", {"key": f"k{n}", "value": n}),
-                         ("state:get", {"key": f"k{n}"}),
-                         ("state:delete", {"key": f"k{n}"}),
-                         ("state:get", {"key": f"k{n}"})]
-        replies = pipeline(client, requests)
-    for n in range(KEYS):
-        _set, read, deleted, gone = replies[4 * n:4 * n + 4]
-        assert (read["value"], deleted, gone["found"]) == (n, {"deleted": True}, False)

@@ -17,7 +17,6 @@ from typing import Any, Callable
 import structlog
 
 from .sqlite_database import DatabaseUnusable, open_reader, open_writer
-from .loop_writer import LoopWriter
 from .sqlite_writer import SqliteWriter
 
 log = structlog.get_logger("ksi.storage")
@@ -36,8 +35,7 @@ class PluginDatabase:
              after_rollback: Callable[[], None] | None = None,
              on_commits: Callable[[list], None] | None = None,
              report_degraded: Callable[[str | None], None] | None = None,
-             max_page_count: int | None = None,
-             commit_on_loop: bool = False) -> PluginDatabase:
+             max_page_count: int | None = None) -> PluginDatabase:
         """Open `path` for the plugin `name`; call it on the event loop (in `ksi_startup`).
 
         `load(conn)` reads what the plugin keeps in memory, on the writer's connection before its
@@ -45,8 +43,6 @@ class PluginDatabase:
         answer `timeout` (SqliteWriter.enforce_deadlines). `report_degraded(reason | None)`
         hears storage failures and the recovery (PluginContext.report_degraded).
         `max_page_count` caps the file's size in pages: for tests that need a full disk.
-        `commit_on_loop` (with synchronous NORMAL only): commit on the event loop instead of a
-        writer thread, an experiment (storage/loop_writer.py).
 
         An unusable database stops start-up (SystemExit) on purpose: serving without the data,
         or over a fresh file, would answer "not found" for data the user still has.
@@ -55,8 +51,7 @@ class PluginDatabase:
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
         loaded = load(conn) if load is not None else None
-        kind = LoopWriter if commit_on_loop and synchronous.upper() == "NORMAL" else SqliteWriter
-        writer = kind(conn, name=f"{name}-writer", deadline_s=deadline_s,
+        writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s,
                               after_rollback=after_rollback, on_commits=on_commits,
                               report_degraded=report_degraded)
         loop = asyncio.get_running_loop()

@@ -70,7 +70,7 @@ class StatePlugin(BasePlugin):
             create_schema=create_schema, deadline_s=config["daemon"]["event_timeout"],
             after_rollback=self.known.forget_all, on_commits=self._committed,
             report_degraded=context.report_degraded,
-            max_page_count=settings.max_page_count, commit_on_loop=settings.commit_on_loop)
+            max_page_count=settings.max_page_count)
         self.writer = self.database.writer
         self.announce_all = context.announce_all  # history records the source as "state"
         self.reader = StateReader(self.database.reader)

@@ -113,6 +113,3 @@ class StateSettings(BaseModel):
     # For tests only: the database may grow to this many pages (PRAGMA max_page_count), past
     # which every write fails as on a full disk ("database or disk is full").
     max_page_count: int | None = Field(None, ge=1, le=SQLITE_INT_MAX)
-    # An experiment, off by default: with synchronous NORMAL, commit each loop pass's writes on
-    # the event loop instead of the writer thread (ksi_daemon/storage/loop_writer.py).
-    commit_on_loop: bool = False

@@ -1,7 +1,7 @@
-"""The experimental LoopWriter (group commit on the event loop, synchronous NORMAL only) keeps
-SqliteWriter's contract: the writes queued in one pass of the loop share one commit, each is
-answered only after it, a read op queued behind writes sees them, a refused or failing op fails
-alone, and a stop commits what was queued."""
+"""The writer thread's contract (storage/sqlite_writer.py), on a real database file: the writes
+queued in one pass of the event loop share one commit, each is answered only after it, a read op
+queued behind writes sees them, a refused or failing op fails alone, and a stop commits what was
+queued."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,6 @@ import sqlite3
 import pytest
 
 from ksi_daemon.protocol import CONFLICT, KSIError
-from ksi_daemon.storage.loop_writer import LoopWriter
 from ksi_daemon.storage.plugin_database import PluginDatabase
 
 
@@ -33,23 +32,23 @@ def _refuse(conn) -> None:
     raise KSIError(CONFLICT, "no")
 
 
-def _open(path, synchronous="NORMAL"):
-    return PluginDatabase.open(path, name="probe", synchronous=synchronous,
-                               create_schema=_schema, deadline_s=5.0, commit_on_loop=True)
+def _open(path):
+    return PluginDatabase.open(path, name="probe", synchronous="NORMAL",
+                               create_schema=_schema, deadline_s=5.0)
 
 
 def test_one_pass_of_writes_is_one_commit_answered_after_it(tmp_path):
     async def scenario():
         database = _open(tmp_path / "p.db")
         writer = database.writer
-        assert isinstance(writer, LoopWriter)
         futures = [writer.submit(_put, f"k{n}", n) for n in range(20)]
         read = writer.submit(_get, "k19")
         refused = writer.submit(_refuse)
         failing = writer.submit(_put, "bad", None)  # NOT NULL: fails alone
         assert not any(f.done() for f in futures)  # nothing runs inside submit
-        await asyncio.sleep(0)
-        assert [f.result() for f in futures] == list(range(20))
+        assert await asyncio.gather(*futures) == list(range(20))
+        await asyncio.wait([read, refused, failing])
+        assert writer.commits == 1
         assert read.result() == 19
         with pytest.raises(KSIError):
             refused.result()
@@ -60,12 +59,4 @@ def test_one_pass_of_writes_is_one_commit_answered_after_it(tmp_path):
         late = writer.submit(_put, "late", 1)
         await database.close()  # commits what was queued
         assert late.result() == 1
-    asyncio.run(scenario())
-
-
-def test_full_keeps_the_writer_thread(tmp_path):
-    async def scenario():
-        database = _open(tmp_path / "p.db", synchronous="FULL")
-        assert not isinstance(database.writer, LoopWriter)
-        await database.close()
     asyncio.run(scenario())
