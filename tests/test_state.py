@@ -434,21 +434,23 @@ def test_writes_sent_together_count_versions_in_order(daemon_factory):
 @pytest.mark.daemon("inprocess")
 def test_a_burst_mixing_expiring_and_lasting_keys_stores_each_expiry(daemon):
     """Plain sets sharing one statement: the rows without a TTL store NULL, the others their
-    expiry, whichever kind comes first in the burst."""
-    writes = [("lasting-1", None), ("brief-1", 600), ("lasting-2", None), ("brief-2", 900)]
+    expiry, whichever kind comes first in the burst; a key written twice keeps its last."""
+    writes = [("lasting-1", None), ("brief-1", 600), ("lasting-2", None), ("brief-2", 900),
+              ("brief-1", 300)]
     with daemon.client() as client:
         client.send_raw(b"".join(
-            orjson.dumps({"event": "state:set", "correlation_id": key,
-                          "data": {"key": key, "value": key, "namespace": "mix",
+            orjson.dumps({"event": "state:set", "correlation_id": f"w{n}",
+                          "data": {"key": key, "value": n, "namespace": "mix",
                                    **({} if ttl is None else {"ttl_s": ttl})}}) + b"\n"
-            for key, ttl in writes))
-        replies = [client.recv_reply() for _ in writes]
-        assert all(data_of(reply)["version"] == 1 for reply in replies)
+            for n, (key, ttl) in enumerate(writes)))
+        replies = {reply["correlation_id"]: data_of(reply)["version"]
+                   for reply in (client.recv_reply() for _ in writes)}
+        assert replies == {"w0": 1, "w1": 1, "w2": 1, "w3": 1, "w4": 2}
         assert [data_of(client.request("state:get", {"key": key, "namespace": "mix"}))["value"]
-                for key, _ttl in writes] == [key for key, _ttl in writes]
+                for key in ("lasting-1", "brief-1", "lasting-2", "brief-2")] == [0, 4, 2, 3]
     rows = dict(query(state_db(daemon), "SELECT key, expires_at - updated_at FROM state"))
     assert rows["lasting-1"] is None and rows["lasting-2"] is None
-    assert math.isclose(rows["brief-1"], 600, abs_tol=5)
+    assert math.isclose(rows["brief-1"], 300, abs_tol=5)
     assert math.isclose(rows["brief-2"], 900, abs_tol=5)
 
 

@@ -147,8 +147,7 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
     known = writes[0][0]
     remembered = known._entries  # read inline: this loop runs once per write of the hot path
     rows: dict[tuple, tuple] = {}  # (namespace, key) -> (version, expires_at) it will hold
-    # (namespace, key) -> its row's parameters: without expires_at while no write has one
-    upserts: dict[tuple, tuple] = {}
+    upserts = []  # each write's row parameters, without expires_at (added below if any has one)
     expiring = False
     replies = []
     for _known, namespace, key, value_json, expires_at in writes:
@@ -161,15 +160,17 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
         # (an expired key counts as absent: it starts again at 1)
         version = earlier[0] + 1 if earlier[1] is None or earlier[1] > now else 1
         rows[name] = (version, expires_at)
-        upserts[name] = (namespace, key, value_json, version, now)
+        upserts.append((namespace, key, value_json, version, now))
         if expires_at is not None:
             expiring = True
         replies.append({"namespace": namespace, "key": key, "version": version})
+    if len(rows) < len(upserts):  # a key written twice: one statement may upsert a row once,
+        upserts = list({row[:2]: row for row in upserts}.values())  # so its last row only
     if expiring:  # rows of both kinds: every row binds its expires_at
         statements = _UPSERTS
-        upserts = [(*row, rows[name][1]) for name, row in upserts.items()]
+        upserts = [(*row, rows[row[:2]][1]) for row in upserts]
     else:
-        statements, upserts = _UPSERTS_NO_EXPIRY, list(upserts.values())
+        statements = _UPSERTS_NO_EXPIRY
     for start in range(0, len(upserts), ROWS_PER_STATEMENT):
         chunk = upserts[start:start + ROWS_PER_STATEMENT]
         conn.execute(statements[len(chunk)], list(chain.from_iterable(chunk)))
