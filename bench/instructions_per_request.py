@@ -10,9 +10,11 @@ real) twice per event under `valgrind --tool=cachegrind`, once for `--small` and
 the small one) / (large − small): start-up and shutdown cancel out. Counted: user-space
 instructions of every thread (Python, SQLite, orjson, pydantic-core, libc); not counted: the
 kernel, cache misses, waiting. Wall-clock speed on this machine moves by tens of percent within
-a second; this count moves by about 1–2 % between runs (thread interleaving changes the group
-sizes), so a change of a few percent in a request's work shows here when end-to-end runs
-cannot resolve it. Needs valgrind (apt-get install valgrind); takes about a minute per event.
+a second; this count moves much less, but not by nothing: for `system:health` about 1–2 %
+between runs, for `state:set`, whose writer thread hands off the GIL with the event loop, up to
+±10 % with other processes busy (79–98 k in session 8: under valgrind the GIL's 5 ms switch
+interval passes after fewer instructions when the machine is loaded, likely the cause). Compare
+runs made in the same minute, alternating, and more than one of each. Needs valgrind (apt-get install valgrind); takes about a minute per event.
 A valgrind run of this threaded daemon sometimes stalls with every thread waiting (seen in
 sessions 5 and 6, also with `--fair-sched=yes`; not under plain Python): each run is stopped
 after 10 minutes with an error. Run it again.
