@@ -103,3 +103,25 @@ def test_a_compare_and_set_pipelined_after_a_set_sees_its_version(daemon):
         ])
     assert replies[1]["version"] == 1 and replies[2]["version"] == 2
     assert (replies[3]["value"], replies[3]["version"]) == (2, 2)
+
+
+def test_a_writer_subscribed_to_its_changes_gets_each_reply_before_its_change(daemon):
+    """A write's `state:changed` (which carries its correlation id) comes after the write's
+    reply, so a client matching lines by correlation id takes the reply first: the rule
+    PROTOCOL.md §1 states for accepted requests, kept by writes too (docs/STATE.md)."""
+    with daemon.client() as client:
+        client.request("system:subscribe", {"patterns": ["state:changed"]})
+        client.send_raw(b"".join(
+            orjson.dumps({"event": event, "data": data, "correlation_id": cid}) + b"\n"
+            for event, data, cid in [("state:set", {"key": "seen", "value": 1}, "s1"),
+                                     ("state:set", {"key": "seen", "value": 2}, "s2"),
+                                     ("state:delete", {"key": "seen"}, "d1"),
+                                     ("state:set", {"key": "seen", "value": 3}, "s3"),
+                                     ("state:clear", {}, "c1")]))
+        lines = [client.recv() for _ in range(10)]
+    at = {(line["type"], line["correlation_id"]): n for n, line in enumerate(lines)}
+    for cid in ("s1", "s2", "d1", "s3", "c1"):
+        assert at[("reply", cid)] < at[("event", cid)], lines
+    assert [(line["correlation_id"], line["data"]["op"]) for line in lines
+            if line["type"] == "event"] == [
+        ("s1", "set"), ("s2", "set"), ("d1", "delete"), ("s3", "set"), ("c1", "clear")]

@@ -132,9 +132,10 @@ class StatePlugin(BasePlugin):
     def _committed(self, outcomes: list) -> None:
         """The writer's `on_commits` hook, on the loop after each commit: the read cache and
         `state:changed` follow the commits, in commit order, even for requests that gave up
-        meanwhile, and each write is answered. Sets are handled here inline (the cache, then
-        the reply, all in one pass; a run of sets' `state:changed` follows their replies);
-        other writes by their own on_commit callbacks, before their replies."""
+        meanwhile, and each write is answered before the `state:changed` that carries its
+        correlation id (PROTOCOL.md §1's rule for accepted requests, kept by writes too). Sets are handled here inline (the cache, then the
+        reply, in one pass; a run of sets' `state:changed` follows their replies); other writes
+        are answered, then followed by their own on_commit callbacks."""
         try:
             self._follow_commit(outcomes)
         except BaseException:
@@ -161,9 +162,9 @@ class StatePlugin(BasePlugin):
             if changed:  # announced first: `state:changed` keeps the commit order
                 self.announce_all("state:changed", changed)
                 changed = []
+            settle(reply, result, error)  # (within this call: no read can come in between)
             if on_commit is not None:
                 run_on_commit(on_commit, result, error)
-            settle(reply, result, error)
         if changed:
             self.announce_all("state:changed", changed)
 
