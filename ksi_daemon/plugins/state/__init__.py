@@ -133,9 +133,10 @@ class StatePlugin(BasePlugin):
         """The writer's `on_commits` hook, on the loop after each commit: the read cache and
         `state:changed` follow the commits, in commit order, even for requests that gave up
         meanwhile, and each write is answered before the `state:changed` that carries its
-        correlation id (PROTOCOL.md §1's rule for accepted requests, kept by writes too). Sets are handled here inline (the cache, then the
-        reply, in one pass; a run of sets' `state:changed` follows their replies); other writes
-        are answered, then followed by their own on_commit callbacks."""
+        correlation id (PROTOCOL.md §1's rule for accepted requests, kept by writes too). Sets
+        are handled here inline (the cache, then the reply, in one pass; a run of sets'
+        `state:changed` follows their replies); other writes are answered, then followed by
+        their own on_commit callbacks."""
         try:
             self._follow_commit(outcomes)
         except BaseException:
