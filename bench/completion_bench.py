@@ -159,7 +159,6 @@ async def measure_journal(level: str, requests: int) -> float:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     directory = Path(tempfile.mkdtemp(prefix="ksi-cj-", dir="/tmp"))
     journal = Journal(directory / "journal.db", level, deadline_s=30)
-    journal.read_all()  # start-up's read, which also closes the reader
     outcome = {"text": "turn 1: you said 'how long does this take?'", "usage": {},
                "status": "completed"}
     times = []
@@ -377,7 +376,11 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=0, metavar="N",
                         help="instead: where one call's time goes, over N calls in-process")
     args = parser.parse_args()
-    asyncio.run(measure_segments(args.segments) if args.segments else main_async(args))
+    if args.segments:  # on uvloop, as the daemon runs
+        import uvloop
+        uvloop.run(measure_segments(args.segments))
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
