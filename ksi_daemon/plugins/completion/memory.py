@@ -5,18 +5,9 @@ the store plugin is absent or failed, so turns are also kept in a bounded in-mem
 """
 from __future__ import annotations
 
-import hashlib
-import queue
-import re
-import threading
-from collections import OrderedDict, deque
-from pathlib import Path
-
-import orjson
+from collections import deque
 
 from ...protocol import UNAVAILABLE, UNKNOWN_EVENT, KSIError
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 class ConversationMemory:
@@ -66,84 +57,3 @@ class ConversationMemory:
                                  detail=f"{event} is not answered; keeping turns in memory")
             return None
         return reply
-
-
-class ResponseLog:
-    """Appends each finished completion to var/logs/responses/<session_id>.jsonl.
-
-    Files of recently active sessions stay open, and every record is flushed at once, so the
-    file is complete when the client gets the result. Creating a session's file takes a few
-    hundred microseconds (a new inode and directory entry): `open_soon` has a thread of its own
-    create it while the model answers, so the result does not wait for it. (Handing the open to
-    the loop's executor cost the loop ten times what this queue does, 80 µs against 8 in a run
-    on the loaded 2-core machine.)
-    """
-    OPEN_FILES = 64
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._files: OrderedDict[str, object] = OrderedDict()
-        self._asked: set[str] = set()  # handed to the thread, not adopted yet
-        self._to_open: queue.SimpleQueue = queue.SimpleQueue()
-        self._opened: queue.SimpleQueue = queue.SimpleQueue()  # (session_id, file or None)
-        self._thread: threading.Thread | None = None
-
-    def open_soon(self, session_id: str) -> None:
-        self._adopt_opened()
-        if session_id in self._files or session_id in self._asked:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._open_what_is_asked,
-                                            name="response-log-opener", daemon=True)
-            self._thread.start()
-        self._asked.add(session_id)
-        self._to_open.put(session_id)
-
-    def append(self, session_id: str, record: dict) -> None:
-        self._adopt_opened()
-        file = self._files.get(session_id)
-        if file is None:  # not opened in time (or the thread failed): open it now
-            file = self._keep(session_id, self._open_file(session_id))
-        else:
-            self._files.move_to_end(session_id)
-        file.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE, default=str))
-        file.flush()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._to_open.put(None)
-            self._thread.join(timeout=1.0)
-        self._adopt_opened()
-        while self._files:
-            self._files.popitem()[1].close()
-
-    # The thread only opens; every change to what is kept happens on the loop, here.
-    def _adopt_opened(self) -> None:
-        while not self._opened.empty():
-            session_id, file = self._opened.get_nowait()
-            self._asked.discard(session_id)
-            if file is None:
-                continue  # append opens it itself, and reports what fails
-            if session_id in self._files:  # append came first and opened its own
-                file.close()
-            else:
-                self._keep(session_id, file)
-
-    def _keep(self, session_id: str, file):
-        self._files[session_id] = file
-        while len(self._files) > self.OPEN_FILES:
-            self._files.popitem(last=False)[1].close()
-        return file
-
-    def _open_what_is_asked(self) -> None:
-        while (session_id := self._to_open.get()) is not None:
-            try:
-                self._opened.put((session_id, self._open_file(session_id)))
-            except OSError:
-                self._opened.put((session_id, None))
-
-    def _open_file(self, session_id: str):
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = session_id if _SAFE_NAME.fullmatch(session_id) and session_id not in (".", "..") \
-            else "session-" + hashlib.sha256(session_id.encode()).hexdigest()
-        return open(self.directory / f"{name}.jsonl", "ab")

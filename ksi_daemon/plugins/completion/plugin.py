@@ -28,10 +28,11 @@ from .calls import call_model
 from .hooks import CompletionHooks
 from .journal import Entry, Journal
 from .litellm_loader import LiteLLMLoader
-from .memory import ConversationMemory, ResponseLog
+from .memory import ConversationMemory
 from .models import (AsyncReply, CancelRequest, CompletionRequest, CompletionResult,
                      ModelsRequest, PostResponseContext, PreCallContext, StatusRequest)
 from .queue import Job, SessionScheduler
+from .response_log import ResponseLog
 from .retries import RetryPolicy, error_code_of, is_transient, reason_of
 
 ALIAS_DEPTH = 5
@@ -460,7 +461,6 @@ class CompletionPlugin(BasePlugin):
     async def _complete(self, job: Job) -> dict:
         request: CompletionRequest = job.payload
         started = time.perf_counter()
-        self.responses.open_soon(job.session_id)
         litellm = await self.loader.ready()
         model, extra = self._resolve(job.model)
         new_messages = _messages_of(request)
