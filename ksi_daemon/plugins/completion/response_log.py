@@ -2,8 +2,8 @@
 
 Files of recently active sessions stay open, and every record is flushed at once, so the file is
 complete when the client gets the result. A new session needs a new file, and creating one is the
-slow part: on the project's 2-core test machine (ext4) the kernel takes 0.4–0.6 ms to create a
-file and 40–50 µs to rename one. So a few empty files are made ahead in `responses/.spare/`, on
+slow part: on the project's 2-core test machine (ext4) the kernel takes 0.4–0.7 ms to create a
+file and 30–50 µs to move one. So a few empty files are made ahead in `responses/.spare/`, on
 the loop but after a reply has gone, and a new session's file is one of them, moved. Spares left
 by a crash are used at the next start; a clean stop removes them.
 """
