@@ -27,8 +27,8 @@ Every process started here is stopped before the script exits.
 `--segments N` instead: where one call's time goes. The daemon's plugins are started in this
 process, on uvloop as in the daemon, and `N` `completion:request`s are fed to the router one
 at a time; each is cut into segments (accepted, journaled, model called, answered, outcome
-committed, replied) and each segment's wall time and event-loop CPU (`time.thread_time`) is printed as a median. CPU figures
-hold on a loaded machine where wall-clock ones do not.
+committed, replied) and each segment's wall time and event-loop CPU (`time.thread_time`) is
+printed as a median. CPU figures hold on a loaded machine where wall-clock ones do not.
 """
 from __future__ import annotations
 
