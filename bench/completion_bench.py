@@ -25,10 +25,10 @@ Each daemon runs with `max_concurrent` = `--sessions` so both sides may run ever
 Every process started here is stopped before the script exits.
 
 `--segments N` instead: where one call's time goes. The daemon's plugins are started in this
-process and `N` `completion:request`s are fed to the router one at a time; each is cut into
-segments (accepted, journaled, model called, answered, outcome committed, replied) and each
-segment's wall time and event-loop CPU (`time.thread_time`) is printed as a median. CPU figures
-hold on a loaded machine where wall-clock ones do not.
+process, on uvloop as in the daemon, and `N` `completion:request`s are fed to the router one
+at a time; each is cut into segments (accepted, journaled, model called, answered, outcome
+committed, replied) and each segment's wall time and event-loop CPU (`time.thread_time`) is
+printed as a median. CPU figures hold on a loaded machine where wall-clock ones do not.
 """
 from __future__ import annotations
 
@@ -159,7 +159,6 @@ async def measure_journal(level: str, requests: int) -> float:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     directory = Path(tempfile.mkdtemp(prefix="ksi-cj-", dir="/tmp"))
     journal = Journal(directory / "journal.db", level, deadline_s=30)
-    journal.read_all()  # start-up's read, which also closes the reader
     outcome = {"text": "turn 1: you said 'how long does this take?'", "usage": {},
                "status": "completed"}
     times = []
@@ -377,7 +376,11 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=0, metavar="N",
                         help="instead: where one call's time goes, over N calls in-process")
     args = parser.parse_args()
-    asyncio.run(measure_segments(args.segments) if args.segments else main_async(args))
+    if args.segments:  # on uvloop, as the daemon runs
+        import uvloop
+        uvloop.run(measure_segments(args.segments))
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

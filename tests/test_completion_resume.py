@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import time
 
+import orjson
 import pytest
 
 from conftest import data_of, error_of
@@ -346,3 +347,57 @@ def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(d
                what="the journal to know it")
     assert second.stop() == 0
 
+
+
+@pytest.mark.daemon("inprocess")
+def test_a_session_continued_after_a_restart_keeps_its_response_log(daemon_factory, fake_openai):
+    # A new session's log file is a spare file made ahead and moved into place: it must never
+    # take the place of a file that exists already.
+    config = config_for(fake_openai.api_base)
+    first = daemon_factory(config=config, subdir="d")
+    with first.client(timeout=120) as client:
+        for turn in ("first", "second"):
+            data_of(client.request("completion:request", {
+                "prompt": f"{turn} turn", "model": "echo", "session_id": "kept-log"}))
+        data_of(client.request("completion:request", {"prompt": "another", "model": "echo"}))
+    assert first.stop() == 0
+    responses = first.var_dir / "logs" / "responses"
+    assert list((responses / ".spare").iterdir()) == []  # a clean stop leaves no spare behind
+
+    second = daemon_factory(config=config, subdir="d")
+    with second.client(timeout=120) as client:
+        for session_id in ("new-one", "kept-log"):  # the new one has spares made meanwhile
+            data_of(client.request("completion:request", {
+                "prompt": "third turn", "model": "echo", "session_id": session_id}))
+    logged = [orjson.loads(line) for line in (responses / "kept-log.jsonl").read_bytes()
+              .splitlines()]
+    assert [entry["text"].split(": ", 1)[1].split(" after")[0] for entry in logged] == \
+        ["you said 'first turn'", "you said 'second turn'", "you said 'third turn'"]
+    assert second.stop() == 0
+
+
+@pytest.mark.daemon("inprocess")
+def test_a_journal_that_cannot_take_a_request_answers_unavailable(daemon_factory, fake_openai):
+    daemon = daemon_factory(config=config_for(fake_openai.api_base))
+    with daemon.client(timeout=120) as client:
+        data_of(client.request("completion:request", {"prompt": "first", "model": "echo"}))
+        # Another process holds the journal's write lock, as a stuck tool would.
+        other = sqlite3.connect(daemon.var_dir / "plugins" / "completion" / "journal.db",
+                                isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            for event in ("completion:request", "completion:async"):
+                error = error_of(client.request(event, {
+                    "prompt": "not now", "model": "echo", "request_id": f"locked-{event}"}))
+                assert error["code"] == "unavailable", error
+                assert "journal" in error["message"]
+                # Refused means not remembered: the id is free for a later try.
+                assert error_of(client.request("completion:status", {
+                    "request_id": f"locked-{event}"}))["code"] == "not_found"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        result = data_of(client.request("completion:request", {
+            "prompt": "again", "model": "echo", "request_id": "locked-completion:request"}))
+        assert result["text"] == "turn 1: you said 'again'" and result["deduplicated"] is False
+    assert fake_openai.calls_saying("not now") == 0

@@ -5,8 +5,12 @@ run it again; its outcome is committed before the result is pushed. So after any
 without an outcome is exactly a request nobody got an answer to: it runs again, once. Finished
 rows are kept for a while so that a repeated request_id is answered from them instead of run.
 
-The SQL runs on the database's one writer thread (ksi_daemon/storage); reads happen only at
-start, before anything is written.
+Under `synchronous` NORMAL the writes are committed on the event loop itself (LoopWriter,
+storage/loop_writer.py): such a commit does not fsync and takes tens of microseconds, while
+handing it to a writer thread put the outcome's commit, and so the reply, behind whatever the
+loop ran meanwhile (litellm's success logging, about a millisecond after every call, see
+docs/COMPLETION.md). Under FULL the commit fsyncs, and the writer thread keeps it off the loop.
+The rows are read only at start, before anything is written.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import orjson
 
-from ...storage.sqlite_writer import SqliteWriter, start_database
+from ...storage.plugin_database import PluginDatabase
+from ...storage.sqlite_writer import SqliteWriter
 
 PENDING = "pending"
 
@@ -60,21 +65,15 @@ class Entry:
 class Journal:
     def __init__(self, path: Path, synchronous: str, deadline_s: float):
         self.path = path
-        self.writer: SqliteWriter
-        self.writer, self._reader = start_database(path, synchronous, _create_schema,
-                                                   name="completion-journal",
-                                                   deadline_s=deadline_s)
+        self.database = PluginDatabase.open(
+            path, name="completion-journal", synchronous=synchronous,
+            create_schema=_create_schema, deadline_s=deadline_s, reader=False, load=_read_all,
+            commit_on_loop=True)
+        self.writer: SqliteWriter = self.database.writer
 
     def read_all(self) -> list[Entry]:
-        """Every row, in the order the requests were accepted (start-up only)."""
-        rows = self._reader.execute(
-            "SELECT request_id, session_id, new_session, model, agent_id, correlation_id, "
-            "request, accepted_at, state, outcome, ended_at, turns_stored "
-            "FROM requests ORDER BY rowid").fetchall()
-        self._reader.close()
-        return [Entry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], orjson.loads(r[6]), r[7], r[8],
-                      orjson.loads(r[9]) if r[9] is not None else None, r[10], bool(r[11]))
-                for r in rows]
+        """Every row as it was at start, in the order the requests were accepted."""
+        return self.database.loaded
 
     # Each returns a future resolved after the commit; `on_commit(result, error)` runs then
     # whether or not anyone awaits the future (see SqliteWriter.submit).
@@ -101,13 +100,23 @@ class Journal:
         return future
 
     async def close(self) -> None:
-        await self.writer.stop()
+        await self.database.close()
 
 
-# ---- writer thread only --------------------------------------------------------------------------
+# ---- the writer only (its thread, or the loop under NORMAL) ------------------------------------
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
+
+
+def _read_all(conn: sqlite3.Connection) -> list[Entry]:
+    rows = conn.execute(
+        "SELECT request_id, session_id, new_session, model, agent_id, correlation_id, "
+        "request, accepted_at, state, outcome, ended_at, turns_stored "
+        "FROM requests ORDER BY rowid").fetchall()
+    return [Entry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], orjson.loads(r[6]), r[7], r[8],
+                  orjson.loads(r[9]) if r[9] is not None else None, r[10], bool(r[11]))
+            for r in rows]
 
 
 def _accept(conn, e: Entry) -> None:

@@ -5,16 +5,9 @@ the store plugin is absent or failed, so turns are also kept in a bounded in-mem
 """
 from __future__ import annotations
 
-import hashlib
-import re
-from collections import OrderedDict, deque
-from pathlib import Path
-
-import orjson
+from collections import deque
 
 from ...protocol import UNAVAILABLE, UNKNOWN_EVENT, KSIError
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 class ConversationMemory:
@@ -64,41 +57,3 @@ class ConversationMemory:
                                  detail=f"{event} is not answered; keeping turns in memory")
             return None
         return reply
-
-
-class ResponseLog:
-    """Appends each finished completion to var/logs/responses/<session_id>.jsonl.
-
-    Files of recently active sessions stay open (opening a file costs more than the write), and
-    every record is flushed at once, so the file is complete when the client gets the result.
-    """
-    OPEN_FILES = 64
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._made = False
-        self._files: OrderedDict[str, object] = OrderedDict()
-
-    def append(self, session_id: str, record: dict) -> None:
-        file = self._files.get(session_id)
-        if file is None:
-            file = self._open(session_id)
-        else:
-            self._files.move_to_end(session_id)
-        file.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE, default=str))
-        file.flush()
-
-    def _open(self, session_id: str):
-        if not self._made:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._made = True
-        name = session_id if _SAFE_NAME.fullmatch(session_id) and session_id not in (".", "..") \
-            else "session-" + hashlib.sha256(session_id.encode()).hexdigest()
-        file = self._files[session_id] = open(self.directory / f"{name}.jsonl", "ab")
-        while len(self._files) > self.OPEN_FILES:
-            self._files.popitem(last=False)[1].close()
-        return file
-
-    def close(self) -> None:
-        while self._files:
-            self._files.popitem()[1].close()

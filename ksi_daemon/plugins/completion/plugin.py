@@ -28,10 +28,11 @@ from .calls import call_model
 from .hooks import CompletionHooks
 from .journal import Entry, Journal
 from .litellm_loader import LiteLLMLoader
-from .memory import ConversationMemory, ResponseLog
+from .memory import ConversationMemory
 from .models import (AsyncReply, CancelRequest, CompletionRequest, CompletionResult,
                      ModelsRequest, PostResponseContext, PreCallContext, StatusRequest)
 from .queue import Job, SessionScheduler
+from .response_log import ResponseLog
 from .retries import RetryPolicy, error_code_of, is_transient, reason_of
 
 ALIAS_DEPTH = 5
@@ -106,8 +107,7 @@ class CompletionPlugin(BasePlugin):
         self.counts["resumed"] = len(self._to_resume)
         self.log.info("completions_resumed", count=len(self._to_resume))
         self._to_resume = []
-        return [self.journal.writer.enforce_deadlines(), self._prune_now_and_then(),
-                self._store_interrupted_turns()]
+        return [self._prune_now_and_then(), self._store_interrupted_turns()]
 
     @hookimpl
     async def ksi_stopping(self, context):
@@ -193,17 +193,33 @@ class CompletionPlugin(BasePlugin):
                 "session_id": job.session_id, "deduplicated": repeated, "resumed": job.resumed}
 
     @event_handler("completion:request", returns=CompletionResult, timeout=None)
-    async def completion_request(self, data: CompletionRequest, ctx):
+    def completion_request(self, data: CompletionRequest, ctx):
         """Ask a model and answer with its result once done (deadline: timeout_s)."""
-        job, repeated = await self._submit(data, ctx)
+        job, repeated = self._job_for(data, ctx)
         if job.finished:
-            outcome = job.done.result()
-        else:
-            # A future of its own: cancelling this handler must not cancel the job's outcome,
-            # and a direct waiter wakes one loop turn sooner than asyncio.shield would.
-            waiter = asyncio.get_running_loop().create_future()
-            job.waiters.append(waiter)
-            outcome = await waiter
+            return self._answer_of(job.done.result(), repeated)
+        # Owed, and settled by the job's end itself, right after its outcome's commit: a task
+        # awaiting the outcome would reply one loop turn later, behind litellm's success
+        # logging of the call (docs/COMPLETION.md, "Where a completion's time goes").
+        reply = ctx.reply_later()
+
+        def answer(outcome) -> None:
+            try:
+                reply.set_result(self._answer_of(outcome, repeated))
+            except KSIError as exc:
+                reply.set_exception(exc)
+        job.waiters.append(answer)
+        if not repeated:
+            committed = self._journal_then_queue(job, ctx)
+            # The writer's deadline sweep fails the write's future without a commit: answer
+            # that (the request may still commit, and run, later).
+            committed.add_done_callback(lambda done: done.cancelled() or done.exception() is None
+                                        or reply.set_exception(done.exception()))
+        return reply
+
+    @staticmethod
+    def _answer_of(outcome, repeated: bool) -> dict:
+        """The reply to a completion:request from its job's outcome (a KSIError is raised)."""
         if isinstance(outcome, KSIError):
             if repeated:
                 raise KSIError(outcome.code, outcome.message,
@@ -270,24 +286,6 @@ class CompletionPlugin(BasePlugin):
         return {"model": name, "usable": True, "routes_to": routes_to}
 
     # ---- submitting ----------------------------------------------------------------------------
-
-    async def _submit(self, data: CompletionRequest, ctx) -> tuple[Job, bool]:
-        """The job for this request once the journal holds it, and whether it was known already
-        (then it is not rerun).
-
-        The reply waits for the journal's commit; what happens to the job then follows the
-        database, not this handler (it may be cancelled meanwhile).
-        """
-        job, repeated = self._job_for(data, ctx)
-        if repeated:
-            return job, True
-        try:
-            await self._journal_then_queue(job, ctx)
-        except Exception:
-            if job.state == "refused":
-                raise job.done.result() from None
-            raise
-        return job, False
 
     def _job_for(self, data: CompletionRequest, ctx) -> tuple[Job, bool]:
         """A new job for this request, or the known one with its request_id (True)."""
@@ -494,7 +492,6 @@ class CompletionPlugin(BasePlugin):
             await committed
         except Exception:  # noqa: BLE001 - logged where the commit failed; the answer is out
             pass
-        await asyncio.sleep(0)  # let a waiting completion:request send its reply first
         try:
             await self._store_turns(job, new_messages, answer.text, call.model, answer.usage)
         except Exception as exc:  # noqa: BLE001 - the answer is out; report, keep serving
@@ -562,29 +559,14 @@ class CompletionPlugin(BasePlugin):
         if job.payload.agent_id:
             result["agent_id"] = job.payload.agent_id
 
-        logged = False
-
-        def log_response() -> None:
-            nonlocal logged
-            if logged:
-                return
-            logged = True
-            try:
+        def deliver() -> None:
+            try:  # before the reply: the file is complete when the client has the result
                 self.responses.append(job.session_id, {**result, "timestamp": time.time()})
             except OSError as exc:
                 self.log.error("response_log_failed", error=repr(exc))
-
-        def deliver() -> None:
-            log_response()  # (done already, unless the journal could not take the outcome)
             self.counts["completed"] += 1
             self._push(job, "completion:result", result)
-        committed = self._end(job, "completed", result, result, deliver)
-        if committed is not None:
-            # Written while the journal commits: the writer thread was woken first (one loop
-            # turn after the submit), so opening the session's file overlaps the commit instead
-            # of following it, and still precedes the reply, which waits for the commit.
-            asyncio.get_running_loop().call_soon(log_response)
-        return committed
+        return self._end(job, "completed", result, result, deliver)
 
     def _end_with_error(self, job: Job, code: str, message: str) -> asyncio.Future | None:
         def deliver() -> None:
@@ -639,16 +621,16 @@ class CompletionPlugin(BasePlugin):
         error = KSIError(UNAVAILABLE, "the daemon is shutting down; this request is kept and "
                          "runs at the next start: ask again with the same request_id for its "
                          "result", {"request_id": job.request_id, "checkpointed": True})
-        for waiter in job.waiters:
-            if not waiter.done():
-                waiter.set_result(error)
+        waiters, job.waiters = job.waiters, []
+        for waiter in waiters:
+            waiter(error)
 
     @staticmethod
     def _settle(job: Job, outcome) -> None:
         job.done.set_result(outcome)
-        for waiter in job.waiters:
-            if not waiter.done():
-                waiter.set_result(outcome)
+        waiters, job.waiters = job.waiters, []
+        for waiter in waiters:
+            waiter(outcome)
 
     def _progress(self, job: Job, status: str) -> dict:
         return {"request_id": job.request_id, "status": status, **self._resumed_mark(job)}

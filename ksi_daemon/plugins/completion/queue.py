@@ -23,7 +23,8 @@ class Job:
         self.state = "queued"
         self.task: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.waiters: list[asyncio.Future] = []  # completion:request handlers awaiting the end
+        # Called with the outcome once it is committed: the completion:request replies owed.
+        self.waiters: list[Callable[[Any], None]] = []
         # Pushes go to the requesting connection (none for a request resumed after a restart)
         # under the request's correlation id, and to subscribers.
         self.connection = None
