@@ -1,4 +1,5 @@
-"""The writer thread's contract (storage/sqlite_writer.py), on a real database file: the writes
+"""The writers' contract, on a real database file, for the writer thread (storage/sqlite_writer.py)
+and the commit on the event loop (storage/loop_writer.py, the completion journal's): the writes
 queued in one pass of the event loop share one commit, each is answered only after it, a read op
 queued behind writes sees them, a refused or failing op fails alone, and a stop commits what was
 queued."""
@@ -10,6 +11,7 @@ import sqlite3
 import pytest
 
 from ksi_daemon.protocol import CONFLICT, KSIError
+from ksi_daemon.storage.loop_writer import LoopWriter
 from ksi_daemon.storage.plugin_database import PluginDatabase
 
 
@@ -32,15 +34,18 @@ def _refuse(conn) -> None:
     raise KSIError(CONFLICT, "no")
 
 
-def _open(path):
+def _open(path, commit_on_loop):
     return PluginDatabase.open(path, name="probe", synchronous="NORMAL",
-                               create_schema=_schema, deadline_s=5.0)
+                               create_schema=_schema, deadline_s=5.0,
+                               commit_on_loop=commit_on_loop)
 
 
-def test_one_pass_of_writes_is_one_commit_answered_after_it(tmp_path):
+@pytest.mark.parametrize("commit_on_loop", [False, True], ids=["thread", "loop"])
+def test_one_pass_of_writes_is_one_commit_answered_after_it(tmp_path, commit_on_loop):
     async def scenario():
-        database = _open(tmp_path / "p.db")
+        database = _open(tmp_path / "p.db", commit_on_loop)
         writer = database.writer
+        assert isinstance(writer, LoopWriter) == commit_on_loop
         futures = [writer.submit(_put, f"k{n}", n) for n in range(20)]
         read = writer.submit(_get, "k19")
         refused = writer.submit(_refuse)

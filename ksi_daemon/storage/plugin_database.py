@@ -17,6 +17,7 @@ from typing import Any, Callable
 import structlog
 
 from .sqlite_database import DatabaseUnusable, open_reader, open_writer
+from .loop_writer import LoopWriter
 from .sqlite_writer import SqliteWriter
 
 log = structlog.get_logger("ksi.storage")
@@ -35,7 +36,8 @@ class PluginDatabase:
              after_rollback: Callable[[], None] | None = None,
              on_commits: Callable[[list], None] | None = None,
              report_degraded: Callable[[str | None], None] | None = None,
-             max_page_count: int | None = None) -> PluginDatabase:
+             max_page_count: int | None = None,
+             commit_on_loop: bool = False) -> PluginDatabase:
         """Open `path` for the plugin `name`; call it on the event loop (in `ksi_startup`).
 
         `load(conn)` reads what the plugin keeps in memory, on the writer's connection before its
@@ -43,6 +45,8 @@ class PluginDatabase:
         answer `timeout` (SqliteWriter.enforce_deadlines). `report_degraded(reason | None)`
         hears storage failures and the recovery (PluginContext.report_degraded).
         `max_page_count` caps the file's size in pages: for tests that need a full disk.
+        `commit_on_loop` (with synchronous NORMAL only): commit on the event loop instead of a
+        writer thread (storage/loop_writer.py; the completion journal's choice).
 
         An unusable database stops start-up (SystemExit) on purpose: serving without the data,
         or over a fresh file, would answer "not found" for data the user still has.
@@ -51,9 +55,10 @@ class PluginDatabase:
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
         loaded = load(conn) if load is not None else None
-        writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s,
-                              after_rollback=after_rollback, on_commits=on_commits,
-                              report_degraded=report_degraded)
+        kind = LoopWriter if commit_on_loop and synchronous.upper() == "NORMAL" else SqliteWriter
+        writer = kind(conn, name=f"{name}-writer", deadline_s=deadline_s,
+                      after_rollback=after_rollback, on_commits=on_commits,
+                      report_degraded=report_degraded)
         loop = asyncio.get_running_loop()
         writer.start(loop)
         sweep = loop.create_task(writer.enforce_deadlines(), name=f"{name}-write-deadlines") \
