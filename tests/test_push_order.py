@@ -14,6 +14,7 @@ import pytest
 
 from conftest import LineClient, data_of
 from inprocess import InProcessDaemon
+from ksi_daemon.core.held_pushes import MAX_HELD
 from ksi_daemon.core.protocol import CONFLICT, KSIError
 
 pytestmark = pytest.mark.daemon("inprocess")
@@ -152,3 +153,21 @@ async def test_pushes_with_other_ids_and_to_other_connections_are_not_held(tmp_p
         assert [(m["type"], m["correlation_id"]) for m in
                 (await waiting.recv(), await waiting.recv())] == \
             [("reply", "slow"), ("event", "slow")]
+
+
+async def test_a_request_pushing_without_end_before_answering_is_bounded(tmp_path):
+    """Past MAX_HELD lines the held pushes go out as they come: none lost, none reordered."""
+    async with InProcessDaemon(tmp_path) as daemon, daemon.connect() as client:
+        data_of(await client.request("message:subscribe", {"topics": ["t"]}))
+        pushes = MAX_HELD + 5
+
+        def flood(reply):
+            for n in range(1, pushes):
+                daemon.router.push("flood", {"n": n}, "many", client.connection)
+            return {"done": True}
+        with replaced(daemon, "message:publish", publish_then(flood)):
+            client.send("message:publish", {"topic": "t", "content": 0}, correlation_id="many")
+            lines = [await client.recv() for _ in range(pushes + 1)]
+        assert client.connection.held == {}
+        assert [m["type"] for m in lines] == ["event"] * pushes + ["reply"]
+        assert [m["data"].get("n", 0) for m in lines[:pushes]] == list(range(pushes))
