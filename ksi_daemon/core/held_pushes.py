@@ -5,9 +5,9 @@ for the reply. So while a request of a connection is unanswered, that connection
 carrying the request's id wait in `connection.held[correlation_id]` (None until the first one),
 and go out right after the reply line, in the order they were pushed:
 
-    router       conn.held.setdefault(cid, None)  when it starts a request that could push
-    conn.push    hold_back(conn, cid, line)       for a line whose id is held
-    ReplyPath    release(conn, cid)               after the reply line, error or not
+    router       conn.held.setdefault(cid, None)   when it starts a request that could push
+    conn.push    hold_back(conn, cid, line)        for a line whose id is held
+    ReplyPath    release(conn, cid, held lines)    after the reply line, error or not
 
 Only the connection the request came from waits, and only for lines with that id; a connection
 with nothing unanswered pays one test of an empty dict per push. A request that never answers
@@ -32,14 +32,12 @@ def hold_back(conn, correlation_id: str, line: bytes) -> bool:
     else:
         log.warning("held_pushes_released_unanswered", connection=conn.id,
                     correlation_id=correlation_id, held=len(lines))
-        release(conn, correlation_id)
+        release(conn, correlation_id, conn.held.pop(correlation_id))
         return conn.push(line, correlation_id)
     return True
 
 
-def release(conn, correlation_id: str | None) -> None:
-    """Send what was held for `correlation_id` (the connection's push limits apply to it)."""
-    lines = conn.held.pop(correlation_id, None)
-    if lines:
-        for line in lines:
-            conn.push(line, correlation_id)
+def release(conn, correlation_id: str, lines: list[bytes]) -> None:
+    """Send `lines`, taken out of `conn.held` (the connection's push limits apply to them)."""
+    for line in lines:
+        conn.push(line, correlation_id)

@@ -61,8 +61,11 @@ class ReplyPath:
         if exc is not None:
             line = error_line(handler, event, cid, exc)
         conn.send(line)
-        if conn.held:  # the pushes that waited for this reply (held_pushes.py)
-            release(conn, cid)
+        held = conn.held
+        if held:  # (inline, not a call: every request of a connection with a hold pays it)
+            lines = held.pop(cid, None)
+            if lines:  # the pushes that waited for this reply (held_pushes.py)
+                release(conn, cid, lines)
         if stats is None:
             return self.unknown_stats.record(started, False)
         stats.record(started, exc is None)
