@@ -10,9 +10,9 @@ and go out right after the reply line, in the order they were pushed:
     ReplyPath    release(conn, cid, held lines)    after the reply line, error or not
 
 Only the connection the request came from waits, and only for lines with that id; a connection
-with nothing unanswered pays one test of an empty dict per push. A request that never answers
-is ended by its deadline, and one that pushes without end before answering is bounded here: past
-MAX_HELD lines its pushes are released and go out as they come.
+with nothing held pays one test of an empty dict per push and per reply. What one request holds
+is bounded: past MAX_HELD lines (a request that pushes without end before answering, or an owed
+reply never settled) they are released and its pushes go out as they come.
 """
 from __future__ import annotations
 
