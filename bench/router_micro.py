@@ -46,12 +46,13 @@ class FakeConnection:
         self.closed = False
         self.bytes_out = 0
         self.lines_out = 0
+        self.held = {}
 
     def send(self, line: bytes) -> None:
         self.bytes_out += len(line)
         self.lines_out += 1
 
-    def push(self, line: bytes) -> None:
+    def push(self, line: bytes, correlation_id=None) -> None:
         self.send(line)
 
 

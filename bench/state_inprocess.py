@@ -36,11 +36,12 @@ class QuietConnection:
         self.id, self.closed, self.pending = connection_id, False, 0
         self.peer_pid = self.peer_uid = None
         self.pushes_dropped = 0
+        self.held = {}
 
     def send(self, line: bytes) -> None:
         raise NotImplementedError
 
-    def push(self, line: bytes) -> bool:
+    def push(self, line: bytes, correlation_id=None) -> bool:
         return True
 
     def reply_owed(self) -> None:

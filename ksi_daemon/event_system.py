@@ -31,18 +31,19 @@ DEFAULT_TIMEOUT = "event_timeout"  # the daemon's `event_timeout` setting
 class HandlerSpec:
     """What @event_handler records on a function; read by the plugin manager at load time."""
     __slots__ = ("event", "model", "summary", "returns", "override", "aliases", "timeout",
-                 "internal")
+                 "internal", "streams")
 
-    def __init__(self, event, model, summary, returns, override, aliases, timeout, internal):
+    def __init__(self, event, model, summary, returns, override, aliases, timeout, internal,
+                 streams):
         self.event, self.model, self.summary = event, model, summary
         self.returns, self.override, self.aliases = returns, override, tuple(aliases)
-        self.timeout, self.internal = timeout, internal
+        self.timeout, self.internal, self.streams = timeout, internal, streams
 
 
 def event_handler(event: str, *, model: type | None = None, summary: str | None = None,
                   returns: type | None = None, override: bool = False,
                   aliases: tuple[str, ...] = (), timeout: float | None | str = DEFAULT_TIMEOUT,
-                  internal: bool = False) -> Callable[[Callable], Callable]:
+                  internal: bool = False, streams: bool = False) -> Callable[[Callable], Callable]:
     """Declare `func` the handler of `event`.
 
     model: pydantic model for `data` (default: the first parameter's annotation, if a model).
@@ -54,12 +55,15 @@ def event_handler(event: str, *, model: type | None = None, summary: str | None 
         that enforce their own deadline (default: the daemon's `event_timeout`).
     internal: only plugins may send it (`ctx.emit`); a client sending it gets `forbidden`.
         For deliveries between plugins whose data a client could forge (`agent:inbox`).
+    streams: the pushes carrying the request's correlation id are part of its answer and go
+        out as they come (completion:request's chunks). By default they wait until its reply
+        is sent, so that the reply is the first line with that id (PROTOCOL.md §1).
     """
     def mark(func: Callable) -> Callable:
         specs = getattr(func, HANDLER_ATTRIBUTE, ())
         setattr(func, HANDLER_ATTRIBUTE,
                 (*specs, HandlerSpec(event, model, summary, returns, override, aliases, timeout,
-                            internal)))
+                            internal, streams)))
         return func
     return mark
 

@@ -455,7 +455,8 @@ def _declared_handlers(obj):
 def _handler_of(event: str, func, spec, record: PluginRecord) -> Handler:
     return Handler(event, func, record, model=pydantic_ready(spec.model or _model_of(func)),
                    summary=spec.summary or _first_line(func.__doc__),
-                   returns=pydantic_ready(spec.returns), timeout=spec.timeout)
+                   returns=pydantic_ready(spec.returns), timeout=spec.timeout,
+                   streams=spec.streams)
 
 
 def _refusing_clients(handler: Handler) -> Handler:

@@ -134,10 +134,10 @@ def test_seed_function_style_plugin_answers_my_custom_event(example_daemon):
     assert reply["data"] == {"status": "processed"}
 
 
-def test_greeter_pushes_to_the_requester_once_then_replies(example_daemon):
+def test_greeter_replies_then_pushes_to_the_requester_once(example_daemon):
     with example_daemon.client() as client:
         client.send("greeter:greet", {"name": "Ada", "shout": True}, correlation_id="g-5")
-        push, reply = client.recv(), client.recv()
+        reply, push = client.recv(), client.recv()
     assert push["type"] == "event" and push["event"] == "greeter:greeted"
     assert push["correlation_id"] == "g-5"
     assert push["data"] == {"name": "Ada", "times": 1}
@@ -176,9 +176,9 @@ def test_requester_gets_its_push_once_and_no_echo_of_its_own_request(example_dae
         client.send("system:health", correlation_id="flush")
         lines = [client.recv() for _ in range(3)]
     # The health reply may overtake the greeting (async handlers answer when done), but the
-    # push caused by the greeting comes once, before its reply, and the request is not echoed.
+    # push caused by the greeting comes once, after its reply, and the request is not echoed.
     greeting = [(m["type"], m["event"]) for m in lines if m["correlation_id"] == "own"]
-    assert greeting == [("event", "greeter:greeted"), ("reply", "greeter:greet")]
+    assert greeting == [("reply", "greeter:greet"), ("event", "greeter:greeted")]
     assert [m["event"] for m in lines if m["correlation_id"] == "flush"] == ["system:health"]
 
 

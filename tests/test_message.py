@@ -123,9 +123,11 @@ def test_publisher_gets_its_own_message_only_when_subscribed(daemon):
         reply, pushes = request_keeping_pushes(publisher, "message:publish",
                                                {"topic": "t", "content": "b"})
         assert data_of(reply)["delivered"] == 1
-        assert len(pushes) == 1
-        push = pushes[0]
+        assert pushes == []  # its own delivery waits for the reply (PROTOCOL.md §1)
+        push = next_push(publisher)
         assert push["data"]["content"] == "b"
+        assert push["correlation_id"] == reply["correlation_id"]
+        assert_no_push(publisher)  # once
         # With no sender given, the sender is the publishing connection.
         assert push["data"]["sender"] == publisher.connection.id
 
@@ -304,7 +306,7 @@ def test_retained_messages_and_agent_subscriptions_survive_a_crash(daemon_factor
         assert agent_inbox_of(watcher)["content"] == "later"
 
 
-def test_pipelined_publishes_answer_in_order_after_their_own_push(daemon):
+def test_pipelined_publishes_answer_in_order_before_their_own_push(daemon):
     with daemon.client() as client:
         data_of(client.request("message:subscribe", {"topics": ["self"]}))
         client.send_raw(b"".join(
@@ -315,10 +317,10 @@ def test_pipelined_publishes_answer_in_order_after_their_own_push(daemon):
         pushes = [m["data"]["content"] for m in seen if m["type"] == "event"]
         assert replies == [f"p{i}" for i in range(20)]
         assert pushes == list(range(20))
-        # Everything on one connection arrives in the order it happened: each publish's push,
-        # then its reply, then the next publish's.
+        # Everything on one connection arrives in the order it happened, except that each
+        # publish's own delivery waits for its reply: reply, push, then the next publish's.
         assert [(m["type"], m["correlation_id"]) for m in seen] == \
-            [(kind, f"p{i}") for i in range(20) for kind in ("event", "reply")]
+            [(kind, f"p{i}") for i in range(20) for kind in ("reply", "event")]
 
 
 def test_history_respects_the_maximum_age(inprocess_factory):

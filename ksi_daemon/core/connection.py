@@ -17,6 +17,9 @@ class Connection(Protocol):
     peer_pid, peer_uid  who is at the other end, as the transport learned it (None: unknown)
     closed          True once nothing more can be written; the router skips closed connections
     pushes_dropped  how many pushes this connection refused while its client was not reading
+    held            the pushes waiting for the reply of a request of this connection, by its
+                    correlation id (`held_pushes.py`): an empty dict to start with; the core
+                    fills and empties it, `push` only tests it
 
     A transport registers a new connection with `router.connection_opened(conn)` and reports
     its end with `router.connection_closed(conn)`; the router keeps the registry.
@@ -27,14 +30,17 @@ class Connection(Protocol):
     peer_uid: int | None
     closed: bool
     pushes_dropped: int
+    held: dict[str, list[bytes] | None]
 
     def send(self, line: bytes) -> None:
         """Write a reply line (newline included). Never dropped: a transport whose client does
         not read stops reading that client's requests instead."""
 
-    def push(self, line: bytes) -> bool:
-        """Write a push line (newline included); the transport may drop it for a slow client,
-        counting it in `pushes_dropped`. True when it was written (or queued to be)."""
+    def push(self, line: bytes, correlation_id: str | None = None) -> bool:
+        """Write a push line (newline included) carrying `correlation_id`; the transport may
+        drop it for a slow client, counting it in `pushes_dropped`. True when it was written
+        (or queued to be). A line whose id is in `held` goes to `held_pushes.hold_back`
+        instead: its request's reply has not been sent yet."""
 
     def reply_owed(self) -> None:
         """A request of this connection will be answered later (a task, a future, an owed

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from .held_pushes import hold_back
 from .protocol import new_correlation_id
 
 _numbers = itertools.count(1)
@@ -37,6 +38,7 @@ class MemoryConnection:
         self.peer_uid = os.getuid() if peer_uid is None else peer_uid
         self.closed = False
         self.pushes_dropped = 0
+        self.held: dict[str, list[bytes] | None] = {}
         self.pending = 0  # replies owed to this connection
         self.lines: list[bytes] = []
         self.received: list[dict] = []
@@ -107,7 +109,9 @@ class MemoryConnection:
         else:
             self.pushes.append(message)
 
-    def push(self, line: bytes) -> bool:
+    def push(self, line: bytes, correlation_id: str | None = None) -> bool:
+        if self.held and correlation_id in self.held:
+            return hold_back(self, correlation_id, line)
         self.send(line)
         return not self.closed
 

@@ -19,6 +19,7 @@ from typing import Any
 import pydantic
 import structlog
 
+from .held_pushes import release
 from .history import truncated
 from .protocol import (HANDLER_ERROR, TIMEOUT, UNAVAILABLE, VALIDATION_ERROR, KSIError,
                        as_reply_data, encode_error, encode_reply)
@@ -60,6 +61,11 @@ class ReplyPath:
         if exc is not None:
             line = error_line(handler, event, cid, exc)
         conn.send(line)
+        held = conn.held
+        if held:  # (inline, not a call: every request of a connection with a hold pays it)
+            lines = held.pop(cid, None)
+            if lines:  # the pushes that waited for this reply (held_pushes.py)
+                release(conn, cid, lines)
         if stats is None:
             return self.unknown_stats.record(started, False)
         stats.record(started, exc is None)

@@ -12,6 +12,7 @@ request is finished by the one reply path (`reply.py`): a handler that raises an
 coded error, and the router never lets an exception escape to the transport.
 Plugins reach the router through `Context.emit()` (route an event to its handler and to
 subscribers) and `Context.push()` (send an event to the requesting connection and subscribers).
+A request's own connection gets those pushes after its reply (`held_pushes.py`).
 """
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ SHUTTING_DOWN = KSIError(UNAVAILABLE, "the daemon is shutting down")
 class Handler:
     """One entry of the dispatch index: everything about an event decided once, at start."""
     __slots__ = ("event", "func", "model", "validate", "is_async", "wants_ctx", "plugin",
-                 "summary", "returns", "timeout", "stats")
+                 "summary", "returns", "timeout", "stats", "streams", "holds")
 
     def __init__(self, event: str, func: Callable, plugin: Any, model=None, summary=None,
-                 returns=None, timeout=DEFAULT_TIMEOUT):
+                 returns=None, timeout=DEFAULT_TIMEOUT, streams=False):
         self.event, self.func, self.plugin = event, func, plugin
         self.model, self.summary, self.returns, self.timeout = model, summary, returns, timeout
         self.validate = validator_of(model)
@@ -53,6 +54,10 @@ class Handler:
         params = [p for p in inspect.signature(func).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self.wants_ctx = len(params) >= 2
+        # Only a handler given the request's context can push with its correlation id: its
+        # pushes wait for its reply (held_pushes.py), unless they are its answer as it streams.
+        self.streams = streams
+        self.holds = self.wants_ctx and not streams
         self.stats = EventStats()
 
     def disable(self, reason: str) -> None:
@@ -60,7 +65,7 @@ class Handler:
         def unavailable(data):
             raise KSIError(UNAVAILABLE, reason)
         self.func, self.model, self.is_async, self.wants_ctx = unavailable, None, False, False
-        self.validate = None
+        self.validate, self.holds = None, False
 
 
 class Router:
@@ -118,9 +123,13 @@ class Router:
             return conn.send(encode_error(event, cid, SHUTTING_DOWN))
         handler = self.client_handlers.get(event)
         if handler is None or self._slow_path:
+            if handler is None or not handler.streams:  # (middleware, fallbacks get a context)
+                conn.held.setdefault(cid, None)
             self._spawn(self._dispatch_slowly(event, data, cid, conn, started, len(line)),
                         conn)
         elif handler.is_async:
+            if handler.holds:
+                conn.held.setdefault(cid, None)
             task = asyncio.get_running_loop().create_task(
                 self._call_with_deadline(handler, event, data, cid, conn))
             self.replies.when_done(task, handler, event, data, cid, conn, started, len(line),
@@ -129,6 +138,8 @@ class Router:
             try:
                 arg = handler.validate(data) if handler.validate else data
                 if handler.wants_ctx:
+                    if handler.holds:
+                        conn.held.setdefault(cid, None)
                     result = handler.func(arg, Context(self, event, cid, conn, handler.plugin))
                 else:
                     result = handler.func(arg)
@@ -265,11 +276,11 @@ class Router:
         self.history.append((event, correlation_id, _now(), "push", data
                              if len(line) <= self.history_limit else truncated(data, len(line))))
         if connection is not None:
-            connection.push(line)
+            connection.push(line, correlation_id)
         if self.subscriptions:
             for subscriber in self._subscribers_of(event):
                 if subscriber is not connection:
-                    subscriber.push(line)
+                    subscriber.push(line, correlation_id)
 
     def stats_of(self, event: str) -> EventStats:
         """Timings of `event`; events without a handler of their own (pushes, fallback-answered
@@ -361,7 +372,7 @@ class Router:
             line = encode_push(event, data, cid)
             for conn in subscribers:
                 if conn is not origin:
-                    conn.push(line)
+                    conn.push(line, cid)
 
     # ---- in-flight work and shutdown ----------------------------------------------------------
 

@@ -171,9 +171,8 @@ class CompletionPlugin(BasePlugin):
         job, repeated = self._job_for(data, ctx)
         if repeated:
             return self._accepted_reply(job, True)
-        # A plain handler owing its reply: it is written at the journal's commit, by the code
-        # that then queues the job, so it leaves before any push of the job (a client that
-        # matches lines by correlation id must not take a push for this reply).
+        # A plain handler owing its reply: it is written at the journal's commit, which then
+        # queues the job (the core holds the job's pushes until this reply is out).
         reply = ctx.reply_later()
 
         def answer(refusal: KSIError | None) -> None:
@@ -192,7 +191,7 @@ class CompletionPlugin(BasePlugin):
         return {"request_id": job.request_id, "status": job.state,
                 "session_id": job.session_id, "deduplicated": repeated, "resumed": job.resumed}
 
-    @event_handler("completion:request", returns=CompletionResult, timeout=None)
+    @event_handler("completion:request", returns=CompletionResult, timeout=None, streams=True)
     def completion_request(self, data: CompletionRequest, ctx):
         """Ask a model and answer with its result once done (deadline: timeout_s)."""
         job, repeated = self._job_for(data, ctx)
@@ -328,9 +327,7 @@ class CompletionPlugin(BasePlugin):
             return
         if answer is not None:
             answer(None)
-        # One loop turn later, so that a reply written by a later step (an owed reply awaited
-        # by middleware or ctx.emit) still goes before the job's first push.
-        asyncio.get_running_loop().call_soon(self._queue, job)
+        self._queue(job)
 
     def _queue(self, job: Job) -> None:
         if job.cancel_requested:  # cancelled between its acceptance and now

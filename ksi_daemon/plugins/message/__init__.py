@@ -176,7 +176,7 @@ class MessagePlugin(BasePlugin):
                    "sender": sender, "content": data.content, "timestamp": time.time()}
         # Encoded once for every subscribed connection, whatever their number.
         line = encode_push(PUSH_EVENT, message, ctx.correlation_id)
-        delivered = self.connections.deliver(data.topic, line)
+        delivered = self.connections.deliver(data.topic, line, ctx.correlation_id)
         if self.agents.inboxes:
             delivered += self.agents.deliver(seq, message)
         if self.settings.retention_per_topic:

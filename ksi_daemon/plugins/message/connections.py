@@ -51,8 +51,9 @@ class ConnectionSubscriptions:
         self._match_cache.clear()
         return left
 
-    def deliver(self, topic: str, line: bytes) -> int:
-        """Push `line` to every subscriber of `topic`; return how many took it (not dropped)."""
+    def deliver(self, topic: str, line: bytes, correlation_id: str | None) -> int:
+        """Push `line` (carrying `correlation_id`) to every subscriber of `topic`; return how
+        many took it (not dropped, or held until the publish's reply)."""
         subscribers = self._match_cache.get(topic)
         if subscribers is None:
             subscribers = self._subscribers_of(topic)
@@ -61,7 +62,7 @@ class ConnectionSubscriptions:
         for conn in subscribers:
             if conn.closed:
                 closed = (closed or []) + [conn]
-            elif conn.push(line):  # False: dropped by the transport's slow-consumer policy
+            elif conn.push(line, correlation_id):  # False: dropped by the transport's slow-consumer policy
                 delivered += 1
         if closed:
             for conn in closed:

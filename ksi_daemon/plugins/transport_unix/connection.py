@@ -12,6 +12,7 @@ import struct
 
 import structlog
 
+from ...core.held_pushes import hold_back
 from ...core.protocol import (FORBIDDEN, PAYLOAD_TOO_LARGE, RATE_LIMITED, KSIError,
                               encode_error, encode_push)
 
@@ -46,6 +47,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.pushes_dropped = 0
+        self.held: dict[str, list[bytes] | None] = {}
         self.pending = 0  # requests whose reply has not been written yet
         self.bytes_read = 0  # handed to the line splitter; logged when shutdown closes it
         self._eof = False
@@ -146,10 +148,12 @@ class Connection(asyncio.Protocol):
         elif not self.closed:
             self.transport.write(line)
 
-    def push(self, line: bytes) -> bool:
+    def push(self, line: bytes, correlation_id: str | None = None) -> bool:
         """A push: dropped while this connection's output is over its limit (slow consumer)."""
         if self.closed:
             return False
+        if self.held and correlation_id in self.held:  # its request is not answered yet
+            return hold_back(self, correlation_id, line)
         if self.transport.get_write_buffer_size() + len(line) > self.output_limit:
             self.pushes_dropped += 1
             if self._grace_timer is None:
