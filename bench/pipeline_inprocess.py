@@ -10,7 +10,8 @@ within a second of each other. With --profile, the daemon's functions by own tim
 inflates small calls: read it for the order, not the figures). With --instructions, each side's
 instructions per request instead, counted by valgrind (cachegrind): each side runs alone twice,
 for 50 and for 250 chunks, and the difference is divided by the 20,000 requests between, so
-start-up cancels out; the machine's load does not move this figure (about a minute per side).
+start-up cancels out; the machine's load does not move this figure (about a minute per side),
+and with PYTHONHASHSEED fixed neither does the next run's choice of string hashes.
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def instructions_per_request(side: str, small: int = 50, large: int = 250) -> fl
         stderr = subprocess.run(
             ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
              sys.executable, __file__, "--side", side, "--chunks", str(chunks)],
-            capture_output=True, text=True, check=True, timeout=600).stderr
+            capture_output=True, text=True, check=True, timeout=600,
+            env={**os.environ, "PYTHONHASHSEED": "0"}).stderr  # (string hashes move dict probes)
         return int(re.search(r"I\s+refs:\s+([\d,]+)", stderr).group(1).replace(",", ""))
     return (count(large) - count(small)) / ((large - small) * 100)
 
