@@ -269,14 +269,21 @@ def measure_load(workdir: Path, args, placement: Placement, config_text: bytes) 
                     print(f"  round {round_number}/{args.rounds}  {name:8} {server:6} "
                           f"{result['rps']:>10,.0f} req/s  p50 {result['p50_us']:>7.1f} µs  "
                           f"p99 {result['p99_us']:>7.1f} µs  server CPU "
-                          f"{result['server_cpu_pct']:>5.1f} %  load generator CPU "
-                          f"{result['client_cpu_pct']:>5.1f} %  others "
+                          f"{result['server_cpu_pct']:>5.1f} %{faults_of(result)}  "
+                          f"load generator CPU {result['client_cpu_pct']:>5.1f} %  others "
                           f"{result['others_cpu_pct']:>5.1f} %", flush=True)
         return results
     finally:
         stop(daemon)
         if raw is not None:
             stop(raw)
+
+
+def faults_of(result: dict) -> str:
+    """The server's minor page faults per request (C load generator only): well above zero, its
+    allocator hands memory back to the kernel and faults it in again every chunk (README)."""
+    faults = result.get("server_faults_per_request")
+    return "" if faults is None else f"  faults/req {faults:5.2f}"
 
 
 def server_output(server: str, workdir: Path) -> str:
@@ -306,14 +313,17 @@ def report(micro: dict, startup: list[float], load: dict, args, pinning: str) ->
           "medians of rounds")
     print()
     print(f"{'scenario':10} {'server':8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} "
-          f"{'server CPU':>11} {'server CPU/req':>15} {'loadgen CPU':>12} {'others CPU':>11}")
+          f"{'server CPU':>11} {'server CPU/req':>15} {'faults/req':>11} {'loadgen CPU':>12} "
+          f"{'others CPU':>11}")
     for name, *_ in scenarios(args):
         for server in ("raw", "daemon"):
             rounds = load[name][server]
+            faults = f"{median_of(rounds, 'server_faults_per_request'):>11.2f}" \
+                if args.loadgen == "c" else f"{'n/a':>11}"
             print(f"{name:10} {server:8} {median_of(rounds, 'rps'):>10,.0f} "
                   f"{median_of(rounds, 'p50_us'):>9.1f} {median_of(rounds, 'p99_us'):>9.1f} "
                   f"{median_of(rounds, 'server_cpu_pct'):>9.1f} % "
-                  f"{median_of(rounds, 'server_cpu_us_per_request'):>12.2f} µs "
+                  f"{median_of(rounds, 'server_cpu_us_per_request'):>12.2f} µs {faults} "
                   f"{median_of(rounds, 'client_cpu_pct'):>10.1f} % "
                   f"{median_of(rounds, 'others_cpu_pct'):>9.1f} %")
         # The verdict uses the ratio within each round (raw and daemon measured back to back, so

@@ -14,7 +14,9 @@
    which a closed loop hides (a slower server there gets bigger batches, each request fewer
    system calls, so both servers drift towards the same rate). Latency is send-to-reply per
    request, matched by correlation id ("<connection>-<number>"). Only replies arriving inside
-   the measuring window count. Prints one JSON object with the keys loadgen.py prints.
+   the measuring window count. Prints one JSON object with the keys loadgen.py prints, and
+   with --server-pid also the server's minor page faults per request: memory the server's
+   allocator handed back to the kernel and touched again (bench/README.md).
 */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -64,20 +66,27 @@ static double process_cpu_s(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static double cpu_seconds_of(long pid) { /* utime + stime from /proc/PID/stat */
+/* A process's CPU seconds (utime + stime) and minor page faults, from /proc/PID/stat. */
+typedef struct { double cpu_s; unsigned long minor_faults; } Usage;
+
+static Usage usage_of(long pid) {
+    Usage u = {0.0, 0};
     char path[64], buf[4096];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
-    if (!f) return 0.0;
+    if (!f) return u;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = 0;
     char *p = strrchr(buf, ')');
-    if (!p) return 0.0;
-    unsigned long utime = 0, stime = 0;
-    /* fields after ")": state(3) ... utime is field 14, stime 15 */
-    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime);
-    return (utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    if (!p) return u;
+    unsigned long minflt = 0, utime = 0, stime = 0;
+    /* fields after ")": state(3) ... minflt is field 10, utime 14, stime 15 */
+    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", &minflt, &utime,
+           &stime);
+    u.cpu_s = (utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    u.minor_faults = minflt;
+    return u;
 }
 
 static double machine_busy_s(void) { /* all CPUs' non-idle time, from /proc/stat */
@@ -283,7 +292,7 @@ int main(int argc, char **argv) {
     int alive = connections;
     run_until(epfd, now_ns() + (uint64_t)(warmup * 1e9), &alive);
 
-    double server_cpu = server_pid ? cpu_seconds_of(server_pid) : 0.0;
+    Usage server = server_pid ? usage_of(server_pid) : (Usage){0.0, 0};
     double client_cpu = process_cpu_s(), busy = machine_busy_s();
     measuring = 1;
     uint64_t started = now_ns();
@@ -292,7 +301,9 @@ int main(int argc, char **argv) {
     double elapsed = (now_ns() - started) / 1e9;
     client_cpu = process_cpu_s() - client_cpu;
     busy = machine_busy_s() - busy;
-    if (server_pid) server_cpu = cpu_seconds_of(server_pid) - server_cpu;
+    Usage server_end = server_pid ? usage_of(server_pid) : server;
+    double server_cpu = server_end.cpu_s - server.cpu_s;
+    unsigned long server_faults = server_end.minor_faults - server.minor_faults;
     double others = busy - client_cpu - server_cpu;
     for (int i = 0; i < connections; i++)
         if (conns[i].fd >= 0) close(conns[i].fd);
@@ -310,9 +321,12 @@ int main(int argc, char **argv) {
            latencies[latencies_len - 1] / 1000.0, errors, unmatched,
            100 * client_cpu / elapsed, others > 0 ? 100 * others / elapsed : 0.0);
     if (server_pid)
-        printf("\"server_cpu_pct\":%.1f,\"server_cpu_us_per_request\":%.2f}\n",
-               100 * server_cpu / elapsed, server_cpu * 1e6 / latencies_len);
+        printf("\"server_cpu_pct\":%.1f,\"server_cpu_us_per_request\":%.2f,"
+               "\"server_faults_per_request\":%.3f}\n",
+               100 * server_cpu / elapsed, server_cpu * 1e6 / latencies_len,
+               server_faults / (double)latencies_len);
     else
-        printf("\"server_cpu_pct\":null,\"server_cpu_us_per_request\":null}\n");
+        printf("\"server_cpu_pct\":null,\"server_cpu_us_per_request\":null,"
+               "\"server_faults_per_request\":null}\n");
     return 0;
 }
