@@ -391,12 +391,14 @@ class PluginManager:
         self._counts = None
 
     def counts(self) -> dict:
-        # system:health asks on every call; states change rarely, so count only after a change.
+        """Plugins by state. The same dict until a state changes: read it, never change it.
+        (system:health asks on every call and states change rarely: no count, and no copy,
+        per call.)"""
         if self._counts is None:
             self._counts = {"active": sum(r.state == "active" for r in self.order),
                             "failed": sum(r.state == "failed" for r in self.order),
                             "degraded": len(self.degraded)}
-        return dict(self._counts)
+        return self._counts
 
 
 def _import_target(target: str):

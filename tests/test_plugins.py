@@ -163,10 +163,12 @@ def test_handler_with_a_typeddict_gets_the_validated_dict(features):
 def test_async_handler_emits_to_another_plugin_and_pushes_to_requester(features):
     with features.client() as client:
         client.send("greet:async", {"name": "Bo", "times": 3}, correlation_id="req-7")
+        # The push was made before the reply, and follows it on the wire (PROTOCOL.md §1)
+        reply = client.recv()
+        assert reply["type"] == "reply" and reply["correlation_id"] == "req-7"
         push = client.recv()
         assert push["type"] == "event" and push["event"] == "greet:progress"
         assert push["correlation_id"] == "req-7"
-        reply = client.recv()
     assert reply["data"]["count"] == 3
     assert reply["data"]["correlation_id"] == "req-7"
     assert Path(reply["data"]["data_dir"]).is_dir()
