@@ -412,6 +412,7 @@ def test_requests_sent_before_litellm_is_loaded_wait_for_it(daemon_factory):
         assert client.request("completion:status")["data"]["litellm_ready"] is True
 
 
+@pytest.mark.daemon("inprocess")
 def test_turns_are_stored_in_the_conversation_store_or_kept_in_memory_without_it(
         daemon_factory):
     with_store = daemon_factory(subdir="store")
