@@ -105,6 +105,9 @@ class LineClient(LineSpeaker):
         self.sock.connect(str(socket_path))
         self._buffer = b""
 
+    def settimeout(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+
     def send_raw(self, payload: bytes) -> None:
         self.sock.sendall(payload)
 
