@@ -27,6 +27,11 @@ WAIT_S = 30  # bound for a chat to answer; reached only when broken
 CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROMPT = "you> "
 
+# Each chat is a process over the daemon's real socket; the daemon runs in this process
+# (tests/inprocess.py), so litellm is imported once, not by each test's daemon. A daemon that
+# is killed needs a process.
+pytestmark = pytest.mark.daemon("inprocess")
+
 
 def chat_env(daemon) -> dict:
     env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(daemon.socket_path)}
@@ -278,6 +283,7 @@ def test_readable_errors_without_tracebacks(daemon, tmp_path):
     assert usage.returncode == 2 and "not allowed with" in usage.stderr
 
 
+@pytest.mark.daemon("process")
 def test_a_daemon_that_goes_away_mid_chat_is_reported(daemon, terminals):
     chat = terminals(daemon)
     chat.read_until(PROMPT)
