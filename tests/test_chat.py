@@ -23,7 +23,9 @@ from conftest import ROOT, TEST_ENV
 from fake_openai_server import FakeOpenAIServer
 
 CHAT = ROOT / "interfaces" / "chat.py"
-WAIT_S = 30  # bound for a chat to answer; reached only when broken
+# Bound for a chat to answer, reached only when broken: the first answer in a test process
+# waits for litellm's import (seconds; tens of seconds on a loaded machine).
+WAIT_S = 60
 CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROMPT = "you> "
 
