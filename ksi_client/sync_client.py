@@ -192,20 +192,44 @@ class SyncClient(SyncEventClient):
         return result
 
     def _iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
+        steps = _Steps(items)
         finished = False
         try:
             while True:
-                item = self._run(_next_or_end(items))
+                item = self._run(steps.next())
                 if item is _END:
                     finished = True
                     return
                 yield item
         finally:
             if not finished and not self._closed:
-                try:
-                    self._run(items.aclose())  # runs the async generator's own clean-up
-                except RuntimeError:
-                    pass  # still unwinding from a cancelled step: it cleans up by itself
+                # Not items.aclose() straight away: a Ctrl-C can land after a step was handed
+                # to the loop and before its future could be cancelled (or as the step ends
+                # with an item), so the step may still run and then leave the generator
+                # suspended, never closed, and the stream it serves (a completion) going on.
+                self._run(steps.close())
+
+
+class _Steps:
+    """Steps of one async generator taken on the client's loop, and its close once no step
+    is running any more."""
+
+    def __init__(self, items: AsyncIterator[T]):
+        self.items = items
+        self.running: asyncio.Task | None = None
+
+    async def next(self):
+        self.running = asyncio.current_task()
+        return await _next_or_end(self.items)
+
+    async def close(self) -> None:
+        # Steps and this close run on the one loop in the order they were handed to it, so a
+        # step handed over before the close has started: it is `running`.
+        step = self.running
+        if step is not None and not step.done():
+            step.cancel()  # its clean-up (cancelling the completion) runs inside the generator
+            await asyncio.wait([step])
+        await self.items.aclose()  # a generator that ended already: nothing to do
 
 
 def _blocking(helper: Callable) -> Callable:

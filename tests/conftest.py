@@ -37,6 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_CONFIG = {"plugins": {"completion": {"warm_up": False}}}
 
 
+def home_with_test_config(home: Path) -> Path:
+    """`home` holding ~/.ksi/daemon.json with TEST_CONFIG: the config file a daemon reads when
+    started with no --config (through daemon_control.py, as a user does), so those daemons
+    skip litellm's warm-up too. What a user gets is unchanged: their HOME has no such file."""
+    (home / ".ksi").mkdir(parents=True, exist_ok=True)
+    (home / ".ksi" / "daemon.json").write_bytes(orjson.dumps(TEST_CONFIG))
+    return home
+
+
 def merge_config(base: dict, override: dict) -> dict:
     """`override` over `base`, dicts merged key by key (as a config section is)."""
     merged = dict(base)
@@ -95,6 +104,9 @@ class LineClient(LineSpeaker):
         self.sock.settimeout(timeout)
         self.sock.connect(str(socket_path))
         self._buffer = b""
+
+    def settimeout(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
 
     def send_raw(self, payload: bytes) -> None:
         self.sock.sendall(payload)

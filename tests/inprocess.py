@@ -293,6 +293,11 @@ class ThreadedDaemon:
     def client(self, timeout: float = 10.0) -> MemoryLineClient:
         return MemoryLineClient(self, timeout)
 
+    def read_output(self) -> str:
+        """What `DaemonProcess.read_output` gives: the daemon's log, here its log file (JSON
+        lines). Logging is the process's: a daemon started later takes it over."""
+        return self.inner.read_log()
+
     def socket_client(self, timeout: float = 10.0) -> LineClient:
         return LineClient(self.socket_path, timeout)
 

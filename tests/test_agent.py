@@ -1,13 +1,16 @@
-"""Agents through the real daemon and its socket: conversations, crashes, restarts, leaks.
+"""Agents through the real daemon: conversations, crashes, restarts, leaks.
 
 Models are the built-in offline model or tests/fake_openai_server.py (loopback), whose `echo`
 replies are a pure function of the messages it was sent, so a test can tell from the server's
 request log exactly what each agent's model was given and what it answered.
 
-Tests share one daemon (`shared`) and one fake server, since every daemon start costs seconds
-(litellm loads before the first completion): each test uses agent ids and model names no other
-test uses, its agents are terminated after it, so it starts from a daemon with no agents; a
-test of what survives a restart restarts that daemon (SIGTERM or kill -9) and goes on with it.
+Tests share one daemon and one fake server, since every daemon start costs seconds: each test
+uses agent ids and model names no other test uses, its agents are terminated after it, so it
+starts from a daemon with no agents; a test of what survives a restart restarts that daemon and
+goes on with it. The agents' logic runs on a daemon in this process (`shared`, tests/inprocess.py:
+litellm is imported once, and a graceful restart costs no process start); what only a process
+shows (its exit code on SIGTERM, kill -9, what it prints) runs on a daemon process
+(`shared_process`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DaemonProcess, data_of, error_of
+from inprocess import ThreadedDaemon
 from fake_openai_server import FakeOpenAIServer, echo_text
 
 TOPIC = "Is P equal to NP?"
@@ -33,31 +37,55 @@ def shared_openai():
         yield server
 
 
+def shared_config(api_base: str) -> dict:
+    return {**config_for(api_base, max_restarts=2), "daemon": {"shutdown_timeout": 3}}
+
+
 @pytest.fixture(scope="module")
 def shared_daemon(shared_openai):
     workdir = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
-    config = {**config_for(shared_openai.api_base, max_restarts=2),
-              "daemon": {"shutdown_timeout": 3}}
-    daemon = DaemonProcess(workdir, config).start()
+    daemon = ThreadedDaemon(workdir, shared_config(shared_openai.api_base)).start()
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_process_daemon(shared_openai):
+    workdir = Path(tempfile.mkdtemp(prefix="ksi-", dir="/tmp"))
+    daemon = DaemonProcess(workdir, shared_config(shared_openai.api_base)).start()
     yield daemon
     exit_code = daemon.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     assert exit_code == 0
 
 
-@pytest.fixture
-def shared(shared_daemon):
-    """The shared daemon, left with no agents by the test."""
-    if shared_daemon.proc.poll() is not None:  # an earlier test stopped it and failed
-        shared_daemon.start()
-    yield shared_daemon
-    with shared_daemon.client(timeout=60) as client:
+def terminate_all_agents(daemon) -> None:
+    with daemon.client(timeout=60) as client:
         for agent in data_of(client.request("agent:list"))["agents"]:
             data_of(client.request("agent:terminate", {"agent_id": agent["agent_id"]}))
 
 
-def restart(daemon: DaemonProcess, kill: bool = False) -> None:
-    """Stop the daemon (SIGTERM, which must exit 0, or kill -9) and start it again."""
+@pytest.fixture
+def shared(shared_daemon):
+    """The shared in-process daemon, left with no agents by the test."""
+    if shared_daemon.loop is None or shared_daemon.loop.is_closed():  # stopped by a failure
+        shared_daemon.start()
+    yield shared_daemon
+    terminate_all_agents(shared_daemon)
+
+
+@pytest.fixture
+def shared_process(shared_process_daemon):
+    """The shared daemon process, left with no agents by the test."""
+    if shared_process_daemon.proc.poll() is not None:  # an earlier test stopped it and failed
+        shared_process_daemon.start()
+    yield shared_process_daemon
+    terminate_all_agents(shared_process_daemon)
+
+
+def restart(daemon, kill: bool = False) -> None:
+    """Stop the daemon (SIGTERM, which must exit 0, or kill -9: a process) and start it again."""
     if kill:
         daemon.proc.kill()
         daemon.proc.wait()
@@ -83,7 +111,7 @@ def next_event(client, event: str, timeout: float = 30.0, **expected) -> dict:
     while True:
         left = deadline - time.monotonic()
         assert left > 0, f"no {event} {expected} within {timeout} s"
-        client.sock.settimeout(left)
+        client.settimeout(left)
         message = client.recv()
         if message["type"] == "event" and message["event"] == event and \
                 all(message["data"].get(k) == v for k, v in expected.items()):
@@ -326,8 +354,9 @@ def interrupted_debate(daemon, kill: bool, models: tuple[str, str],
 
 
 def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
-        shared, shared_openai):
-    stored = interrupted_debate(shared, False, ("pause-pro", "pause-con"), answers_stored=3)
+        shared_process, shared_openai):
+    stored = interrupted_debate(shared_process, False, ("pause-pro", "pause-con"),
+                                answers_stored=3)
     calls = sorted(shared_openai.calls_to("pause-pro") + shared_openai.calls_to("pause-con"),
                    key=lambda c: c["time"])
     assert len(calls) == 6  # the call under way at SIGTERM finished; nothing ran twice
@@ -338,9 +367,9 @@ def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
 
 
 def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_on(
-        shared, shared_openai):
+        shared_process, shared_openai):
     models = ("pause-pro-k", "pause-con-k")
-    stored = interrupted_debate(shared, True, models, answers_stored=3)
+    stored = interrupted_debate(shared_process, True, models, answers_stored=3)
     calls = sorted(shared_openai.calls_to(models[0]) + shared_openai.calls_to(models[1]),
                    key=lambda c: c["time"])
     # The call cut off by the kill is asked again after the restart, once; all others once.
@@ -359,17 +388,18 @@ def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_o
 
 
 def test_sigterm_with_a_turn_that_never_ends_exits_and_waiting_callers_are_told(
-        shared, shared_openai):
-    with shared.client(timeout=30) as first, shared.client(timeout=30) as second:
+        shared_process, shared_openai):
+    with shared_process.client(timeout=30) as first, \
+            shared_process.client(timeout=30) as second:
         data_of(first.request("agent:spawn", {"agent_id": "stuck", "model": "hang-a"}))
         for client, text in ((first, "one"), (second, "two")):
             client.send("agent:send", {"agent_id": "stuck", "content": text, "wait": True})
         wait_until(lambda: shared_openai.count("hang-a") == 1)  # "one" is at the model
-        assert shared.stop(signal.SIGTERM) == 0  # within shutdown_timeout, 3 s
+        assert shared_process.stop(signal.SIGTERM) == 0  # within shutdown_timeout, 3 s
         for client in (first, second):
             assert error_of(client.recv_reply())["code"] == "unavailable"
-    shared.start()
-    with shared.client() as client:
+    shared_process.start()
+    with shared_process.client() as client:
         kept = info(client, "stuck")
         assert (kept["status"], kept["pending"], kept["restarts"]) == ("running", 2, 0)
 
@@ -417,9 +447,9 @@ def test_terminate_or_restart_during_a_turn_leaves_exactly_the_right_tasks(share
 
 
 def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_dropped(
-        shared, shared_openai):
-    with watch(shared, ("agent:status", "completion:cancelled")) as watcher, \
-            shared.client(timeout=30) as client:
+        shared_process, shared_openai):
+    with watch(shared_process, ("agent:status", "completion:cancelled")) as watcher, \
+            shared_process.client(timeout=30) as client:
         idle = data_of(client.request("agent:list"))
         data_of(client.request("agent:spawn", {"agent_id": "midway", "model": "hang-b",
                                                "task": "take your time"}))
@@ -447,22 +477,22 @@ def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_drop
                     for e in watcher.recv_reply()["data"]["events"]
                     if e["data"]["agent_id"] == "midway"]
         assert statuses == [("running", "restarted by request")]
-    log = shared.read_output()
+    log = shared_process.read_output()
     assert "agent_store_open" in log  # the daemon's log, where a crash would be told
     assert [line for line in log.splitlines()
             if "agent_crashed" in line and "agent_id=midway" in line] == []
 
 
 def test_a_256_character_agent_id_has_bounded_ids_that_a_kill_9_does_not_change(
-        shared, shared_openai):
+        shared_process, shared_openai):
     long_id = "a" * 256
-    with shared.client(timeout=30) as client:
+    with shared_process.client(timeout=30) as client:
         spawned = data_of(client.request("agent:spawn", {"agent_id": long_id, "task": "hello",
                                                          "model": "pause-long"}))
         assert len(spawned["session_id"]) <= 128 and spawned["session_id"].startswith("a" * 64)
         wait_until(lambda: shared_openai.count("pause-long") == 1)  # the call is at the model
-    restart(shared, kill=True)
-    with shared.client(timeout=30) as client:
+    restart(shared_process, kill=True)
+    with shared_process.client(timeout=30) as client:
         answered = wait_until(lambda: info(client, long_id)["recent"])[0]
         request_id = answered["request_id"]
         assert len(request_id) <= 128 and request_id.startswith("a" * 64)

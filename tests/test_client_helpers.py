@@ -440,6 +440,37 @@ def test_leaving_a_sync_stream_early_cancels_the_completion(model_daemon, fake_o
         assert client.health()["status"] == "healthy"
 
 
+def test_a_ctrl_c_just_as_a_step_is_handed_over_still_cancels_the_completion(
+        model_daemon, fake_openai, monkeypatch):
+    # Python raises KeyboardInterrupt wherever the main thread is when it next runs: here, just
+    # after the stream's next step was handed to the client's loop, before anything waits for
+    # it. (interfaces/chat.py lost its cancel so, now and then, under load.)
+    import ksi_client.sync_client as sync_client
+    hand_over = sync_client.asyncio.run_coroutine_threadsafe
+
+    def handed_over_then_interrupted(coroutine, loop):
+        monkeypatch.undo()
+        hand_over(coroutine, loop)
+        raise KeyboardInterrupt
+
+    with SyncClient(model_daemon.socket_path, timeout=60) as client:
+        stream = client.stream_completion("count slowly", model="slow")
+        assert next(stream).startswith("word0")
+        monkeypatch.setattr(sync_client.asyncio, "run_coroutine_threadsafe",
+                            handed_over_then_interrupted)
+        # Held to the end, as a program handling the interrupt may hold it: the cancel must
+        # not wait for the garbage collector to free the stream.
+        with pytest.raises(KeyboardInterrupt) as interrupt:
+            next(stream)
+        deadline = time.monotonic() + WAIT_S
+        while fake_openai.disconnects < 1:
+            assert time.monotonic() < deadline, "the upstream stream was never dropped"
+            time.sleep(0.02)
+        assert client.emit("completion:status")["processing"] == 0
+        assert client.last_response is None
+        assert interrupt.type is KeyboardInterrupt
+
+
 # ---- the seed's client examples, as written -------------------------------------------------
 
 async def run_as_written(code: str) -> dict:

@@ -412,6 +412,7 @@ def test_requests_sent_before_litellm_is_loaded_wait_for_it(daemon_factory):
         assert client.request("completion:status")["data"]["litellm_ready"] is True
 
 
+@pytest.mark.daemon("inprocess")
 def test_turns_are_stored_in_the_conversation_store_or_kept_in_memory_without_it(
         daemon_factory):
     with_store = daemon_factory(subdir="store")
@@ -608,7 +609,8 @@ def test_claude_cli_runs_the_real_tool_and_resumes_its_session(claude_daemon):
     assert "Conversation so far" not in orjson.dumps(resumed[-1]["messages"]).decode()
 
 
-def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, workdir):
+def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, inprocess_factory,
+                                                          workdir):
     binary = claude_binary()
     env = {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "sk-ant-fake",
            "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
@@ -622,7 +624,8 @@ def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, workdi
         reply = client.request("completion:request", {"prompt": "anyone?",
                                                       "model": "claude-cli/sonnet",
                                                       "timeout_s": 60})
-        missing = daemon_factory(
+        # A missing tool needs no environment of its own: an in-process daemon.
+        missing = inprocess_factory(
             config={"plugins": {"completion": {"claude_cli": {
                 "binary": str(workdir / "no-claude-here")}}}}, subdir="second")
     assert "error" in reply, reply

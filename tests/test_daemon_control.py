@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import TEST_ENV, LineClient
+from conftest import TEST_ENV, LineClient, home_with_test_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL = ROOT / "daemon_control.py"
@@ -66,7 +66,7 @@ class Control:
         self.var_dir = workdir / "var"
         self.socket_path = self.var_dir / "run" / "daemon.sock"
         self.lock_path = Path(str(self.socket_path) + ".lock")
-        self.env = {**os.environ, **TEST_ENV, "HOME": str(workdir),
+        self.env = {**os.environ, **TEST_ENV, "HOME": str(home_with_test_config(workdir)),
                     "KSI_VAR_DIR": str(self.var_dir)}
         for name in ("KSI_SOCKET_PATH", "KSI_CONFIG", "VIRTUAL_ENV"):
             self.env.pop(name, None)

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import data_of, error_of
+
+# Router and plugin logic: a daemon in this process (tests/inprocess.py).
+pytestmark = pytest.mark.daemon("inprocess")
 
 
 def messages_handled(client, agent_id: str) -> int:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import data_of
+
+# Router and plugin logic: a daemon in this process (tests/inprocess.py).
+pytestmark = pytest.mark.daemon("inprocess")
 
 PLUGINS = Path(__file__).parent / "plugins"
 

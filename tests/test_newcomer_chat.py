@@ -1,7 +1,13 @@
 """chat.py checks what a newcomer picks when it is picked: a model, a session."""
 from __future__ import annotations
 
+import pytest
+
 from test_chat import run_chat
+
+# The chat is a process over the daemon's real socket; the daemon runs in this process
+# (tests/inprocess.py), so litellm is imported once, not by each test's daemon.
+pytestmark = pytest.mark.daemon("inprocess")
 
 
 def test_an_unknown_model_on_the_command_line_is_a_usage_error_naming_the_aliases(daemon):

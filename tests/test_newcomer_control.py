@@ -40,7 +40,8 @@ def plugin_states(control: Control) -> dict[str, str]:
 
 def test_restart_starts_again_with_the_config_file_start_was_given(control):
     config = control.workdir / "quiet.json"
-    config.write_text('{"plugins": {"orchestration": {"enabled": false}}}')
+    config.write_text('{"plugins": {"orchestration": {"enabled": false}, '
+                      '"completion": {"warm_up": false}}}')
     assert control.run("start", "--config", str(config)).returncode == 0
     assert plugin_states(control)["orchestration"] == "disabled"
     restarted = control.run("restart")
@@ -51,7 +52,8 @@ def test_restart_starts_again_with_the_config_file_start_was_given(control):
 
 def test_restart_leaves_the_daemon_running_when_its_config_file_broke(control):
     config = control.workdir / "quiet.json"
-    config.write_text('{"plugins": {"orchestration": {"enabled": false}}}')
+    config.write_text('{"plugins": {"orchestration": {"enabled": false}, '
+                      '"completion": {"warm_up": false}}}')
     assert control.run("start", "--config", str(config)).returncode == 0
     pid = control.request("system:health")["data"]["pid"]
     config.write_text("{not json")

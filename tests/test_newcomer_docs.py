@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, TEST_ENV
 
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -17,6 +19,8 @@ def readme_python_blocks() -> list[str]:
     return PYTHON_BLOCK.findall((ROOT / "README.md").read_text(encoding="utf-8"))
 
 
+# Each block runs as its own script over the real socket; the daemon runs in this process.
+@pytest.mark.daemon("inprocess")
 def test_every_python_block_of_the_readme_runs_as_a_script_against_a_daemon(daemon, tmp_path):
     blocks = readme_python_blocks()
     assert len(blocks) >= 3

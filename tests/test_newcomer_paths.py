@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import TEST_ENV
+from conftest import TEST_ENV, home_with_test_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE_PARTS = ("ksi_daemon", "ksi_client", "interfaces", "daemon_control.py", "pyproject.toml")
@@ -46,7 +46,7 @@ def tree():
     # Short path under /tmp: a Unix socket path may not exceed 107 bytes.
     base = Path(tempfile.mkdtemp(prefix="ksn-", dir="/tmp"))
     copy = copy_of_the_tree(base / "ksi")
-    (base / "home").mkdir()
+    home_with_test_config(base / "home")
     (base / "elsewhere").mkdir()
     yield copy
     for pid in processes_of(copy):  # wherever they put their var/, even when a test failed

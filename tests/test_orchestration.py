@@ -1,8 +1,7 @@
 """The orchestration plugin with the real agent and completion plugins.
 
-The tests on the offline model run on the in-process daemon (tests/inprocess.py); those on the
-fake OpenAI server start a daemon process (litellm's HTTP clients outlive an in-process
-daemon's event loop).
+The tests run on the in-process daemon (tests/inprocess.py), except the one of a daemon that
+shuts down (it exits) on a daemon process.
 
 Models: the built-in offline model (deterministic; it quotes key words of what it was told) and
 tests/fake_openai_server.py (`echo` repeats the conversation, `pause` answers after one second,
@@ -119,6 +118,7 @@ def test_a_debate_on_the_offline_model_runs_to_its_end_by_itself(daemon):
         assert not run_agents & live_agent_ids(starter)
 
 
+@pytest.mark.daemon("inprocess")
 def test_a_debate_on_a_remote_model_answers_the_previous_turn_word_for_word(
         daemon_factory, fake_openai):
     daemon = daemon_factory(config=with_fake_models(fake_openai.api_base))
@@ -195,6 +195,7 @@ def test_modes_lists_every_mode_with_roles_from_the_built_in_profiles(daemon):
     assert "against" in debate["roles"][1]["instruction"]
 
 
+@pytest.mark.daemon("inprocess")
 def test_terminate_stops_a_run_mid_way_and_its_agents(daemon_factory, fake_openai):
     config = with_fake_models(fake_openai.api_base)
     config["plugins"]["orchestration"] = {"max_running": 1}
@@ -237,6 +238,7 @@ def test_terminate_stops_a_run_mid_way_and_its_agents(daemon_factory, fake_opena
         assert start(other, mode="debate", topic="One more?", rounds=1)["status"] == "running"
 
 
+@pytest.mark.daemon("inprocess")
 def test_an_agent_that_fails_ends_the_run_as_failed_with_the_reason(daemon_factory,
                                                                     fake_openai):
     daemon = daemon_factory(config=with_fake_models(fake_openai.api_base))
