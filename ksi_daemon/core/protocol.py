@@ -165,9 +165,11 @@ def as_reply_data(result: Any) -> Any:
     return {"result": result}
 
 
-def encode_reply(event: str | None, correlation_id: str, data: Any) -> bytes:
+def encode_reply(event: str | None, correlation_id: str, data: Any, timestamp: float) -> bytes:
+    """`timestamp`: the reply path's own clock reading, shared with the request's history entry
+    (one reading per request instead of two)."""
     return _dumps({"type": "reply", "event": event, "correlation_id": correlation_id,
-                   "data": data, "timestamp": _now()},
+                   "data": data, "timestamp": timestamp},
                   option=_APPEND_NEWLINE, default=_jsonable)
 
 

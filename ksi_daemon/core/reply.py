@@ -52,10 +52,11 @@ class ReplyPath:
         `stats` None is a name nobody answered: counted in the one `(unknown)` bucket and
         kept out of history, so client-chosen names grow neither.
         """
+        now = _now()
         if exc is None:
             try:
                 line = encode_reply(event, cid, result if result.__class__ is dict
-                                    else as_reply_data(result))
+                                    else as_reply_data(result), now)
             except Exception as failure:  # noqa: BLE001 - the client still gets its one reply
                 exc = reply_not_encodable(event, cid, failure)
         if exc is not None:
@@ -69,7 +70,7 @@ class ReplyPath:
         if stats is None:
             return self.unknown_stats.record(started, False)
         stats.record(started, exc is None)
-        self.history.append((event, cid, _now(), conn.id, data if size <= self.history_limit
+        self.history.append((event, cid, now, conn.id, data if size <= self.history_limit
                              else truncated(data, size)))
         if self.subscriptions:
             self.fan_out(event, data, cid, conn)
