@@ -114,7 +114,7 @@ class SqliteWriter:
 
     def submit(self, op: Callable[..., Any], *args,
                on_commit: Callable[[Any, BaseException | None], None] | None = None,
-               future=None) -> asyncio.Future:
+               future=None, now: bool = False) -> asyncio.Future:
         """Queue `op(conn, *args)`; the future resolves after the commit that holds it.
 
         `future`: resolve this instead of a new asyncio future; anything with done(),
@@ -123,6 +123,9 @@ class SqliteWriter:
         `on_commit(result, error)` runs on the event loop when the outcome is known, just before
         the future is resolved, even if the caller cancelled the future meanwhile (the write
         still happens): what must follow the database, not the caller, goes there.
+
+        `now`: start the commit at once instead of at the end of the loop's pass, for a lone
+        write whose reply waits on it (the LoopWriter commits it within this call).
         """
         if self._stopping:
             raise WriterStopped(f"the {self._thread.name} is stopping (the daemon is shutting "
@@ -136,6 +139,8 @@ class SqliteWriter:
             self._pass_queued_at = time.monotonic()
             self.loop.call_soon(self._wake_writer)
         self._items.append((op, args, future, on_commit, self._pass_queued_at))
+        if now:  # (the wake-up scheduled above then finds nothing left to do)
+            self._wake_writer()
         return future
 
     def _wake_writer(self) -> None:

@@ -82,8 +82,10 @@ class Journal:
         return self._write(_accept, entry, on_commit=on_commit)
 
     def finish(self, request_id: str, state: str, outcome: dict, on_commit=None):
+        # Committed at once: the reply waits on it, and at the end of this pass of the loop it
+        # would wait behind litellm's success logging, which the model call just scheduled.
         return self._write(_finish, request_id, state, orjson.dumps(outcome), time.time(),
-                           on_commit=on_commit)
+                           on_commit=on_commit, now=True)
 
     def turns_stored(self, request_id: str):
         return self._write(_mark_turns_stored, request_id)
@@ -92,8 +94,8 @@ class Journal:
         """Forget finished requests beyond the newest `keep`, or ended more than keep_s ago."""
         return self._write(_prune, keep, time.time() - keep_s)
 
-    def _write(self, op, *args, on_commit=None):
-        future = self.writer.submit(op, *args, on_commit=on_commit)
+    def _write(self, op, *args, on_commit=None, now=False):
+        future = self.writer.submit(op, *args, on_commit=on_commit, now=now)
         # Some writes are not awaited: their failure is reported by on_commit or not at all,
         # never as "exception was never retrieved".
         future.add_done_callback(_retrieve)
