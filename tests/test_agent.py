@@ -281,6 +281,16 @@ def test_a_task_is_answered_to_the_spawner_and_wait_answers_only_the_caller(shar
         assert info(client, "other")["pending"] == 0
 
 
+def test_the_deployment_guides_spawn_works_as_written(shared):
+    # seeds/001, "New Event Style": profile_name is the name it spawns with
+    with shared.client(timeout=30) as client, watch(shared) as watcher:
+        spawned = data_of(client.request("agent:spawn", {"profile_name": "analyst",
+                                                         "task": "Analyze data"}))
+        assert spawned["profile"] == "analyst" and spawned["status"] == "running"
+        reply = next_event(watcher, "agent:reply", agent_id=spawned["agent_id"])
+        assert "Analyze data" in reply["data"]["text"]
+
+
 # ---- crashes --------------------------------------------------------------------------------
 
 def test_a_crashing_agent_is_restarted_with_backoff_then_failed(shared, shared_openai):
@@ -559,6 +569,8 @@ def test_a_thousand_agents_spawned_and_terminated_leave_no_tasks_behind(shared):
 
 @pytest.mark.parametrize("event,data,code", [
     ("agent:spawn", {"profile": "nobody"}, "not_found"),
+    ("agent:spawn", {"profile_name": "nobody"}, "not_found"),
+    ("agent:spawn", {"profile": "analyst", "profile_name": "analyst"}, "validation_error"),
     ("agent:spawn", {"profile": "assistant", "config": {"name": "x"}}, "validation_error"),
     ("agent:spawn", {"agent_id": "no spaces allowed"}, "validation_error"),
     ("agent:spawn", {"agent_id": "x" * 257}, "validation_error"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from ...storage.limits import SQLITE_INT_MAX
 from .profiles import Profile
@@ -19,8 +19,11 @@ class Request(BaseModel):
 
 
 class SpawnRequest(Request):
+    # `profile_name`: the name seeds/001 (the deployment guide) spawns with
     profile: str | None = Field(None, max_length=64,
-                                description="a profile name (agent:profiles); default assistant")
+                                validation_alias=AliasChoices("profile", "profile_name"),
+                                description="a profile name (agent:profiles); default "
+                                            "assistant; also accepted as profile_name")
     config: Profile | None = Field(None, description="an inline profile instead of `profile`")
     agent_id: str | None = Field(None, pattern=AGENT_ID_PATTERN,
                                  description="default: <profile>-<random>; letters, digits, "
