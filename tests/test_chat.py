@@ -110,6 +110,13 @@ class Terminal:
             except EOFError:
                 break
         code = self.proc.wait(WAIT_S)
+        # What it wrote just before exiting may still wait in the terminal: read it to the end.
+        drained = time.monotonic() + 5
+        try:
+            while time.monotonic() < drained:
+                self._read_more(min(drained, time.monotonic() + 0.2))
+        except EOFError:
+            pass
         self.kill()
         return code
 
