@@ -105,6 +105,13 @@ def test_publish_to_a_topic_the_publisher_reads_replies_first(daemon):
             assert_reply_first(lines, "message:publish", "message:received")
 
 
+def test_discover_marks_the_events_whose_pushes_stream_before_their_reply(daemon):
+    with daemon.socket_client() as client:
+        events = {e["event"]: e for e in data_of(client.request("system:discover"))["events"]}
+    assert events["completion:request"]["streams"] is True
+    assert "streams" not in events["completion:async"]  # its pushes follow its reply
+
+
 def test_state_set_replies_before_state_changed(daemon):
     with subscribed(daemon, ["state:changed"]) as client:
         for n in range(3):

@@ -71,6 +71,8 @@ class EventDescription(BaseModel):
     plugin: str
     internal: bool = Field(False, description="only plugins may send it; a client gets "
                                               "`forbidden` (absent when false)")
+    streams: bool = Field(False, description="its pushes are its answer as it streams: they come "
+                                             "before its reply, not after (absent when false)")
 
 
 class DiscoverReply(BaseModel):

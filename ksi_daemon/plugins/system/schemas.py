@@ -22,6 +22,8 @@ def describe_events(router, active_plugins, with_returns: bool = False) -> list[
                  "parameters": json_schema(handler.model), "plugin": handler.plugin.name}
         if router.client_handlers.get(name) is not handler:  # clients find a refusal there
             entry["internal"] = True
+        if handler.streams:  # its pushes come before its reply (PROTOCOL.md §1)
+            entry["streams"] = True
         if with_returns and handler.returns is not None:
             entry["returns"] = json_schema(handler.returns)
         entries.append(entry)
