@@ -461,24 +461,24 @@ def test_a_rolled_back_group_leaves_no_remembered_version(tmp_path):
     import asyncio
 
     from ksi_daemon.plugins.state.store import KnownVersions, create_schema, set_plain
-    from ksi_daemon.storage.sqlite_writer import start_database
+    from ksi_daemon.storage.plugin_database import PluginDatabase
 
     def fails(conn):
         raise RuntimeError("this op fails after its neighbour wrote")
 
     async def one_group():
         known = KnownVersions()
-        writer, reader = start_database(tmp_path / "state.db", "NORMAL", create_schema,
-                                        name="state", deadline_s=10,
-                                        after_rollback=known.forget_all)
+        database = PluginDatabase.open(tmp_path / "state.db", name="state",
+                                       synchronous="NORMAL", create_schema=create_schema,
+                                       deadline_s=10, after_rollback=known.forget_all)
+        writer = database.writer
         try:  # submitted in one pass of the loop: one group
             futures = [writer.submit(set_plain, known, "ns", "k", '"first"', None),
                        writer.submit(fails),
                        writer.submit(set_plain, known, "ns", "k", '"second"', None)]
             return await asyncio.gather(*futures, return_exceptions=True), writer.commits
         finally:
-            await writer.stop()
-            reader.close()
+            await database.close()
 
     (first, failure, second), commits = asyncio.run(one_group())
     assert commits == 1
@@ -495,7 +495,7 @@ def test_the_checkpointer_keeps_the_wal_bounded_without_the_writer_checkpointing
     import asyncio
 
     from ksi_daemon.plugins.state.store import KnownVersions, create_schema, set_plain
-    from ksi_daemon.storage.sqlite_writer import start_database
+    from ksi_daemon.storage.plugin_database import PluginDatabase
     from ksi_daemon.storage.wal_checkpointer import CHECKPOINT_EVERY_COMMITS
 
     commits = 3 * CHECKPOINT_EVERY_COMMITS
@@ -503,9 +503,10 @@ def test_the_checkpointer_keeps_the_wal_bounded_without_the_writer_checkpointing
 
     async def one_commit_each():
         known = KnownVersions()
-        writer, reader = start_database(tmp_path / "state.db", "NORMAL", create_schema,
-                                        name="state", deadline_s=10,
-                                        after_rollback=known.forget_all)
+        database = PluginDatabase.open(tmp_path / "state.db", name="state",
+                                       synchronous="NORMAL", create_schema=create_schema,
+                                       deadline_s=10, after_rollback=known.forget_all)
+        writer = database.writer
         try:
             assert writer.checkpointer is not None
             largest_wal = 0
@@ -514,8 +515,7 @@ def test_the_checkpointer_keeps_the_wal_bounded_without_the_writer_checkpointing
                 largest_wal = max(largest_wal, wal.stat().st_size)
             return largest_wal, writer.checkpointer.checkpoints
         finally:
-            await writer.stop()
-            reader.close()
+            await database.close()
 
     largest_wal, checkpoints = asyncio.run(one_commit_each())
     assert checkpoints >= 2

@@ -126,3 +126,26 @@ def test_a_zero_byte_database_starts_empty_with_a_warning_naming_it(daemon_facto
     assert data_of(daemon.request("state:get", {"key": "k"}))["found"] is False
     output = daemon.read_output()
     assert "database_file_empty" in output and str(db) in output, output
+
+
+def test_a_full_disk_under_the_conversation_store_degrades_it_until_a_turn_commits(
+        daemon_factory, small_disk):
+    daemon = daemon_factory(config={"plugins": {"conversation": {
+        "db_path": str(small_disk / "conversations.db")}}})
+    turn = {"session_id": "full", "role": "user", "content": BIG}
+    with daemon.client() as client:
+        data_of(client.request("conversation:append", turn))
+        _fill(small_disk / "ballast")
+        for _ in range(400):
+            reply = client.request("conversation:append", turn)
+            if "error" in reply:
+                break
+        else:
+            raise AssertionError("400 turns never filled the disk")
+        assert reply["error"]["code"] == "storage_error", reply
+        [entry] = _health(daemon)["degraded"]
+        assert entry["plugin"] == "conversation" and "full" in entry["reason"], entry
+        (small_disk / "ballast").unlink()
+        data_of(client.request("conversation:append", turn))
+        assert _health(daemon)["status"] == "healthy"
+    assert daemon.stop() == 0

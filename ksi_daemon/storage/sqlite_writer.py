@@ -399,21 +399,3 @@ def _never_preempt_the_event_loop() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux, or not allowed: only slower
         pass
-
-
-def start_database(path, synchronous: str, create_schema, *, name: str, deadline_s: float,
-                   after_rollback: Callable[[], None] | None = None,
-                   on_commits: Callable[[list], None] | None = None):
-    """Open `path` (integrity-checked), start its writer thread; return (writer, reader conn).
-
-    The older face of storage.plugin_database.PluginDatabase.open, for the plugins not moved to
-    it yet (conversation, the completion journal): the caller runs `writer.enforce_deadlines()`
-    itself (from ksi_ready) and closes the reader.
-    """
-    from .plugin_database import open_writer_or_exit
-    from .sqlite_database import open_reader
-    conn = open_writer_or_exit(path, name, synchronous, create_schema)
-    writer = SqliteWriter(conn, name=f"{name}-writer", deadline_s=deadline_s,
-                          after_rollback=after_rollback, on_commits=on_commits)
-    writer.start(asyncio.get_running_loop())
-    return writer, open_reader(path)

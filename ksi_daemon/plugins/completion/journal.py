@@ -63,12 +63,12 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, path: Path, synchronous: str, deadline_s: float):
+    def __init__(self, path: Path, synchronous: str, deadline_s: float, report_degraded=None):
         self.path = path
         self.database = PluginDatabase.open(
             path, name="completion-journal", synchronous=synchronous,
             create_schema=_create_schema, deadline_s=deadline_s, reader=False, load=_read_all,
-            commit_on_loop=True)
+            commit_on_loop=True, report_degraded=report_degraded)
         self.writer: SqliteWriter = self.database.writer
 
     def read_all(self) -> list[Entry]:

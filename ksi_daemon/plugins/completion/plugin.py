@@ -90,7 +90,8 @@ class CompletionPlugin(BasePlugin):
         self.keep_finished_s = float(journal.get("keep_finished_s", 86400))
         self.journal = Journal(context.data_dir / "journal.db",
                                str(journal.get("synchronous", "NORMAL")),
-                               deadline_s=config["daemon"]["event_timeout"])
+                               deadline_s=config["daemon"]["event_timeout"],
+                               report_degraded=context.report_degraded)
         await self.journal.prune(self.keep_finished, self.keep_finished_s)
         # Known before the socket opens, so a repeated request_id finds its job at once.
         self._to_resume, self._turns_to_store = [], []

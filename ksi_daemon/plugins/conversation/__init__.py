@@ -18,7 +18,8 @@ from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, UNAVAILABLE, VALIDATION_ERROR, KSIError
 # Storage machinery shared with the state plugin (a library, not the state plugin's events).
 from ...storage.sqlite_database import open_reader
-from ...storage.sqlite_writer import SqliteWriter, WriterStopped, start_database
+from ...storage.plugin_database import PluginDatabase
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from .export import write_export
 from .models import (AppendReply, AppendRequest, ConversationSettings, ExportReply,
                      ExportRequest, GetRequest, HistoryRequest, ListRequest, SearchRequest)
@@ -35,6 +36,7 @@ class ConversationPlugin(BasePlugin):
                            description="Conversation turns on SQLite with full-text search"),
             PluginCapabilities(event_namespaces=["conversation"],
                                provides_services=["conversation"]))
+        self.database: PluginDatabase | None = None
         self.writer: SqliteWriter | None = None
         self.reader: ConversationReader | None = None
 
@@ -48,22 +50,17 @@ class ConversationPlugin(BasePlugin):
             var_dir / "db" / DB_FILE_NAME
         self.exports_dir = Path(settings.exports_dir).expanduser() if settings.exports_dir \
             else var_dir / "exports"
-        self.writer, reader_conn = start_database(
-            self.path, settings.synchronous, create_schema, name="conversation",
-            deadline_s=config["daemon"]["event_timeout"])
-        self.reader = ConversationReader(reader_conn)
-
-    @hookimpl
-    def ksi_ready(self, context):
-        # Long-running services, supervised by the daemon and cancelled at shutdown.
-        return [self.writer.enforce_deadlines()]
+        self.database = PluginDatabase.open(
+            self.path, name="conversation", synchronous=settings.synchronous,
+            create_schema=create_schema, deadline_s=config["daemon"]["event_timeout"],
+            report_degraded=context.report_degraded)
+        self.writer = self.database.writer
+        self.reader = ConversationReader(self.database.reader)
 
     @hookimpl
     async def ksi_shutdown(self, context):
         if self.writer is not None:
-            await self.writer.stop()
-        if self.reader is not None:
-            self.reader.conn.close()
+            await self.database.close()
 
     # ---- the write side (the completion service calls these) ---------------------------------
 
