@@ -124,6 +124,16 @@ class LineClient(LineSpeaker):
         self.sock.close()
 
 
+def open_to_another_uid(daemon) -> None:
+    """Let a process of another uid reach the daemon's socket, so the daemon's own check of
+    the peer is what refuses it (root only: the test then forks and drops to nobody)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    for directory in (daemon.workdir, daemon.var_dir, daemon.socket_path.parent):
+        os.chmod(directory, 0o755)
+    os.chmod(daemon.socket_path, 0o666)
+
+
 def rss_bytes(pid: int) -> int:
     """The resident memory of process `pid`, from /proc."""
     with open(f"/proc/{pid}/status") as status:

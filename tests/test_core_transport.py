@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from conftest import LineClient
+from conftest import LineClient, open_to_another_uid
 
 
 def read_until_eof(sock: socket.socket) -> bytes:
@@ -83,11 +83,7 @@ def refused_child(socket_path, send_first: bool) -> int:
 
 @pytest.mark.parametrize("send_first", [True, False])
 def test_a_refused_peer_reads_forbidden_even_after_sending_a_request(daemon, send_first):
-    if os.getuid() != 0:
-        pytest.skip("needs root to connect as another uid")
-    for directory in (daemon.workdir, daemon.var_dir, daemon.socket_path.parent):
-        os.chmod(directory, 0o755)
-    os.chmod(daemon.socket_path, 0o666)
+    open_to_another_uid(daemon)
     assert refused_child(daemon.socket_path, send_first) == 0
     with daemon.client() as probe:
         assert probe.request("system:health")["data"]["connections"] == 1

@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from conftest import LineClient, rss_bytes
+from conftest import LineClient, open_to_another_uid, rss_bytes
 
 MiB = 1024 * 1024
 
@@ -196,11 +196,7 @@ def test_socket_is_owner_only_and_its_directory_0700(daemon):
 
 
 def test_peer_not_in_allow_list_is_refused(daemon, tmp_path):
-    if os.getuid() != 0:
-        pytest.skip("needs root to connect as another uid")
-    for directory in (daemon.workdir, daemon.var_dir, daemon.socket_path.parent):
-        os.chmod(directory, 0o755)
-    os.chmod(daemon.socket_path, 0o666)
+    open_to_another_uid(daemon)
     pid = os.fork()
     if pid == 0:  # child: become nobody and try to talk
         code = 1
