@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 
 import pytest
@@ -149,3 +150,28 @@ def test_a_full_disk_under_the_conversation_store_degrades_it_until_a_turn_commi
         data_of(client.request("conversation:append", turn))
         assert _health(daemon)["status"] == "healthy"
     assert daemon.stop() == 0
+
+
+@pytest.mark.daemon("inprocess")
+def test_a_read_of_a_damaged_page_answers_storage_error_and_the_daemon_goes_on(
+        daemon_factory, workdir):
+    daemon = daemon_factory()
+    for n in range(300):
+        data_of(daemon.request("state:set", {"namespace": "old", "key": f"k{n:03}",
+                                             "value": "v" * 200}))
+    assert daemon.stop() == 0
+    db = workdir / "var" / "db" / "state.db"
+    with sqlite3.connect(db) as conn:  # every page in the main file, none left in the WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = db.stat().st_size // 4096
+    daemon.start()  # its integrity check passes; the keys are in no cache yet
+    with open(db, "r+b") as damaged:  # what a failing disk leaves: pages of garbage
+        for page in range(2, pages):
+            damaged.seek(page * 4096)
+            damaged.write(b"\xff" * 4096)
+    reply = daemon.request("state:get", {"namespace": "old", "key": "k150"})
+    assert reply["error"]["code"] == "storage_error", reply
+    assert reply["error"]["details"]["sqlite_error"] == "SQLITE_CORRUPT"
+    assert "could not be read" in reply["error"]["message"]
+    assert daemon.request("state:list", {"namespace": "old"})["error"]["code"] == "storage_error"
+    assert "error" not in daemon.request("system:health")  # the connection and daemon go on

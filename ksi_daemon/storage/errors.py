@@ -37,8 +37,10 @@ def is_storage_failure(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and primary_code(exc) in STORAGE_FAILURES
 
 
-def storage_error(exc: sqlite3.Error, database: str, path: Path | None = None) -> KSIError:
-    """`exc` as the coded error a client gets: what failed, and when to try again."""
+def storage_error(exc: sqlite3.Error, database: str, path: Path | None = None,
+                  reading: bool = False) -> KSIError:
+    """`exc` as the coded error a client gets: what failed, and when to try again.
+    `reading`: it failed a read, which stored nothing by its nature."""
     code = primary_code(exc)
     details = {"database": database, "sqlite_error": getattr(exc, "sqlite_errorname", None)}
     retry_after_s = RETRY_AFTER_S.get(code)
@@ -47,8 +49,9 @@ def storage_error(exc: sqlite3.Error, database: str, path: Path | None = None) -
     cause = str(exc)
     if code != SQLITE_FULL and path is not None and disk_is_full(path):
         cause += " (the disk holding it is full)"
-    return KSIError(STORAGE_ERROR, f"the {database} database failed: {cause}; nothing of this "
-                    "request was stored", details)
+    outcome = "the value could not be read" if reading else "nothing of this request was stored"
+    return KSIError(STORAGE_ERROR, f"the {database} database failed: {cause}; {outcome}",
+                    details)
 
 
 def disk_is_full(path: Path) -> bool:

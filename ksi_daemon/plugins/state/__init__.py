@@ -73,7 +73,7 @@ class StatePlugin(BasePlugin):
             max_page_count=settings.max_page_count)
         self.writer = self.database.writer
         self.announce_all = context.announce_all  # history records the source as "state"
-        self.reader = StateReader(self.database.reader)
+        self.reader = StateReader(self.database.reader, self.path)
         self.cache = ReadCache(settings.read_cache_entries)
         # Per namespace, the clears queued or committing: until they commit, every read of the
         # namespace waits behind them in the writer's queue (see `get`).

@@ -9,10 +9,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from itertools import chain
+from pathlib import Path
 
 import orjson
 
 from ...protocol import CONFLICT, KSIError
+from ...storage.errors import is_storage_failure, storage_error
 from ...storage.sqlite_writer import Combinable
 
 SCHEMA = """
@@ -279,15 +281,32 @@ def audit_in_order(conn, enabled: bool, namespace: str | None, key: str | None,
 
 
 class StateReader:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+    """The inline reads, on the reader connection. A read the storage fails (a damaged page,
+    an I/O error) answers `storage_error`, as a write does, not `handler_error`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None):
+        self.conn, self.path = conn, path
 
     def get(self, namespace: str, key: str) -> tuple | None:
         """(value as JSON text, version, expires_at) of a live key, or None."""
-        return live_value(self.conn, namespace, key)
+        try:  # (free unless it raises)
+            return live_value(self.conn, namespace, key)
+        except sqlite3.Error as exc:
+            raise self._coded(exc) from None
 
     def keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
-        return live_keys(self.conn, namespace, prefix, limit)
+        try:
+            return live_keys(self.conn, namespace, prefix, limit)
+        except sqlite3.Error as exc:
+            raise self._coded(exc) from None
 
     def audit(self, namespace: str | None, key: str | None, limit: int) -> list[dict]:
-        return audit_entries(self.conn, namespace, key, limit)
+        try:
+            return audit_entries(self.conn, namespace, key, limit)
+        except sqlite3.Error as exc:
+            raise self._coded(exc) from None
+
+    def _coded(self, exc: sqlite3.Error) -> Exception:
+        if not is_storage_failure(exc):
+            return exc  # SQL of ours that is wrong: a handler error, a bug to fix
+        return storage_error(exc, "state", self.path, reading=True)
