@@ -46,6 +46,17 @@ def test_a_future_past_the_deadline_answers_timeout_once(daemon):
     assert metrics["events"]["later:never"]["errors"] == 1
 
 
+def test_an_owed_reply_never_settled_answers_timeout_once_past_its_deadline(daemon):
+    with daemon.client() as client:
+        client.send("later:owed_forever", correlation_id="owed")
+        reply = client.recv()
+        assert reply["correlation_id"] == "owed" and reply["error"]["code"] == "timeout"
+        assert "within 0.3 s" in reply["error"]["message"]
+        client.send("system:health", correlation_id="after")
+        assert client.recv()["correlation_id"] == "after"
+    assert daemon.request("system:metrics")["data"]["queues"]["in_flight_requests"] == 0
+
+
 def test_emit_awaits_the_future_of_a_plain_handler(daemon):
     assert daemon.request("later:ask")["data"] == {"asked": {"echo": "through emit"}}
 

@@ -383,6 +383,20 @@ class Router:
         conn.reply_owed()  # the connection stays open for this reply even after the client's EOF
         task.add_done_callback(conn.reply_done)
 
+    async def expire_overdue_replies(self, period_s: float = 0.25) -> None:
+        """Answer `timeout` for owed replies (`ctx.reply_later()`) left unsettled past their
+        handler's deadline (a supervised service of the system plugin). One sweep a quarter
+        second instead of a timer per request: the state plugin's writes owe theirs on the hot
+        path (and declare no deadline: their writer sweeps its own)."""
+        while True:
+            await asyncio.sleep(period_s)
+            now = _perf()
+            for reply in [r for r in self.owed if r.handler is not None]:
+                deadline = self._deadline_of(reply.handler)
+                if deadline is not None and now - reply.started > deadline:
+                    reply.set_exception(KSIError(
+                        TIMEOUT, f"{reply.event} did not finish within {deadline} s"))
+
     async def drain(self, deadline_s: float) -> int:
         """Stop taking requests, wait for in-flight ones, cancel what is left at the deadline;
         return how many were cancelled (each still gets its `unavailable` reply)."""

@@ -37,6 +37,11 @@ class SystemPlugin(BasePlugin):
         self.started_at = self.daemon.started_at
         self.connections = self.router.connections  # the router's registry (one set)
 
+    @hookimpl
+    def ksi_ready(self, context):
+        # Supervised, cancelled at shutdown: replies a handler owes but never settled.
+        return [self.router.expire_overdue_replies()]
+
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
         """Is the daemon up: status, uptime, version, pid, plugins, connections.

@@ -40,3 +40,9 @@ def never(data):
 @event_handler("later:ask")
 async def ask(data, ctx):
     return {"asked": await ctx.emit("later:echo", {"text": "through emit"})}
+
+
+@event_handler("later:owed_forever", timeout=0.3)
+def owed_forever(data, ctx):
+    """Owes its reply (ctx.reply_later()) and never settles it: the router's sweep answers."""
+    return ctx.reply_later()
