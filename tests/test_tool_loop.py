@@ -204,3 +204,24 @@ def test_a_call_left_without_its_result_in_the_store_is_answered_before_the_mode
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
     assert sent[2]["tool_call_id"] == "c-cut" and "interrupted" in sent[2]["content"]
     assert result["text"].startswith("turn 2")
+
+
+def test_every_python_block_of_the_tool_loop_doc_runs_against_a_daemon(daemon, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TEST_ENV
+    text = (ROOT / "docs" / "TOOLS_LOOP.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) == 2
+    env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(daemon.socket_path),
+           "PYTHONPATH": str(ROOT)}
+    for number, code in enumerate(blocks, 1):
+        script = tmp_path / f"block_{number}.py"
+        script.write_text(code, encoding="utf-8")
+        run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, f"block {number}:\n{code}\n{run.stderr}"
+        assert "7731" in run.stdout or "tool" in run.stdout
