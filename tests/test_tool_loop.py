@@ -27,6 +27,12 @@ def fake_openai():
         yield server
 
 
+@pytest.fixture
+def daemon(daemon_factory):
+    """A daemon with the test plugins of tests/plugins/tool_loop (tools to offer)."""
+    return daemon_factory(with_test_tools())
+
+
 def with_test_tools(api_base: str | None = None) -> dict:
     config: dict = {"daemon": {"plugin_dirs": [str(PLUGINS / "tool_loop")]}}
     if api_base is not None:
@@ -54,7 +60,7 @@ def test_the_conversation_keeps_the_calls_in_openai_shape_for_the_next_turn(daem
                                              "value": 7731}))
         data_of(client.request("completion:request", {"prompt": LOOKUP, "tools": ["state:get"],
                                                       "session_id": "shape"}))
-        turns = data_of(client.request("conversation:get", {"session_id": "shape"}))["messages"]
+        turns = wait_for_turns(client, "shape", 4)
         later = data_of(client.request("completion:request", {"prompt": "And now?",
                                                               "session_id": "shape"}))
     assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]

@@ -49,6 +49,8 @@ def test_kill_9_between_a_call_and_its_result_neither_repeats_it_nor_leaves_it_d
     second = daemon_factory(config=config, subdir="d")
     with second.client(timeout=30) as client:
         result = data_of(client.request("completion:request", request))
+        wait_until(lambda: len(client.request("conversation:get", {"session_id": "cut"})
+                               .get("data", {}).get("messages", [])) >= 4, what="the turn")
         turns = data_of(client.request("conversation:get", {"session_id": "cut"}))["messages"]
         after = data_of(client.request("completion:request", {
             "prompt": "What happened?", "model": "echo", "session_id": "cut"}))

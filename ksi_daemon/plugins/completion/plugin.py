@@ -512,14 +512,17 @@ class CompletionPlugin(BasePlugin):
     async def _tool_loop(self, job: Job, request: CompletionRequest) -> ToolLoop:
         """The request's tools, resolved once (unknown names fail it with not_found), in a loop
         that takes up the steps a stop left in the journal."""
+        not_running = KSIError(UNAVAILABLE, "this request names tools, but the tools plugin "
+                                            "is not running")
         try:
             resolved = await self.context.emit("tools:resolve", {"names": request.tools,
                                                                  "agent_id": request.agent_id})
         except KSIError as exc:
             if exc.code in (UNKNOWN_EVENT, UNAVAILABLE):
-                raise KSIError(UNAVAILABLE, "this request names tools, but the tools plugin is "
-                                            "not running") from None
+                raise not_running from None
             raise
+        if not isinstance(resolved, dict):  # nobody answered the event
+            raise not_running
         if resolved.get("unknown"):
             raise KSIError(NOT_FOUND, f"unknown tools: {', '.join(resolved['unknown'])} "
                            "(see tools:list)", {"unknown": resolved["unknown"]})
