@@ -101,3 +101,24 @@ def test_an_agents_publish_carries_the_agent_as_sender(client):
     assert sent["ok"] is True, sent
     history = data_of(client.request("message:history", {"topic": "news"}))
     assert [m["sender"] for m in history["messages"]] == ["scout"]
+
+
+def test_the_documented_plugin_is_the_example_and_works(daemon_factory):
+    from pathlib import Path
+    from test_docs import FILE_BLOCK
+    root = Path(__file__).resolve().parent.parent
+    blocks = dict(m.group("path", "code") for m in FILE_BLOCK.finditer(
+        (root / "docs" / "TOOLS.md").read_text(encoding="utf-8")))
+    example = "examples/tools/word_tools.py"
+    assert blocks[example] == (root / example).read_text(encoding="utf-8")
+    config = plugin_dir_config("tool_kit")
+    config["daemon"]["plugin_dirs"].append(str(root / "examples" / "tools"))
+    with daemon_factory(config).client(timeout=30) as client:
+        tools = {t["name"]: t for t in data_of(client.request("tools:list"))["tools"]}
+        assert tools["words:count"]["model_name"] == "words_count"
+        assert tools["words:count"]["source"] == "plugin:word_tools"
+        counted = call(client, "words:count", {"text": "  three little words "})
+        assert counted["ok"] and counted["result"] == {"words": 3}
+        assert counted["annotations"]["checked_by"] == "word_tools"
+        refused = call(client, "state:clear", {"namespace": "x"}, agent_id="scout")
+        assert refused["error"]["code"] == "forbidden"
