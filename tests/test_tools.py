@@ -75,9 +75,10 @@ def test_failures_are_results_not_errors(client):
     raised = call(client, "kit:explode")
     assert raised["error"]["code"] == "handler_error" and "blew up" in raised["error"]["message"]
     slow = call(client, "kit:sleep")
-    assert slow["error"]["code"] == "timeout"
+    assert slow["error"]["code"] == "timeout" and "0.2 s" in slow["error"]["message"]
     odd = call(client, "kit:unencodable")
     assert odd["ok"] is False and odd["error"]["code"] == "handler_error"
+    assert "not JSON" in odd["error"]["message"]
     assert odd["annotations"]["ok"] is False
     assert call(client, "state:get", {"namespace": "tools", "key": "x"}, timeout_s=5)["ok"]
     assert data_of(client.request("system:health"))["status"] == "healthy"

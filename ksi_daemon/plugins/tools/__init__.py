@@ -51,19 +51,16 @@ class ToolsPlugin(BasePlugin):
     async def _build(self) -> ToolRegistry:
         registry = ToolRegistry()
         catalog = (await self.context.emit("system:discover", {}))["events"]
-        for tool in event_tools(catalog, self._emit, self.explicit_only, None):
+        for tool in event_tools(catalog, self.context.emit, self.explicit_only):
             registry.add(tool)
         for impl in self.register_hook.impls:
-            tools = PluginTools(registry, impl.plugin.name, None)
+            tools = PluginTools(registry, impl.plugin.name)
             try:
                 await impl.run(registry=tools)
             except Exception as exc:  # noqa: BLE001 - one plugin's bug leaves the others' tools
                 self.context.log.error("tools_register_failed", plugin=impl.plugin.name,
                                        error=repr(exc))
         return registry
-
-    async def _emit(self, event: str, data: dict):
-        return await self.context.emit(event, data)
 
     @event_handler("tools:list", returns=ListReply)
     async def list(self, data: ListRequest):

@@ -15,22 +15,20 @@ DANGEROUS = frozenset({"system:shutdown", "state:clear"})
 # agent's id there, whatever the model wrote, so a model cannot speak as another agent.
 IDENTITY_FIELDS = ("sender",)
 
-Emit = Callable[[str, dict], Awaitable[Any]]
+Emit = Callable[..., Awaitable[Any]]  # PluginContext.emit
 
 
-def event_tools(catalog: list[dict], emit: Emit, explicit_only: frozenset[str],
-                timeout_s: float | None) -> list[Tool]:
-    return [event_tool(entry, emit, explicit_only, timeout_s) for entry in catalog]
+def event_tools(catalog: list[dict], emit: Emit, explicit_only: frozenset[str]) -> list[Tool]:
+    return [event_tool(entry, emit, explicit_only) for entry in catalog]
 
 
-def event_tool(entry: dict, emit: Emit, explicit_only: frozenset[str],
-               timeout_s: float | None) -> Tool:
+def event_tool(entry: dict, emit: Emit, explicit_only: frozenset[str]) -> Tool:
     name, parameters = entry["event"], entry["parameters"]
     identity = tuple(f for f in IDENTITY_FIELDS if f in parameters.get("properties", {}))
     return Tool(name=name, model_name=model_name_of(name), description=entry["summary"],
                 parameters=parameters, source="event", idempotent=False,
                 explicit_only=bool(entry.get("internal")) or name in explicit_only,
-                timeout_s=timeout_s, run=event_runner(name, emit, identity))
+                timeout_s=None, run=event_runner(name, emit, identity))
 
 
 def event_runner(name: str, emit: Emit, identity: tuple[str, ...]):

@@ -46,7 +46,7 @@ class ToolExecutor:
             ok, result, error = False, None, {"code": HANDLER_ERROR,
                                               "message": "the tool was cancelled"}
         except Exception as exc:  # noqa: BLE001 - every failure is the model's to read
-            ok, result, error = False, None, error_of(exc, tool, call)
+            ok, result, error = False, None, error_of(exc, tool)
         annotations = await self._annotate(tool, call, seen.arguments, ok, result, error)
         return reply(call, ok, result, error, started, annotations)
 
@@ -56,8 +56,15 @@ class ToolExecutor:
         if not may_call(call.agent_id, tool):
             raise KSIError(FORBIDDEN, f"{call.agent_id or 'this caller'} may not call {tool.name}")
         timeout_s = call.timeout_s or tool.timeout_s or self._default_timeout_s
-        result = await asyncio.wait_for(tool.run(seen.arguments, call.agent_id), timeout_s)
-        orjson.dumps(result)  # an output the model cannot read is the tool's failure
+        try:
+            result = await asyncio.wait_for(tool.run(seen.arguments, call.agent_id), timeout_s)
+        except TimeoutError:
+            raise KSIError(TIMEOUT, f"{tool.name} did not finish in {timeout_s} s") from None
+        try:
+            orjson.dumps(result)  # an output the model cannot read is the tool's failure
+        except orjson.JSONEncodeError as exc:
+            raise KSIError(HANDLER_ERROR, f"{tool.name} returned what is not JSON: {exc}") \
+                from None
         return result
 
     async def _annotate(self, tool, call, arguments, ok, result, error) -> dict:
@@ -70,16 +77,11 @@ class ToolExecutor:
         return seen.annotations
 
 
-def error_of(exc: Exception, tool: Tool, call: ExecuteRequest) -> dict:
+def error_of(exc: Exception, tool: Tool) -> dict:
     if isinstance(exc, KSIError):
         return {"code": exc.code, "message": exc.message}
     if isinstance(exc, pydantic.ValidationError):
         return {"code": VALIDATION_ERROR, "message": str(exc)}
-    if isinstance(exc, TimeoutError):
-        timeout_s = call.timeout_s or tool.timeout_s
-        return {"code": TIMEOUT, "message": f"{tool.name} did not finish in {timeout_s} s"}
-    if isinstance(exc, (orjson.JSONEncodeError, TypeError)) and "JSON" in str(exc):
-        return {"code": HANDLER_ERROR, "message": f"{tool.name} returned what is not JSON: {exc}"}
     return {"code": HANDLER_ERROR, "message": f"{tool.name} failed: {exc!r}"}
 
 

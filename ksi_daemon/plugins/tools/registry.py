@@ -79,9 +79,8 @@ class ToolRegistry:
 class PluginTools:
     """What `ksi_tools_register` receives: `add` for one plugin, its tools marked as its own."""
 
-    def __init__(self, registry: ToolRegistry, plugin: str, default_timeout_s: float | None):
+    def __init__(self, registry: ToolRegistry, plugin: str):
         self._registry, self._source = registry, f"plugin:{plugin}"
-        self._default_timeout_s = default_timeout_s
 
     def add(self, name: str, function: Callable, *, description: str | None = None,
             input: type | None = None, idempotent: bool = False,
@@ -92,7 +91,7 @@ class PluginTools:
             description=description or (function.__doc__ or "").strip().split("\n", 1)[0],
             parameters=json_schema_of(input) if input is not None else NO_PARAMETERS,
             source=self._source, idempotent=idempotent, explicit_only=explicit_only,
-            timeout_s=timeout_s or self._default_timeout_s,
+            timeout_s=timeout_s,
             run=function_runner(function, validate)))
 
 
