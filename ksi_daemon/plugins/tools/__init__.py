@@ -44,8 +44,8 @@ class ToolsPlugin(BasePlugin):
     async def registry(self) -> ToolRegistry:
         # Built once, by the first request that needs it, so that every plugin has started
         # (their events are in system:discover, their ksi_tools_register has run).
-        if self._building is None:
-            self._building = asyncio.ensure_future(self._build())
+        if self._building is None or (self._building.done() and self._building.exception()):
+            self._building = asyncio.ensure_future(self._build())  # (a failed build is retried)
         return await asyncio.shield(self._building)
 
     async def _build(self) -> ToolRegistry:
