@@ -1,11 +1,14 @@
-"""`count:hit`, offered to models as a tool: appends a line to `file` each time it runs, then,
-with `block`, waits a minute (long enough to kill the daemon between the call and its result)."""
+"""`count:hit`, a plugin tool (ksi_tools_register) that is not idempotent: it appends a line to
+`file` each time it runs, then, with `block`, waits a minute (long enough to kill the daemon
+between the call and its result)."""
 import asyncio
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from ksi_daemon.event_system import event_handler
+from ksi_daemon.plugin_base import hookimpl
+
+PLUGIN_METADATA = {"dependencies": ["tools"]}
 
 
 class Hit(BaseModel):
@@ -13,8 +16,7 @@ class Hit(BaseModel):
     block: bool = False
 
 
-@event_handler("count:hit")
-async def hit(data: Hit):
+async def hit(data: Hit) -> dict:
     """Count one run in `file`."""
     path = Path(data.file)
     with path.open("a") as out:
@@ -22,3 +24,8 @@ async def hit(data: Hit):
     if data.block:
         await asyncio.sleep(60)
     return {"hits": len(path.read_text().splitlines())}
+
+
+@hookimpl
+def ksi_tools_register(registry):
+    registry.add("count:hit", hit, input=Hit, idempotent=False)
