@@ -7,12 +7,14 @@ Durability across kill -9 is in test_tool_loop_resume.py (daemon processes).
 """
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import data_of, error_of
+from conftest import ROOT, data_of, error_of, run_python_blocks
 from fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.daemon("inprocess")
@@ -185,7 +187,6 @@ def test_an_agent_profile_with_tools_uses_them_in_its_turn(daemon):
 
 
 def wait_for_turns(client, session_id: str, count: int, timeout: float = 20.0) -> list[dict]:
-    import time
     deadline = time.monotonic() + timeout
     while True:
         reply = client.request("conversation:get", {"session_id": session_id})
@@ -213,21 +214,9 @@ def test_a_call_left_without_its_result_in_the_store_is_answered_before_the_mode
 
 
 def test_every_python_block_of_the_tool_loop_doc_runs_against_a_daemon(daemon, tmp_path):
-    import os
-    import re
-    import subprocess
-    import sys
-
-    from conftest import ROOT, TEST_ENV
     text = (ROOT / "docs" / "TOOLS_LOOP.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
     assert len(blocks) == 2
-    env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(daemon.socket_path),
-           "PYTHONPATH": str(ROOT)}
-    for number, code in enumerate(blocks, 1):
-        script = tmp_path / f"block_{number}.py"
-        script.write_text(code, encoding="utf-8")
-        run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, f"block {number}:\n{code}\n{run.stderr}"
-        assert "7731" in run.stdout or "tool" in run.stdout
+    printed = run_python_blocks(blocks, daemon.socket_path, tmp_path, "TOOLS_LOOP")
+    assert printed[0].startswith("state:get 7731")
+    assert "['user', 'assistant', 'tool', 'assistant']" in printed[1]
