@@ -48,6 +48,7 @@ BUILTIN_PLUGINS = {
     "message": "ksi_daemon.plugins.message",
     "agent": "ksi_daemon.plugins.agent",
     "orchestration": "ksi_daemon.plugins.orchestration",
+    "tools": "ksi_daemon.plugins.tools",
 }
 log = structlog.get_logger("ksi.plugins")
 

@@ -293,3 +293,19 @@ def inprocess_factory(workdir):
 @pytest.fixture
 def inprocess_daemon(inprocess_factory):
     return inprocess_factory()
+
+
+def run_python_blocks(blocks: list[str], socket_path, workdir: Path, name: str) -> list[str]:
+    """Run each code block of a document as its own script against the daemon on
+    `socket_path`; fail with the block and its stderr; return what each printed."""
+    env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(socket_path),
+           "PYTHONPATH": str(ROOT)}
+    printed = []
+    for number, code in enumerate(blocks, 1):
+        script = workdir / f"{name}_block_{number}.py"
+        script.write_text(code, encoding="utf-8")
+        result = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{name} block {number}:\n{code}\n{result.stderr}"
+        printed.append(result.stdout)
+    return printed

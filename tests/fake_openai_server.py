@@ -11,7 +11,19 @@ The model name in the request chooses the behaviour, so one server serves every 
     ratelimited-KEY  the first call per KEY gets 429 with `Retry-After: 1`, later calls echo
     broken-KEY       always 500
 
-Every request is recorded in `server.requests` (model, messages, stream, time).
+Tool calls, whatever the model name: when the request offers `tools` and a line of the last
+user message reads `/tool NAME {json arguments}`, the answer is one tool call per such line (ids
+`fake_call_<messages>_<line>`; NAME as the model name of an offered tool when it is one, with ":"
+as "_", else as written), plain or streamed in pieces (id and name first, then the arguments in
+two halves), finish_reason "tool_calls". Once `tool` messages follow that user message, the
+answer is text: "tool results: " and each tool message's content, joined by " | ".
+
+    looping...       asks for the same tool calls again after every result (never answers)
+
+Like OpenAI, it refuses (400) a history in which an assistant's tool call has no `tool`
+message answering it, or a `tool` message answers no call.
+
+Every request is recorded in `server.requests` (model, messages, stream, tools, time).
 """
 from __future__ import annotations
 
@@ -34,6 +46,44 @@ def echo_text(messages: list[dict]) -> str:
     if len(said) > 1:
         text += " after " + " / ".join(f"'{s}'" for s in said[:-1])
     return text
+
+
+def history_problem(messages: list[dict]) -> str | None:
+    waiting: set = set()
+    for message in messages:
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") not in waiting:
+                return f"a tool message answers no call: {message.get('tool_call_id')}"
+            waiting.discard(message["tool_call_id"])
+            continue
+        if waiting:
+            return f"tool calls without their result: {sorted(waiting)}"
+        waiting = {call.get("id") for call in message.get("tool_calls") or ()}
+    return f"tool calls without their result: {sorted(waiting)}" if waiting else None
+
+
+def tool_calls_for(messages: list[dict], tools: list[dict],
+                   again: bool = False) -> list[dict] | None:
+    offered = {(t.get("function") or {}).get("name") for t in tools}
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    if not offered or last_user < 0 or (not again and any(m.get("role") == "tool"
+                                                          for m in messages[last_user + 1:])):
+        return None
+    calls = []
+    for line in str(messages[last_user].get("content") or "").splitlines():
+        if line.strip().startswith("/tool "):
+            name, _, arguments = line.strip()[len("/tool "):].partition(" ")
+            model_name = name.replace(":", "_")
+            calls.append({"id": f"fake_call_{len(messages)}_{len(calls)}", "type": "function",
+                          "function": {"name": model_name if model_name in offered else name,
+                                       "arguments": arguments.strip() or "{}"}})
+    return calls or None
+
+
+def tool_results_text(messages: list[dict]) -> str | None:
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    results = [str(m.get("content")) for m in messages[last_user + 1:] if m.get("role") == "tool"]
+    return "tool results: " + " | ".join(results) if results else None
 
 
 def usage_for(messages: list[dict], text: str) -> dict:
@@ -60,9 +110,12 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
         messages = body.get("messages") or []
         stream = bool(body.get("stream"))
         server: FakeOpenAIServer = self.server.owner
-        server.record(model, messages, stream)
+        server.record(model, messages, stream, body.get("tools"))
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
+        if problem := history_problem(messages):
+            return self._json(400, {"error": {"message": problem,
+                                              "type": "invalid_request_error"}})
         if model.startswith("broken"):
             return self._json(500, {"error": {"message": "the fake server is broken on purpose",
                                               "type": "server_error"}})
@@ -86,8 +139,11 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             pieces = [f"word{i} " for i in range(40)]
             text = "".join(pieces)
             delay = 0.2
+        elif calls := tool_calls_for(messages, body.get("tools") or [],
+                                     again=model.startswith("looping")):
+            return self._tool_calls(model, calls, stream)
         else:
-            text = echo_text(messages)
+            text = tool_results_text(messages) or echo_text(messages)
             pieces = [piece + " " for piece in text.split(" ")]
             pieces[-1] = pieces[-1][:-1]
             delay = 0.0
@@ -101,6 +157,26 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             "model": model, "usage": usage,
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": text}}]})
+
+    def _tool_calls(self, model: str, calls: list[dict], stream: bool):
+        usage = {"prompt_tokens": 1, "completion_tokens": len(calls), "total_tokens": 1 + len(calls)}
+        if not stream:
+            return self._json(200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": model, "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "tool_calls",
+                             "message": {"role": "assistant", "content": None,
+                                         "tool_calls": calls}}]})
+        deltas = []
+        for index, call in enumerate(calls):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                           "function": {"name": call["function"]["name"],
+                                                        "arguments": ""}}]})
+            for part in (arguments[:half], arguments[half:]):
+                deltas.append({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+        self._stream(model, [], usage, 0.0, True, deltas, "tool_calls")
 
     def _client_left_within(self, seconds: float) -> bool:
         """Wait `seconds`, or less if the client closes the connection (then True)."""
@@ -125,7 +201,7 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(self, model: str, pieces: list[str], usage: dict, delay: float,
-                include_usage: bool):
+                include_usage: bool, deltas: list[dict] = (), finish: str = "stop"):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -147,7 +223,9 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
                 if delay:
                     time.sleep(delay)
                 event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-            event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+            for delta in deltas:
+                event([{"index": 0, "delta": delta, "finish_reason": None}])
+            event([{"index": 0, "delta": {}, "finish_reason": finish}])
             if include_usage:
                 event([], {"usage": usage})
             self.wfile.write(b"data: [DONE]\n\n")
@@ -167,11 +245,11 @@ class FakeOpenAIServer(LocalHTTPServer):
         self.gate = threading.Event()
         self.api_base = f"{self.url}/v1"
 
-    def record(self, model: str, messages: list, stream: bool) -> None:
+    def record(self, model: str, messages: list, stream: bool, tools=None) -> None:
         with self._lock:
             self._counts[model] += 1
             self.requests.append({"model": model, "messages": messages, "stream": stream,
-                                  "time": time.time()})
+                                  "tools": tools, "time": time.time()})
 
     def note_hangup(self, model: str) -> None:
         with self._lock:

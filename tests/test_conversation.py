@@ -171,3 +171,31 @@ def test_bad_appends_are_validation_errors(daemon):
             assert error_of(client.request("conversation:append", data))["code"] == \
                 "validation_error", data
         assert append(client, "s", "user", "still works")["message_id"] == 1
+
+
+OLD_SCHEMA = """
+CREATE TABLE messages (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, role TEXT NOT NULL,
+    content TEXT NOT NULL, model TEXT, usage TEXT, request_id TEXT, metadata TEXT,
+    timestamp REAL NOT NULL);
+INSERT INTO messages (session_id, role, content, timestamp) VALUES ('old', 'user', 'hello', 1.0);
+"""
+
+
+def test_a_file_from_before_tool_messages_is_read_and_takes_them(inprocess_factory, tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(OLD_SCHEMA)
+    conn.close()
+    daemon = inprocess_factory({"plugins": {"conversation": {"db_path": str(path)}}})
+    call = {"id": "c1", "type": "function", "function": {"name": "state_get", "arguments": "{}"}}
+    with daemon.client() as client:
+        append(client, "old", "assistant", None, tool_calls=[call])
+        append(client, "old", "tool", '{"value": 1}', tool_call_id="c1")
+        history = data_of(client.request("conversation:history", {"session_id": "old"}))
+        bad = error_of(client.request("conversation:append", {
+            "session_id": "old", "role": "assistant", "content": None, "tool_calls": "no"}))
+    assert [(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id"))
+            for m in history["messages"]] == [("user", "hello", None, None),
+                                              ("assistant", None, [call], None),
+                                              ("tool", '{"value": 1}', None, "c1")]
+    assert bad["code"] == "validation_error"

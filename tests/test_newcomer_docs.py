@@ -1,14 +1,11 @@
 """What a newcomer copies out of the README works as it is."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, TEST_ENV
+from conftest import ROOT, run_python_blocks
 
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 # A request piped into nc: without -N (or -q) Debian's netcat-openbsd never exits.
@@ -24,14 +21,7 @@ def readme_python_blocks() -> list[str]:
 def test_every_python_block_of_the_readme_runs_as_a_script_against_a_daemon(daemon, tmp_path):
     blocks = readme_python_blocks()
     assert len(blocks) >= 3
-    env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(daemon.socket_path),
-           "PYTHONPATH": str(ROOT)}
-    for number, code in enumerate(blocks, 1):
-        script = tmp_path / f"readme_block_{number}.py"
-        script.write_text(code, encoding="utf-8")
-        result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"README block {number}:\n{code}\n{result.stderr}"
+    run_python_blocks(blocks, daemon.socket_path, tmp_path, "README")
 
 
 def docs_and_the_start_banner() -> dict[str, str]:

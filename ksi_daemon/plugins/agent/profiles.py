@@ -36,6 +36,11 @@ class Profile(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_turns: int = Field(20, ge=1, le=100_000,
                            description="replies the agent gives in its session, then it stops")
+    tools: list[str] = Field(default_factory=list, max_length=256,
+                             description="event or tool names the agent's model may call "
+                                         "(docs/TOOLS.md); naming an explicit-only one allows it")
+    max_tool_steps: int | None = Field(None, ge=1, le=64,
+                                       description="rounds of tool calls per turn; none: 8")
 
 
 def _builtin(name: str, temperature: float, max_turns: int, prompt: str) -> Profile:

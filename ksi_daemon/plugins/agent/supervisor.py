@@ -192,7 +192,9 @@ class AgentRuntime:
                    "session_id": agent.session_id, "agent_id": agent.agent_id,
                    "request_id": request_id}
         for key, value in (("model", profile.model), ("temperature", profile.temperature),
-                           ("timeout_s", self.settings.completion_timeout_s)):
+                           ("timeout_s", self.settings.completion_timeout_s),
+                           ("tools", profile.tools or None),
+                           ("max_tool_steps", profile.max_tool_steps)):
             if value is not None:
                 request[key] = value
         try:

@@ -11,35 +11,47 @@ NO_HIDDEN_RETRIES = {"num_retries": 0, "max_retries": 0}
 
 
 class Answer:
-    __slots__ = ("text", "usage", "cost_usd", "chunks")
+    __slots__ = ("text", "usage", "cost_usd", "chunks", "tool_calls")
 
-    def __init__(self, text: str, usage: dict, cost_usd: float | None, chunks: int = 0):
+    def __init__(self, text: str, usage: dict, cost_usd: float | None, chunks: int = 0,
+                 tool_calls: list[dict] | None = None):
         self.text, self.usage, self.cost_usd, self.chunks = text, usage, cost_usd, chunks
+        # [{"id", "name" (the model name), "arguments" (a JSON string, as the model wrote it)}]
+        self.tool_calls = tool_calls or []
 
 
 async def call_model(litellm, model: str, messages: list[dict], params: dict,
                      timeout_s: float, session_id: str,
-                     on_delta: Callable[[str], None] | None = None) -> Answer:
-    """Ask `model`; with `on_delta`, stream and hand each text delta to it as it arrives."""
+                     on_delta: Callable[[str], None] | None = None,
+                     tools: list[dict] | None = None) -> Answer:
+    """Ask `model`; with `on_delta`, stream and hand each text delta to it as it arrives;
+    with `tools` (OpenAI's format), the answer may be tool calls instead of text."""
     kwargs = {**NO_HIDDEN_RETRIES, **params, "model": model, "messages": messages,
               "timeout": timeout_s, "metadata": {"ksi_session_id": session_id}}
+    if tools:
+        kwargs["tools"] = tools
     if on_delta is None:
         response = await litellm.acompletion(**kwargs)
-        text = response.choices[0].message.content or ""
+        message = response.choices[0].message
+        text = message.content or ""
         usage = usage_dict(getattr(response, "usage", None))
         return Answer(text, usage or estimate_usage(messages, text),
-                      cost_of(litellm, model, response, usage))
+                      cost_of(litellm, model, response, usage),
+                      tool_calls=_calls_of(getattr(message, "tool_calls", None)))
     response = await litellm.acompletion(**kwargs, stream=True,
                                          stream_options={"include_usage": True})
     parts: list[str] = []
+    calls: dict[int, dict] = {}
     usage = None
     try:
         async for chunk in response:
             choices = getattr(chunk, "choices", None) or ()
-            delta = choices[0].delta.content if choices and choices[0].delta else None
-            if delta:
-                parts.append(delta)
-                on_delta(delta)
+            delta = choices[0].delta if choices else None
+            if delta is not None and delta.content:
+                parts.append(delta.content)
+                on_delta(delta.content)
+            if delta is not None and getattr(delta, "tool_calls", None):
+                _gather_call_pieces(calls, delta.tool_calls)
             usage = usage_dict(getattr(chunk, "usage", None)) or usage
     finally:
         # A cancelled or failed call hangs up now: left to garbage collection, the stream (kept
@@ -50,7 +62,26 @@ async def call_model(litellm, model: str, messages: list[dict], params: dict,
                 await close()
     text = "".join(parts)
     usage = usage or estimate_usage(messages, text)
-    return Answer(text, usage, cost_of(litellm, model, None, usage), len(parts))
+    return Answer(text, usage, cost_of(litellm, model, None, usage), len(parts),
+                  [calls[i] for i in sorted(calls)])
+
+
+def _calls_of(tool_calls) -> list[dict]:
+    return [{"id": call.id, "name": call.function.name,
+             "arguments": call.function.arguments or ""} for call in tool_calls or ()]
+
+
+def _gather_call_pieces(calls: dict[int, dict], pieces) -> None:
+    """A streamed tool call comes in pieces sharing an index: the id and name first, then its
+    arguments a few characters at a time."""
+    for position, piece in enumerate(pieces):
+        index = piece.index if getattr(piece, "index", None) is not None else position
+        call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+        call["id"] = piece.id or call["id"]
+        function = piece.function
+        if function is not None:
+            call["name"] = function.name or call["name"]
+            call["arguments"] += function.arguments or ""
 
 
 def usage_dict(usage) -> dict | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -42,6 +42,16 @@ CREATE TABLE IF NOT EXISTS requests (
     turns_stored   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_by_end ON requests (ended_at) WHERE ended_at IS NOT NULL;
+-- The tool loop's steps, each committed before the next step (a table of its own, so a journal
+-- file from before tools simply gains it): the model's message asking for tools, then one row
+-- per tool message answering it, with the call's record.
+CREATE TABLE IF NOT EXISTS steps (
+    request_id TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    message    BLOB NOT NULL,
+    record     BLOB,
+    PRIMARY KEY (request_id, seq)
+) WITHOUT ROWID;
 """
 
 
@@ -60,6 +70,8 @@ class Entry:
     outcome: dict | None = None
     ended_at: float | None = None
     turns_stored: bool = False
+    # The tool loop's committed steps, oldest first: (message, call record or None).
+    steps: list[tuple[dict, dict | None]] = field(default_factory=list)
 
 
 class Journal:
@@ -86,6 +98,11 @@ class Journal:
         # would wait behind litellm's success logging, which the model call just scheduled.
         return self._write(_finish, request_id, state, orjson.dumps(outcome), time.time(),
                            on_commit=on_commit, now=True)
+
+    def step(self, request_id: str, seq: int, message: dict, record: dict | None = None):
+        """One step of the tool loop; the loop goes on once it is committed."""
+        return self._write(_step, request_id, seq, orjson.dumps(message),
+                           None if record is None else orjson.dumps(record), now=True)
 
     def turns_stored(self, request_id: str):
         return self._write(_mark_turns_stored, request_id)
@@ -116,9 +133,17 @@ def _read_all(conn: sqlite3.Connection) -> list[Entry]:
         "SELECT request_id, session_id, new_session, model, agent_id, correlation_id, "
         "request, accepted_at, state, outcome, ended_at, turns_stored "
         "FROM requests ORDER BY rowid").fetchall()
-    return [Entry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], orjson.loads(r[6]), r[7], r[8],
-                  orjson.loads(r[9]) if r[9] is not None else None, r[10], bool(r[11]))
-            for r in rows]
+    entries = [Entry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], orjson.loads(r[6]), r[7], r[8],
+                     orjson.loads(r[9]) if r[9] is not None else None, r[10], bool(r[11]))
+               for r in rows]
+    by_id = {entry.request_id: entry for entry in entries}
+    for request_id, message, record in conn.execute(
+            "SELECT request_id, message, record FROM steps ORDER BY request_id, seq"):
+        entry = by_id.get(request_id)
+        if entry is not None:
+            entry.steps.append((orjson.loads(message),
+                                None if record is None else orjson.loads(record)))
+    return entries
 
 
 def _accept(conn, e: Entry) -> None:
@@ -128,6 +153,12 @@ def _accept(conn, e: Entry) -> None:
         "correlation_id, request, accepted_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (e.request_id, e.session_id, int(e.new_session), e.model, e.agent_id, e.correlation_id,
          orjson.dumps(e.request), e.accepted_at, PENDING))
+    conn.execute("DELETE FROM steps WHERE request_id = ?", (e.request_id,))
+
+
+def _step(conn, request_id: str, seq: int, message: bytes, record: bytes | None) -> None:
+    conn.execute("INSERT OR REPLACE INTO steps (request_id, seq, message, record) "
+                 "VALUES (?, ?, ?, ?)", (request_id, seq, message, record))
 
 
 def _finish(conn, request_id: str, state: str, outcome: bytes, ended_at: float) -> None:
@@ -144,6 +175,8 @@ def _prune(conn, keep: int, ended_before: float) -> int:
     removed += conn.execute(
         "DELETE FROM requests WHERE ended_at IS NOT NULL AND rowid NOT IN (SELECT rowid FROM "
         "requests WHERE ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?)", (keep,)).rowcount
+    if removed:
+        conn.execute("DELETE FROM steps WHERE request_id NOT IN (SELECT request_id FROM requests)")
     return removed
 
 

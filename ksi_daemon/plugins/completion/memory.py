@@ -23,24 +23,28 @@ class ConversationMemory:
         reply = await self._ask_store("conversation:history",
                                       {"session_id": session_id, "limit": limit})
         if reply is not None and isinstance(reply.get("messages"), list):
-            return [{"role": m["role"], "content": m["content"]}
-                    for m in reply["messages"][-limit:] if m.get("role") and "content" in m]
-        return list(self.local.get(session_id, ()))[-limit:]
+            return valid_for_a_model([_in_model_shape(m) for m in reply["messages"][-limit:]
+                                      if m.get("role") and "content" in m])
+        return valid_for_a_model(list(self.local.get(session_id, ()))[-limit:])
 
-    async def roles_stored_for(self, session_id: str, request_id: str) -> set[str]:
-        """The roles of this request's turns the store already has among the session's newest."""
+    async def count_stored_for(self, session_id: str, request_id: str) -> int:
+        """How many of this request's turns the store already has among the session's newest."""
         reply = await self._ask_store("conversation:history",
                                       {"session_id": session_id, "limit": max(self.window, 50)})
         messages = reply.get("messages") if reply is not None else None
         if not isinstance(messages, list):
-            return set()
-        return {m.get("role") for m in messages if m.get("request_id") == request_id}
+            return 0
+        return sum(1 for m in messages if m.get("request_id") == request_id)
 
-    async def append(self, session_id: str, role: str, content: str, **extra) -> None:
+    async def append(self, session_id: str, role: str, content: str | None, *,
+                     tool_calls: list[dict] | None = None, tool_call_id: str | None = None,
+                     **extra) -> None:
+        shape = {k: v for k, v in (("tool_calls", tool_calls), ("tool_call_id", tool_call_id))
+                 if v is not None}
         self.local.setdefault(session_id, deque(maxlen=max(1, self.window))).append(
-            {"role": role, "content": content})
+            {"role": role, "content": content, **shape})
         await self._ask_store("conversation:append", {
-            "session_id": session_id, "role": role, "content": content,
+            "session_id": session_id, "role": role, "content": content, **shape,
             **{k: v for k, v in extra.items() if v is not None}})
 
     async def _ask_store(self, event: str, data: dict):
@@ -57,3 +61,39 @@ class ConversationMemory:
                                  detail=f"{event} is not answered; keeping turns in memory")
             return None
         return reply
+
+
+def _in_model_shape(message: dict) -> dict:
+    shape = {"role": message["role"], "content": message["content"]}
+    for key in ("tool_calls", "tool_call_id"):
+        if message.get(key) is not None:
+            shape[key] = message[key]
+    return shape
+
+
+def valid_for_a_model(messages: list[dict]) -> list[dict]:
+    """History a model accepts: every assistant tool call answered by a tool message.
+
+    A window may start between a call and its results, and a stop may have left a call without
+    its result in the store (the turn's messages are stored one by one): tool messages without
+    their call are left out, and a call without its result is answered as interrupted.
+    """
+    valid: list[dict] = []
+    waiting: list[str] = []  # the last asking message's calls not answered yet
+    for message in messages:
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") in waiting:
+                waiting.remove(message["tool_call_id"])
+                valid.append(message)
+            continue
+        valid.extend(_interrupted(waiting))
+        waiting = [call.get("id") for call in message.get("tool_calls") or ()]
+        valid.append(message)
+    valid.extend(_interrupted(waiting))
+    return valid
+
+
+def _interrupted(call_ids: list[str]) -> list[dict]:
+    return [{"role": "tool", "tool_call_id": call_id,
+             "content": '{"error": {"code": "unavailable", "message": "interrupted"}}'}
+            for call_id in call_ids]

@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+DEFAULT_MAX_TOOL_STEPS = 8
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -14,7 +17,8 @@ class Request(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool"] = "user"
-    content: str
+    # None: an assistant message that only calls tools (OpenAI's shape).
+    content: str | None
 
 
 class CompletionRequest(Request):
@@ -32,6 +36,12 @@ class CompletionRequest(Request):
     timeout_s: float | None = Field(None, gt=0, le=3600,
                                     description="deadline of the call, retries included")
     priority: int = Field(0, description="higher runs first among queued requests")
+    tools: list[str] | None = Field(
+        None, max_length=256, description="event or tool names the model may call "
+        "(KSI names like state:get or model names like state_get; docs/TOOLS.md)")
+    max_tool_steps: int = Field(DEFAULT_MAX_TOOL_STEPS, ge=1, le=64,
+                                description="rounds of tool calls before the request fails "
+                                            "with `timeout` and its partial transcript")
 
     @model_validator(mode="after")
     def needs_something_to_say(self):
@@ -59,6 +69,18 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class ToolCallRecord(BaseModel):
+    """One tool call of a completion and how it ended (a failure is a result the model read)."""
+    call_id: str
+    name: str = Field(description="the tool's KSI name")
+    arguments: Any = Field(description="as the model gave them (a string if not JSON)")
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+    duration_ms: float = 0.0
+    step: int = Field(description="the model step (from 1) that asked for it")
+
+
 class CompletionResult(BaseModel):
     """What completion:request answers and completion:result pushes."""
     request_id: str
@@ -71,6 +93,8 @@ class CompletionResult(BaseModel):
     attempts: int
     status: str = "completed"
     annotations: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCallRecord] = Field(
+        default_factory=list, description="the tools the model called, in the order asked")
     resumed: bool = Field(False, description="run again after a daemon restart")
     deduplicated: bool = Field(False, description="a repeated request_id: this job's outcome, "
                                                    "not a new run")

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import re
 
+
 PROVIDER = "ksi-offline"
 DEFAULT_MODEL = f"{PROVIDER}/default"
 WORDS_PER_CHUNK = 3
@@ -119,6 +120,50 @@ def reply_to(messages: list[dict]) -> str:
     return " ".join(sentences)
 
 
+_TOOL_LINE = re.compile(r"^\s*/tool\s+(\S+)\s*(.*?)\s*$")
+
+
+def tool_calls_for(messages: list[dict], offered: list[str]) -> list[dict] | None:
+    """The tool calls the offline model makes, or None when it answers with text.
+
+    Every `/tool NAME {json arguments}` line of the last user message becomes one call (all in
+    one step: parallel calls), unless that message's tool results are already in `messages`.
+    The call names the tool's model name when NAME is an offered tool (KSI or model name) and
+    NAME itself otherwise, so that the loop refuses it; the arguments are passed as written,
+    so that bad JSON reaches the loop too. Ids are deterministic: call_<messages>_<line>.
+    """
+    if not offered:
+        return None
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    if last_user < 0 or any(m.get("role") == "tool" for m in messages[last_user + 1:]):
+        return None
+    names = set(offered)
+    calls = []
+    for line in str(messages[last_user].get("content") or "").splitlines():
+        found = _TOOL_LINE.match(line)
+        if found is None:
+            continue
+        name = found.group(1)
+        model_name = name.replace(":", "_")
+        calls.append({"id": f"call_{len(messages)}_{len(calls)}",
+                      "name": model_name if model_name in names else name,
+                      "arguments": found.group(2) or "{}"})
+    return calls or None
+
+
+def quote_tool_results(messages: list[dict]) -> str | None:
+    """After the tool results of the last user message: text quoting each of them."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    names = {call.get("id"): (call.get("function") or {}).get("name")
+             for m in messages[last_user + 1:] for call in (m.get("tool_calls") or ())}
+    results = [f"{names.get(m.get('tool_call_id')) or 'a tool'} answered "
+               f"{_clip(str(m.get('content') or ''), 2000)}"
+               for m in messages[last_user + 1:] if m.get("role") == "tool"]
+    if not results:
+        return None
+    return "I used my tools. " + "; ".join(results) + "."
+
+
 def key_words(text: str, limit: int = 3, avoid: str = "") -> list[str]:
     """The text's most telling words, best first.
 
@@ -180,27 +225,47 @@ def build_provider():
 
     class OfflineModel(CustomLLM):
         def completion(self, model, messages, *args, **kwargs):
-            return _response(model, messages)
+            calls = tool_calls_for(messages, _offered(kwargs))
+            return _response(model, messages, calls=calls)
 
         async def acompletion(self, model, messages, *args, **kwargs):
-            return _response(model, messages, await answer_without_blocking(messages))
+            calls = tool_calls_for(messages, _offered(kwargs))
+            text = "" if calls else await answer_without_blocking(messages)
+            return _response(model, messages, text, calls)
 
         def streaming(self, model, messages, *args, **kwargs):
-            yield from _stream(messages)
+            yield from _stream(messages, calls=tool_calls_for(messages, _offered(kwargs)))
 
         async def astreaming(self, model, messages, *args, **kwargs):
-            for chunk in _stream(messages, await answer_without_blocking(messages)):
+            calls = tool_calls_for(messages, _offered(kwargs))
+            text = "" if calls else await answer_without_blocking(messages)
+            for chunk in _stream(messages, text, calls):
                 yield chunk
 
-    def _response(model: str, messages: list[dict], text: str | None = None):
-        text = reply_to(messages) if text is None else text
+    def _response(model: str, messages: list[dict], text: str | None = None,
+                  calls: list[dict] | None = None):
+        if calls:
+            message = {"role": "assistant", "content": None,
+                       "tool_calls": [_openai_call(call) for call in calls]}
+            return ModelResponse(model=model, choices=[{"message": message, "index": 0,
+                                                        "finish_reason": "tool_calls"}],
+                                 usage=litellm.Usage(**usage_of(messages, "")))
+        text = answer(messages) if text is None else text
         return ModelResponse(model=model, choices=[{"message": {"role": "assistant",
                                                                 "content": text},
                                                     "finish_reason": "stop", "index": 0}],
                              usage=litellm.Usage(**usage_of(messages, text)))
 
-    def _stream(messages: list[dict], text: str | None = None):
-        text = reply_to(messages) if text is None else text
+    def _stream(messages: list[dict], text: str | None = None, calls: list[dict] | None = None):
+        if calls:
+            last = len(calls) - 1
+            for index, call in enumerate(calls):
+                yield {"text": "", "is_finished": index == last, "index": 0,
+                       "finish_reason": "tool_calls" if index == last else "",
+                       "usage": usage_of(messages, "") if index == last else None,
+                       "tool_use": {**_openai_call(call), "index": index}}
+            return
+        text = answer(messages) if text is None else text
         pieces = chunks_of(text) or [""]
         last = len(pieces) - 1
         for index, piece in enumerate(pieces):
@@ -212,11 +277,26 @@ def build_provider():
     return OfflineModel()
 
 
+def _offered(kwargs: dict) -> list[str]:
+    tools = (kwargs.get("optional_params") or {}).get("tools") or ()
+    return [(tool.get("function") or {}).get("name") for tool in tools]
+
+
+def _openai_call(call: dict) -> dict:
+    return {"id": call["id"], "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]}}
+
+
+def answer(messages: list[dict]) -> str:
+    """The text answer: the tool results quoted when they are in, else `reply_to`."""
+    return quote_tool_results(messages) or reply_to(messages)
+
+
 async def answer_without_blocking(messages: list[dict]) -> str:
-    """`reply_to(messages)`, in a worker thread when the conversation is long."""
+    """`answer(messages)`, in a worker thread when the conversation is long."""
     if sum(len(str(m.get("content") or "")) for m in messages) <= ON_THE_LOOP_UP_TO_CHARS:
-        return reply_to(messages)
-    return await asyncio.to_thread(reply_to, messages)
+        return answer(messages)
+    return await asyncio.to_thread(answer, messages)
 
 
 def _stable_number(messages: list[dict]) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
-from ...protocol import NOT_FOUND, TIMEOUT, UNAVAILABLE, KSIError
+from ...protocol import NOT_FOUND, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError
 from ...storage.sqlite_writer import WriterStopped
 from . import claude_cli, hookspecs, offline_model
 from .calls import call_model
@@ -32,6 +32,7 @@ from .memory import ConversationMemory
 from .models import (AsyncReply, CancelRequest, CompletionRequest, CompletionResult,
                      ModelsRequest, PostResponseContext, PreCallContext, StatusRequest)
 from .queue import Job, SessionScheduler
+from .tool_loop import ToolLoop
 from .response_log import ResponseLog
 from .retries import RetryPolicy, error_code_of, is_transient, reason_of
 
@@ -354,6 +355,7 @@ class CompletionPlugin(BasePlugin):
         job.attempts, job.cancel_requested, job.new_session = 0, False, new_session
         job.queued_at, job.started_at = queued_at, None
         job.timeout_s = data.timeout_s or self.default_timeout_s
+        job.steps, job.chunks_sent = [], 0
         return job
 
     def _load(self, entry: Entry) -> None:
@@ -367,6 +369,7 @@ class CompletionPlugin(BasePlugin):
         job = self._new_job(entry.request_id, entry.session_id, entry.new_session, entry.model,
                             data, entry.accepted_at)
         job.correlation_id = entry.correlation_id
+        job.steps = entry.steps
         self._remember(job)
         if entry.outcome is None:
             job.resumed = True
@@ -375,7 +378,8 @@ class CompletionPlugin(BasePlugin):
         job.state, job.ended_at, job.started_at = entry.state, entry.ended_at, entry.ended_at
         job.resumed = bool(entry.outcome.get("resumed"))
         if entry.state == "failed":
-            outcome = KSIError(entry.outcome["code"], entry.outcome["message"])
+            outcome = KSIError(entry.outcome["code"], entry.outcome["message"],
+                               entry.outcome.get("details"))
         else:
             outcome = entry.outcome
         job.done.set_result(outcome)
@@ -450,7 +454,7 @@ class CompletionPlugin(BasePlugin):
             self._end_with_error(job, TIMEOUT, f"the completion did not finish within "
                                  f"{job.timeout_s:g} s")
         except KSIError as exc:
-            self._end_with_error(job, exc.code, exc.message)
+            self._end_with_error(job, exc.code, exc.message, exc.details)
         except Exception as exc:  # noqa: BLE001 - every failure ends as completion:error
             self._end_with_error(job, error_code_of(exc), _message_of(exc))
         else:
@@ -469,7 +473,14 @@ class CompletionPlugin(BasePlugin):
                               _in_model_order(history, new_messages), {**extra, **params},
                               request.agent_id)
         await self.hooks.pre_call(call)
-        answer = await self._call_with_retries(job, litellm, call)
+        if request.tools:
+            loop = await self._tool_loop(job, request)
+            answer = await loop.run(call.messages, lambda messages, tools: self._call_with_retries(
+                job, litellm, call, messages, tools))
+            transcript, tool_calls = loop.transcript, loop.records
+        else:
+            answer = await self._call_with_retries(job, litellm, call)
+            transcript, tool_calls = [], []
         seen = PostResponseContext(job.request_id, job.session_id, call.model, call.messages,
                                    answer.text, answer.usage, answer.cost_usd, job.attempts,
                                    request.agent_id)
@@ -478,7 +489,7 @@ class CompletionPlugin(BasePlugin):
             request_id=job.request_id, session_id=job.session_id, model=call.model,
             text=answer.text, usage=answer.usage, cost_usd=answer.cost_usd,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            attempts=job.attempts, annotations=seen.annotations,
+            attempts=job.attempts, annotations=seen.annotations, tool_calls=tool_calls,
             resumed=job.resumed).model_dump()
         # The client gets its answer once the journal holds it; the session stays busy until
         # the turns are stored, so its next turn still sees this one. Storing the turns only
@@ -491,22 +502,49 @@ class CompletionPlugin(BasePlugin):
         except Exception:  # noqa: BLE001 - logged where the commit failed; the answer is out
             pass
         try:
-            await self._store_turns(job, new_messages, answer.text, call.model, answer.usage)
+            await self._store_turns(job, new_messages + transcript, answer.text, call.model,
+                                    answer.usage)
         except Exception as exc:  # noqa: BLE001 - the answer is out; report, keep serving
             self.log.error("conversation_store_failed", session_id=job.session_id,
                            error=repr(exc))
         return result
 
+    async def _tool_loop(self, job: Job, request: CompletionRequest) -> ToolLoop:
+        """The request's tools, resolved once (unknown names fail it with not_found), in a loop
+        that takes up the steps a stop left in the journal."""
+        not_running = KSIError(UNAVAILABLE, "this request names tools, but the tools plugin "
+                                            "is not running")
+        try:
+            resolved = await self.context.emit("tools:resolve", {"names": request.tools,
+                                                                 "agent_id": request.agent_id})
+        except KSIError as exc:
+            if exc.code in (UNKNOWN_EVENT, UNAVAILABLE):
+                raise not_running from None
+            raise
+        if not isinstance(resolved, dict):  # nobody answered the event
+            raise not_running
+        if resolved.get("unknown"):
+            raise KSIError(NOT_FOUND, f"unknown tools: {', '.join(resolved['unknown'])} "
+                           "(see tools:list)", {"unknown": resolved["unknown"]})
+        loop = ToolLoop(request_id=job.request_id, agent_id=request.agent_id,
+                        tools=resolved["tools"], max_steps=request.max_tool_steps,
+                        emit=self.context.emit, push=lambda event, data: self._push(job, event,
+                                                                                    data),
+                        journal=self.journal, cancelled_by_request=lambda: job.cancel_requested)
+        loop.restore(job.steps)
+        return loop
+
     async def _store_turns(self, job: Job, new_messages: list[dict], text: str, model: str,
-                           usage: dict, already: set[str] = frozenset()) -> None:
-        """Store the turn's messages, then the answer; `already`: the roles a stop left stored."""
-        if not already - {"assistant"}:
-            for message in new_messages:
-                if message.get("role") != "system":
-                    await self.memory.append(job.session_id, message.get("role", "user"),
-                                             str(message.get("content", "")),
-                                             request_id=job.request_id)
-        if "assistant" not in already:
+                           usage: dict, already: int = 0) -> None:
+        """Store the turn's messages (tool steps included), then the answer; `already`: how
+        many of them a stop left stored."""
+        turn = [m for m in new_messages if m.get("role") != "system"]
+        for message in turn[already:]:
+            await self.memory.append(job.session_id, message.get("role", "user"),
+                                     message.get("content"), request_id=job.request_id,
+                                     tool_calls=message.get("tool_calls"),
+                                     tool_call_id=message.get("tool_call_id"))
+        if already <= len(turn):
             await self.memory.append(job.session_id, "assistant", text, model=model,
                                      usage=usage, request_id=job.request_id)
         self.journal.turns_stored(job.request_id)
@@ -517,33 +555,40 @@ class CompletionPlugin(BasePlugin):
         for job in jobs:
             outcome = job.done.result()
             try:
-                stored = await self.memory.roles_stored_for(job.session_id, job.request_id)
-                await self._store_turns(job, _messages_of(job.payload), outcome["text"],
+                stored = await self.memory.count_stored_for(job.session_id, job.request_id)
+                steps = [message for message, _record in job.steps]
+                await self._store_turns(job, _messages_of(job.payload) + steps, outcome["text"],
                                         outcome["model"], outcome["usage"], stored)
             except Exception as exc:  # noqa: BLE001 - one session's store must not stop others
                 self.log.error("conversation_store_failed", session_id=job.session_id,
                                error=repr(exc))
 
-    async def _call_with_retries(self, job: Job, litellm, call: PreCallContext):
-        index = 0
+    async def _call_with_retries(self, job: Job, litellm, call: PreCallContext,
+                                 messages: list[dict] | None = None,
+                                 tools: list[dict] | None = None):
+        """One model call (`messages`: this step's, default the call's), retried while fresh."""
+        sent = 0
 
         def send_delta(delta: str) -> None:
-            nonlocal index
+            nonlocal sent
+            # One index sequence per request: a tool loop's steps continue it.
             self._push(job, "completion:chunk",
-                       {"request_id": job.request_id, "index": index, "delta": delta})
-            index += 1
+                       {"request_id": job.request_id, "index": job.chunks_sent, "delta": delta})
+            job.chunks_sent += 1
+            sent += 1
 
         while True:
             job.attempts += 1
             try:
                 return await call_model(
-                    litellm, call.model, call.messages, call.params, job.timeout_s,
-                    job.session_id, send_delta if job.payload.stream else None)
+                    litellm, call.model, call.messages if messages is None else messages,
+                    call.params, job.timeout_s, job.session_id,
+                    send_delta if job.payload.stream else None, tools)
             except (asyncio.CancelledError, KSIError):
                 raise
             except Exception as exc:  # noqa: BLE001 - decide below whether to try again
                 # Once text went out, a retry would repeat it: only fresh attempts are retried.
-                if index or job.attempts >= self.retry.max_attempts or not is_transient(exc):
+                if sent or job.attempts >= self.retry.max_attempts or not is_transient(exc):
                     raise
                 delay = self.retry.delay_before(job.attempts + 1, exc)
                 self._push(job, "completion:retry", {
@@ -566,15 +611,19 @@ class CompletionPlugin(BasePlugin):
             self._push(job, "completion:result", result)
         return self._end(job, "completed", result, result, deliver)
 
-    def _end_with_error(self, job: Job, code: str, message: str) -> asyncio.Future | None:
+    def _end_with_error(self, job: Job, code: str, message: str,
+                        details=None) -> asyncio.Future | None:
+        error = {"code": code, "message": message}
+        if details is not None:  # e.g. the partial transcript of a tool loop out of steps
+            error["details"] = details
+
         def deliver() -> None:
             self.counts["failed"] += 1
             self._push(job, "completion:error", {
                 "request_id": job.request_id, "session_id": job.session_id,
-                "error": {"code": code, "message": message}, **self._resumed_mark(job)})
-        return self._end(job, "failed", {"code": code, "message": message,
-                                         **self._resumed_mark(job)},
-                         KSIError(code, message), deliver)
+                "error": error, **self._resumed_mark(job)})
+        return self._end(job, "failed", {**error, **self._resumed_mark(job)},
+                         KSIError(code, message, details), deliver)
 
     def _end_cancelled(self, job: Job) -> asyncio.Future | None:
         outcome = {"request_id": job.request_id, "session_id": job.session_id,

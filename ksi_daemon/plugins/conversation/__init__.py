@@ -70,7 +70,8 @@ class ConversationPlugin(BasePlugin):
         """Record one turn of a conversation; the reply comes after the commit."""
         try:
             future = self.writer.submit(append_message, data.session_id, data.role, data.content,
-                                        data.model, data.usage, data.request_id, data.metadata)
+                                        data.model, data.usage, data.request_id, data.metadata,
+                                        data.tool_calls, data.tool_call_id)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the conversation store is shutting down") from None
         message_id, timestamp = await future

@@ -28,7 +28,10 @@ def render_markdown(session: dict, messages: list[dict]) -> bytes:
         heading = f"## {message['role']}"
         if message.get("model"):
             heading += f" ({message['model']})"
-        lines += [heading, "", f"_{_iso(message['timestamp'])}_", "", message["content"], ""]
+        lines += [heading, "", f"_{_iso(message['timestamp'])}_", "", message["content"] or "", ""]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            lines += [f"- calls `{function.get('name')}` {function.get('arguments')}", ""]
     return "\n".join(lines).encode()
 
 

@@ -17,7 +17,13 @@ class Request(BaseModel):
 class AppendRequest(Request):
     session_id: str = SessionId
     role: str = Field(min_length=1, max_length=64, description="user, assistant, system, ...")
-    content: str = Field(description="the turn's text")
+    content: str | None = Field(description="the turn's text; null: an assistant message "
+                                            "that only calls tools")
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, max_length=128, description="an assistant's tool calls, in OpenAI's shape "
+        "({id, type: function, function: {name, arguments}})")
+    tool_call_id: str | None = Field(None, max_length=256,
+                                     description="a tool message: the call it answers")
     model: str | None = None
     usage: dict[str, Any] | None = Field(None, description="token counts, as the model gave")
     request_id: str | None = Field(None, max_length=256)

@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS messages (
     usage      TEXT,
     request_id TEXT,
     metadata   TEXT,
-    timestamp  REAL NOT NULL
+    timestamp  REAL NOT NULL,
+    tool_calls TEXT,
+    tool_call_id TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, id);
 CREATE TABLE IF NOT EXISTS sessions (
@@ -42,7 +44,9 @@ END;
 """
 
 MESSAGE_COLUMNS = ("id", "session_id", "role", "content", "model", "usage", "request_id",
-                   "metadata", "timestamp")
+                   "metadata", "timestamp", "tool_calls", "tool_call_id")
+# Columns added since the first schema, with their SQL type: a file from before gains them.
+ADDED_COLUMNS = (("tool_calls", "TEXT"), ("tool_call_id", "TEXT"))
 _SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
 SORTS = {
     "updated_desc": "updated_at DESC, session_id DESC",
@@ -55,6 +59,10 @@ SORTS = {
 
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    for name, sql_type in ADDED_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {sql_type}")
 
 
 def _json_or_none(value) -> str | None:
@@ -63,14 +71,17 @@ def _json_or_none(value) -> str | None:
 
 # ---- the write: writer thread only ---------------------------------------------------------------
 
-def append_message(conn, session_id: str, role: str, content: str, model: str | None,
-                   usage, request_id: str | None, metadata) -> tuple[int, float]:
+def append_message(conn, session_id: str, role: str, content: str | None, model: str | None,
+                   usage, request_id: str | None, metadata, tool_calls=None,
+                   tool_call_id: str | None = None) -> tuple[int, float]:
     now = time.time()
+    # content stays NOT NULL (older readers rely on it): a tool-calling message without text
+    # is stored as "" and read back as null (message_of).
     message_id = conn.execute(
         "INSERT INTO messages (session_id, role, content, model, usage, request_id, metadata, "
-        "timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (session_id, role, content, model, _json_or_none(usage), request_id,
-         _json_or_none(metadata), now)).fetchone()[0]
+        "timestamp, tool_calls, tool_call_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (session_id, role, content or "", model, _json_or_none(usage), request_id,
+         _json_or_none(metadata), now, _json_or_none(tool_calls), tool_call_id)).fetchone()[0]
     conn.execute(
         "INSERT INTO sessions (session_id, created_at, updated_at, message_count, last_model) "
         "VALUES (?, ?, ?, 1, ?) ON CONFLICT (session_id) DO UPDATE SET "
@@ -85,9 +96,15 @@ def append_message(conn, session_id: str, role: str, content: str, model: str | 
 def message_of(row) -> dict:
     message = dict(zip(MESSAGE_COLUMNS, row))
     message["message_id"] = message.pop("id")
-    for name in ("usage", "metadata"):
+    for name in ("usage", "metadata", "tool_calls"):
         if message[name] is not None:
             message[name] = orjson.loads(message[name])
+    if message["tool_calls"] is None:
+        del message["tool_calls"]
+    elif not message["content"]:
+        message["content"] = None
+    if message["tool_call_id"] is None:
+        del message["tool_call_id"]
     return message
 
 
