@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import structlog
@@ -23,6 +24,8 @@ log = structlog.get_logger("ksi.plugin.agent")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SUFFIXES = (".yaml", ".yml", ".json")
 BUILTIN = "builtin"
+# What agent:send does while a turn runs (docs/AGENTS.md, "When a message arrives mid-turn").
+BusyPolicy = Literal["enqueue", "reject", "interrupt", "rollback"]
 
 
 class Profile(BaseModel):
@@ -36,6 +39,10 @@ class Profile(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_turns: int = Field(20, ge=1, le=100_000,
                            description="replies the agent gives in its session, then it stops")
+    on_busy: BusyPolicy = Field(
+        "enqueue", description="what agent:send does while a turn runs: enqueue (wait your "
+                               "turn), reject (conflict), interrupt (stop the turn, then answer "
+                               "this), rollback (stop the turn and forget it, then answer this)")
 
 
 def _builtin(name: str, temperature: float, max_turns: int, prompt: str) -> Profile:
