@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import data_of, error_of
+from doc_examples import run_doc_example
 from fake_openai_server import FakeOpenAIServer
 from inprocess import ThreadedDaemon
 
@@ -49,8 +50,9 @@ def fake_claude(workdir):
 def daemon(server, workdir, fake_claude):
     config = {"plugins": {
         "agent": {"restart_base_delay_s": 0.05},
-        "completion": {"aliases": {GATED: {"model": f"openai/{GATED}",
-                                           "api_base": server.api_base, "api_key": "sk-test"}},
+        # `slow` is the alias docs/AGENTS.md's example uses for a model that takes a while.
+        "completion": {"aliases": {name: {"model": f"openai/{GATED}", "api_base": server.api_base,
+                                          "api_key": "sk-test"} for name in (GATED, "slow")},
                        "retry": {"max_attempts": 1},
                        "claude_cli": {"binary": str(fake_claude), "timeout_s": 60}}}}
     (workdir / "d").mkdir()
@@ -216,3 +218,8 @@ def test_a_profile_file_sets_on_busy_and_a_bad_value_is_a_validation_error(clien
     assert {p["name"]: p["on_busy"] for p in listed}["strict"] == "reject"
     error = error_of(client.request("agent:spawn", {"agent_id": "x", "on_busy": "shout"}))
     assert error["code"] == "validation_error"
+
+
+def test_the_interrupt_example_of_agents_doc_prints_what_the_doc_shows(client, daemon, workdir):
+    printed, shown = run_doc_example("AGENTS.md", "interrupt", daemon.socket_path, workdir)
+    assert printed == shown

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DaemonProcess, data_of, error_of
+from doc_examples import run_doc_example
 from fake_openai_server import FakeOpenAIServer
 from inprocess import ThreadedDaemon
 
@@ -182,3 +183,8 @@ def test_a_schedule_survives_a_restart_and_missed_firings_fire_once(tmp_path):
             "ORDER BY seq", (f"schedule:{made['schedule_id']}", restarted_at))]
     # One firing at start for the misses, then one per second: never a burst.
     assert fired_at and all(b - a > 0.9 for a, b in zip(fired_at, fired_at[1:])), fired_at
+
+
+def test_the_schedule_example_of_agents_doc_prints_what_the_doc_shows(client, daemon, tmp_path):
+    printed, shown = run_doc_example("AGENTS.md", "schedule", daemon.socket_path, tmp_path)
+    assert printed == shown

@@ -102,6 +102,7 @@ class InfoReply(AgentRecord):
     restarts: int
     error: str | None
     pending: int
+    answering: str | None = Field(None, description="the message whose turn is running now")
     system_prompt: str
     recent: list[TurnRecord]
 
