@@ -16,16 +16,15 @@ import pytest
 
 from conftest import DaemonProcess, data_of, error_of
 from doc_examples import run_doc_example
-from fake_openai_server import FakeOpenAIServer
 from inprocess import ThreadedDaemon
+from test_agent import shared_openai, terminate_all_agents, wait_until  # noqa: F401
 
 GATED = "gated-wake"
 
 
 @pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as fake:
-        yield fake
+def server(shared_openai):
+    return shared_openai  # this module's own fake server (a module-scoped fixture)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +46,7 @@ def client(daemon, server):
     with daemon.socket_client(timeout=30) as line_client:
         yield line_client
     server.open_gate()
-    with daemon.client(timeout=30) as cleaner:
-        for agent in data_of(cleaner.request("agent:list"))["agents"]:
-            data_of(cleaner.request("agent:terminate", {"agent_id": agent["agent_id"]}))
-
-
-def wait_until(check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-    return value
+    terminate_all_agents(daemon)
 
 
 def info(client, agent_id: str) -> dict:

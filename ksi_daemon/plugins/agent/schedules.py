@@ -12,8 +12,10 @@ import time
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
+import structlog
 from cronsim import CronSim, CronSimError
 
+log = structlog.get_logger("ksi.plugin.agent")
 EVERY_S_MIN, EVERY_S_MAX = 1.0, 31 * 24 * 3600.0
 
 
@@ -54,7 +56,7 @@ class Schedule:
     def missed_before(self, now: float, limit: int = 1000) -> int:
         """Firings due after the next one and by `now` (missed while the daemon was down)."""
         if self.every_s is not None:
-            return min(limit, int((now - self.next_at) // self.every_s))
+            return max(0, min(limit, int((now - self.next_at) // self.every_s)))
         missed, moment = 0, self.next_at
         while missed < limit and (moment := self.next_after(moment)) <= now:
             missed += 1
@@ -95,7 +97,12 @@ class Scheduler:
             due = [s for s in self.schedules.values() if s.next_at <= now]
             for schedule in due:
                 if self.schedules.get(schedule.schedule_id) is schedule:
-                    await self.fire(schedule, now)
+                    try:
+                        await self.fire(schedule, now)
+                    except Exception as exc:  # noqa: BLE001 - one bad firing stops no other
+                        log.error("agent_schedule_failed", schedule_id=schedule.schedule_id,
+                                  error=repr(exc))
+                        schedule.next_at = schedule.next_after(now)
             if due:
                 continue
             earliest = min((s.next_at for s in self.schedules.values()), default=None)
