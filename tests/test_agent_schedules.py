@@ -122,6 +122,8 @@ def test_schedules_end_with_their_agent(client, daemon):
 @pytest.mark.parametrize("data, code", [
     ({"agent_id": "picky", "cron": "every minute", "prompt": "x"}, "validation_error"),
     ({"agent_id": "picky", "cron": "61 * * * *", "prompt": "x"}, "validation_error"),
+    ({"agent_id": "picky", "cron": "0 0 31 2 *", "prompt": "x"}, "validation_error"),  # never
+    ({"agent_id": "picky", "cron": "* * * * * *", "prompt": "x"}, "validation_error"),
     ({"agent_id": "picky", "every_s": 0.5, "prompt": "x"}, "validation_error"),
     ({"agent_id": "picky", "every_s": 10 ** 9, "prompt": "x"}, "validation_error"),
     ({"agent_id": "picky", "every_s": 5, "cron": "* * * * *", "prompt": "x"}, "validation_error"),

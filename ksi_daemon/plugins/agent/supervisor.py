@@ -101,16 +101,17 @@ class AgentRuntime:
         as interrupted (in agents.db and, unless `forget`, in the conversation); its waiters are
         told. Not a crash: the agent's task is replaced, as by agent:restart, and no restart is
         counted."""
-        running = agent.current
-        if running is None:
+        if agent.current is None:
             return {"interrupted": False,
                     "reason": "idle" if agent.status == "running" else agent.status}
         stopped = await self.stop_task(agent)
-        if stopped is not None:
-            await self._record_interrupted(agent, stopped, forget)
-        if self.agents.get(agent.agent_id) is agent and agent.task is None and \
-                agent.status == "running":
-            self.start(agent)
+        try:
+            if stopped is not None:
+                await self._record_interrupted(agent, stopped, forget)
+        finally:  # even if the record failed, the agent goes on with its inbox
+            if self.agents.get(agent.agent_id) is agent and agent.task is None and \
+                    agent.status == "running":
+                self.start(agent)
         if stopped is None:  # it finished first: the new task records its answer as usual
             return {"interrupted": False, "reason": "finished"}
         return {"interrupted": True, "message_id": stopped.message_id,
