@@ -262,6 +262,9 @@ class FakeOpenAIServer(LocalHTTPServer):
     def open_gate(self) -> None:
         self.gate.set()
 
+    def close_gate(self) -> None:
+        self.gate.clear()
+
     def calls_saying(self, text: str) -> int:
         """How many calls had `text` as their last message (one request's calls)."""
         with self._lock:

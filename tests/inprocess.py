@@ -198,9 +198,10 @@ def _forget_earlier_daemons_model_providers() -> None:
     """litellm stays imported between daemons of one process, and its provider map with it:
     drop the providers an earlier daemon registered (the claude-cli one holds that daemon's
     runner and config), so this daemon's completion plugin registers its own."""
-    litellm = sys.modules.get("litellm")
-    if litellm is None:
+    if "litellm" not in sys.modules:
         return
+    # An earlier daemon's warm-up thread may still be importing it: `import` waits for that.
+    import litellm
     from ksi_daemon.plugins.completion import claude_cli, offline_model
     ours = {offline_model.PROVIDER, claude_cli.PROVIDER}
     litellm.custom_provider_map[:] = [entry for entry in litellm.custom_provider_map

@@ -4,6 +4,9 @@
     agent:terminate / agent:restart / agent:info {agent_id}
     agent:list {status?}
     agent:send {agent_id, content, sender?, wait?, timeout_s?}
+    agent:interrupt {agent_id}
+    agent:schedule {agent_id, every_s | cron, prompt} / agent:schedules {agent_id?}
+    agent:unschedule {schedule_id}
     agent:profiles {}
     agent:inbox   (emitted by the message plugin: a topic message for one of our agents)
 
@@ -29,10 +32,13 @@ from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
-from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, ListReply,
-                     ListRequest, ProfilesReply, ProfilesRequest, SendReply, SendRequest,
-                     SpawnReply, SpawnRequest, TerminateReply)
+from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
+                     ListReply, ListRequest, ProfilesReply, ProfilesRequest, ScheduleRecord,
+                     ScheduleRequest, SchedulesReply, SchedulesRequest, SendReply, SendRequest,
+                     SpawnReply, SpawnRequest, TerminateReply, UnscheduleReply,
+                     UnscheduleRequest)
 from .profiles import Profile, ProfileBook
+from .schedules import Schedule, Scheduler
 from .supervisor import AgentRuntime, text_of, turn_record
 
 DB_FILE_NAME = "agents.db"
@@ -70,7 +76,13 @@ class AgentPlugin(BasePlugin):
         self.writer, loaded = self.database.writer, self.database.loaded
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
+        self.runtime.after_last_turn = self._end_schedules
         self._unpublished = self._restore(loaded)
+        self.scheduler = Scheduler(self._fire)
+        for row in loaded.schedules:
+            if row["agent_id"] in self.agents:
+                self.scheduler.add(Schedule(**row))
+        self._scheduling: asyncio.Task | None = None
         log.info("agent_store_open", path=str(path), agents=len(self.agents),
                  terminated=len(self.terminated))
 
@@ -105,6 +117,9 @@ class AgentPlugin(BasePlugin):
         for agent in self.agents.values():
             if agent.status == "running":
                 self.runtime.start(agent)
+        # Schedules due while the daemon was down fire now, once each (schedules.py).
+        self._scheduling = asyncio.get_running_loop().create_task(self.scheduler.run(),
+                                                                  name="agent-schedules")
         # Topic subscriptions came back paused: resume them, handing over what arrived meanwhile
         # (an agent with no stored subscription answers validation_error, which is fine).
         await asyncio.gather(*(self._resume_topics(agent_id) for agent_id in list(self.agents)))
@@ -124,6 +139,7 @@ class AgentPlugin(BasePlugin):
         # No new turns from now on; a turn already asking its model may finish (completion
         # lets running calls end within the shutdown deadline) and is then recorded.
         self.runtime.stopping = True
+        self._stop_scheduling()
         stopping = KSIError(UNAVAILABLE, "the daemon is shutting down; the message is kept and "
                                          "answered after the restart")
         for agent in self.agents.values():
@@ -135,6 +151,7 @@ class AgentPlugin(BasePlugin):
         if self.writer is None:
             return
         self.runtime.stopping = True
+        self._stop_scheduling()
         self.runtime.wake_all()
         tasks = list(self.runtime.tasks)
         if tasks:
@@ -144,6 +161,11 @@ class AgentPlugin(BasePlugin):
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
         await self.database.close()
+
+    def _stop_scheduling(self) -> None:
+        if self._scheduling is not None:
+            self._scheduling.cancel()
+            self._scheduling = None
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -216,8 +238,8 @@ class AgentPlugin(BasePlugin):
             if profile is None:
                 raise KSIError(NOT_FOUND, f"no agent profile {name!r}; see agent:profiles",
                                {"profile": name, "profiles": sorted(self.book.profiles())})
-        changes = {k: v for k, v in (("model", data.model), ("max_turns", data.max_turns))
-                   if v is not None}
+        changes = {k: v for k, v in (("model", data.model), ("max_turns", data.max_turns),
+                                     ("on_busy", data.on_busy)) if v is not None}
         return profile.model_copy(update=changes) if changes else profile
 
     async def _forget(self, agent_id: str) -> None:
@@ -235,6 +257,8 @@ class AgentPlugin(BasePlugin):
             raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}{detail}")
         del self.agents[data.agent_id]
         await self.runtime.stop_task(agent)
+        for schedule in self.scheduler.of_agent(agent.agent_id):
+            self.scheduler.remove(schedule.schedule_id)  # store.terminate deletes their rows
         agent.status = "terminated"
         agent.fail_waiters(KSIError(CONFLICT, f"agent {agent.agent_id} was terminated"))
         await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
@@ -306,6 +330,13 @@ class AgentPlugin(BasePlugin):
         message = self.runtime.new_message(data.content, CALLER if data.wait else DIRECT,
                                            sender=data.sender)
         message.correlation_id = ctx.correlation_id
+        policy = agent.profile.on_busy
+        busy = agent.status == "running" and bool(agent.inbox)
+        if busy and policy == "reject":
+            raise KSIError(CONFLICT, f"agent {agent.agent_id} is busy with a turn and its "
+                                     "on_busy policy is reject; send again when it is done",
+                           {"agent_id": agent.agent_id, "on_busy": policy,
+                            "pending": len(agent.inbox)})
         await self._write(store.add_message, message.row(agent.agent_id, time.time()))
         if self.agents.get(agent.agent_id) is not agent:
             raise KSIError(CONFLICT, f"agent {agent.agent_id} was terminated meanwhile")
@@ -313,9 +344,11 @@ class AgentPlugin(BasePlugin):
         if not data.wait:
             message.ctx = ctx
             agent.deliver(message)
+            await self._take_over_if_busy(agent, busy)
             return {"message_id": message.message_id, "delivered": running}
         waiter = message.waiter = asyncio.get_running_loop().create_future()
         agent.deliver(message)
+        await self._take_over_if_busy(agent, busy)
         timeout_s = data.timeout_s or self.settings.send_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
@@ -325,6 +358,103 @@ class AgentPlugin(BasePlugin):
             raise KSIError(TIMEOUT, f"agent {agent.agent_id} did not answer within {timeout_s:g}"
                                     " s; the message stays in its inbox") from None
         return {"message_id": message.message_id, "delivered": True, "reply": reply}
+
+    async def _take_over_if_busy(self, agent: Agent, busy: bool) -> None:
+        """The interrupt and rollback policies: the running turn stops and the inbox goes on,
+        the new message included."""
+        if busy and agent.profile.on_busy in ("interrupt", "rollback"):
+            await self.runtime.interrupt(agent, forget=agent.profile.on_busy == "rollback")
+
+    @event_handler("agent:interrupt", returns=InterruptReply)
+    async def interrupt(self, data: AgentIdRequest, ctx):
+        """Stop the agent's running turn now (its completion is cancelled); it takes the next
+        message. An idle agent answers interrupted: false."""
+        agent = self._live(data.agent_id)
+        return {"agent_id": agent.agent_id, **await self.runtime.interrupt(agent)}
+
+    # ---- schedules ---------------------------------------------------------------------------
+
+    @event_handler("agent:schedule", returns=ScheduleRecord)
+    async def schedule(self, data: ScheduleRequest, ctx):
+        """Wake an agent with `prompt` every `every_s` seconds or on a cron (UTC)."""
+        agent = self._live(data.agent_id)
+        if agent.turns >= agent.profile.max_turns:
+            raise KSIError(CONFLICT, f"agent {agent.agent_id} has given its max_turns "
+                                     f"({agent.profile.max_turns}) and answers no more")
+        if len(self.scheduler.of_agent(agent.agent_id)) >= self.settings.max_schedules:
+            raise KSIError(CONFLICT, f"agent {agent.agent_id} has {self.settings.max_schedules}"
+                                     " schedules, the most plugins.agent.max_schedules allows")
+        schedule = Schedule(f"s-{os.urandom(6).hex()}", agent.agent_id, data.every_s, data.cron,
+                            data.prompt, time.time())
+        await self._write(store.insert_schedule, schedule.row())
+        if self.agents.get(agent.agent_id) is not agent:
+            await self._write(store.delete_schedule, schedule.schedule_id)
+            raise KSIError(CONFLICT, f"agent {agent.agent_id} was terminated meanwhile")
+        self.scheduler.add(schedule)
+        return schedule.record()
+
+    @event_handler("agent:schedules", returns=SchedulesReply)
+    def schedules(self, data: SchedulesRequest):
+        """The schedules (of one agent, or all), with their next firing."""
+        if data.agent_id is not None:
+            self._live(data.agent_id)
+            found = self.scheduler.of_agent(data.agent_id)
+        else:
+            found = list(self.scheduler.schedules.values())
+        return {"schedules": [s.record() for s in found], "count": len(found)}
+
+    @event_handler("agent:unschedule", returns=UnscheduleReply)
+    async def unschedule(self, data: UnscheduleRequest):
+        """End a schedule; a firing already in the inbox is still answered."""
+        schedule = self.scheduler.schedules.get(data.schedule_id)
+        if schedule is None:
+            raise KSIError(NOT_FOUND, f"no schedule {data.schedule_id}; see agent:schedules")
+        self.scheduler.remove(schedule.schedule_id)
+        await self._write(store.delete_schedule, schedule.schedule_id)
+        return {"schedule_id": schedule.schedule_id, "agent_id": schedule.agent_id,
+                "status": "unscheduled"}
+
+    async def _fire(self, schedule: Schedule, now: float) -> None:
+        """One firing: the prompt goes to the inbox, unless the last firing still waits there
+        (then this one is coalesced into it); a wake-up never stops a running turn."""
+        agent = self.agents.get(schedule.agent_id)
+        if agent is None or agent.turns >= agent.profile.max_turns:
+            await self._end_schedules(schedule.agent_id)
+            return
+        waiting = any(m.message_id == schedule.last_message_id and m is not agent.current
+                      for m in agent.inbox)
+        missed = schedule.missed_before(now)
+        row = {**schedule.row(), "next_at": schedule.next_after(now)}
+        message = None
+        if waiting:
+            row["coalesced"] += 1 + missed
+        else:
+            message = self.runtime.new_message(schedule.prompt, DIRECT, sender=schedule.sender)
+            row.update(last_message_id=message.message_id, fired=row["fired"] + 1,
+                       coalesced=row["coalesced"] + missed)
+        try:
+            await self._write(store.fire_schedule, row,
+                              message.row(agent.agent_id, now) if message else None)
+        except Exception as exc:  # noqa: BLE001 - skip this firing; the next one is on time
+            log.error("agent_schedule_not_fired", schedule_id=schedule.schedule_id,
+                      error=repr(exc))
+            schedule.next_at = row["next_at"]
+            return
+        schedule.next_at, schedule.fired = row["next_at"], row["fired"]
+        schedule.last_message_id, schedule.coalesced = row["last_message_id"], row["coalesced"]
+        if message is not None and self.agents.get(agent.agent_id) is agent:
+            agent.deliver(message)
+
+    async def _end_schedules(self, agent_id: str) -> None:
+        """An agent that answers no more (max_turns given) is woken no more."""
+        schedules = self.scheduler.of_agent(agent_id)
+        for schedule in schedules:
+            self.scheduler.remove(schedule.schedule_id)
+        if schedules:
+            try:
+                await self._write(store.delete_schedules_of, agent_id)
+            except KSIError as exc:
+                log.warning("agent_schedules_not_deleted", agent_id=agent_id, error=exc.message)
 
     @event_handler("agent:profiles", returns=ProfilesReply)
     def profiles(self, data: ProfilesRequest):

@@ -91,6 +91,7 @@ class Agent:
         return {**self.record(), "model": self.profile.model,
                 "max_turns": self.profile.max_turns, "turns": self.turns,
                 "restarts": self.restarts, "error": self.error, "pending": len(self.inbox),
+                "answering": self.current.message_id if self.current else None,
                 "system_prompt": self.profile.system_prompt, "recent": list(self.recent)}
 
     def fail_waiters(self, error: BaseException, keep_current: bool = False) -> None:

@@ -6,7 +6,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from ...storage.limits import SQLITE_INT_MAX
-from .profiles import Profile
+from .profiles import BusyPolicy, Profile
+from .schedules import EVERY_S_MAX, EVERY_S_MIN, cron_problem
 
 Status = Literal["running", "restarting", "failed", "terminated"]
 # Lookups accept any id (an id that was never valid is simply not found).
@@ -37,6 +38,7 @@ class SpawnRequest(Request):
                                   description="overrides the profile's max_turns")
     topics: list[str] = Field(default_factory=list, max_length=64,
                               description="message topics the agent listens to and answers on")
+    on_busy: BusyPolicy | None = Field(None, description="overrides the profile's on_busy")
 
     @model_validator(mode="after")
     def one_source_of_profile(self):
@@ -100,6 +102,7 @@ class InfoReply(AgentRecord):
     restarts: int
     error: str | None
     pending: int
+    answering: str | None = Field(None, description="the message whose turn is running now")
     system_prompt: str
     recent: list[TurnRecord]
 
@@ -128,6 +131,66 @@ class SendReply(BaseModel):
     delivered: bool = Field(description="the message is stored in the agent's inbox and a "
                                         "running agent will answer it")
     reply: ReplyInfo | None = None
+
+
+class InterruptReply(BaseModel):
+    agent_id: str
+    interrupted: bool = Field(description="a running turn was stopped")
+    reason: str | None = Field(None, description="when not: idle (no turn running), finished "
+                                                 "(it ended first), or the agent's status")
+    message_id: str | None = Field(None, description="the message whose turn was stopped")
+    request_id: str | None = Field(None, description="its cancelled completion")
+
+
+class ScheduleRequest(Request):
+    agent_id: str = AgentRef
+    every_s: float | None = Field(None, ge=EVERY_S_MIN, le=EVERY_S_MAX,
+                                  description="fire every this many seconds")
+    cron: str | None = Field(None, min_length=9, max_length=256,
+                             description="or a 5-field cron expression, in UTC")
+    prompt: str = Field(min_length=1, max_length=200_000,
+                        description="the message each firing puts in the agent's inbox")
+
+    @model_validator(mode="after")
+    def one_way_of_firing(self):
+        if (self.every_s is None) == (self.cron is None):
+            raise ValueError("give either every_s or cron")
+        if self.cron is not None and (problem := cron_problem(self.cron)) is not None:
+            raise ValueError(f"cron {self.cron!r}: {problem}")
+        return self
+
+
+class ScheduleRecord(BaseModel):
+    schedule_id: str
+    agent_id: str
+    every_s: float | None
+    cron: str | None
+    prompt: str
+    created_at: float
+    next_at: float = Field(description="the next firing (Unix time)")
+    fired: int = Field(description="firings delivered to the inbox")
+    coalesced: int = Field(description="firings dropped because the previous one still waited "
+                                       "(or missed while the daemon was down)")
+
+
+class SchedulesRequest(Request):
+    agent_id: str | None = Field(None, min_length=1, max_length=256,
+                                 description="only this agent's schedules")
+
+
+class SchedulesReply(BaseModel):
+    schedules: list[ScheduleRecord]
+    count: int
+
+
+class UnscheduleRequest(Request):
+    schedule_id: str = Field(min_length=1, max_length=64)
+
+
+class UnscheduleReply(BaseModel):
+    schedule_id: str
+    agent_id: str
+    status: Literal["unscheduled"]
 
 
 class ProfilesRequest(Request):
@@ -168,6 +231,7 @@ class AgentSettings(BaseModel):
     recent_kept: int = Field(20, ge=1, le=1000, description="answered messages kept per agent")
     keep_terminated: int = Field(1000, ge=0, le=SQLITE_INT_MAX,  # a LIMIT in agents.db
                                  description="terminated agents still listed")
+    max_schedules: int = Field(100, ge=1, le=100_000, description="schedules per agent")
     profiles_dir: str | None = Field(None, description="default: <var>/agent_profiles")
     db_path: str | None = None
     synchronous: Literal["NORMAL", "FULL", "normal", "full"] = "NORMAL"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import structlog
@@ -23,6 +24,8 @@ log = structlog.get_logger("ksi.plugin.agent")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SUFFIXES = (".yaml", ".yml", ".json")
 BUILTIN = "builtin"
+# What agent:send does while a turn runs (docs/AGENTS.md, "When a message arrives mid-turn").
+BusyPolicy = Literal["enqueue", "reject", "interrupt", "rollback"]
 
 
 class Profile(BaseModel):
@@ -41,6 +44,10 @@ class Profile(BaseModel):
                                          "(docs/TOOLS.md); naming an explicit-only one allows it")
     max_tool_steps: int | None = Field(None, ge=1, le=64,
                                        description="rounds of tool calls per turn; none: 8")
+    on_busy: BusyPolicy = Field(
+        "enqueue", description="what agent:send does while a turn runs: enqueue (wait your "
+                               "turn), reject (conflict), interrupt (stop the turn, then answer "
+                               "this), rollback (stop the turn and forget it, then answer this)")
 
 
 def _builtin(name: str, temperature: float, max_turns: int, prompt: str) -> Profile:

@@ -9,7 +9,11 @@ Functions taking `conn` first are writer ops (SqliteWriter's thread, inside its 
 `load` runs once at start-up, before the writer thread exists.
 
 Message states: pending (to be answered) -> answered (reply stored, not yet published to its
-topic) -> done; or skipped (not answered: max_turns reached, or its completion was cancelled).
+topic) -> done; or skipped (not answered: max_turns reached, or its completion was cancelled);
+or interrupted / rolled_back (its turn was stopped by agent:interrupt or a busy policy).
+
+Schedules (wake-ups) are stored with their next firing; a firing and the message it puts in the
+inbox are committed together, so a restart neither loses nor repeats one.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 
 PENDING, ANSWERED, DONE, SKIPPED = "pending", "answered", "done", "skipped"
+INTERRUPTED, ROLLED_BACK = "interrupted", "rolled_back"
+HANDLED = (DONE, SKIPPED, INTERRUPTED, ROLLED_BACK)  # kept only for agent:info's recent turns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -51,6 +57,18 @@ CREATE TABLE IF NOT EXISTS agent_messages (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS agent_messages_in_order ON agent_messages (agent_id, seq);
 CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status, updated_at);
+CREATE TABLE IF NOT EXISTS agent_schedules (
+    schedule_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    every_s REAL,
+    cron TEXT,
+    prompt TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    next_at REAL NOT NULL,
+    last_message_id TEXT,
+    fired INTEGER NOT NULL DEFAULT 0,
+    coalesced INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 """
 
 MESSAGE_COLUMNS = "agent_id, message_id, seq, sender, topic, reply_to, content, received_at"
@@ -65,6 +83,7 @@ class Loaded:
     agents: list[dict] = field(default_factory=list)        # not terminated, oldest first
     terminated: list[dict] = field(default_factory=list)    # oldest first
     messages: dict[str, list[dict]] = field(default_factory=dict)  # agent -> rows by seq
+    schedules: list[dict] = field(default_factory=list)
     last_seq: int = 0
 
 
@@ -77,6 +96,8 @@ def load(conn: sqlite3.Connection) -> Loaded:
                 dict(row))
         for row in conn.execute("SELECT * FROM agent_messages ORDER BY agent_id, seq"):
             loaded.messages.setdefault(row["agent_id"], []).append(dict(row))
+        loaded.schedules = [dict(row) for row in conn.execute(
+            "SELECT * FROM agent_schedules ORDER BY created_at")]
         loaded.last_seq = conn.execute("SELECT max(seq) FROM agent_messages").fetchone()[0] or 0
     finally:
         conn.row_factory = None
@@ -127,12 +148,13 @@ def record_turn(conn: sqlite3.Connection, agent_id: str, message_id: str, state:
                  "WHERE agent_id = ?", (turns, handled, time.time(), agent_id))
     if forward is not None:
         add_message(conn, forward)
+    handled = ", ".join(f"'{state}'" for state in HANDLED)
     cutoff = conn.execute(
-        "SELECT seq FROM agent_messages WHERE agent_id = ? AND state IN ('done', 'skipped') "
+        f"SELECT seq FROM agent_messages WHERE agent_id = ? AND state IN ({handled}) "
         "ORDER BY seq DESC LIMIT 1 OFFSET ?", (agent_id, keep)).fetchone()
     if cutoff is not None:
         conn.execute("DELETE FROM agent_messages WHERE agent_id = ? AND seq <= ? AND "
-                     "state IN ('done', 'skipped')", (agent_id, cutoff[0]))
+                     f"state IN ({handled})", (agent_id, cutoff[0]))
 
 
 def mark_done(conn: sqlite3.Connection, agent_id: str, message_id: str) -> None:
@@ -141,10 +163,36 @@ def mark_done(conn: sqlite3.Connection, agent_id: str, message_id: str) -> None:
 
 
 def terminate(conn: sqlite3.Connection, agent_id: str, keep_terminated: int) -> None:
-    """Terminated: its inbox is dropped, its record kept (the newest `keep_terminated` only)."""
+    """Terminated: its inbox and schedules are dropped, its record kept (the newest
+    `keep_terminated` only)."""
     conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (agent_id,))
+    delete_schedules_of(conn, agent_id)
     conn.execute("UPDATE agents SET status = 'terminated', updated_at = ? WHERE agent_id = ?",
                  (time.time(), agent_id))
     conn.execute("DELETE FROM agents WHERE status = 'terminated' AND agent_id NOT IN ("
                  "SELECT agent_id FROM agents WHERE status = 'terminated' "
                  "ORDER BY updated_at DESC LIMIT ?)", (keep_terminated,))
+
+
+def insert_schedule(conn: sqlite3.Connection, row: dict) -> None:
+    conn.execute("INSERT INTO agent_schedules (schedule_id, agent_id, every_s, cron, prompt, "
+                 "created_at, next_at) VALUES (:schedule_id, :agent_id, :every_s, :cron, "
+                 ":prompt, :created_at, :next_at)", row)
+
+
+def delete_schedule(conn: sqlite3.Connection, schedule_id: str) -> None:
+    conn.execute("DELETE FROM agent_schedules WHERE schedule_id = ?", (schedule_id,))
+
+
+def delete_schedules_of(conn: sqlite3.Connection, agent_id: str) -> None:
+    conn.execute("DELETE FROM agent_schedules WHERE agent_id = ?", (agent_id,))
+
+
+def fire_schedule(conn: sqlite3.Connection, row: dict, message: tuple | None) -> None:
+    """A firing: the schedule's next time and counters, and the message it delivers (none when
+    the previous firing still waits in the inbox: coalesced)."""
+    conn.execute("UPDATE agent_schedules SET next_at = :next_at, last_message_id = "
+                 ":last_message_id, fired = :fired, coalesced = :coalesced "
+                 "WHERE schedule_id = :schedule_id", row)
+    if message is not None:
+        add_message(conn, message)

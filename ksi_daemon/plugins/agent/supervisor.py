@@ -33,6 +33,7 @@ log = structlog.get_logger("ksi.plugin.agent")
 Emit = Callable[..., Awaitable]
 Write = Callable[..., Awaitable]
 STOP_TASK_S = 2.0  # a cancelled agent task ends at its next await; this only bounds a bug
+INTERRUPTED_NOTE = "[interrupted: this turn was stopped before it was answered]"
 
 
 class Stopping(Exception):
@@ -49,6 +50,8 @@ class AgentRuntime:
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()
         self._seq = 0
+        # Told when an agent gives its last turn (max_turns), so what it owns can end with it.
+        self.after_last_turn: Callable[[str], Awaitable[None]] | None = None
 
     # ---- ids and messages ----------------------------------------------------------------------
 
@@ -92,6 +95,51 @@ class AgentRuntime:
                         error=exc.message)
             return None
         return waiting_on if cancel.get("status") == "cancelled" else None
+
+    async def interrupt(self, agent: Agent, forget: bool = False) -> dict:
+        """Stop the agent's running turn at once and take the next message. The turn is recorded
+        as interrupted (in agents.db and, unless `forget`, in the conversation); its waiters are
+        told. Not a crash: the agent's task is replaced, as by agent:restart, and no restart is
+        counted."""
+        if agent.current is None:
+            return {"interrupted": False,
+                    "reason": "idle" if agent.status == "running" else agent.status}
+        stopped = await self.stop_task(agent)
+        try:
+            if stopped is not None:
+                await self._record_interrupted(agent, stopped, forget)
+        finally:  # even if the record failed, the agent goes on with its inbox
+            if self.agents.get(agent.agent_id) is agent and agent.task is None and \
+                    agent.status == "running":
+                self.start(agent)
+        if stopped is None:  # it finished first: the new task records its answer as usual
+            return {"interrupted": False, "reason": "finished"}
+        return {"interrupted": True, "message_id": stopped.message_id,
+                "request_id": stopped.request_id(agent.agent_id)}
+
+    async def _record_interrupted(self, agent: Agent, message: Message, forget: bool) -> None:
+        request_id = message.request_id(agent.agent_id)
+        state = store.ROLLED_BACK if forget else store.INTERRUPTED
+        await self._write(store.record_turn, agent.agent_id, message.message_id, state, None,
+                          request_id, None, agent.turns, agent.messages_handled + 1, None,
+                          self.settings.recent_kept)
+        agent.messages_handled += 1
+        if message in agent.inbox:
+            agent.inbox.remove(message)
+        agent.recent.append(turn_record(message, state, None, request_id, None))
+        message.settle(KSIError(CONFLICT, f"agent {agent.agent_id}'s turn was interrupted "
+                                          "before it answered" + (" and rolled back" if forget
+                                                                   else "")))
+        if not forget:
+            # The completion stores a turn only once answered: say in the session what was
+            # asked and that it went unanswered, so the next turn knows.
+            for role, content in (("user", message.text), ("assistant", INTERRUPTED_NOTE)):
+                await self._announce("conversation:append", {
+                    "session_id": agent.session_id, "role": role, "content": content,
+                    "request_id": request_id, "metadata": {"interrupted": True}})
+        await self._announce("agent:interrupted", {
+            "agent_id": agent.agent_id, "message_id": message.message_id,
+            "request_id": request_id, "rolled_back": forget}, message.correlation_id)
 
     def wake_all(self) -> None:
         for agent in self.agents.values():
@@ -233,6 +281,8 @@ class AgentRuntime:
             await self._announce("agent:status", {
                 "agent_id": agent.agent_id, "status": agent.status,
                 "reason": f"max_turns reached ({turn}): later messages are not answered"})
+            if self.after_last_turn is not None:
+                await self.after_last_turn(agent.agent_id)
 
     async def _send_reply(self, agent: Agent, message: Message, reply: dict,
                           target: Agent | None, forward: Message | None) -> None:
