@@ -1,0 +1,87 @@
+"""`interfaces/mcp_server.py`: the command line of the MCP server over stdio.
+
+stdout carries MCP and nothing else (the SDK's stdio server also points fd 1 at stderr while it
+serves, so a stray print cannot corrupt the stream); logs go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import anyio
+from mcp.server.stdio import stdio_server
+
+from .catalog import Exposure
+from .daemon import DaemonLink
+from .server import ToolServer
+
+DEFAULT_CALL_TIMEOUT_S = 120.0
+# Pushes after which the tool catalog may differ: the tools plugin's own change event, and
+# plugins starting or failing as the system plugin announces them.
+CATALOG_PATTERNS = ("tools:changed", "system:plugin*")
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mcp_server.py",
+        description="Serve a running KSI daemon's events as MCP tools over stdio.")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the daemon's socket (default: KSI_SOCKET_PATH, then "
+                             "$KSI_VAR_DIR/run/daemon.sock, then the project's "
+                             "var/run/daemon.sock)")
+    parser.add_argument("--allow", action="append", default=[], metavar="PATTERN",
+                        help="offer only the events matching PATTERN (fnmatch, e.g. 'state:*'; "
+                             "repeatable); an explicit-only event (system:shutdown, "
+                             "state:clear, internal events) needs its exact name")
+    parser.add_argument("--deny", action="append", default=[], metavar="PATTERN",
+                        help="never offer the events matching PATTERN (repeatable)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_CALL_TIMEOUT_S,
+                        metavar="SECONDS", help="how long a tool call waits for the daemon's "
+                                                "reply (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error("--timeout must be a positive number of seconds")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    server: ToolServer | None = None
+
+    async def catalog_may_have_changed() -> None:
+        await server.refresh_catalog()
+
+    link = DaemonLink(args.socket, catalog_patterns=CATALOG_PATTERNS,
+                      on_connected=catalog_may_have_changed,
+                      on_catalog_event=catalog_may_have_changed)
+    server = ToolServer(link, Exposure(tuple(args.allow), tuple(args.deny)),
+                        call_timeout_s=args.timeout, version=_version())
+    follower = asyncio.create_task(link.follow())
+    try:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.mcp.run(read_stream, write_stream, server.initialization_options())
+    finally:
+        follower.cancel()
+        await link.close()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ksi")
+    except PackageNotFoundError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+                        format="%(asctime)s mcp_server %(levelname)s %(message)s")
+    try:
+        anyio.run(serve, args)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,112 @@
+"""The MCP server: the daemon's event tools listed, called, and followed as plugins come and go.
+
+One `ToolServer` serves one MCP connection (stdio). Its catalog is the daemon's `tools:list`
+filtered by the `Exposure`; it is read again when the connection to the daemon is new, when the
+daemon announces a change of plugins or tools, when a call answers `unavailable` (a plugin may
+have failed under it) and on every tools/list. When the offered tools change, hosts are told:
+on the 2025 handshake protocols with `notifications/tools/list_changed` on the connection, on
+2026-07-28 through `subscriptions/listen` streams, the only place that protocol carries it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mcp_types as types
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from ksi_client import KSIConnectionError, KSIError
+
+from .catalog import Catalog, Exposure
+from .daemon import Daemon
+from .results import UNAVAILABLE, listing_of, result_of_error, result_of_reply
+
+log = logging.getLogger("ksi.mcp")
+
+CATALOG_TIMEOUT_S = 5.0
+INSTRUCTIONS = ("Each tool sends one KSI event to the local KSI daemon and returns its reply "
+                "(structured content, and the same as JSON text). A failed call carries the "
+                "daemon's error code (validation_error, not_found, unavailable, ...).")
+
+
+class ToolServer:
+    def __init__(self, daemon: Daemon, exposure: Exposure, *, call_timeout_s: float,
+                 version: str = ""):
+        self.daemon = daemon
+        self.exposure = exposure
+        self.call_timeout_s = call_timeout_s
+        self.catalog = Catalog()
+        self._bus = InMemorySubscriptionBus()
+        self._handshake_sessions: list[ServerSession] = []
+        self.mcp = Server("ksi", version=version, instructions=INSTRUCTIONS,
+                          on_list_tools=self.list_tools, on_call_tool=self.call_tool,
+                          on_subscriptions_listen=ListenHandler(self._bus))
+        self.mcp.add_notification_handler("notifications/initialized", types.NotificationParams,
+                                          self._remember_session)
+
+    def initialization_options(self):
+        return self.mcp.create_initialization_options(NotificationOptions(tools_changed=True))
+
+    # ---- MCP requests -----------------------------------------------------------------------
+
+    async def list_tools(self, ctx, params) -> types.ListToolsResult:
+        # The host is fetching the list now: no need to also tell it the list changed.
+        await self.refresh_catalog(tell_hosts=False)
+        return types.ListToolsResult(tools=[listing_of(tool) for tool in self.catalog.tools])
+
+    async def call_tool(self, ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = self.catalog.find(params.name)
+        if tool is None:  # offered since the host's last tools/list, perhaps
+            await self.refresh_catalog()
+            tool = self.catalog.find(params.name)
+        if tool is None:
+            return result_of_error(KSIError(
+                "not_found", f"this server offers no tool named {params.name!r} (tools/list "
+                "shows the tools it offers)"), str(self.daemon.socket_path))
+        try:
+            data = await self.daemon.request(tool.event, params.arguments or {},
+                                             self.call_timeout_s)
+        except KSIError as error:
+            if error.code == UNAVAILABLE:
+                await self.refresh_catalog()
+            return result_of_error(error, str(self.daemon.socket_path))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not end the host's session
+            log.exception("tool %s failed", tool.model_name)
+            return result_of_error(KSIError("handler_error", f"the MCP server failed: {exc}"),
+                                   str(self.daemon.socket_path))
+        return result_of_reply(data)
+
+    # ---- the catalog ------------------------------------------------------------------------
+
+    async def refresh_catalog(self, *, tell_hosts: bool = True) -> None:
+        """Read `tools:list` again; a daemon that cannot answer leaves the last catalog, so a
+        host keeps its tools across a daemon restart and their calls say `unavailable`."""
+        try:
+            reply = await self.daemon.request("tools:list", {}, CATALOG_TIMEOUT_S)
+        except KSIConnectionError:
+            return
+        except KSIError as exc:
+            log.warning("tools:list failed (%s: %s): keeping the last tool list",
+                        exc.code, exc.message)
+            return
+        catalog = Catalog.from_tools_list(reply, self.exposure)
+        if catalog == self.catalog:
+            return
+        log.info("tools now offered: %d", len(catalog.tools))
+        self.catalog = catalog
+        if tell_hosts:
+            await self._tell_hosts_tools_changed()
+
+    async def _tell_hosts_tools_changed(self) -> None:
+        await self._bus.publish(ToolsListChanged())
+        for session in self._handshake_sessions:
+            await session.send_tool_list_changed()  # best effort: never raises
+
+    async def _remember_session(self, ctx, params: Any) -> None:
+        # A 2025 host finished its handshake: its connection is where list_changed goes later,
+        # outside any request. (A 2026-07-28 host has no handshake; it listens instead.)
+        if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            self._handshake_sessions.append(ctx.session)
