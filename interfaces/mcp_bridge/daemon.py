@@ -51,6 +51,7 @@ class DaemonLink:
         self._client: EventClient | None = None
         self._changes = None  # the events() stream of the current client
         self._connecting = asyncio.Lock()
+        self._said_unreachable = False  # warn once per outage, not once a second
 
     async def request(self, event: str, data: dict, timeout: float) -> Any:
         client = await self._connected_client()
@@ -63,8 +64,8 @@ class DaemonLink:
             try:
                 await self._connected_client()
                 await self._read_changes()
-            except KSIConnectionError as exc:
-                log.debug("daemon unreachable: %s", exc.message)
+            except KSIConnectionError:
+                pass  # said by _connected_client; try again in a moment
             await asyncio.sleep(self.retry_every_s)
 
     async def close(self) -> None:
@@ -79,7 +80,14 @@ class DaemonLink:
                 await self._client.close()
                 self._client = None
             client = EventClient(self.socket_path, timeout=CONNECT_TIMEOUT_S)
-            await client.connect()
+            try:
+                await client.connect()
+            except KSIConnectionError as exc:
+                if not self._said_unreachable:
+                    log.warning("%s", exc.message)
+                    self._said_unreachable = True
+                raise
+            self._said_unreachable = False
             try:
                 self._changes = self._watch(client)
                 for pattern in self.catalog_patterns:
