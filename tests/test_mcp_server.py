@@ -114,7 +114,7 @@ async def test_an_older_host_offering_2025_03_26_is_served_in_its_version(shared
         tools = {tool.name for tool in (await session.list_tools()).tools}
         assert "state_get" in tools and not tools & DANGEROUS
         health = await session.call_tool("system_health", {})
-        # Structured content came with 2025-06-18; an older host reads the JSON text.
+        # Structured content came with 2025-06-18: an older host reads the same JSON as text.
         assert orjson.loads(health.content[0].text)["status"] == "healthy"
 
 
