@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from conftest import ROOT, TEST_ENV, DaemonProcess
 
@@ -170,6 +172,29 @@ async def test_a_daemon_stopped_and_started_under_a_live_session(daemon_factory)
         assert "state_get" in await tool_names(client)
 
 
+async def test_state_and_agents_read_as_resources(shared_daemon):
+    async with mcp_host(shared_daemon.socket_path) as client:
+        forms = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+        assert forms == {"ksi://state/{namespace}/{key}", "ksi://conversation/{session_id}",
+                         "ksi://agent/{agent_id}"}
+        await client.call_tool("state_set", {"namespace": "mcp-res", "key": "a/b",
+                                             "value": [1, "two"]})
+        read = await client.read_resource("ksi://state/mcp-res/a%2Fb")
+        assert orjson.loads(read.contents[0].text) == [1, "two"]
+        with pytest.raises(MCPError, match="not_found"):
+            await client.read_resource("ksi://state/mcp-res/nothing-here")
+
+        spawned = await client.call_tool("agent_spawn", {"profile": "teacher",
+                                                         "agent_id": "mcp-res-agent"})
+        assert not spawned.is_error, spawned.content[0].text
+        listed = {str(r.uri) for r in (await client.list_resources()).resources}
+        assert "ksi://agent/mcp-res-agent" in listed
+        agent = orjson.loads((await client.read_resource("ksi://agent/mcp-res-agent"))
+                             .contents[0].text)
+        assert agent["agent_id"] == "mcp-res-agent"
+        await client.call_tool("agent_terminate", {"agent_id": "mcp-res-agent"})
+
+
 def test_the_mcp_inspector_cli_lists_the_tools(shared_daemon):
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed: the MCP Inspector's CLI cannot run")
@@ -182,3 +207,46 @@ def test_the_mcp_inspector_cli_lists_the_tools(shared_daemon):
     names = {tool["name"] for tool in orjson.loads(listed.stdout)["tools"]}
     assert {"system_health", "state_get", "state_set"} <= names
     assert not names & DANGEROUS
+
+
+TRANSCRIPT = re.compile(r"<!-- transcript -->\n```\n(.*?)```", re.S)
+
+
+def transcript_steps(markdown: str) -> list[tuple[str, str]]:
+    """The `$ command` lines of docs/MCP.md's transcript, each with the output printed under it."""
+    steps: list[tuple[str, str]] = []
+    for line in TRANSCRIPT.search(markdown)[1].splitlines(keepends=True):
+        if line.startswith("$ "):
+            steps.append((line[2:].strip(), ""))
+        else:
+            command, output = steps[-1]
+            steps[-1] = (command, output + line)
+    return steps
+
+
+def run_as_documented(command: str, socket_path: Path) -> str:
+    # The documented command, run from the repository root against this test's daemon: the
+    # Inspector starts servers with a minimal environment, so the socket goes in as --socket.
+    command = command.replace(".venv/bin/python", sys.executable).replace(
+        "interfaces/mcp_server.py", f"interfaces/mcp_server.py --socket {socket_path}")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, **TEST_ENV})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout.decode()
+
+
+def same_output(printed: str, documented: str) -> bool:
+    try:
+        return orjson.loads(printed) == orjson.loads(documented)
+    except orjson.JSONDecodeError:  # a list of names, folded to the page's width
+        return printed.split() == documented.split()
+
+
+def test_the_transcript_in_docs_mcp_is_what_the_commands_print(daemon):
+    if shutil.which("npm") is None or shutil.which("jq") is None:
+        pytest.skip("the transcript runs npx and jq; npm or jq is not installed")
+    steps = transcript_steps((ROOT / "docs" / "MCP.md").read_text())
+    assert len(steps) >= 3
+    for command, documented in steps:
+        printed = run_as_documented(command, daemon.socket_path)
+        assert same_output(printed, documented), f"{command}\nprinted:\n{printed}"

@@ -34,14 +34,10 @@ def result_of_reply(data: Any) -> types.CallToolResult:
 
 
 def result_of_error(error: KSIError, socket_path: str) -> types.CallToolResult:
-    """A KSI error as a failed tool result that carries its code, message and details.
-
-    The client's own `connection_error` (no daemon behind the socket, or the connection lost)
-    is reported as `unavailable`, the code the daemon itself gives when it cannot serve, with
-    the socket path that was tried."""
-    code, details = error.code, error.details
-    if code == CONNECTION_ERROR:
-        code = UNAVAILABLE
+    """A KSI error as a failed tool result that carries its code, message and details (for a
+    daemon that cannot be reached, `unavailable` and the socket path that was tried)."""
+    code, details = code_of(error), error.details
+    if error.code == CONNECTION_ERROR:
         details = {**(details if isinstance(details, dict) else {}), "socket_path": socket_path}
     body: dict[str, Any] = {"code": code, "message": error.message}
     if details is not None:
@@ -49,6 +45,12 @@ def result_of_error(error: KSIError, socket_path: str) -> types.CallToolResult:
     structured = {"error": body}
     return types.CallToolResult(content=[_text(structured)], structured_content=structured,
                                 is_error=True)
+
+
+def code_of(error: KSIError) -> str:
+    """The daemon's code; for the client's own `connection_error` (no daemon behind the socket,
+    or the connection lost) `unavailable`, the code the daemon gives when it cannot serve."""
+    return UNAVAILABLE if error.code == CONNECTION_ERROR else error.code
 
 
 def _text(value: Any) -> types.TextContent:

@@ -13,7 +13,10 @@ import logging
 from typing import Any
 
 import mcp_types as types
+import orjson
 from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, INTERNAL_ERROR
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -21,8 +24,9 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from ksi_client import KSIConnectionError, KSIError
 
 from .catalog import Catalog, Exposure
+from . import resources
 from .daemon import Daemon
-from .results import UNAVAILABLE, listing_of, result_of_error, result_of_reply
+from .results import UNAVAILABLE, code_of, listing_of, result_of_error, result_of_reply
 
 log = logging.getLogger("ksi.mcp")
 
@@ -43,6 +47,9 @@ class ToolServer:
         self._handshake_sessions: list[ServerSession] = []
         self.mcp = Server("ksi", version=version, instructions=INSTRUCTIONS,
                           on_list_tools=self.list_tools, on_call_tool=self.call_tool,
+                          on_list_resources=self.list_resources,
+                          on_list_resource_templates=self.list_resource_templates,
+                          on_read_resource=self.read_resource,
                           on_subscriptions_listen=ListenHandler(self._bus))
         self.mcp.add_notification_handler("notifications/initialized", types.NotificationParams,
                                           self._remember_session)
@@ -70,7 +77,7 @@ class ToolServer:
             data = await self.daemon.request(tool.event, params.arguments or {},
                                              self.call_timeout_s)
         except KSIError as error:
-            if error.code == UNAVAILABLE:
+            if code_of(error) == UNAVAILABLE:
                 await self.refresh_catalog()
             return result_of_error(error, str(self.daemon.socket_path))
         except Exception as exc:  # noqa: BLE001 - a bug here must not end the host's session
@@ -78,6 +85,42 @@ class ToolServer:
             return result_of_error(KSIError("handler_error", f"the MCP server failed: {exc}"),
                                    str(self.daemon.socket_path))
         return result_of_reply(data)
+
+    # ---- resources --------------------------------------------------------------------------
+    # A resource read has no isError: a KSI error there is a JSON-RPC error carrying the code.
+
+    async def list_resource_templates(self, ctx, params) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=resources.templates())
+
+    async def list_resources(self, ctx, params) -> types.ListResourcesResult:
+        """The agents running now (state keys and conversations are many: read them by URI)."""
+        try:
+            reply = await self.daemon.request("agent:list", {}, CATALOG_TIMEOUT_S)
+        except KSIError:
+            return types.ListResourcesResult(resources=[])
+        return types.ListResourcesResult(resources=[
+            types.Resource(name=f"agent {agent['agent_id']}", mime_type=resources.JSON,
+                           uri=resources.uri_of("agent", agent["agent_id"]))
+            for agent in reply.get("agents") or ()])
+
+    async def read_resource(self, ctx, params: types.ReadResourceRequestParams):
+        uri = str(params.uri)
+        wanted = resources.request_for(uri)
+        if wanted is None:
+            raise MCPError(INVALID_PARAMS, f"no KSI resource is named {uri!r} (resources/"
+                                           "templates/list shows the forms)")
+        try:
+            reply = await self.daemon.request(wanted.kind.event, wanted.data, self.call_timeout_s)
+        except KSIError as error:
+            code = code_of(error)
+            raise MCPError(INVALID_PARAMS if code in ("not_found", "validation_error")
+                           else INTERNAL_ERROR, f"{code}: {error.message}",
+                           {"code": code, "details": error.details}) from None
+        content = wanted.kind.content(reply)
+        if content is resources.MISSING:
+            raise MCPError(INVALID_PARAMS, f"not_found: nothing at {uri}", {"code": "not_found"})
+        return types.ReadResourceResult(contents=[types.TextResourceContents(
+            uri=uri, mime_type=resources.JSON, text=orjson.dumps(content).decode())])
 
     # ---- the catalog ------------------------------------------------------------------------
 
