@@ -189,9 +189,25 @@ async def test_state_and_agents_read_as_resources(shared_daemon):
         assert not spawned.is_error, spawned.content[0].text
         listed = {str(r.uri) for r in (await client.list_resources()).resources}
         assert "ksi://agent/mcp-res-agent" in listed
+        # A host drives an agent with agent_send: wait=true holds the call until it answers.
+        sent = await client.call_tool("agent_send", {"agent_id": "mcp-res-agent",
+                                                     "content": "Explain recursion",
+                                                     "wait": True})
+        reply = sent.structured_content["reply"]
+        assert reply["text"]
         agent = orjson.loads((await client.read_resource("ksi://agent/mcp-res-agent"))
                              .contents[0].text)
         assert agent["agent_id"] == "mcp-res-agent"
+        # The turn is stored just after its answer is sent: wait for it to be readable.
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    talk = await client.read_resource(f"ksi://conversation/{reply['session_id']}")
+                    break
+                except MCPError:
+                    await anyio.sleep(0.05)
+        messages = orjson.loads(talk.contents[0].text)["messages"]
+        assert messages[0]["content"] == "Explain recursion"
         await client.call_tool("agent_terminate", {"agent_id": "mcp-res-agent"})
 
 
