@@ -19,7 +19,7 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from conftest import ROOT, TEST_ENV, DaemonProcess
 
@@ -209,6 +209,36 @@ async def test_state_and_agents_read_as_resources(shared_daemon):
         messages = orjson.loads(talk.contents[0].text)["messages"]
         assert messages[0]["content"] == "Explain recursion"
         await client.call_tool("agent_terminate", {"agent_id": "mcp-res-agent"})
+
+
+async def test_a_followed_state_key_is_announced_when_it_changes(shared_daemon):
+    uri = "ksi://state/mcp-follow/watched"
+    async with mcp_host(shared_daemon.socket_path) as current, \
+            current.listen(resource_subscriptions=[uri]) as updates:
+        await current.call_tool("state_set", {"namespace": "mcp-follow", "key": "other",
+                                              "value": 0})
+        await current.call_tool("state_set", {"namespace": "mcp-follow", "key": "watched",
+                                              "value": 1})
+        with anyio.fail_after(5):
+            event = await updates.__anext__()
+        assert event.uri == uri  # not the key nobody asked about
+
+    announced: list[str] = []
+
+    async def on_message(message) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            announced.append(str(message.params.uri))
+
+    async with mcp_host(shared_daemon.socket_path, mode="legacy", on_message=on_message) as old:
+        with pytest.warns(MCPDeprecationWarning):  # resources/subscribe is gone in 2026-07-28
+            await old.subscribe_resource(uri)
+        await old.call_tool("state_set", {"namespace": "mcp-follow", "key": "other", "value": 2})
+        await old.call_tool("state_set", {"namespace": "mcp-follow", "key": "watched",
+                                          "value": 3})
+        with anyio.fail_after(5):
+            while not announced:
+                await anyio.sleep(0.02)
+        assert announced == [uri]  # in order after "other", which was not announced
 
 
 def test_the_mcp_inspector_cli_lists_the_tools(shared_daemon):

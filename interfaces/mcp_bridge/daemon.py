@@ -2,8 +2,8 @@
 
 An EventClient never reconnects by itself (the daemon forgets a connection's subscriptions when
 it closes), so the link makes a new client when the last one was lost: at once for a tool call,
-and every `retry_every_s` in `follow()`, which also watches the events that may change the tool
-catalog. A call while no daemon listens fails at once with KSIConnectionError (the message names
+and every `retry_every_s` in `follow()`, which also hands the server the pushes it follows (the
+events that may change the tool catalog, state changes). A call while no daemon listens fails at once with KSIConnectionError (the message names
 the socket); it never waits for one.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ksi_client import EventClient, KSIConnectionError, KSIError
+from ksi_client import Event, EventClient, KSIConnectionError, KSIError
 from ksi_client.event_client import compile_pattern
 from ksi_client.socket_path import resolve_socket_path
 
@@ -33,23 +33,23 @@ class Daemon(Protocol):
 
 
 class DaemonLink:
-    """`request()` for the tools, `follow()` for the catalog.
+    """`request()` for the tools, `follow()` for what the server watches.
 
     `on_connected()` runs after every new connection (the daemon may have other plugins than
-    the last one had); `on_catalog_event()` after every push matching `catalog_patterns`.
+    the last one had); `on_push(event)` for every push matching `patterns`.
     """
 
     def __init__(self, socket_path: str | Path | None, *,
-                 catalog_patterns: tuple[str, ...],
+                 patterns: tuple[str, ...],
                  on_connected: Callable[[], Awaitable[None]],
-                 on_catalog_event: Callable[[], Awaitable[None]],
+                 on_push: Callable[[Event], Awaitable[None]],
                  retry_every_s: float = RETRY_EVERY_S):
         self.socket_path = resolve_socket_path(socket_path)
-        self.catalog_patterns = catalog_patterns
-        self._on_connected, self._on_catalog_event = on_connected, on_catalog_event
+        self.patterns = patterns
+        self._on_connected, self._on_push = on_connected, on_push
         self.retry_every_s = retry_every_s
         self._client: EventClient | None = None
-        self._changes = None  # the events() stream of the current client
+        self._pushes = None  # the events() stream of the current client
         self._connecting = asyncio.Lock()
         self._said_unreachable = False  # warn once per outage, not once a second
 
@@ -58,12 +58,12 @@ class DaemonLink:
         return await client.emit(event, data, timeout=timeout)
 
     async def follow(self) -> None:
-        """Keep a connection while the server runs; tell the server what may change its tools.
-        Runs until cancelled."""
+        """Keep a connection while the server runs and hand it the pushes it follows. Runs
+        until cancelled."""
         while True:
             try:
                 await self._connected_client()
-                await self._read_changes()
+                await self._read_pushes()
             except KSIConnectionError:
                 pass  # said by _connected_client; try again in a moment
             await asyncio.sleep(self.retry_every_s)
@@ -89,8 +89,8 @@ class DaemonLink:
                 raise
             self._said_unreachable = False
             try:
-                self._changes = self._watch(client)
-                for pattern in self.catalog_patterns:
+                self._pushes = self._watch(client)
+                for pattern in self.patterns:
                     await client.subscribe(pattern)
             except KSIConnectionError:
                 await client.close()
@@ -104,12 +104,12 @@ class DaemonLink:
         return client
 
     def _watch(self, client: EventClient):
-        # One stream for every catalog pattern; it also raises when the connection is lost,
-        # which is how follow() notices the daemon went away.
-        matchers = [compile_pattern(pattern) for pattern in self.catalog_patterns]
+        # One stream for every pattern; it also raises when the connection is lost, which is
+        # how follow() notices the daemon went away.
+        matchers = [compile_pattern(pattern) for pattern in self.patterns]
         return client.events("*", where=lambda event: any(m(event.event) for m in matchers))
 
-    async def _read_changes(self) -> None:
-        async for _event in self._changes:
-            await self._on_catalog_event()
+    async def _read_pushes(self) -> None:
+        async for event in self._pushes:
+            await self._on_push(event)
         raise KSIConnectionError(f"the connection to the daemon at {self.socket_path} closed")

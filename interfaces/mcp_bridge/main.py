@@ -15,12 +15,9 @@ from mcp.server.stdio import stdio_server
 
 from .catalog import Exposure
 from .daemon import DaemonLink
-from .server import ToolServer
+from .server import FOLLOWED, ToolServer
 
 DEFAULT_CALL_TIMEOUT_S = 120.0
-# Pushes after which the tool catalog may differ: the tools plugin's own change event, and
-# plugins starting or failing as the system plugin announces them.
-CATALOG_PATTERNS = ("tools:changed", "system:plugin*")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -49,14 +46,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server: ToolServer | None = None
+    server: ToolServer | None = None  # the link and the server need each other
 
-    async def catalog_may_have_changed() -> None:
-        await server.refresh_catalog()
+    async def connected() -> None:
+        await server.refresh_catalog()  # a new daemon may have other plugins
 
-    link = DaemonLink(args.socket, catalog_patterns=CATALOG_PATTERNS,
-                      on_connected=catalog_may_have_changed,
-                      on_catalog_event=catalog_may_have_changed)
+    async def pushed(event) -> None:
+        await server.on_push(event)
+
+    link = DaemonLink(args.socket, patterns=FOLLOWED, on_connected=connected, on_push=pushed)
     server = ToolServer(link, Exposure(tuple(args.allow), tuple(args.deny)),
                         call_timeout_s=args.timeout, version=_version())
     follower = asyncio.create_task(link.follow())

@@ -1,6 +1,8 @@
 """The MCP server: the daemon's event tools listed, called, and followed as plugins come and go.
 
-One `ToolServer` serves one MCP connection (stdio). Its catalog is the daemon's `tools:list`
+One `ToolServer` serves one MCP connection (stdio). Resources (resources.py) are read on
+demand; a state key a host follows (`resources/subscribe`, or a 2026-07-28 listen stream naming
+its URI) is announced as updated when the daemon pushes its `state:changed`. Its catalog is the daemon's `tools:list`
 filtered by the `Exposure`; it is read again when the connection to the daemon is new, when the
 daemon announces a change of plugins or tools, when a call answers `unavailable` (a plugin may
 have failed under it) and on every tools/list. When the offered tools change, hosts are told:
@@ -18,10 +20,12 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INTERNAL_ERROR
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (InMemorySubscriptionBus, ListenHandler, ResourceUpdated,
+                                      ToolsListChanged)
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from ksi_client import KSIConnectionError, KSIError
+from ksi_client import Event, KSIConnectionError, KSIError
+from ksi_client.event_client import compile_pattern
 
 from .catalog import Catalog, Exposure
 from . import resources
@@ -31,6 +35,11 @@ from .results import UNAVAILABLE, code_of, listing_of, result_of_error, result_o
 log = logging.getLogger("ksi.mcp")
 
 CATALOG_TIMEOUT_S = 5.0
+# Pushes after which the tool catalog may differ: the tools plugin's own change event, and
+# plugins starting or failing as the system plugin announces them.
+CATALOG_PATTERNS = ("tools:changed", "system:plugin*")
+STATE_CHANGED = "state:changed"  # -> resource-updated for ksi://state/{namespace}/{key}
+FOLLOWED = (*CATALOG_PATTERNS, STATE_CHANGED)
 INSTRUCTIONS = ("Each tool sends one KSI event to the local KSI daemon and returns its reply "
                 "(structured content, and the same as JSON text). A failed call carries the "
                 "daemon's error code (validation_error, not_found, unavailable, ...).")
@@ -45,11 +54,15 @@ class ToolServer:
         self.catalog = Catalog()
         self._bus = InMemorySubscriptionBus()
         self._handshake_sessions: list[ServerSession] = []
+        self._subscribed_uris: set[str] = set()  # resources/subscribe of the 2025 protocols
+        self._is_catalog_event = [compile_pattern(pattern) for pattern in CATALOG_PATTERNS]
         self.mcp = Server("ksi", version=version, instructions=INSTRUCTIONS,
                           on_list_tools=self.list_tools, on_call_tool=self.call_tool,
                           on_list_resources=self.list_resources,
                           on_list_resource_templates=self.list_resource_templates,
                           on_read_resource=self.read_resource,
+                          on_subscribe_resource=self.subscribe_resource,
+                          on_unsubscribe_resource=self.unsubscribe_resource,
                           on_subscriptions_listen=ListenHandler(self._bus))
         self.mcp.add_notification_handler("notifications/initialized", types.NotificationParams,
                                           self._remember_session)
@@ -121,6 +134,36 @@ class ToolServer:
             raise MCPError(INVALID_PARAMS, f"not_found: nothing at {uri}", {"code": "not_found"})
         return types.ReadResourceResult(contents=[types.TextResourceContents(
             uri=uri, mime_type=resources.JSON, text=orjson.dumps(content).decode())])
+
+    async def subscribe_resource(self, ctx, params: types.SubscribeRequestParams):
+        self._subscribed_uris.add(str(params.uri))
+        return types.EmptyResult()
+
+    async def unsubscribe_resource(self, ctx, params: types.UnsubscribeRequestParams):
+        self._subscribed_uris.discard(str(params.uri))
+        return types.EmptyResult()
+
+    # ---- what the daemon pushes -------------------------------------------------------------
+
+    async def on_push(self, event: Event) -> None:
+        if event.event == STATE_CHANGED:
+            await self._tell_hosts_state_changed(event.data or {})
+        elif any(matches(event.event) for matches in self._is_catalog_event):
+            await self.refresh_catalog()
+
+    async def _tell_hosts_state_changed(self, change: dict) -> None:
+        namespace, key = str(change.get("namespace")), change.get("key")
+        if key is not None:
+            uris = {resources.uri_of("state", namespace, str(key))}
+        else:  # state:clear: every key of the namespace that a host follows
+            prefix = resources.uri_of("state", namespace, "")
+            uris = {uri for uri in self._subscribed_uris if uri.startswith(prefix)}
+        for uri in uris:
+            # The listen streams keep only the URIs their host named.
+            await self._bus.publish(ResourceUpdated(uri=uri))
+            if uri in self._subscribed_uris:
+                for session in self._handshake_sessions:
+                    await session.send_resource_updated(uri)
 
     # ---- the catalog ------------------------------------------------------------------------
 
