@@ -13,6 +13,7 @@ import sys
 import anyio
 from mcp.server.stdio import stdio_server
 
+from ..options import add_socket_option
 from .catalog import Exposure
 from .daemon import DaemonLink
 from .server import FOLLOWED, ToolServer
@@ -24,10 +25,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mcp_server.py",
         description="Serve a running KSI daemon's events as MCP tools over stdio.")
-    parser.add_argument("--socket", metavar="PATH",
-                        help="the daemon's socket (default: KSI_SOCKET_PATH, then "
-                             "$KSI_VAR_DIR/run/daemon.sock, then the project's "
-                             "var/run/daemon.sock)")
+    add_socket_option(parser)
     parser.add_argument("--allow", action="append", default=[], metavar="PATTERN",
                         help="offer only the events matching PATTERN (fnmatch, e.g. 'state:*'; "
                              "repeatable); an explicit-only event (system:shutdown, "
