@@ -3,8 +3,8 @@
 An EventClient never reconnects by itself (the daemon forgets a connection's subscriptions when
 it closes), so the link makes a new client when the last one was lost: at once for a tool call,
 and every `retry_every_s` in `follow()`, which also hands the server the pushes it follows (the
-events that may change the tool catalog, state changes). A call while no daemon listens fails at once with KSIConnectionError (the message names
-the socket); it never waits for one.
+events that may change the tool catalog, state changes). A call while no daemon listens fails
+at once with KSIConnectionError (the message names the socket); it never waits for one.
 """
 from __future__ import annotations
 
@@ -96,8 +96,9 @@ class DaemonLink:
                 await client.close()
                 raise
             except KSIError as exc:  # a daemon that will not subscribe us still answers calls
-                log.warning("cannot follow the daemon's plugins (%s): the tool list is read "
-                            "again only on tools/list", exc)
+                log.warning("cannot subscribe to %s (%s): the tool list is read again only "
+                            "on tools/list, and no resource is announced as updated",
+                            ", ".join(self.patterns), exc)
             self._client = client
             log.info("connected to the daemon at %s", self.socket_path)
         await self._on_connected()

@@ -1,13 +1,15 @@
 """The MCP server: the daemon's event tools listed, called, and followed as plugins come and go.
 
-One `ToolServer` serves one MCP connection (stdio). Resources (resources.py) are read on
-demand; a state key a host follows (`resources/subscribe`, or a 2026-07-28 listen stream naming
-its URI) is announced as updated when the daemon pushes its `state:changed`. Its catalog is the daemon's `tools:list`
+One `ToolServer` serves one MCP connection (stdio). Its catalog is the daemon's `tools:list`
 filtered by the `Exposure`; it is read again when the connection to the daemon is new, when the
 daemon announces a change of plugins or tools, when a call answers `unavailable` (a plugin may
 have failed under it) and on every tools/list. When the offered tools change, hosts are told:
 on the 2025 handshake protocols with `notifications/tools/list_changed` on the connection, on
 2026-07-28 through `subscriptions/listen` streams, the only place that protocol carries it.
+
+Resources (resources.py) are read on demand; a state key a host follows (`resources/subscribe`,
+or a 2026-07-28 listen stream naming its URI) is announced as updated when the daemon pushes
+its `state:changed`.
 """
 from __future__ import annotations
 
@@ -17,18 +19,18 @@ from typing import Any
 import mcp_types as types
 import orjson
 from mcp.server.lowlevel import NotificationOptions, Server
-from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, INTERNAL_ERROR
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import (InMemorySubscriptionBus, ListenHandler, ResourceUpdated,
                                       ToolsListChanged)
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from ksi_client import Event, KSIConnectionError, KSIError
 from ksi_client.event_client import compile_pattern
 
-from .catalog import Catalog, Exposure
 from . import resources
+from .catalog import Catalog, Exposure
 from .daemon import Daemon
 from .results import UNAVAILABLE, code_of, listing_of, result_of_error, result_of_reply
 
