@@ -27,6 +27,12 @@ SERVER = ROOT / "interfaces" / "mcp_server.py"
 INSPECTOR = ROOT / "node_modules" / ".bin" / "mcp-inspector"
 DANGEROUS = {"system_shutdown", "state_clear"}
 
+# The server's catalog is the tools plugin's `tools:list` (branch `tools`, issue 16): until that
+# plugin is in this tree there is nothing to serve. A static check of the tree, so a tools
+# plugin that exists but fails still fails these tests.
+pytestmark = pytest.mark.skipif(not (ROOT / "ksi_daemon" / "plugins" / "tools").is_dir(),
+                                reason="the tools plugin (tools:list) is not in this tree yet")
+
 
 def server_parameters(socket_path: Path, *options: str) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable,
