@@ -14,6 +14,15 @@ if [ ! -f .venv/.ksi-installed ] || [ pyproject.toml -nt .venv/.ksi-installed ];
   touch .venv/.ksi-installed
 fi
 
+# The Node tools the tests use (the MCP Inspector's CLI, pinned in package-lock.json): installed
+# when missing or when the lock changed. Without npm the tests that need them skip.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f node_modules/.ksi-installed ] || [ package-lock.json -nt node_modules/.ksi-installed ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+    touch node_modules/.ksi-installed
+  fi
+fi
+
 export LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_MODE=PRODUCTION HF_HUB_OFFLINE=1
 # Two pytest-xdist workers (KSI_TEST_WORKERS=1 runs in one process): much of a daemon test is
 # waiting (for a process, a socket, a grace period), which the other worker fills. A file's

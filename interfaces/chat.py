@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ksi_client import (KSIConnectionError, KSIError, KSINotFoundError,  # noqa: E402
                         SyncClient)
+from interfaces.options import add_socket_option  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 NO_DAEMON = "no daemon running: start it with ./daemon_control.py start"
@@ -55,10 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     start.add_argument("--session", metavar="ID", help="continue (or start) session ID")
     parser.add_argument("--model", metavar="M", help="model or alias (default: the last one "
                                                      "used, else the daemon's default)")
-    parser.add_argument("--socket", metavar="PATH",
-                        help="the daemon's socket (default: KSI_SOCKET_PATH, then "
-                             "KSI_VAR_DIR/run/daemon.sock, then the project's "
-                             "var/run/daemon.sock)")
+    add_socket_option(parser)
     return parser.parse_args(argv)
 
 

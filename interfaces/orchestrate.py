@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson  # noqa: E402
 
 from ksi_client import EventClient, KSIConnectionError, KSIError  # noqa: E402
+from interfaces.options import add_socket_option  # noqa: E402
 
 MODES = ("debate", "collaboration", "teaching", "brainstorm", "analysis")
 START_TIMEOUT_S = 120.0  # spawning the agents; the turns themselves have no client deadline
@@ -46,9 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="model for every agent (default: each profile's)")
     parser.add_argument("--list-modes", action="store_true", help="list the modes and exit")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--socket", help="the daemon's socket (default: KSI_SOCKET_PATH, "
-                                         "then KSI_VAR_DIR/run/daemon.sock, then "
-                                         "the project's var/run/daemon.sock)")
+    add_socket_option(parser)
     args = parser.parse_args(argv)
     if not args.list_modes and not (args.topic and args.topic.strip()):
         parser.error("a TOPIC is needed (or --list-modes)")

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer, Input, RichLog, Static
 from ksi_client import Event
 from ksi_client.socket_path import START_COMMAND
 
+from ..options import add_socket_option
 from .link import RETRY_EVERY_S, DaemonLink
 from .state import AGENTS, COMPLETIONS, STREAM, EventFilter, Figures, MonitorState, StreamLine
 
@@ -290,10 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="monitor_tui.py",
         description="Watch a KSI daemon: agents, completions, every event, and its figures.")
-    parser.add_argument("--socket", metavar="PATH",
-                        help="the daemon's socket (default: KSI_SOCKET_PATH, then "
-                             "$KSI_VAR_DIR/run/daemon.sock, then the project's "
-                             "var/run/daemon.sock)")
+    add_socket_option(parser)
     parser.add_argument("--interval", type=float, default=None, metavar="SECONDS",
                         help="how often the metrics footer asks the daemon (default 2)")
     args = parser.parse_args(argv)
