@@ -54,6 +54,41 @@ def test_history_limit_keeps_the_newest_turns_oldest_first(daemon):
     assert empty["messages"] == [] and empty["count"] == 0
 
 
+def test_a_turn_is_stored_whole_in_one_write(daemon):
+    turn = [{"role": "user", "content": "Look it up.", "request_id": "r-7"},
+            {"role": "assistant", "content": None, "request_id": "r-7", "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "state_get", "arguments": "{}"}}]},
+            {"role": "tool", "content": '{"value": 7731}', "tool_call_id": "c1"},
+            {"role": "assistant", "content": "It is 7731.", "model": "echo-model",
+             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}]
+    with daemon.client() as client:
+        append(client, "whole", "system", "earlier")
+        stored = data_of(client.request("conversation:append_turn",
+                                        {"session_id": "whole", "messages": turn}))
+        history = data_of(client.request("conversation:history", {"session_id": "whole"}))
+        session = data_of(client.request("conversation:list", {}))["sessions"]
+        bad = error_of(client.request("conversation:append_turn", {
+            "session_id": "whole", "messages": [turn[0], {"role": "user"}]}))
+        empty = error_of(client.request("conversation:append_turn",
+                                        {"session_id": "whole", "messages": []}))
+        after = data_of(client.request("conversation:history", {"session_id": "whole"}))
+    ids = stored["message_ids"]
+    assert len(ids) == 4 and ids == sorted(ids) and stored["session_id"] == "whole"
+    assert [m["message_id"] for m in history["messages"][1:]] == ids
+    assert [(m["role"], m["content"]) for m in history["messages"][1:]] == [
+        ("user", "Look it up."), ("assistant", None), ("tool", '{"value": 7731}'),
+        ("assistant", "It is 7731.")]
+    assert history["messages"][2]["tool_calls"][0]["id"] == "c1"
+    assert history["messages"][3]["tool_call_id"] == "c1"
+    assert history["messages"][4]["model"] == "echo-model"
+    whole = next(s for s in session if s["session_id"] == "whole")
+    assert whole["message_count"] == 5 and whole["last_model"] == "echo-model"
+    # A turn with one bad message stores nothing of it.
+    assert bad["code"] == "validation_error" and empty["code"] == "validation_error"
+    assert after["count"] == history["count"] == 5
+
+
 def test_get_pages_through_a_conversation(daemon):
     with daemon.client() as client:
         for n in range(7):

@@ -1,6 +1,6 @@
 """A session's earlier turns: from the conversation store when it runs, else kept in memory.
 
-The store answers `conversation:history` / `conversation:append`. Completion must still work when
+The store answers `conversation:history` / `conversation:append_turn`. Completion must still work when
 the store plugin is absent or failed, so turns are also kept in a bounded in-memory window.
 """
 from __future__ import annotations
@@ -36,16 +36,14 @@ class ConversationMemory:
             return 0
         return sum(1 for m in messages if m.get("request_id") == request_id)
 
-    async def append(self, session_id: str, role: str, content: str | None, *,
-                     tool_calls: list[dict] | None = None, tool_call_id: str | None = None,
-                     **extra) -> None:
-        shape = {k: v for k, v in (("tool_calls", tool_calls), ("tool_call_id", tool_call_id))
-                 if v is not None}
-        self.local.setdefault(session_id, deque(maxlen=max(1, self.window))).append(
-            {"role": role, "content": content, **shape})
-        await self._ask_store("conversation:append", {
-            "session_id": session_id, "role": role, "content": content, **shape,
-            **{k: v for k, v in extra.items() if v is not None}})
+    async def append_turn(self, session_id: str, messages: list[dict]) -> None:
+        """Store a turn's messages (OpenAI's shape plus model, usage, request_id) at once."""
+        window = self.local.setdefault(session_id, deque(maxlen=max(1, self.window)))
+        window.extend(_in_model_shape(message) for message in messages)
+        await self._ask_store("conversation:append_turn", {
+            "session_id": session_id,
+            "messages": [{k: v for k, v in message.items() if v is not None or k == "content"}
+                         for message in messages]})
 
     async def _ask_store(self, event: str, data: dict):
         try:
@@ -64,7 +62,7 @@ class ConversationMemory:
 
 
 def _in_model_shape(message: dict) -> dict:
-    shape = {"role": message["role"], "content": message["content"]}
+    shape = {"role": message["role"], "content": message.get("content")}
     for key in ("tool_calls", "tool_call_id"):
         if message.get(key) is not None:
             shape[key] = message[key]

@@ -536,17 +536,16 @@ class CompletionPlugin(BasePlugin):
 
     async def _store_turns(self, job: Job, new_messages: list[dict], text: str, model: str,
                            usage: dict, already: int = 0) -> None:
-        """Store the turn's messages (tool steps included), then the answer; `already`: how
-        many of them a stop left stored."""
-        turn = [m for m in new_messages if m.get("role") != "system"]
-        for message in turn[already:]:
-            await self.memory.append(job.session_id, message.get("role", "user"),
-                                     message.get("content"), request_id=job.request_id,
-                                     tool_calls=message.get("tool_calls"),
-                                     tool_call_id=message.get("tool_call_id"))
-        if already <= len(turn):
-            await self.memory.append(job.session_id, "assistant", text, model=model,
-                                     usage=usage, request_id=job.request_id)
+        """Store the turn's messages (tool steps included) and the answer, in one write;
+        `already`: how many of them the store has (from a stop before turns were one write)."""
+        turn = [{"role": m.get("role", "user"), "content": m.get("content"),
+                 "tool_calls": m.get("tool_calls"), "tool_call_id": m.get("tool_call_id"),
+                 "request_id": job.request_id}
+                for m in new_messages if m.get("role") != "system"]
+        turn.append({"role": "assistant", "content": text, "model": model, "usage": usage,
+                     "request_id": job.request_id})
+        if turn[already:]:
+            await self.memory.append_turn(job.session_id, turn[already:])
         self.journal.turns_stored(job.request_id)
 
     async def _store_interrupted_turns(self) -> None:

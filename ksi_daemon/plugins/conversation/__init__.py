@@ -1,6 +1,7 @@
 """The `conversation` events: the store of turns the completion service writes and reads.
 
-`conversation:append` replies after its commit, like a state write; list, get, history and
+`conversation:append` (one message) and `conversation:append_turn` (a turn's messages, in one
+transaction) reply after their commit, like a state write; list, get, history and
 search are indexed point or page reads run inline on the event loop; export reads the whole
 session and writes a file, so it runs in a worker thread with its own connection.
 """
@@ -21,9 +22,10 @@ from ...storage.sqlite_database import open_reader
 from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from .export import write_export
-from .models import (AppendReply, AppendRequest, ConversationSettings, ExportReply,
-                     ExportRequest, GetRequest, HistoryRequest, ListRequest, SearchRequest)
-from .store import ConversationReader, append_message, create_schema, fts_query_of
+from .models import (AppendReply, AppendRequest, AppendTurnReply, AppendTurnRequest,
+                     ConversationSettings, ExportReply, ExportRequest, GetRequest,
+                     HistoryRequest, ListRequest, SearchRequest)
+from .store import ConversationReader, append_message, append_turn, create_schema, fts_query_of
 
 DB_FILE_NAME = "conversations.db"
 log = structlog.get_logger("ksi.plugin.conversation")
@@ -65,17 +67,26 @@ class ConversationPlugin(BasePlugin):
     # ---- the write side (the completion service calls these) ---------------------------------
 
     # timeout=None: the writer's deadline sweep answers `timeout` instead of a timer per request.
+    # Plain handlers answered by the writer's future: no task per write.
     @event_handler("conversation:append", returns=AppendReply, timeout=None)
-    async def append(self, data: AppendRequest):
-        """Record one turn of a conversation; the reply comes after the commit."""
+    def append(self, data: AppendRequest):
+        """Record one message of a conversation; the reply comes after the commit."""
+        return self._written(append_message, data.session_id, data.role, data.content,
+                             data.model, data.usage, data.request_id, data.metadata,
+                             data.tool_calls, data.tool_call_id)
+
+    @event_handler("conversation:append_turn", returns=AppendTurnReply, timeout=None)
+    def append_turn(self, data: AppendTurnRequest):
+        """Record a turn's messages in order, in one transaction; the reply comes after the
+        commit."""
+        return self._written(append_turn, data.session_id,
+                             [message.model_dump(exclude_none=True) for message in data.messages])
+
+    def _written(self, op, *args):
         try:
-            future = self.writer.submit(append_message, data.session_id, data.role, data.content,
-                                        data.model, data.usage, data.request_id, data.metadata,
-                                        data.tool_calls, data.tool_call_id)
+            return self.writer.submit(op, *args)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the conversation store is shutting down") from None
-        message_id, timestamp = await future
-        return {"session_id": data.session_id, "message_id": message_id, "timestamp": timestamp}
 
     @event_handler("conversation:history")
     def history(self, data: HistoryRequest):

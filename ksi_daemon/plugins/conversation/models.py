@@ -14,8 +14,8 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AppendRequest(Request):
-    session_id: str = SessionId
+class Message(Request):
+    """One message of a conversation, as `conversation:append` and `append_turn` take it."""
     role: str = Field(min_length=1, max_length=64, description="user, assistant, system, ...")
     content: str | None = Field(description="the turn's text; null: an assistant message "
                                             "that only calls tools")
@@ -30,9 +30,26 @@ class AppendRequest(Request):
     metadata: dict[str, Any] | None = None
 
 
+class AppendRequest(Message):
+    session_id: str = SessionId
+
+
+class AppendTurnRequest(Request):
+    session_id: str = SessionId
+    messages: list[Message] = Field(min_length=1, max_length=256,
+                                    description="the turn's messages in order (the user's, "
+                                                "any tool steps, the answer)")
+
+
 class AppendReply(BaseModel):
     session_id: str
     message_id: int
+    timestamp: float
+
+
+class AppendTurnReply(BaseModel):
+    session_id: str
+    message_ids: list[int]
     timestamp: float
 
 

@@ -73,22 +73,47 @@ def _json_or_none(value) -> str | None:
 
 def append_message(conn, session_id: str, role: str, content: str | None, model: str | None,
                    usage, request_id: str | None, metadata, tool_calls=None,
-                   tool_call_id: str | None = None) -> tuple[int, float]:
+                   tool_call_id: str | None = None) -> dict:
+    """`conversation:append`'s reply, once committed."""
     now = time.time()
+    message_id = _insert_message(conn, session_id, now, role, content, model, usage, request_id,
+                                 metadata, tool_calls, tool_call_id)
+    _count_in_session(conn, session_id, now, 1, model)
+    return {"session_id": session_id, "message_id": message_id, "timestamp": now}
+
+
+def append_turn(conn, session_id: str, messages: list[dict]) -> dict:
+    """A turn's messages in one transaction (one commit, one fsync under FULL, and never half
+    a turn in the store); `conversation:append_turn`'s reply, once committed."""
+    now = time.time()
+    ids = [_insert_message(conn, session_id, now, m["role"], m.get("content"), m.get("model"),
+                           m.get("usage"), m.get("request_id"), m.get("metadata"),
+                           m.get("tool_calls"), m.get("tool_call_id")) for m in messages]
+    last_model = next((m["model"] for m in reversed(messages) if m.get("model")), None)
+    _count_in_session(conn, session_id, now, len(messages), last_model)
+    return {"session_id": session_id, "message_ids": ids, "timestamp": now}
+
+
+def _insert_message(conn, session_id: str, now: float, role: str, content: str | None,
+                    model: str | None, usage, request_id: str | None, metadata, tool_calls,
+                    tool_call_id: str | None) -> int:
     # content stays NOT NULL (older readers rely on it): a tool-calling message without text
     # is stored as "" and read back as null (message_of).
-    message_id = conn.execute(
+    return conn.execute(
         "INSERT INTO messages (session_id, role, content, model, usage, request_id, metadata, "
         "timestamp, tool_calls, tool_call_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (session_id, role, content or "", model, _json_or_none(usage), request_id,
          _json_or_none(metadata), now, _json_or_none(tool_calls), tool_call_id)).fetchone()[0]
+
+
+def _count_in_session(conn, session_id: str, now: float, added: int, model: str | None) -> None:
     conn.execute(
         "INSERT INTO sessions (session_id, created_at, updated_at, message_count, last_model) "
-        "VALUES (?, ?, ?, 1, ?) ON CONFLICT (session_id) DO UPDATE SET "
-        "updated_at = excluded.updated_at, message_count = message_count + 1, "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+        "updated_at = excluded.updated_at, "
+        "message_count = message_count + excluded.message_count, "
         "last_model = coalesce(excluded.last_model, last_model)",
-        (session_id, now, now, model))
-    return message_id, now
+        (session_id, now, now, added, model))
 
 
 # ---- reads ----------------------------------------------------------------------------------------
