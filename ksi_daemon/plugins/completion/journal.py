@@ -14,6 +14,7 @@ The rows are read only at start, before anything is written.
 """
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -22,9 +23,12 @@ from pathlib import Path
 import orjson
 
 from ...storage.plugin_database import PluginDatabase
-from ...storage.sqlite_writer import SqliteWriter
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 
 PENDING = "pending"
+# Turns-stored marks are written in groups: a mark lost to a stop costs only a look into the
+# conversation store at the next start (which stores what is missing, never twice).
+MARKS_EVERY_S = 0.5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -82,6 +86,7 @@ class Journal:
             create_schema=_create_schema, deadline_s=deadline_s, reader=False, load=_read_all,
             commit_on_loop=True, report_degraded=report_degraded)
         self.writer: SqliteWriter = self.database.writer
+        self._marks: list[str] = []  # request ids whose turns are stored, not yet marked
 
     def read_all(self) -> list[Entry]:
         """Every row as it was at start, in the order the requests were accepted."""
@@ -104,8 +109,10 @@ class Journal:
         return self._write(_step, request_id, seq, orjson.dumps(message),
                            None if record is None else orjson.dumps(record), now=True)
 
-    def turns_stored(self, request_id: str):
-        return self._write(_mark_turns_stored, request_id)
+    def turns_stored(self, request_id: str) -> None:
+        self._marks.append(request_id)
+        if len(self._marks) == 1:
+            asyncio.get_running_loop().call_later(MARKS_EVERY_S, self._write_marks)
 
     def prune(self, keep: int, keep_s: float):
         """Forget finished requests beyond the newest `keep`, or ended more than keep_s ago."""
@@ -118,7 +125,16 @@ class Journal:
         future.add_done_callback(_retrieve)
         return future
 
+    def _write_marks(self) -> None:
+        marks, self._marks = self._marks, []
+        if marks:
+            try:
+                self._write(_mark_turns_stored, marks)
+            except WriterStopped:  # closed meanwhile: the next start looks the turns up
+                pass
+
     async def close(self) -> None:
+        self._write_marks()
         await self.database.close()
 
 
@@ -166,8 +182,9 @@ def _finish(conn, request_id: str, state: str, outcome: bytes, ended_at: float) 
                  (state, outcome, ended_at, request_id))
 
 
-def _mark_turns_stored(conn, request_id: str) -> None:
-    conn.execute("UPDATE requests SET turns_stored = 1 WHERE request_id = ?", (request_id,))
+def _mark_turns_stored(conn, request_ids: list[str]) -> None:
+    conn.executemany("UPDATE requests SET turns_stored = 1 WHERE request_id = ?",
+                     [(request_id,) for request_id in request_ids])
 
 
 def _prune(conn, keep: int, ended_before: float) -> int:
