@@ -13,6 +13,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config_guide import apply_guide_keys
+
 DEFAULT_CONFIG_FILE = Path("~/.ksi/daemon.json")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 # An installed copy has no source tree to keep its var/ in: it lives beside the config file.
@@ -82,6 +84,10 @@ def load_config(config_path: str | None = None, overrides: dict[str, Any] | None
     """Return (config as plain dicts with resolved absolute paths, warnings)."""
     environ = os.environ if environ is None else environ
     raw, origin = _read_file(config_path or environ.get("KSI_CONFIG"))
+    try:
+        guide_warnings = apply_guide_keys(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration:\n  {exc} (from {origin})") from None
     daemon = dict(raw.get("daemon") or {})
     origins = {key: origin for key in daemon}
     for name in DaemonSettings.model_fields:
@@ -107,7 +113,7 @@ def load_config(config_path: str | None = None, overrides: dict[str, Any] | None
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     config = settings.model_dump()
     _resolve_paths(config)
-    return config, _unknown_keys(settings)
+    return config, guide_warnings + _unknown_keys(settings)
 
 
 def _read_file(path: str | None) -> tuple[dict, str]:

@@ -175,7 +175,8 @@ class Daemon:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(str(os.getpid()))
         log.info("daemon_started", pid=os.getpid(), version=self.version,
-                 socket=self.config["daemon"]["socket_path"], plugins=self.plugins.counts())
+                 socket=self.config["daemon"]["socket_path"], plugins=self.plugins.counts(),
+                 log_level=self.config["daemon"]["log_level"])
         return True
 
     def uptime(self) -> float:

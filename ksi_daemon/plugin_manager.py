@@ -39,6 +39,7 @@ from .core.router import Handler, Router
 
 ENTRY_POINT_GROUP = "ksi.plugins"
 # Used when the package is run from a source tree without being installed (no entry points).
+BUILTIN_PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 BUILTIN_PLUGINS = {
     "system": "ksi_daemon.plugins.system",
     "transport_unix": "ksi_daemon.plugins.transport_unix",
@@ -134,6 +135,10 @@ class PluginManager:
             path = Path(directory).expanduser()
             if not path.is_dir():
                 log.warning("plugin_dir_missing", path=str(path))
+                continue
+            if path.resolve() == BUILTIN_PLUGIN_DIR:  # as the deployment guide lists it
+                log.info("plugin_dir_is_builtin", path=str(path),
+                         detail="the built-in plugins are loaded once, as built-ins")
                 continue
             for entry in sorted(path.iterdir()):
                 if entry.name.startswith(("_", ".")):

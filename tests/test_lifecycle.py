@@ -119,10 +119,10 @@ def test_the_deployment_guide_config_file_works_as_written(daemon_factory):
 
 
 def test_unknown_config_keys_are_warned_about(daemon_factory):
-    daemon = daemon_factory({"daemon": {"worker_threads": 4}, "colour": "blue"})
+    daemon = daemon_factory({"daemon": {"worker_count": 4}, "colour": "blue"})
     daemon.stop()
     output = daemon.read_output()
-    assert "daemon.worker_threads" in output and "colour" in output
+    assert "daemon.worker_count" in output and "colour" in output
 
 
 def test_log_is_json_lines_and_quiet_per_event(daemon):

@@ -32,6 +32,7 @@ from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
+from .identities import IdentityBook
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
                      ListReply, ListRequest, ProfilesReply, ProfilesRequest, ScheduleRecord,
                      ScheduleRequest, SchedulesReply, SchedulesRequest, SendReply, SendRequest,
@@ -66,6 +67,8 @@ class AgentPlugin(BasePlugin):
         self.book = ProfileBook(Path(settings.profiles_dir).expanduser() if settings.profiles_dir
                                 else var_dir / "agent_profiles")
         self.book.refresh()
+        self.identities = IdentityBook(Path(settings.identities_file).expanduser()
+                                       if settings.identities_file else None)
         path = Path(settings.db_path).expanduser() if settings.db_path else \
             Path(context.data_dir) / DB_FILE_NAME
         self.database = PluginDatabase.open(
@@ -310,12 +313,11 @@ class AgentPlugin(BasePlugin):
     def info(self, data: AgentIdRequest):
         """One agent: its record, model, turns, restarts, last error and recent turns."""
         agent = self.agents.get(data.agent_id)
-        if agent is not None:
-            return agent.info()
-        record = self.terminated.get(data.agent_id)
+        record = agent.info() if agent is not None else self.terminated.get(data.agent_id)
         if record is None:
             raise KSIError(NOT_FOUND, f"no agent {data.agent_id}; see agent:list")
-        return record
+        identity = self.identities.of(data.agent_id)
+        return record if identity is None else {**record, "identity": identity}
 
     @event_handler("agent:send", returns=SendReply, timeout=None)
     async def send(self, data: SendRequest, ctx):

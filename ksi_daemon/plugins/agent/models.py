@@ -105,6 +105,8 @@ class InfoReply(AgentRecord):
     answering: str | None = Field(None, description="the message whose turn is running now")
     system_prompt: str
     recent: list[TurnRecord]
+    identity: dict[str, Any] | None = Field(None, description="the agent's record in the "
+                                                              "identities file, if any")
 
 
 class SendRequest(Request):
@@ -233,5 +235,7 @@ class AgentSettings(BaseModel):
                                  description="terminated agents still listed")
     max_schedules: int = Field(100, ge=1, le=100_000, description="schedules per agent")
     profiles_dir: str | None = Field(None, description="default: <var>/agent_profiles")
+    identities_file: str | None = Field(None, description="agents' identities (JSON), shown "
+                                                          "by agent:info")
     db_path: str | None = None
     synchronous: Literal["NORMAL", "FULL", "normal", "full"] = "NORMAL"

@@ -268,7 +268,8 @@ class CompletionPlugin(BasePlugin):
         aliases = {name: (target if isinstance(target, str) else
                           {k: v for k, v in target.items() if k != "api_key"})
                    for name, target in self.aliases.items()}
-        reply = {"default_model": self.default_model, "aliases": aliases,
+        reply = {"default_model": self.default_model, "default_timeout_s": self.default_timeout_s,
+                 "aliases": aliases,
                  "models": sorted({self.default_model, *self.aliases}),
                  "providers": [offline_model.PROVIDER, claude_cli.PROVIDER],
                  "note": "any litellm model name is accepted as well"}

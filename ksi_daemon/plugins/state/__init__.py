@@ -35,12 +35,6 @@ WRITER_DEADLINE = None
 log = structlog.get_logger("ksi.plugin.state")
 
 
-def settings_from(context, config: dict) -> StateSettings:
-    """`plugins.state`, or the deployment guide's `plugins.state_service` when that is absent."""
-    section = context.config or (config.get("plugins") or {}).get("state_service") or {}
-    return StateSettings.model_validate(section)
-
-
 def database_path(settings: StateSettings, config: dict) -> Path:
     if settings.db_path:
         return Path(settings.db_path).expanduser()
@@ -61,7 +55,8 @@ class StatePlugin(BasePlugin):
 
     @hookimpl
     def ksi_startup(self, config, context):
-        settings = settings_from(context, config)
+        # (the guide's `plugins.state_service` is read into this section: config_guide.py)
+        settings = StateSettings.model_validate(context.config or {})
         self.settings, self.audit_enabled = settings, settings.audit
         self.path = database_path(settings, config)
         self.known = KnownVersions()  # the writer thread's, passed to every write

@@ -88,8 +88,7 @@ def target_database(args: argparse.Namespace) -> Path:
     if args.var_dir:
         return Path(args.var_dir).expanduser() / "db" / DB_FILE_NAME
     config, _warnings = load_config(args.config)
-    section = config.get("plugins", {}).get("state") or \
-        config.get("plugins", {}).get("state_service") or {}
+    section = config.get("plugins", {}).get("state") or {}
     if section.get("db_path"):
         return Path(section["db_path"]).expanduser()
     return Path(config["daemon"]["var_dir"]) / "db" / DB_FILE_NAME

@@ -102,7 +102,7 @@ class ClearReply(BaseModel):
 
 
 class StateSettings(BaseModel):
-    """`plugins.state` (alias `plugins.state_service`) in the config file."""
+    """`plugins.state` (or the guide's `plugins.state_service`) in the config file."""
     model_config = ConfigDict(extra="ignore")
     enabled: bool = True
     synchronous: Literal["FULL", "NORMAL", "full", "normal"] = "NORMAL"
