@@ -45,22 +45,14 @@ from pathlib import Path
 
 import orjson
 
+from bench_daemon import start_fake_server
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 ENVIRONMENT = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
                "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
 os.environ.update(ENVIRONMENT)
 TARGET_ADDED_MS = 1.0
-
-
-def start_fake_server() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([PYTHON, str(ROOT / "tests" / "fake_openai_server.py")],
-                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    api_base = process.stdout.readline().decode().strip()
-    if not api_base.startswith("http"):
-        process.kill()
-        raise RuntimeError("the fake OpenAI server did not start")
-    return process, api_base
 
 
 def start_daemon(workdir: Path, api_base: str, sessions: int, journal: str) -> subprocess.Popen:
