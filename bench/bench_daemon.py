@@ -64,6 +64,11 @@ def start_fake_server() -> tuple[subprocess.Popen, str]:
     return process, api_base
 
 
+def stop_fake_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(10)
+
+
 def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

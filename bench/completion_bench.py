@@ -45,7 +45,7 @@ from pathlib import Path
 
 import orjson
 
-from bench_daemon import start_fake_server
+from bench_daemon import start_fake_server, stop_fake_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -248,8 +248,7 @@ async def main_async(args) -> None:
         for daemon in daemons:
             daemon.terminate()
             daemon.wait(20)
-        server.terminate()
-        server.wait(10)
+        stop_fake_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -350,8 +349,7 @@ async def measure_segments(calls: int) -> None:
         await daemon.plugins.stopping_all()
         await daemon.plugins.shutdown_all()
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_fake_server(server)
         shutil.rmtree(var_dir, ignore_errors=True)
 
 

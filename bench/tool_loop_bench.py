@@ -39,7 +39,7 @@ from pathlib import Path
 import orjson
 
 from bench_daemon import (DAEMON_ENV, Connection, start_daemon, start_fake_server, stop,
-                          wait_until_litellm_loaded)
+                          stop_fake_server, wait_until_litellm_loaded)
 
 TARGET_PER_STEP_MS = 1.0
 ARGUMENTS = {"namespace": "bench", "key": "answer"}
@@ -181,12 +181,12 @@ async def main_async(args) -> None:
         print(f"daemon RSS over {args.memory_steps} tool steps ({args.steps_per_request} per "
               f"request, {first_s:.1f} s): before {before / 1024:.1f} MiB, after "
               f"{after / 1024:.1f} MiB ({(after - before) / 1024:+.1f} MiB), after "
-              f"{args.memory_steps} more {again / 1024:.1f} MiB ({(again - after) / 1024:+.1f} MiB)")
+              f"{args.memory_steps} more {again / 1024:.1f} MiB "
+              f"({(again - after) / 1024:+.1f} MiB)")
     finally:
         if proc is not None:
             stop(proc)
-        server.terminate()
-        server.wait(10)
+        stop_fake_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

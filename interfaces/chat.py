@@ -9,8 +9,8 @@
     printf 'hi\\nand then?\\n' | python interfaces/chat.py   # piped: one answer line per line
 
 In a terminal: a `you>` prompt, commands /help /new /session [ID] /model [NAME] /tools [NAMES]
-/history /export [markdown|json] /quit; Ctrl-C stops an answer (it is cancelled in the daemon), and at
-the prompt it quits, as does Ctrl-D. With stdin or stdout not a terminal there is no prompt
+/history /export [markdown|json] /quit; Ctrl-C stops an answer (it is cancelled in the daemon),
+and at the prompt it quits, as does Ctrl-D. With stdin or stdout not a terminal there is no prompt
 and no colour: each line read is a message (or a command) and its answer is written as it
 comes, ending with a newline. Notices go to stderr then, so stdout holds only the answers.
 

@@ -11,17 +11,10 @@ import orjson
 import pytest
 
 from conftest import data_of
-from fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.daemon("inprocess")
 PLUGINS = Path(__file__).parent / "plugins"
 NOTE = "[interrupted: this turn was stopped before it was answered]"
-
-
-@pytest.fixture
-def fake_openai():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture
