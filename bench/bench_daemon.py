@@ -5,6 +5,7 @@
     conn.ask("system:health")                                # the reply's data, or SystemExit
     wait_until_litellm_loaded(conn)                          # background start-up work done
     stop(proc)
+    server, api_base = start_fake_server()                   # tests/fake_openai_server.py
 
 Benchmarks measure; they do not recover. Any error reply ends the script with the reply shown.
 """
@@ -50,6 +51,22 @@ def start_daemon(workdir: Path, settings: dict | None = None, *,
         proc.kill()
         raise SystemExit((workdir / "daemon.out").read_text(errors="replace"))
     return proc, path
+
+
+def start_fake_server() -> tuple[subprocess.Popen, str]:
+    """tests/fake_openai_server.py in its own process: (the process, its api_base)."""
+    process = subprocess.Popen([PYTHON, str(ROOT / "tests" / "fake_openai_server.py")],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    api_base = process.stdout.readline().decode().strip()
+    if not api_base.startswith("http"):
+        process.kill()
+        raise RuntimeError("the fake OpenAI server did not start")
+    return process, api_base
+
+
+def stop_fake_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(10)
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:

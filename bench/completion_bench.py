@@ -45,22 +45,14 @@ from pathlib import Path
 
 import orjson
 
+from bench_daemon import start_fake_server, stop_fake_server
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 ENVIRONMENT = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
                "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
 os.environ.update(ENVIRONMENT)
 TARGET_ADDED_MS = 1.0
-
-
-def start_fake_server() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([PYTHON, str(ROOT / "tests" / "fake_openai_server.py")],
-                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    api_base = process.stdout.readline().decode().strip()
-    if not api_base.startswith("http"):
-        process.kill()
-        raise RuntimeError("the fake OpenAI server did not start")
-    return process, api_base
 
 
 def start_daemon(workdir: Path, api_base: str, sessions: int, journal: str) -> subprocess.Popen:
@@ -256,8 +248,7 @@ async def main_async(args) -> None:
         for daemon in daemons:
             daemon.terminate()
             daemon.wait(20)
-        server.terminate()
-        server.wait(10)
+        stop_fake_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -358,8 +349,7 @@ async def measure_segments(calls: int) -> None:
         await daemon.plugins.stopping_all()
         await daemon.plugins.shutdown_all()
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_fake_server(server)
         shutil.rmtree(var_dir, ignore_errors=True)
 
 

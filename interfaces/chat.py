@@ -5,13 +5,19 @@
     python interfaces/chat.py --new --model sonnet # a new session with another model
     python interfaces/chat.py --session demo       # a session by its id
     python interfaces/chat.py "What is a monad?"   # one-shot: print the answer and exit
+    python interfaces/chat.py --tools state:get,state:set   # the model may call these tools
     printf 'hi\\nand then?\\n' | python interfaces/chat.py   # piped: one answer line per line
 
-In a terminal: a `you>` prompt, commands /help /new /session [ID] /model [NAME] /history
-/export [markdown|json] /quit; Ctrl-C stops an answer (it is cancelled in the daemon), and at
-the prompt it quits, as does Ctrl-D. With stdin or stdout not a terminal there is no prompt
+In a terminal: a `you>` prompt, commands /help /new /session [ID] /model [NAME] /tools [NAMES]
+/history /export [markdown|json] /quit; Ctrl-C stops an answer (it is cancelled in the daemon),
+and at the prompt it quits, as does Ctrl-D. With stdin or stdout not a terminal there is no prompt
 and no colour: each line read is a message (or a command) and its answer is written as it
 comes, ending with a newline. Notices go to stderr then, so stdout holds only the answers.
+
+Given tools (`--tools`, `/tools`), the model may call them: each call and its result is shown as
+it happens (a notice line: dim in a terminal, on stderr when piped). A line starting with
+`/tool ` is a message, not a command: it is how the offline model is asked to call a tool
+(`/tool state:get {"key": "k"}`, docs/TOOLS_LOOP.md). The tools are not remembered.
 
 The last session (and model) is remembered in the daemon's own state (namespace "chat"), so
 it is per daemon, i.e. per socket. Exit codes: 0 done, 1 error or no daemon, 2 usage.
@@ -24,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 # Run as a script from anywhere: the package lives one directory up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,12 +43,17 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 NO_DAEMON = "no daemon running: start it with ./daemon_control.py start"
 MEMORY_NAMESPACE, MEMORY_KEY = "chat", "last_session"
 STORE_WAIT_S = 5.0  # an answer arrives just before its turns are stored; reads wait that out
+SHOWN_RESULT_CHARS = 300  # a tool result longer than this is clipped on the screen
+TOOL_LINE = "/tool "  # a message for the offline model, not a command
 HELP = """commands:
   /help               this list
   /new                start a new session
   /session [ID]       show the session id, or switch to session ID (one that exists)
   /model [NAME]       show the model, or use NAME from now on if the daemon can use it
                       ("default": the daemon's)
+  /tools [NAMES|off|all]
+                      show the tools the model may call, offer NAMES from now on (comma
+                      separated, e.g. state:get,state:set), none (off), or list them all
   /history            the messages of this session so far
   /export [FORMAT]    write the session to a file in the daemon's var/exports (markdown, json)
   /quit               leave (so do Ctrl-D, and Ctrl-C at the prompt)"""
@@ -56,8 +69,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     start.add_argument("--session", metavar="ID", help="continue (or start) session ID")
     parser.add_argument("--model", metavar="M", help="model or alias (default: the last one "
                                                      "used, else the daemon's default)")
+    parser.add_argument("--tools", metavar="NAMES",
+                        help="tools the model may call, comma separated (e.g. "
+                             "state:get,state:set; `/tools all` in the chat lists them)")
     add_socket_option(parser)
     return parser.parse_args(argv)
+
+
+def tool_names(text: str) -> list[str]:
+    """"state:get, state:set" or "state:get state:set" -> ["state:get", "state:set"]."""
+    return [name for name in text.replace(",", " ").split() if name]
 
 
 class Screen:
@@ -108,8 +129,11 @@ class Screen:
         return line.rstrip("\r\n") if line else None
 
 
-class UnusableModel(Exception):
-    """--model names a model the daemon would refuse; the message says why."""
+class UnusableOption(Exception):
+    """--model or --tools names something the daemon would refuse; the message says why."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
 
 
 class Chat:
@@ -119,6 +143,7 @@ class Chat:
         self.client, self.screen = client, screen
         self.session_id: str | None = None
         self.model: str | None = None
+        self.tools: list[str] = []  # offered to the model with every message
         self.stored = 0  # messages of the session known to be in the conversation store
         self.answering = False  # part of an answer is on the screen
 
@@ -128,7 +153,13 @@ class Chat:
         if args.model and args.model != "default":
             problem = self.model_problem(args.model)
             if problem:
-                raise UnusableModel(problem)
+                raise UnusableOption("--model", problem)
+        if args.tools:
+            self.tools = tool_names(args.tools)
+            unknown = self.unknown_tools(self.tools)
+            if unknown:
+                raise UnusableOption("--tools", f"no tool named {', '.join(unknown)} "
+                                                "(/tools all lists them)")
         remembered = self._remembered()
         self.model = args.model or remembered.get("model")  # kept by --new and --session too
         if self.model == "default":
@@ -167,6 +198,23 @@ class Chat:
             return None
         return str(check.get("reason") or f"unknown model {name!r}")
 
+    def available_tools(self) -> list[dict] | None:
+        """The daemon's tools (tools:list), or None when it cannot say."""
+        try:
+            return self.client.emit("tools:list")["tools"]
+        except KSIConnectionError:
+            raise
+        except KSIError:
+            return None
+
+    def unknown_tools(self, names: list[str]) -> list[str]:
+        """The names among `names` the daemon has no tool for (KSI or model name)."""
+        tools = self.available_tools()
+        if tools is None:
+            return []  # no tools plugin to ask: the next answer will say
+        known = {tool["name"] for tool in tools} | {tool["model_name"] for tool in tools}
+        return [name for name in names if name not in known]
+
     def _session_exists(self, session_id: str) -> bool:
         try:
             self.client.conversation(session_id, limit=1)
@@ -202,9 +250,13 @@ class Chat:
 
     def ask(self, prompt: str) -> None:
         try:
-            for delta in self.client.stream_completion(prompt, model=self.model,
-                                                       session_id=self.session_id):
-                self._show(delta)
+            for event in self.client.stream_completion_events(
+                    prompt, model=self.model, session_id=self.session_id,
+                    tools=self.tools or None):
+                if event.event == "completion:chunk":
+                    self._show(event.data["delta"])
+                else:
+                    self._show_tool(event.event, event.data)
         except KeyboardInterrupt:
             self._end_answer()
             self.screen.notice("[answer stopped]")
@@ -217,7 +269,7 @@ class Chat:
         response = self.client.last_response
         if response.session_id != self.session_id:
             self.session_id, self.stored = response.session_id, 0
-        self.stored += 2  # the question and its answer
+        self.stored += stored_messages(response.tool_calls)
         self._remember()
 
     def _show(self, delta: str) -> None:
@@ -225,6 +277,12 @@ class Chat:
             self.answering = True
             self.screen.answer_starts()
         self.screen.delta(delta)
+
+    def _show_tool(self, event: str, data: dict) -> None:
+        if self.screen.interactive:
+            self._end_answer()  # piped, the notice goes to stderr: the answer line goes on
+        self.screen.notice(tool_call_line(data) if event == "completion:tool_call"
+                           else tool_result_line(data))
 
     def _end_answer(self) -> None:
         if self.answering:
@@ -274,14 +332,34 @@ class Chat:
             self.model = None if argument == "default" else argument
         self.screen.say(self.model or "default (the daemon's default model)")
 
+    def choose_tools(self, argument: str) -> None:
+        if argument == "all":
+            tools = self.available_tools()
+            if tools is None:
+                self.screen.error("this daemon cannot list its tools")
+            for tool in tools or ():
+                self.screen.say(f"{tool['name']}  {tool['description'].splitlines()[0]}"
+                                if tool["description"] else tool["name"])
+            return
+        if argument == "off":
+            self.tools = []
+        elif argument:
+            names = tool_names(argument)
+            unknown = self.unknown_tools(names)
+            if unknown:
+                self.screen.error(f"no tool named {', '.join(unknown)} (/tools all lists "
+                                  "them); tools unchanged")
+                return
+            self.tools = names
+        self.screen.say(", ".join(self.tools) or "no tools")
+
     def history(self, _argument: str) -> None:
         conversation = self._stored_conversation()
         if conversation is None:
             self.screen.say("(no messages yet)")
             return
         for message in conversation["messages"]:
-            speaker = "you" if message["role"] == "user" else message["role"]
-            self.screen.say(f"{speaker}: {message['content']}")
+            self.screen.say(history_line(message))
 
     def export(self, argument: str) -> None:
         fmt = argument or "markdown"
@@ -311,7 +389,46 @@ class Chat:
 
 
 COMMANDS = {"help": Chat.show_help, "new": Chat.new_session, "session": Chat.session,
-            "model": Chat.choose_model, "history": Chat.history, "export": Chat.export}
+            "model": Chat.choose_model, "tools": Chat.choose_tools, "history": Chat.history,
+            "export": Chat.export}
+
+
+def stored_messages(tool_calls: list[dict]) -> int:
+    """How many messages a turn stores: the question, one assistant message per round of tool
+    calls, one tool message per call, and the answer."""
+    return 2 + len({call.get("step") for call in tool_calls}) + len(tool_calls)
+
+
+def tool_call_line(call: dict) -> str:
+    return f"[tool] {call['name']} {_compact(call.get('arguments'))}"
+
+
+def tool_result_line(record: dict) -> str:
+    took = f" ({record['duration_ms']:.1f} ms)" if record.get("duration_ms") is not None else ""
+    if record.get("ok"):
+        return f"[tool] {record['name']} -> {_compact(record.get('result'))}{took}"
+    error = record.get("error") or {}
+    return (f"[tool] {record['name']} failed ({error.get('code')}): "
+            f"{_clip(str(error.get('message')))}{took}")
+
+
+def history_line(message: dict) -> str:
+    speaker = "you" if message["role"] == "user" else message["role"]
+    if message.get("tool_calls"):
+        asked = "; ".join(f"{call['function']['name']} {call['function']['arguments']}"
+                          for call in message["tool_calls"])
+        return f"{speaker}: [calls {asked}]" + (f" {message['content']}"
+                                                if message.get("content") else "")
+    return f"{speaker}: {message['content']}"
+
+
+def _compact(value) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return _clip(text)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SHOWN_RESULT_CHARS else text[:SHOWN_RESULT_CHARS - 1] + "…"
 
 
 def converse(chat: Chat, screen: Screen) -> None:
@@ -327,7 +444,7 @@ def converse(chat: Chat, screen: Screen) -> None:
         if not line:
             continue
         try:
-            if line.startswith("/"):
+            if line.startswith("/") and not line.startswith(TOOL_LINE):
                 if not chat.command(line):
                     return
             else:
@@ -360,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     except KSIConnectionError as exc:
         screen.error(connection_problem(exc, client))
         return EXIT_FAILED
-    except UnusableModel as exc:
-        screen.error(f"--model: {exc}")
+    except UnusableOption as exc:
+        screen.error(str(exc))
         return EXIT_USAGE
     except KSIError as exc:
         screen.error(f"error ({exc.code}): {exc.message}")

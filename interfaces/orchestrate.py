@@ -5,6 +5,7 @@
     python interfaces/orchestrate.py "How do we cut CI time?" --mode collaboration --agents 3
     python interfaces/orchestrate.py --list-modes
     python interfaces/orchestrate.py "Rust or Go?" --mode debate --rounds 2 --json
+    python interfaces/orchestrate.py "What is stored?" --tools state:get,state:list
 
 Each turn is printed with its speaker and role as the daemon announces it (orchestration:turn),
 then a summary (turns, duration, session ids). Ctrl-C terminates the orchestration in the daemon
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--agents", type=int, help="how many agents (default: the mode's)")
     parser.add_argument("--rounds", type=int, help="rounds; each agent speaks once per round")
     parser.add_argument("--model", help="model for every agent (default: each profile's)")
+    parser.add_argument("--tools", metavar="NAMES", type=tool_names,
+                        help="tools every agent's model may call, comma separated (e.g. "
+                             "state:get,state:list; default: each profile's)")
     parser.add_argument("--list-modes", action="store_true", help="list the modes and exit")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_socket_option(parser)
@@ -52,6 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.list_modes and not (args.topic and args.topic.strip()):
         parser.error("a TOPIC is needed (or --list-modes)")
     return args
+
+
+def tool_names(text: str) -> list[str]:
+    """"state:get, state:list" -> ["state:get", "state:list"]."""
+    names = [name for name in text.replace(",", " ").split() if name]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one tool")
+    return names
 
 
 class Printer:
@@ -82,6 +94,8 @@ class Printer:
               f"({start['orchestration_id']})")
         for agent in start["agents"]:
             print(f"  {agent['role']:<12} {agent['agent_id']}  (profile {agent['profile']})")
+        if start.get("tools"):
+            print(f"  tools: {', '.join(start['tools'])}")
         print(flush=True)
 
     def turn(self, turn: dict) -> None:
@@ -113,7 +127,7 @@ def error(message: str) -> None:
 
 # The request fields this command fills from its command line, by the option a user typed.
 OPTION_OF_FIELD = {"topic": "TOPIC", "mode": "--mode", "agents": "--agents",
-                   "rounds": "--rounds", "model": "--model"}
+                   "rounds": "--rounds", "model": "--model", "tools": "--tools"}
 
 
 def describe(exc: KSIError) -> str:
@@ -181,7 +195,7 @@ class Orchestrate:
         # The daemon tags every push of this orchestration with the start's correlation id.
         self.stream = self.client.events("orchestration:*", correlation_id=self.correlation_id)
         request = {"mode": self.args.mode, "topic": self.args.topic.strip()}
-        for field in ("agents", "rounds", "model"):
+        for field in ("agents", "rounds", "model", "tools"):
             if getattr(self.args, field) is not None:
                 request[field] = getattr(self.args, field)
         # Its own task, so that Ctrl-C during the start still learns which run to terminate.

@@ -16,13 +16,20 @@ helpers never import it (they work on whatever client they are mixed into).
 """
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from .errors import error_from_reply
 
+if TYPE_CHECKING:
+    from .event_client import Event
+
 DEFAULT_COMPLETION_WAIT_S = 300.0  # the daemon's default timeout_s
 MARGIN_S = 10.0  # the daemon's own deadline should speak before the client gives up
+# The pushes of a streaming completion handed to the caller (the others end the stream).
+STREAMED_EVENTS = frozenset({"completion:chunk", "completion:tool_call",
+                             "completion:tool_result"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class CompletionResponse:
     duration_ms: float | None = None
     attempts: int = 1
     annotations: dict = field(default_factory=dict)
+    tool_calls: list = field(default_factory=list)  # with `tools`: one record per call made
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -45,7 +53,8 @@ class CompletionResponse:
                    usage=result.get("usage") or {}, request_id=result.get("request_id", ""),
                    model=result.get("model", ""), cost_usd=result.get("cost_usd"),
                    duration_ms=result.get("duration_ms"), attempts=result.get("attempts", 1),
-                   annotations=result.get("annotations") or {}, raw=result)
+                   annotations=result.get("annotations") or {},
+                   tool_calls=result.get("tool_calls") or [], raw=result)
 
 
 class CompletionCancelled(Exception):
@@ -79,6 +88,23 @@ class CompletionHelpers:
         Leaving the loop early cancels the completion in the daemon. The final result (usage,
         session) is in `self.last_response` once the stream ends.
         """
+        events = self.stream_completion_events(prompt, model, session_id, **options)
+        async with aclosing(events):  # leaving early closes (and so cancels) the stream too
+            async for event in events:
+                if event.event == "completion:chunk":
+                    yield event.data["delta"]
+
+    async def stream_completion_events(self, prompt: str | None = None,
+                                       model: str | None = None,
+                                       session_id: str | None = None, **options: Any,
+                                       ) -> AsyncIterator[Event]:
+        """Yield the streaming completion's pushes as they come: `completion:chunk` (its
+        `delta`), and, when the request has `tools`, `completion:tool_call` before each call
+        runs and `completion:tool_result` (the call's record) when it is done.
+
+        As stream_completion: leaving early cancels, errors raise, and `self.last_response`
+        holds the result once the stream ends (the result itself is not yielded).
+        """
         data = {**_request_data(prompt, model, session_id, options), "stream": True}
         correlation_id = self._new_correlation_id()
         stream = self.events("completion:*", correlation_id=correlation_id)
@@ -89,8 +115,8 @@ class CompletionHelpers:
             request_id = accepted["request_id"]
             while True:
                 event = await stream.get(timeout=wait_for_completion(data))
-                if event.event == "completion:chunk":
-                    yield event.data["delta"]
+                if event.event in STREAMED_EVENTS:
+                    yield event
                 elif event.event == "completion:result":
                     finished = True
                     self.last_response = CompletionResponse.from_result(event.data)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-run the session that docs/DEMO.md shows: start a daemon, chat (one-shot, piped, and an
 # interactive session resumed in a second run), a debate, the monitor while another
-# orchestration runs, stop. Every step's output goes to one file in the output directory, the
+# orchestration runs, an agent and the chat using tools, stop. Every step's output goes to one file in the output directory, the
 # way it was printed; DEMO.md was pasted from those files.
 #
 #     scripts/make_demo.sh [OUTPUT_DIR]      # default /tmp/ksi-demo/out
@@ -178,8 +178,15 @@ for step in 08-monitor-idle 10-monitor-running 11-monitor-filter-open 12-monitor
 done
 tail -n 3 "$OUT/09-orchestrate-watched.txt"
 
+# --- 5. tools ---------------------------------------------------------------------------------
+# The agent script is DEMO.md's own block (marked <!-- example: agent-tools -->), taken out of
+# it so that what runs is what the page shows; it stores the note the chat then looks up.
+sed -n '/<!-- example: agent-tools -->/,/^```$/p' docs/DEMO.md | sed '1,2d;$d' >"$OUT/agent_tools.py"
+run 16-agent-tools "PYTHONPATH=. $PY $OUT/agent_tools.py"
+run 17-chat-tools "printf '/tool state:get {\"namespace\": \"demo-notes\", \"key\": \"meeting\"}\\n/tools off\\nWhat did the tool say?\\n' | $PY interfaces/chat.py --new --tools state:get,state:set"
+
 # --- 6. stop ----------------------------------------------------------------------------------
-run 16-stop './daemon_control.py stop'
-run 17-status './daemon_control.py status'
+run 18-stop './daemon_control.py stop'
+run 19-status './daemon_control.py status'
 cat "$OUT/00-made.txt"
 echo "(outputs in $OUT)"

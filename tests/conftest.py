@@ -295,6 +295,14 @@ def inprocess_daemon(inprocess_factory):
     return inprocess_factory()
 
 
+@pytest.fixture
+def fake_openai():
+    """tests/fake_openai_server.py in a thread for one test (a module may define its own)."""
+    from fake_openai_server import FakeOpenAIServer
+    with FakeOpenAIServer() as server:
+        yield server
+
+
 def run_python_blocks(blocks: list[str], socket_path, workdir: Path, name: str) -> list[str]:
     """Run each code block of a document as its own script against the daemon on
     `socket_path`; fail with the block and its stderr; return what each printed."""

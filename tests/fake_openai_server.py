@@ -5,7 +5,8 @@ The model name in the request chooses the behaviour, so one server serves every 
     echo...          answers with the conversation it was sent (plain JSON or SSE)
     jitter...        like echo, after a short delay that differs from request to request
     pause...         like echo, after one second
-    slow...          streams one word every 0.2 s (40 words); plain calls take as long
+    slow...          streams one word every 0.2 s (40 words); plain calls take as long (with
+                     tools it calls them first, as below, then answers so)
     hang...          answers nothing for a minute; a client leaving is counted in `hangups`
     gated...         like echo, once the test calls `server.open_gate()` (at most a minute)
     ratelimited-KEY  the first call per KEY gets 429 with `Retry-After: 1`, later calls echo
@@ -135,13 +136,13 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             time.sleep(digest[0] / 255 * 0.15)
         if model.startswith("pause"):
             time.sleep(1.0)
+        if calls := tool_calls_for(messages, body.get("tools") or [],
+                                   again=model.startswith("looping")):
+            return self._tool_calls(model, calls, stream)
         if model.startswith("slow"):
             pieces = [f"word{i} " for i in range(40)]
             text = "".join(pieces)
             delay = 0.2
-        elif calls := tool_calls_for(messages, body.get("tools") or [],
-                                     again=model.startswith("looping")):
-            return self._tool_calls(model, calls, stream)
         else:
             text = tool_results_text(messages) or echo_text(messages)
             pieces = [piece + " " for piece in text.split(" ")]

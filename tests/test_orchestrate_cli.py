@@ -159,3 +159,32 @@ def test_a_reader_that_goes_away_terminates_the_orchestration(daemon_factory, fa
     assert "Traceback" not in err
     detail = data_of(daemon.request("orchestration:status", {"orchestration_id": run_id}))
     assert detail["status"] == "terminated"
+
+
+def test_agents_given_tools_call_them_and_their_turns_quote_the_results(daemon):
+    daemon.request("state:set", {"namespace": "tools", "key": "answer", "value": 7731})
+    topic = 'What is stored?\n/tool state:get {"namespace": "tools", "key": "answer"}'
+    result = orchestrate(daemon, topic, "--rounds", "1", "--tools", "state:get,state:list")
+    assert result.returncode == 0, result.stderr
+    assert "  tools: state:get, state:list" in result.stdout
+    run_id = re.search(r"\((orch-\w+)\)", result.stdout).group(1)
+    detail = data_of(daemon.request("orchestration:status", {"orchestration_id": run_id}))
+    first = detail["transcript"][0]
+    # The first speaker hears the topic, whose /tool line makes the offline model call it.
+    assert first["text"].startswith("I used my tools. state_get answered")
+    assert "7731" in first["text"]
+    stored = data_of(daemon.request("conversation:get", {"session_id": first["session_id"]}))
+    roles = [m["role"] for m in stored["messages"]]
+    assert "tool" in roles and '"value":7731' in stored["messages"][roles.index("tool")]["content"]
+    # The profiles' own tools (none) would have made the model answer in words only.
+    plain = orchestrate(daemon, topic, "--rounds", "1")
+    assert plain.returncode == 0, plain.stderr
+    assert "I used my tools" not in plain.stdout
+
+
+def test_unknown_tools_are_refused_before_any_agent_is_spawned(daemon):
+    before = data_of(daemon.request("agent:list", {}))["count"]
+    result = orchestrate(daemon, "Anything", "--tools", "state:get,no:such")
+    assert result.returncode == 1
+    assert "orchestrate: no tool named no:such" in result.stderr
+    assert data_of(daemon.request("agent:list", {}))["count"] == before

@@ -1,5 +1,6 @@
 """A tool loop survives kill -9: the call cut off between its start and its result is not run
-again (its tool is not idempotent: the model is told it was interrupted), and the conversation
+again when its tool is not idempotent (the model is told it was interrupted), and is run again
+when it is (count:again, the same counting tool declared idempotent), and the conversation
 is valid for the next model call (tests/fake_openai_server.py refuses, as OpenAI does, a tool
 call without its result). Real daemon processes over their socket."""
 from __future__ import annotations
@@ -29,15 +30,16 @@ def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> Non
         time.sleep(0.05)
 
 
-def test_kill_9_between_a_call_and_its_result_neither_repeats_it_nor_leaves_it_dangling(
-        daemon_factory, fake_openai, tmp_path):
+def _kill_9_mid_call_then_restart(daemon_factory, fake_openai, hits: Path, tool: str,
+                                  arguments: dict) -> tuple[dict, list[dict], dict]:
+    """Start `tool`'s call, kill -9 the daemon while it runs, restart: (the resumed request's
+    result, the session's stored turns, the answer to a next message in that session)."""
     config = {"daemon": {"plugin_dirs": [str(PLUGINS / "tool_loop")]},
               "plugins": {"completion": {"aliases": {"echo": {
                   "model": "openai/echo", "api_base": fake_openai.api_base,
                   "api_key": "sk-test"}}}}}
-    hits = tmp_path / "hits.txt"
-    arguments = orjson.dumps({"file": str(hits), "block": True}).decode()
-    request = {"prompt": f"Count it.\n/tool count:hit {arguments}", "tools": ["count:hit"],
+    line = orjson.dumps({"file": str(hits), **arguments}).decode()
+    request = {"prompt": f"Count it.\n/tool {tool} {line}", "tools": [tool],
                "request_id": "cut-off", "session_id": "cut"}
     first = daemon_factory(config=config, subdir="d")
     with first.client(timeout=30) as client:
@@ -54,6 +56,14 @@ def test_kill_9_between_a_call_and_its_result_neither_repeats_it_nor_leaves_it_d
         turns = data_of(client.request("conversation:get", {"session_id": "cut"}))["messages"]
         after = data_of(client.request("completion:request", {
             "prompt": "What happened?", "model": "echo", "session_id": "cut"}))
+    return result, turns, after
+
+
+def test_kill_9_between_a_call_and_its_result_neither_repeats_it_nor_leaves_it_dangling(
+        daemon_factory, fake_openai, tmp_path):
+    hits = tmp_path / "hits.txt"
+    result, turns, after = _kill_9_mid_call_then_restart(daemon_factory, fake_openai, hits,
+                                                         "count:hit", {"block": True})
     assert hits.read_text() == "hit\n"  # run once, before the kill
     call = result["tool_calls"][0]
     assert result["resumed"] is True
@@ -62,3 +72,18 @@ def test_kill_9_between_a_call_and_its_result_neither_repeats_it_nor_leaves_it_d
     assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
     assert turns[2]["tool_call_id"] == turns[1]["tool_calls"][0]["id"]
     assert after["text"].startswith("turn 2")  # the fake server accepted the history
+
+
+def test_kill_9_mid_call_of_an_idempotent_tool_runs_it_again_after_the_restart(
+        daemon_factory, fake_openai, tmp_path):
+    hits = tmp_path / "hits.txt"
+    result, turns, after = _kill_9_mid_call_then_restart(daemon_factory, fake_openai, hits,
+                                                         "count:again", {"block_first": True})
+    assert hits.read_text() == "hit\nhit\n"  # cut off by the kill, then run again
+    call = result["tool_calls"][0]
+    assert result["resumed"] is True
+    assert (call["name"], call["ok"], call["result"]) == ("count:again", True, {"hits": 2})
+    assert "interrupted" not in result["text"] and '{"hits":2}' in result["text"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
+    assert turns[2]["tool_call_id"] == turns[1]["tool_calls"][0]["id"]
+    assert after["text"].startswith("turn 2")

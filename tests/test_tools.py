@@ -3,6 +3,8 @@
 completion loop does)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import data_of, error_of
@@ -123,3 +125,23 @@ def test_the_documented_plugin_is_the_example_and_works(daemon_factory):
         assert counted["annotations"]["checked_by"] == "word_tools"
         refused = call(client, "state:clear", {"namespace": "x"}, agent_id="scout")
         assert refused["error"]["code"] == "forbidden"
+
+
+def test_a_failed_plugins_tools_leave_the_registry(daemon_factory):
+    daemon = daemon_factory(plugin_dir_config("fragile_tools"))
+    with daemon.client(timeout=30) as client:
+        def names():
+            return {t["name"] for t in data_of(client.request("tools:list"))["tools"]}
+        assert {"fragile:ping", "fragile:break", "state:get"} <= names()
+        data_of(client.request("fragile:break"))
+        deadline = time.monotonic() + 10
+        while not any(p["name"] == "fragile_tools" and p["state"] == "failed"
+                      for p in data_of(client.request("system:plugins"))["plugins"]):
+            assert time.monotonic() < deadline, "the plugin did not fail"
+            time.sleep(0.05)
+        left = names()
+        assert "fragile:ping" not in left and "fragile:break" not in left
+        assert "state:get" in left  # the others' tools stay
+        refused = error_of(client.request("completion:request", {"prompt": "x",
+                                                                 "tools": ["fragile:ping"]}))
+        assert refused["code"] == "not_found" and "fragile:ping" in refused["message"]

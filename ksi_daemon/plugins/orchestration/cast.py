@@ -2,7 +2,7 @@
 
 Each participant is spawned from its role's built-in profile with an inline config: the same
 character, model and temperature, but a system prompt that starts with the role's part in this
-conversation, and enough turns for every round.
+conversation, and enough turns for every round; tools given to the start replace the profile's.
 """
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ log = structlog.get_logger("ksi.plugin.orchestration")
 
 
 async def spawn_cast(ask: Ask, orchestration_id: str, mode: Mode, topic: str, agents: int,
-                     rounds: int, model: str | None) -> list[Participant]:
+                     rounds: int, model: str | None,
+                     tools: list[str] | None = None) -> list[Participant]:
     """Spawn one agent per role; if one cannot be spawned, the others are terminated again."""
+    if tools:
+        await check_tools(ask, tools)
     profiles = {p["name"]: p for p in (await ask("agent:profiles", {}))["profiles"]}
     cast = mode.cast(agents)
     participants: list[Participant] = []
@@ -36,6 +39,7 @@ async def spawn_cast(ask: Ask, orchestration_id: str, mode: Mode, topic: str, ag
                 "model": model or profile.get("model"),
                 "system_prompt": system_prompt_for(role, topic, profile.get("system_prompt") or ""),
                 "temperature": profile.get("temperature"),
+                "tools": tools if tools is not None else profile.get("tools"),
                 # Each agent speaks once per round; its own limit must not end the run early.
                 "max_turns": max(int(profile.get("max_turns") or 0), rounds + 1)}
             spawned = await ask("agent:spawn", {"agent_id": agent_id, "config": {
@@ -47,6 +51,14 @@ async def spawn_cast(ask: Ask, orchestration_id: str, mode: Mode, topic: str, ag
         await terminate_agents(ask, participants)
         raise
     return participants
+
+
+async def check_tools(ask: Ask, tools: list[str]) -> None:
+    """Refuse unknown tool names before any agent exists: each agent's first turn would fail."""
+    unknown = (await ask("tools:resolve", {"names": tools}))["unknown"]
+    if unknown:
+        raise KSIError(NOT_FOUND, f"no tool named {', '.join(unknown)} (tools:list lists them)",
+                       {"unknown": unknown})
 
 
 def agent_ids(orchestration_id: str, cast) -> list[str]:

@@ -21,6 +21,10 @@ class StartRequest(Request):
                                description="rounds; in each, every agent speaks once")
     model: str | None = Field(None, min_length=1, max_length=200,
                               description="model for every agent (default: each profile's)")
+    tools: list[str] | None = Field(None, max_length=256,
+                                    description="tools every agent's model may call (event or "
+                                                "tool names, docs/TOOLS.md; default: each "
+                                                "profile's)")
 
     @field_validator("mode")
     @classmethod
@@ -72,6 +76,7 @@ class StartReply(BaseModel):
     topic: str
     rounds: int
     agents: list[Participant]
+    tools: list[str] = Field(default_factory=list, description="as given to the start")
 
 
 class TerminateReply(BaseModel):

@@ -6,8 +6,9 @@ identity. The completion tool loop uses them; see docs/TOOLS.md.
     tools:execute {name, arguments, call_id, ...} -> result   (internal: plugins only)
 
 Tools are every KSI event (schema from its declaration) and the functions plugins add through
-`ksi_tools_register` (hookspecs.py). The registry is built once, at the first request, after
-every plugin has started.
+`ksi_tools_register` (hookspecs.py). The registry is built at the first request, after every
+plugin has started, and again after the set of running plugins changed (one failed: its events
+and functions leave the registry).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class ToolsPlugin(BasePlugin):
                            dependencies=["system"], hookspecs=[hookspecs]),
             PluginCapabilities(event_namespaces=["tools"], provides_services=["tools"]))
         self._building: asyncio.Task | None = None
+        self._built_for: tuple | None = None  # the register hook's implementations it saw
 
     @hookimpl
     def ksi_startup(self, context):
@@ -42,10 +44,16 @@ class ToolsPlugin(BasePlugin):
         self.register_hook = context.hook("ksi_tools_register")
 
     async def registry(self) -> ToolRegistry:
-        # Built once, by the first request that needs it, so that every plugin has started
-        # (their events are in system:discover, their ksi_tools_register has run).
-        if self._building is None or (self._building.done() and self._building.exception()):
-            self._building = asyncio.ensure_future(self._build())  # (a failed build is retried)
+        # Built by the first request that needs it, so that every plugin has started (their
+        # events are in system:discover, their ksi_tools_register has run). The hook runner
+        # gives every hook a new tuple of implementations whenever the running plugins change
+        # (a plugin failed), so a tuple other than the one the registry was built for means
+        # it lists a failed plugin's tools: build it again. One identity check per request.
+        running = self.register_hook.impls
+        if self._building is None or running is not self._built_for or \
+                (self._building.done() and self._building.exception()):
+            self._built_for = running  # (a failed build is retried by the next request)
+            self._building = asyncio.ensure_future(self._build())
         return await asyncio.shield(self._building)
 
     async def _build(self) -> ToolRegistry:
