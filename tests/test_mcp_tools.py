@@ -19,14 +19,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import DaemonProcess, data_of, error_of
+from conftest import ROOT, TEST_ENV, DaemonProcess, data_of, error_of
 
 from ksi_daemon.plugins.tools.mcp_config import HttpServer, is_loopback
 from ksi_daemon.plugins.tools.mcp_connection import Backoff
 
 SERVER = Path(__file__).parent / "mcp_test_server.py"
-CONFIG = {"plugins": {"tools": {"mcp": {"start_timeout_s": 5, "backoff_s": 0.2,
-                                        "backoff_max_s": 1}}}}
+CONFIG = {"plugins": {"tools": {"mcp": {"start_timeout_s": 5, "call_timeout_s": 1.5,
+                                        "backoff_s": 0.2, "backoff_max_s": 1}}}}
 
 
 def echo(text: str) -> str:
@@ -122,6 +122,16 @@ def test_the_tool_result_and_a_failing_tool_reach_the_conversation(shared):
         assert [c["function"]["name"] for c in turns[0]["tool_calls"]] == ["kit__add",
                                                                            "kit__fail"]
         data_of(client.request("agent:terminate", {"agent_id": "adder"}))
+
+
+def test_a_call_past_its_timeout_is_a_timeout_result_and_the_server_serves_on(shared):
+    with shared.client(timeout=30) as client:
+        spawn(client, "waiter", kit(shared.workdir / "slow.pid"), name="waiter")
+        started = time.monotonic()
+        text = ask(client, "waiter", 'Wait.\n/tool kit__slow {"seconds": 20}')
+        assert '"code":"timeout"' in text and time.monotonic() - started < 10
+        assert "echo from" in ask(client, "waiter", echo("still there"))
+        data_of(client.request("agent:terminate", {"agent_id": "waiter"}))
 
 
 def test_agents_of_one_profile_share_a_server_which_stops_with_the_last(shared):
@@ -245,18 +255,28 @@ def _accepts(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_daemon_shutdown_stops_every_server(workdir):
+def test_daemon_shutdown_stops_every_server_and_a_restart_brings_the_tools_back(workdir):
     daemon = DaemonProcess(workdir, CONFIG).start()
     pid_file = workdir / "shutdown.pid"
     try:
         with daemon.client(timeout=30) as client:
             spawn(client, "stayer", kit(pid_file))
             ask(client, "stayer", echo("before the end"))
-        pid = int(pid_file.read_text())
-        assert alive(pid)
+        first = int(pid_file.read_text())
+        assert alive(first)
     finally:
         daemon.stop()
-    wait_until(lambda: not alive(pid), timeout=5, what="the server's exit at shutdown")
+    wait_until(lambda: not alive(first), timeout=5, what="the server's exit at shutdown")
+    daemon.start()
+    try:
+        with daemon.client(timeout=30) as client:
+            assert server_status(client, "stayer")["state"] == "stopped"  # attached, not started
+            text = ask(client, "stayer", echo("after the restart"))
+        second = int(pid_file.read_text())
+        assert second != first and f"echo from {second}: after the restart" in text
+    finally:
+        daemon.stop()
+    wait_until(lambda: not alive(second), timeout=5, what="the server's exit at shutdown")
 
 
 # ---- in-process: the rules themselves ---------------------------------------------------------
@@ -278,3 +298,22 @@ def test_back_off_doubles_until_a_call_succeeds():
     assert 24 < backoff.wait_s() <= 25  # capped
     backoff.succeeded()
     assert backoff.wait_s() == 0
+
+
+def test_the_documented_example_runs_as_shown(shared):
+    from doc_examples import doc_example
+    from test_docs import FILE_BLOCK
+    docs = (ROOT / "docs" / "TOOLS.md").read_text(encoding="utf-8")
+    blocks = dict(m.group("path", "code") for m in FILE_BLOCK.finditer(docs))
+    example = "examples/mcp/units_server.py"
+    assert blocks[example] == (ROOT / example).read_text(encoding="utf-8")
+    code, shown = doc_example("TOOLS.md", "mcp-agent")
+    script = shared.workdir / "mcp_agent_example.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, **TEST_ENV, "KSI_SOCKET_PATH": str(shared.socket_path),
+           "PYTHONPATH": str(ROOT)}
+    # From the repository root, as the doc says (the script finds the server by its path).
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == shown
