@@ -64,6 +64,13 @@ def server_status(client, agent_id: str) -> dict:
     return servers[0]
 
 
+def terminate(client, agent_id: str, pid: int | None = None) -> None:
+    """End the agent; with `pid`, also wait until that server process is gone."""
+    data_of(client.request("agent:terminate", {"agent_id": agent_id}))
+    if pid is not None:
+        wait_until(lambda: not alive(pid), what=f"the exit of {agent_id}'s server")
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -104,8 +111,7 @@ def test_an_agent_uses_its_profiles_mcp_tool_and_the_server_starts_only_then(sha
         assert set(mine) == {"kit__echo", "kit__add", "kit__fail", "kit__slow"}
         assert mine["kit__add"]["name"] == "mcp:kit:add"
         assert mine["kit__add"]["parameters"]["required"] == ["a", "b"]
-        data_of(client.request("agent:terminate", {"agent_id": "smith"}))
-    wait_until(lambda: not alive(pid), what="the server's exit with its agent")
+        terminate(client, "smith", pid)
 
 
 def test_the_tool_result_and_a_failing_tool_reach_the_conversation(shared):
@@ -121,7 +127,7 @@ def test_the_tool_result_and_a_failing_tool_reach_the_conversation(shared):
             what="the turn's storing")
         assert [c["function"]["name"] for c in turns[0]["tool_calls"]] == ["kit__add",
                                                                            "kit__fail"]
-        data_of(client.request("agent:terminate", {"agent_id": "adder"}))
+        terminate(client, "adder")
 
 
 def test_a_call_past_its_timeout_is_a_timeout_result_and_the_server_serves_on(shared):
@@ -131,7 +137,7 @@ def test_a_call_past_its_timeout_is_a_timeout_result_and_the_server_serves_on(sh
         text = ask(client, "waiter", 'Wait.\n/tool kit__slow {"seconds": 20}')
         assert '"code":"timeout"' in text and time.monotonic() - started < 10
         assert "echo from" in ask(client, "waiter", echo("still there"))
-        data_of(client.request("agent:terminate", {"agent_id": "waiter"}))
+        terminate(client, "waiter")
 
 
 def test_agents_of_one_profile_share_a_server_which_stops_with_the_last(shared):
@@ -143,10 +149,9 @@ def test_agents_of_one_profile_share_a_server_which_stops_with_the_last(shared):
         pid = int(pid_file.read_text())
         assert f"echo from {pid}: a" in first and f"echo from {pid}: b" in second
         assert server_status(client, "twin-b")["agents"] == ["twin-a", "twin-b"]
-        data_of(client.request("agent:terminate", {"agent_id": "twin-a"}))
+        terminate(client, "twin-a")
         assert alive(pid) and server_status(client, "twin-b")["state"] == "running"
-        data_of(client.request("agent:terminate", {"agent_id": "twin-b"}))
-    wait_until(lambda: not alive(pid), what="the shared server's exit with the last agent")
+        terminate(client, "twin-b", pid)  # the last one
 
 
 def test_a_killed_server_is_restarted_by_the_next_call(shared):
@@ -162,8 +167,7 @@ def test_a_killed_server_is_restarted_by_the_next_call(shared):
         second = int(pid_file.read_text())
         assert second != first and f"echo from {second}: two" in text
         assert server_status(client, "phoenix")["starts"] == 2
-        data_of(client.request("agent:terminate", {"agent_id": "phoenix"}))
-    wait_until(lambda: not alive(second), what="the restarted server's exit")
+        terminate(client, "phoenix", second)
 
 
 def test_a_server_that_does_not_come_back_is_an_unavailable_tool_result(shared):
@@ -186,7 +190,7 @@ def test_a_server_that_does_not_come_back_is_an_unavailable_tool_result(shared):
         broken.unlink()  # fixed: after the back-off, the next call starts it again
         time.sleep(1.1)
         assert "echo from" in ask(client, "icarus", echo("back"))
-        data_of(client.request("agent:terminate", {"agent_id": "icarus"}))
+        terminate(client, "icarus")
 
 
 def test_a_server_that_never_starts_leaves_the_turn_without_its_tools(shared):
@@ -202,7 +206,7 @@ def test_a_server_that_never_starts_leaves_the_turn_without_its_tools(shared):
         status = server_status(client, "grounded")
         assert status["state"] == "down" and status["tools"] is None
         assert "Connection closed" in status["last_error"]  # it exited during the handshake
-        data_of(client.request("agent:terminate", {"agent_id": "grounded"}))
+        terminate(client, "grounded")
 
 
 @pytest.mark.parametrize("servers, says", [
@@ -244,7 +248,7 @@ def test_a_streamable_http_server_on_loopback(shared):
             assert f"echo from {server.pid}: over http" in ask(client, "webby",
                                                                echo("over http"))
             assert server_status(client, "webby")["transport"] == "http"
-            data_of(client.request("agent:terminate", {"agent_id": "webby"}))
+            terminate(client, "webby")
     finally:
         server.kill()
         server.wait()

@@ -152,6 +152,8 @@ class AgentPlugin(BasePlugin):
         except KSIError as exc:
             if exc.code == UNKNOWN_EVENT:
                 raise not_running from None
+            if exc.code == VALIDATION_ERROR and isinstance(exc.details, list):
+                raise mcp_servers_invalid(exc.details) from None
             raise
         if not isinstance(attached, dict):  # nobody answered the event
             raise not_running
@@ -518,6 +520,16 @@ class AgentPlugin(BasePlugin):
         if self.agents.get(agent.agent_id) is agent:
             agent.deliver(message)
         return {"accepted": True}
+
+
+def mcp_servers_invalid(details: list) -> KSIError:
+    """The tools plugin's validation errors, told as the profile's field (whose caller never
+    sent tools:mcp_attach)."""
+    problems = [{**problem, "loc": ["mcp_servers", *problem.get("loc", [])[1:]]}
+                for problem in details if isinstance(problem, dict)]
+    said = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p.get('msg')}" for p in problems)
+    return KSIError(VALIDATION_ERROR, f"the profile's mcp_servers are not valid: {said}",
+                    problems)
 
 
 def terminated_record(row: dict) -> dict:

@@ -80,8 +80,9 @@ class ToolsPlugin(BasePlugin):
 
     @event_handler("tools:list", returns=ListReply)
     async def list(self, data: ListRequest):
-        """Every tool a model can be offered, with its model name, schema and source; with
-        agent_id, that agent's MCP server tools too (which starts its servers)."""
+        """Every tool a model can be offered (with agent_id, its MCP tools too: starts them).
+
+        Each with its model name, schema and source."""
         tools = [tool.describe() for tool in await self.registry()]
         toolset = self.toolsets.of_agent.get(data.agent_id) if data.agent_id else None
         if toolset is not None:
@@ -92,8 +93,9 @@ class ToolsPlugin(BasePlugin):
 
     @event_handler("tools:resolve", internal=True, returns=ResolveReply)
     async def resolve(self, data: ResolveRequest):
-        """The tools named (KSI or model names); names that match nothing are `unknown`. For an
-        agent, `mcp:<server>` names all the tools of one of its MCP servers."""
+        """The tools named (KSI or model names); names that match nothing are `unknown`.
+
+        For an agent, `mcp:<server>` names all the tools of one of its MCP servers."""
         registry = await self.registry()
         toolset = self.toolsets.of_agent.get(data.agent_id) if data.agent_id else None
         if toolset is not None:  # the servers asked for start together, not one by one
@@ -134,8 +136,9 @@ class ToolsPlugin(BasePlugin):
 
     @event_handler("tools:mcp_attach", internal=True, returns=McpAttachReply)
     async def mcp_attach(self, data: McpAttachRequest):
-        """Give an agent its profile's MCP servers (the agent plugin sends it at spawn and
-        after a restart). Nothing starts yet: a server starts when a turn first needs it."""
+        """Give an agent its profile's MCP servers; they start when a turn first needs them.
+
+        The agent plugin sends it at spawn and after a daemon restart."""
         await self.registry()  # so the servers' tool names are checked against the others'
         toolset = await self.toolsets.attach(data.agent_id, data.owner, data.servers)
         return {"agent_id": data.agent_id, "toolset": toolset.key,

@@ -15,7 +15,8 @@ import ipaddress
 from typing import Annotated, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag,
+                      field_validator)
 
 SERVER_NAME = r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$"
 ServerName = Annotated[str, StringConstraints(pattern=SERVER_NAME)]
@@ -67,7 +68,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-ServerConfig = Union[StdioServer, HttpServer]
+def _transport_of(value) -> str:
+    # A `url` says HTTP, anything else is a command: one schema's errors, not both's.
+    if isinstance(value, dict):
+        return "http" if "url" in value else "stdio"
+    return getattr(value, "transport", "stdio")
+
+
+ServerConfig = Annotated[Union[Annotated[StdioServer, Tag("stdio")],
+                               Annotated[HttpServer, Tag("http")]],
+                         Discriminator(_transport_of)]
 ServerConfigs = Annotated[dict[ServerName, ServerConfig], Field(max_length=16)]
 
 
