@@ -122,9 +122,9 @@ def test_the_tool_result_and_a_failing_tool_reach_the_conversation(shared):
         assert '{"result":42}' in text
         assert "handler_error" in text and "this tool always fails" in text
         session = data_of(client.request("agent:info", {"agent_id": "adder"}))["session_id"]
-        turns = wait_until(lambda: [t for t in data_of(client.request(
-            "conversation:get", {"session_id": session}))["messages"] if t.get("tool_calls")],
-            what="the turn's storing")
+        turns = wait_until(lambda: [t for t in client.request("conversation:get", {
+            "session_id": session}).get("data", {}).get("messages", []) if t.get("tool_calls")],
+            what="the turn's storing")  # (stored just after the reply: not_found until then)
         assert [c["function"]["name"] for c in turns[0]["tool_calls"]] == ["kit__add",
                                                                            "kit__fail"]
         terminate(client, "adder")
