@@ -116,6 +116,8 @@ class McpConnection:
         try:
             async with asyncio.timeout(self.settings.start_timeout_s):
                 self._session, self.listed = await asyncio.shield(ready)
+            if self._wake.is_set():  # it exited right after listing its tools
+                raise ConnectionError("the server exited just after it started")
         except BaseException as exc:
             self._owner.cancel()  # the SDK still stops the process it started (shielded)
             self.state, self.last_error = DOWN, _why_not_started(exc, self.settings)
