@@ -1,8 +1,8 @@
 """Which tools the MCP server offers for a `tools:list` reply and its --allow / --deny options
-(interfaces/mcp_bridge/catalog.py, in this process: no daemon, no MCP)."""
+(ksi_mcp/catalog.py, in this process: no daemon, no MCP)."""
 import pytest
 
-from interfaces.mcp_bridge.catalog import Catalog, Exposure
+from ksi_mcp.catalog import Catalog, Exposure
 
 
 def tool(name: str, *, source: str = "event", explicit_only: bool = False) -> dict:
