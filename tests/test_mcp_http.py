@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from conftest import DaemonProcess, data_of
+from conftest import ROOT, DaemonProcess, data_of
 from ksi_daemon.plugins.mcp.settings import NotLoopback, loopback_address
-from test_mcp_server import DANGEROUS, check_the_everyday_tools, error_in, tool_names
+from test_completion import claude_binary
+from test_mcp_server import check_the_everyday_tools, error_in, tool_names
 
 HTTP_CONFIG = {"plugins": {"mcp": {"http": "127.0.0.1:0"}}}  # port 0: any free port
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -183,12 +185,24 @@ def test_http_is_off_by_default(daemon):
         "forbidden"
 
 
-def test_docs_mcp_shows_the_http_config_and_the_claude_mcp_add_line():
-    text = (Path(__file__).parent.parent / "docs" / "MCP.md").read_text()
-    assert '"http": "127.0.0.1:' in text
-    assert "claude mcp add --transport http" in text
-    assert '--header "Authorization: Bearer $(cat var/plugins/mcp/http.token)"' in text
-    assert os.path.join("var", "plugins", "mcp", "http.token") in text
+def test_the_claude_mcp_add_line_of_docs_mcp_connects_claude_code(daemon_factory):
+    """The documented line, run as written from the daemon's directory (only the port and the
+    binary's path differ), gives a Claude Code whose health check connects with the token."""
+    binary = claude_binary()
+    line = next(line.strip() for line in (ROOT / "docs" / "MCP.md").read_text().splitlines()
+                if line.strip().startswith("claude mcp add --transport http"))
+    daemon = daemon_factory(config=HTTP_CONFIG)
+    url, _token = endpoint_of(daemon)
+    command = line.replace("http://127.0.0.1:8765/mcp", url).replace("claude ", f"{binary} ", 1)
+    env = {**os.environ, "HOME": str(daemon.workdir), "DISABLE_TELEMETRY": "1",
+           "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+           "ANTHROPIC_API_KEY": "sk-ant-fake"}
+    added = subprocess.run(["bash", "-c", command], cwd=daemon.workdir, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    listed = subprocess.run([str(binary), "mcp", "list"], cwd=daemon.workdir, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert f"ksi: {url} (HTTP) - ✓ Connected" in listed.stdout, listed.stdout + listed.stderr
 
 
 @pytest.mark.parametrize("address, bound", [("127.0.0.1:8765", ("127.0.0.1", 8765)),
