@@ -11,7 +11,7 @@ import pytest
 from conftest import data_of
 from fake_anthropic_server import FakeAnthropicServer, tool_result_of
 from ksi_daemon.plugins.completion.claude_cli import ClaudeRunner
-from test_completion import claude_binary
+from test_completion import claude_binary, claude_env
 
 PROFILE = {"name": "scout", "model": "claude-cli/sonnet", "max_turns": 5,
            "tools": ["message:publish", "state:get"]}
@@ -22,13 +22,20 @@ PUBLISH = {"topic": "news", "content": "hello from scout", "sender": "the-boss"}
 def claude_agents(daemon_factory):
     binary = claude_binary()
     with FakeAnthropicServer() as api:
-        env = {"ANTHROPIC_BASE_URL": api.base_url, "ANTHROPIC_API_KEY": "sk-ant-fake",
-               "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        env = claude_env(api.base_url)
         config = {"plugins": {"mcp": {"http": "127.0.0.1:0"},
                               "completion": {"claude_cli": {"binary": str(binary),
                                                             "timeout_s": 90}}}}
         yield daemon_factory(config=config, env=env), api
+
+
+def scout_answers(daemon, content: str) -> str:
+    """Spawn agent `scout` (PROFILE) and send it `content`; its reply's text."""
+    data_of(daemon.request("agent:spawn", {"config": PROFILE, "agent_id": "scout"}))
+    with daemon.client(timeout=120) as client:
+        sent = client.request("agent:send", {"agent_id": "scout", "content": content,
+                                             "wait": True, "timeout_s": 110})
+    return data_of(sent)["reply"]["text"]
 
 
 def mcp_tools_offered(request: dict) -> set[str]:
@@ -38,12 +45,8 @@ def mcp_tools_offered(request: dict) -> set[str]:
 
 def test_a_claude_agent_calls_a_ksi_tool_as_itself(claude_agents):
     daemon, api = claude_agents
-    data_of(daemon.request("agent:spawn", {"config": PROFILE, "agent_id": "scout"}))
-    with daemon.client(timeout=120) as client:
-        sent = client.request("agent:send", {
-            "agent_id": "scout", "wait": True, "timeout_s": 110,
-            "content": f"call mcp__ksi__message_publish with {orjson.dumps(PUBLISH).decode()}"})
-    reply = data_of(sent)["reply"]
+    text = scout_answers(daemon, "call mcp__ksi__message_publish with "
+                         f"{orjson.dumps(PUBLISH).decode()}")
 
     # The model was offered the agent's KSI tools, and only those.
     asked = [r for r in api.requests if mcp_tools_offered(r)]
@@ -56,7 +59,7 @@ def test_a_claude_agent_calls_a_ksi_tool_as_itself(claude_agents):
     assert len(results) == 1, results
     published = orjson.loads(results[0])
     assert set(published) == {"message_id", "delivered"}
-    assert reply["text"] == f"claude-fake got: {results[0]}"
+    assert text == f"claude-fake got: {results[0]}"
 
     # The message is the agent's, whatever the model wrote as its sender.
     history = data_of(daemon.request("message:history", {"topic": "news"}))["messages"]
@@ -65,22 +68,15 @@ def test_a_claude_agent_calls_a_ksi_tool_as_itself(claude_agents):
 
 
 def test_a_tool_outside_the_profile_is_not_offered_to_claude(claude_agents):
-    daemon, api = claude_agents
-    data_of(daemon.request("agent:spawn", {"config": PROFILE, "agent_id": "scout"}))
-    with daemon.client(timeout=120) as client:
-        sent = client.request("agent:send", {
-            "agent_id": "scout", "wait": True, "timeout_s": 110,
-            "content": 'call mcp__ksi__state_set with {"key": "k", "value": 1}'})
-    assert data_of(sent)["reply"]["text"] == "claude-fake has no tool mcp__ksi__state_set"
+    daemon, _api = claude_agents
+    text = scout_answers(daemon, 'call mcp__ksi__state_set with {"key": "k", "value": 1}')
+    assert text == "claude-fake has no tool mcp__ksi__state_set"
     assert data_of(daemon.request("state:get", {"key": "k"}))["found"] is False
 
 
 def test_the_agents_mcp_config_is_private_and_names_its_own_token(claude_agents):
-    daemon, api = claude_agents
-    data_of(daemon.request("agent:spawn", {"config": PROFILE, "agent_id": "scout"}))
-    with daemon.client(timeout=120) as client:
-        data_of(client.request("agent:send", {"agent_id": "scout", "content": "hello",
-                                              "wait": True, "timeout_s": 110}))
+    daemon, _api = claude_agents
+    assert scout_answers(daemon, "hello") == "claude-fake heard: hello"
     configs = list((daemon.var_dir / "plugins" / "mcp" / "agents").glob("*.json"))
     assert len(configs) == 1
     assert stat.S_IMODE(configs[0].stat().st_mode) == 0o600

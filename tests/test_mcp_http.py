@@ -20,7 +20,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from conftest import ROOT, DaemonProcess, data_of
 from ksi_daemon.plugins.mcp.settings import NotLoopback, loopback_address
-from test_completion import claude_binary
+from test_completion import claude_binary, claude_env
 from test_mcp_server import check_the_everyday_tools, error_in, tool_names
 
 HTTP_CONFIG = {"plugins": {"mcp": {"http": "127.0.0.1:0"}}}  # port 0: any free port
@@ -194,9 +194,7 @@ def test_the_claude_mcp_add_line_of_docs_mcp_connects_claude_code(daemon_factory
     daemon = daemon_factory(config=HTTP_CONFIG)
     url, _token = endpoint_of(daemon)
     command = line.replace("http://127.0.0.1:8765/mcp", url).replace("claude ", f"{binary} ", 1)
-    env = {**os.environ, "HOME": str(daemon.workdir), "DISABLE_TELEMETRY": "1",
-           "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-           "ANTHROPIC_API_KEY": "sk-ant-fake"}
+    env = {**os.environ, **claude_env("http://127.0.0.1:9"), "HOME": str(daemon.workdir)}
     added = subprocess.run(["bash", "-c", command], cwd=daemon.workdir, env=env,
                            capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
