@@ -50,6 +50,7 @@ BUILTIN_PLUGINS = {
     "agent": "ksi_daemon.plugins.agent",
     "orchestration": "ksi_daemon.plugins.orchestration",
     "tools": "ksi_daemon.plugins.tools",
+    "mcp": "ksi_daemon.plugins.mcp",
 }
 log = structlog.get_logger("ksi.plugins")
 

@@ -55,6 +55,8 @@ class ExecuteRequest(Request):
 class ToolError(BaseModel):
     code: str
     message: str
+    details: Any = Field(None, description="the KSIError's details, when it had any (the "
+                                           "failing fields of a validation_error)")
 
 
 class ExecuteReply(BaseModel):
