@@ -3,8 +3,10 @@ against the fake Anthropic API, gets KSI's MCP endpoint with the agent's own tok
 exactly the agent's tools, calls one, and the call is the agent's."""
 from __future__ import annotations
 
+import asyncio
 import stat
 
+import httpx2
 import orjson
 import pytest
 
@@ -12,6 +14,7 @@ from conftest import data_of
 from fake_anthropic_server import FakeAnthropicServer, tool_result_of
 from ksi_daemon.plugins.completion.claude_cli import ClaudeRunner
 from test_completion import claude_binary, claude_env
+from test_mcp_http import INITIALIZE
 
 PROFILE = {"name": "scout", "model": "claude-cli/sonnet", "max_turns": 5,
            "tools": ["message:publish", "state:get"]}
@@ -86,6 +89,19 @@ def test_the_agents_mcp_config_is_private_and_names_its_own_token(claude_agents)
     assert server["url"] == data_of(daemon.request("mcp:status"))["http"]["url"]
     assert server["headers"]["Authorization"].startswith("Bearer ")
     assert server["headers"]["Authorization"] != f"Bearer {host_token}"
+
+    # Terminated, the agent's token is refused and its config file is gone.
+    async def initialize(authorization: str) -> int:
+        async with httpx2.AsyncClient() as http:
+            answer = await http.post(server["url"], json=INITIALIZE, headers={
+                "Authorization": authorization,
+                "Accept": "application/json, text/event-stream"})
+        return answer.status_code
+    assert asyncio.run(initialize(server["headers"]["Authorization"])) == 200
+    data_of(daemon.request("agent:terminate", {"agent_id": "scout"}))
+    assert not configs[0].exists()
+    assert asyncio.run(initialize(server["headers"]["Authorization"])) == 401
+    assert asyncio.run(initialize(f"Bearer {host_token}")) == 200  # the host's still works
 
 
 def test_claude_is_given_the_config_file_and_only_the_agents_tools():

@@ -309,6 +309,7 @@ class AgentPlugin(BasePlugin):
         await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
         self._remember_terminated({**agent.info(), "pending": 0, "recent": []})
         await self._quietly("message:unsubscribe", {"agent_id": agent.agent_id})
+        await self._quietly("mcp:forget_agent", {"agent_id": agent.agent_id})  # its tokens
         await self._detach_mcp_servers(agent)
         await self.context.emit("agent:terminated", {
             "agent_id": agent.agent_id, "reason": "terminated by request"}, ctx.correlation_id)

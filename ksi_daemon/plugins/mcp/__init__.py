@@ -5,6 +5,7 @@ KSI's own `claude-cli/...` agents (docs/MCP.md).
 
     mcp:status {} -> {http: {url, token_file} | null}
     mcp:agent_config {agent_id?, tools} -> {path, server, url, allowed_tools}   (internal)
+    mcp:forget_agent {agent_id} -> {agent_id, tokens_revoked}                   (internal)
 
 It serves what interfaces/mcp_server.py serves over stdio (the same `ksi_mcp` server), to
 whoever sends a bearer token it knows: the host's (written to `var/plugins/mcp/http.token` at
@@ -29,7 +30,8 @@ from ...private_files import write_owner_only
 from ...protocol import NOT_FOUND, UNAVAILABLE, KSIError
 from .http import HttpEndpoint, bind_loopback, caller_of
 from .in_daemon import EventsThroughContext
-from .models import AgentConfigReply, AgentConfigRequest, StatusReply, StatusRequest
+from .models import (AgentConfigReply, AgentConfigRequest, ForgetAgentReply, ForgetAgentRequest,
+                     StatusReply, StatusRequest)
 from .pushes import PushInbox
 from .settings import McpSettings, NotLoopback, loopback_address
 from .tokens import TokenBook
@@ -126,8 +128,7 @@ class McpPlugin(BasePlugin):
         tools = resolved["tools"]
         client_id, token = self.book.token_for_agent(data.agent_id,
                                                      [tool["name"] for tool in tools])
-        # (an agent id may hold what a file name must not)
-        path = self.agent_configs / f"{hashlib.sha256(client_id.encode()).hexdigest()[:24]}.json"
+        path = self._config_path_of(client_id)
         if not path.exists():
             write_owner_only(path, orjson.dumps({"mcpServers": {SERVER_NAME: {
                 "type": "http", "url": self.endpoint.url,
@@ -135,6 +136,20 @@ class McpPlugin(BasePlugin):
         return {"path": str(path), "server": SERVER_NAME, "url": self.endpoint.url,
                 "allowed_tools": [f"mcp__{SERVER_NAME}__{tool['model_name']}"
                                   for tool in tools]}
+
+    @event_handler("mcp:forget_agent", internal=True, returns=ForgetAgentReply)
+    def forget_agent(self, data: ForgetAgentRequest):
+        """An agent ended: its tokens are refused from now on, its config files removed."""
+        if self.endpoint is None:
+            return {"agent_id": data.agent_id, "tokens_revoked": 0}
+        gone = self.book.revoke_agent(data.agent_id)
+        for client_id in gone:
+            self._config_path_of(client_id).unlink(missing_ok=True)
+        return {"agent_id": data.agent_id, "tokens_revoked": len(gone)}
+
+    def _config_path_of(self, client_id: str) -> Path:
+        # (an agent id may hold what a file name must not)
+        return self.agent_configs / f"{hashlib.sha256(client_id.encode()).hexdigest()[:24]}.json"
 
     def _forget_agent_configs(self) -> None:
         if self.agent_configs.is_dir():

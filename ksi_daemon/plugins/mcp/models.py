@@ -31,3 +31,13 @@ class AgentConfigReply(BaseModel):
     url: str
     allowed_tools: list[str] = Field(description="the tools as Claude Code names them, "
                                                  "mcp__<server>__<tool>, for --allowedTools")
+
+
+class ForgetAgentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: str = Field(min_length=1, max_length=256)
+
+
+class ForgetAgentReply(BaseModel):
+    agent_id: str
+    tokens_revoked: int

@@ -2,8 +2,9 @@
 
 One token is the host's (written to the token file at every start; an MCP host such as Claude
 Code sends it). The others are issued to KSI's own agents by `mcp:agent_config`, one per agent
-and tool set, each naming its agent and the tools its profile allows. Tokens live as long as
-the daemon: a restart issues new ones, and the files that held the old ones are removed.
+and tool set, each naming its agent and the tools its profile allows. An agent's tokens end with
+it (`mcp:forget_agent`, sent by the agent plugin at terminate) or with the daemon: a restart
+issues new ones, and the files that held the old ones are removed.
 
 Only digests are kept, and a token is looked up by its digest, so nothing here compares a
 secret byte by byte. The book is the SDK's `TokenVerifier`: its `client_id` tells sessions of
@@ -50,6 +51,16 @@ class TokenBook:
                 else f"request:{len(self._issued) + 1}"
             token = self._issued[key] = self._add(client_id, Caller.agent(agent_id, tools))
         return self._holders[_digest(token)].client_id, token
+
+    def revoke_agent(self, agent_id: str) -> list[str]:
+        """Forget every token issued to `agent_id` (it was terminated); their client ids."""
+        gone = [holder.client_id for holder in self._holders.values()
+                if holder.caller.agent_id == agent_id]
+        self._holders = {digest: holder for digest, holder in self._holders.items()
+                         if holder.client_id not in gone}
+        self._issued = {key: token for key, token in self._issued.items()
+                        if key[0] != agent_id}
+        return gone
 
     def holder_of(self, token: str) -> Holder | None:
         return self._holders.get(_digest(token))
