@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
+import stat
 import sys
 import sysconfig
 import time
@@ -140,6 +141,11 @@ class PluginManager:
             if path.resolve() == BUILTIN_PLUGIN_DIR:  # as the deployment guide lists it
                 log.info("plugin_dir_is_builtin", path=str(path),
                          detail="the built-in plugins are loaded once, as built-ins")
+                continue
+            problem = why_untrusted(path)
+            if problem is not None:  # seeds/001: "only load plugins from trusted directories"
+                log.error("plugin_dir_refused", path=str(path), reason=problem)
+                yield f"plugin_dir {path}", f"dir:{path}", lambda problem=problem: _refuse(problem)
                 continue
             for entry in sorted(path.iterdir()):
                 if entry.name.startswith(("_", ".")):
@@ -424,6 +430,22 @@ def _import_target(target: str):
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attr) if attr else module
+
+
+def why_untrusted(directory: Path) -> str | None:
+    """Why code in `directory` may not be trusted (None: it may): another user could change it."""
+    info = directory.stat()
+    if info.st_uid not in (os.getuid(), 0):
+        return (f"refused: {directory} is owned by uid {info.st_uid}, not by the daemon's user "
+                "or root, so another user could put code there")
+    if info.st_mode & stat.S_IWOTH:
+        return (f"refused: {directory} is world-writable (mode {stat.S_IMODE(info.st_mode):o}), "
+                "so anyone could put code there")
+    return None
+
+
+def _refuse(problem: str):
+    raise PermissionError(problem)
 
 
 def _import_file(path: Path):

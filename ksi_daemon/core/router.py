@@ -121,7 +121,7 @@ class Router:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
         if not self.accepting:  # answered now: a task made now could be cancelled unstarted
             return conn.send(encode_error(event, cid, SHUTTING_DOWN))
-        if conn.grant is not None and (refused := conn.grant.refusal(event)) is not None:
+        if conn.grant is not None and (refused := conn.grant.refusal(event, started)) is not None:
             return conn.send(encode_error(event, cid, refused))
         handler = self.client_handlers.get(event)
         if handler is None or self._slow_path:
