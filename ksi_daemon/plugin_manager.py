@@ -255,7 +255,8 @@ class PluginManager:
                     return
                 claimed.append((handler, spec.internal))
         for handler, internal in claimed:
-            self.router.add_handler(handler, _refusing_clients(handler) if internal else None)
+            self.router.add_handler(handler, _refusing_clients(handler, self.router.report_refusal)
+                                    if internal else None)
         record.events = sorted({h.event for h, _ in claimed} | set(record.capabilities.commands))
 
     def _hooks_changed(self) -> None:
@@ -266,6 +267,7 @@ class PluginManager:
         router.fallbacks[:] = self.hooks.hook("ksi_handle_event").impls
         router.pre_hooks[:] = self.hooks.hook("ksi_pre_event").impls
         router.post_hooks[:] = self.hooks.hook("ksi_post_event").impls
+        router.refusal_hooks[:] = self.hooks.hook("ksi_request_refused").impls
         router.seal()
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
@@ -502,14 +504,16 @@ def _handler_of(event: str, func, spec, record: PluginRecord) -> Handler:
                    streams=spec.streams)
 
 
-def _refusing_clients(handler: Handler) -> Handler:
+def _refusing_clients(handler: Handler, report) -> Handler:
     """What a client finds under an internal event's name: a refusal (the router's client-facing
-    index holds it; `ctx.emit` finds the real handler). It shares the handler's counters, so
-    refusals show as that event's errors in system:metrics."""
+    index holds it; `ctx.emit` finds the real handler), reported as a permission refusal. It
+    shares the handler's counters, so refusals show as that event's errors in system:metrics."""
     message = f"{handler.event} is internal: only plugins may send it"
 
-    def refuse(data):
-        raise KSIError(FORBIDDEN, message)
+    def refuse(data, ctx):
+        error = KSIError(FORBIDDEN, message)
+        report(ctx.event, error, ctx.connection)
+        raise error
     refusal = Handler(handler.event, refuse, handler.plugin, summary=handler.summary)
     refusal.stats = handler.stats
     return refusal

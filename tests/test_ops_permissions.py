@@ -7,6 +7,7 @@ while the connection stays usable and other clients go on unaffected.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 
 import pytest
@@ -82,6 +83,33 @@ def test_a_rule_for_a_uid_narrows_what_it_may_send(daemon_factory):
     assert refused["code"] == "forbidden"
     assert f"the rule for uid {os.getuid()}" in refused["message"]
     assert refused["details"]["allowed"] == ["system:*", "state:get"]
+    # The refusal is in the audit, with who was refused (read on the main socket's own rules:
+    # state:audit is not allowed to this uid, so through the database file).
+    audited = audit_rows(daemon, "SELECT op, event, peer_uid, peer_pid, detail FROM state_audit")
+    assert [(op, event, uid) for op, event, uid, _pid, _detail in audited] == \
+        [("refused", "state:set", os.getuid())]
+    assert audited[0][3] == os.getpid() and "permissions.uids" in audited[0][4]
+
+
+def test_a_client_sending_an_internal_event_is_refused_and_audited(daemon):
+    with daemon.client() as client:
+        refused = error_of(client.request("agent:inbox", {"agent_id": "a", "message_id": "m",
+                                                          "content": "forged"}))
+        entries = data_of(client.request("state:audit", {"namespace": "agent"}))["entries"]
+    assert refused["code"] == "forbidden"
+    assert [(e["op"], e["event"], e["peer_uid"]) for e in entries] == \
+        [("refused", "agent:inbox", os.getuid())]
+    assert "only plugins may send it" in entries[0]["detail"]
+
+
+def audit_rows(daemon, sql: str) -> list[tuple]:
+    deadline = time.monotonic() + 5  # (the refusal's row is written as it is answered)
+    while True:
+        with sqlite3.connect(daemon.var_dir / "db" / "state.db") as db:
+            rows = db.execute(sql).fetchall()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def test_another_uid_is_narrowed_and_limited_as_configured(daemon_factory):

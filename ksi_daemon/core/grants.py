@@ -56,14 +56,16 @@ class Grant:
 
     def refusal(self, event: str, now: float) -> KSIError | None:
         """None if `event` may be sent now, else the error to answer it with."""
+        # The buckets first: a flood of refused requests is slowed like any other, and each
+        # `forbidden` it gets is recorded (the audit), so it must not come at any rate.
+        for bucket in self.buckets:
+            if wait := bucket.take(now):
+                return _limited(bucket, wait)
         for allowed in self.allow_lists:
             if not allowed.allows(event):
                 return KSIError(FORBIDDEN, f"{event} is not allowed here: {allowed.rule} allows "
                                 f"only {', '.join(allowed.patterns) or 'nothing'}",
                                 {"rule": allowed.rule, "allowed": list(allowed.patterns)})
-        for bucket in self.buckets:
-            if wait := bucket.take(now):
-                return _limited(bucket, wait)
         if self.completion_bucket is not None and event in COMPLETIONS:
             if wait := self.completion_bucket.take(now):
                 return _limited(self.completion_bucket, wait)
