@@ -11,6 +11,7 @@ from .backup import backup
 from .install_service import install_service
 from .logs import logs
 from .migrate_state import migrate_state
+from .new_plugin import new_plugin
 from .output import EXIT_FAILED, error
 from .restore import restore
 from .status import health, status
@@ -19,7 +20,7 @@ from .start import start
 
 VERBS = {"start": start, "stop": stop, "restart": restart, "status": status, "health": health,
          "logs": logs, "migrate-state": migrate_state, "backup": backup, "restore": restore,
-         "install-service": install_service}
+         "install-service": install_service, "new-plugin": new_plugin}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     service_verb.add_argument("--dry-run", action="store_true", help="print it, write nothing")
     service_verb.add_argument("--force", action="store_true",
                               help="replace a ksi.service that differs")
+    plugin_verb = verbs.add_parser("new-plugin", parents=[common],
+                                   help="write a runnable plugin and its test")
+    plugin_verb.add_argument("name", metavar="NAME", help="the plugin's name and namespace")
+    plugin_verb.add_argument("--dir", metavar="DIR",
+                             help="the plugin directory it goes in (default ~/.ksi/plugins)")
     return parser
 
 
