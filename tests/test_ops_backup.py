@@ -165,3 +165,21 @@ def test_install_service_keeps_a_unit_it_did_not_write(control):  # noqa: F811
     result = control.run("install-service")
     assert result.returncode == 1 and "--force" in result.stderr
     assert unit.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
+def test_the_backup_commands_of_operations_md_run(workdir):
+    from doc_commands import run_doc_commands, stop_daemon_in
+    try:
+        result = run_doc_commands("OPERATIONS.md", "backup-restore", workdir)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with LineClient(workdir / "var" / "run" / "daemon.sock") as client:
+            assert data_of(client.request("state:get", {"key": "k"}))["value"] == "before"
+    finally:
+        stop_daemon_in(workdir)
+
+
+def test_the_service_commands_of_operations_md_run(workdir):
+    from doc_commands import run_doc_commands
+    result = run_doc_commands("OPERATIONS.md", "install-service", workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (workdir / ".config" / "systemd" / "user" / "ksi.service").is_file()

@@ -139,3 +139,14 @@ def test_new_plugin_goes_to_the_users_plugin_directory_by_default(control):  # n
     assert result.returncode == 0, result.stderr
     assert (control.workdir / ".ksi" / "plugins" / "notes" / "__init__.py").is_file()
     assert "daemon.plugin_dirs" in result.stdout
+
+
+def test_the_scaffolding_commands_of_operations_md_run(workdir):
+    from doc_commands import run_doc_commands
+    (workdir / "var" / "state").mkdir(parents=True)
+    (workdir / "var" / "state" / "global.json").write_bytes(orjson.dumps({"theme": "dark"}))
+    result = run_doc_commands("OPERATIONS.md", "scaffolding", workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (workdir / "migration_output" / "plugins" / "legacy_notes.py").is_file()
+    assert (workdir / "migration_output" / "state" / "state.db").is_file()
+    assert "2 passed" in result.stdout  # the test new-plugin wrote

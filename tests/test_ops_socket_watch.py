@@ -147,3 +147,13 @@ def test_status_while_the_socket_is_gone_never_says_running(control, replacement
     assert result.returncode == 4 and "is running" not in result.stdout
     wait_until_answering(control.socket_path)
     assert control.run("status").returncode == 0
+
+
+def test_the_commands_of_operations_md_run(workdir):
+    from doc_commands import run_doc_commands, stop_daemon_in
+    try:
+        result = run_doc_commands("OPERATIONS.md", "socket-rebound", workdir)
+    finally:
+        stop_daemon_in(workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "KSI is running" in result.stdout and '"socket_rebound"' in result.stdout
