@@ -183,3 +183,11 @@ def test_the_service_commands_of_operations_md_run(workdir):
     result = run_doc_commands("OPERATIONS.md", "install-service", workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (workdir / ".config" / "systemd" / "user" / "ksi.service").is_file()
+
+
+def test_a_backup_into_var_itself_does_not_copy_itself(control):  # noqa: F811
+    control.started()
+    result = control.run("backup", str(control.var_dir))
+    assert result.returncode == 0, result.stderr
+    manifest = orjson.loads((the_backup_directory(result.stdout) / "manifest.json").read_bytes())
+    assert not [e["path"] for e in manifest["files"] if e["path"].startswith("ksi-")]

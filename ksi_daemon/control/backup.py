@@ -60,7 +60,9 @@ def take_backup(config: dict, parent: Path) -> tuple[Path, dict]:
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = new_backup_directory(parent)
         files = []
-        for database in sqlite_files_under(var_dir, skip=(default_backups_dir(config), parent)):
+        # (the backup being written is skipped too, wherever DIR is: even var/ itself)
+        skip = (default_backups_dir(config), parent, target)
+        for database in sqlite_files_under(var_dir, skip=skip):
             relative = database.relative_to(var_dir)
             copy = target / relative
             copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
