@@ -86,3 +86,16 @@ def ksi_post_event(event_name, data, result, context):
 
     Costs nothing on the hot path when no plugin implements it (checked once at start).
     """
+
+
+@hookspec
+def ksi_client_adapters(context):
+    """Client dialects: return {event name: EventAdapter} (ksi_daemon/core/adapters.py).
+
+    Asked once, after every plugin started and before any socket opens. For each event, the
+    requests clients send go through `adapter.request(data, ctx)` before the handler's schema
+    sees them, and its reply through `adapter.reply(result, data, ctx)`; events plugins emit to
+    each other are not adapted. Only events another plugin handles can be adapted (others are
+    logged and skipped). The compat plugin uses it for the clients of upstream KSI. Costs
+    nothing when no plugin implements it; an adapted event takes the async path.
+    """
