@@ -17,6 +17,7 @@ import structlog
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
+from .legacy_connection import LegacyCommandConnection
 from .listeners import Listener, listeners_of
 
 log = structlog.get_logger("ksi.transport.unix")
@@ -64,10 +65,11 @@ class UnixTransport(BasePlugin):
     async def _listen(self, listener: Listener, router) -> None:
         listener.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sock = bind_socket(listener.path)
+        speaks = LegacyCommandConnection if listener.legacy_commands else Connection
         # The loop calls listen() again with its own default backlog (100) unless told.
         server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Connection(router, self.limits, self.allowed_uids, self.connections,
-                               listener.grant),
+            lambda: speaks(router, self.limits, self.allowed_uids, self.connections,
+                           listener.grant),
             sock=sock, backlog=self.backlog)
         self.servers.append((server, listener.path))
 

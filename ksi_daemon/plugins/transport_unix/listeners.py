@@ -21,6 +21,7 @@ EVENTS_SOCKET, CONTROL_SOCKET = "events.sock", "control.sock"
 class Listener:
     path: Path
     grant: Grant | None  # None: every event
+    legacy_commands: bool = False  # also the legacy {"command": ...} protocol (control.sock)
 
 
 def listeners_of(config: dict) -> list[Listener]:
@@ -47,5 +48,7 @@ def listeners_of(config: dict) -> list[Listener]:
                              "socket is daemon.socket_path)")
         allow = settings.get("allow")
         found.append(Listener(path, None if allow is None else
-                              Grant(tuple(allow), f"the socket {path}")))
+                              Grant(tuple(allow), f"the socket {path}"),
+                              legacy_commands=name == CONTROL_SOCKET
+                              and unix["compatibility_mode"]))
     return found
