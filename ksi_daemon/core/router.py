@@ -26,6 +26,7 @@ from typing import Any, Callable
 import structlog
 
 from ..event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
+from .adapters import adapted_handler
 from .context import Context
 from .event_stats import EventStats, percentiles_ms
 from .history import entry_limit, estimated_size, truncated
@@ -103,6 +104,15 @@ class Router:
 
     def seal(self) -> None:  # decide once whether requests take the slower middleware path
         self._slow_path = bool(self.pre_hooks or self.post_hooks)
+
+    def adapt_for_clients(self, event: str, adapter) -> bool:
+        """Clients' requests of `event` go through `adapter` (adapters.py); False when nobody
+        handles `event`. Plugins' own emits are not adapted."""
+        handler = self.client_handlers.get(event)
+        if handler is None:
+            return False
+        self.client_handlers[event] = adapted_handler(self, handler, adapter)
+        return True
 
     # ---- the hot path -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ...core.grants import GrantBook
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
+from .legacy_connection import LegacyCommandConnection
 from .listeners import Listener, listeners_of
 from .socket_watch import BoundSocket, clear_the_way, identity_of, keep_reachable, still_ours
 
@@ -80,10 +81,11 @@ class UnixTransport(BasePlugin):
         listener.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sock = bind_socket(listener.path)
         identity = identity_of(listener.path)
+        speaks = LegacyCommandConnection if listener.legacy_commands else Connection
         # The loop calls listen() again with its own default backlog (100) unless told.
         server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Connection(router, self.limits, self.allowed_uids, self.connections,
-                               lambda uid: self.grants.grant_for(uid, listener.allow)),
+            lambda: speaks(router, self.limits, self.allowed_uids, self.connections,
+                           lambda uid: self.grants.grant_for(uid, listener.allow)),
             sock=sock, backlog=self.backlog)
         return BoundSocket(listener.path, server, identity)
 
