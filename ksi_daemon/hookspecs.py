@@ -86,3 +86,13 @@ def ksi_post_event(event_name, data, result, context):
 
     Costs nothing on the hot path when no plugin implements it (checked once at start).
     """
+
+
+@hookspec
+def ksi_queue_depths(context):
+    """How much work the plugin holds waiting right now, by queue: `{"queued": 3}` (ints).
+
+    Read when metrics are (`system:metrics`, a Prometheus scrape of `/metrics`), never per
+    event, on the event loop: return `len()` of what exists, compute nothing. Shown per plugin
+    as `queues` in `system:metrics` and as `ksi_plugin_queue_depth{plugin, queue}`.
+    """
