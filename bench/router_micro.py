@@ -47,6 +47,7 @@ class FakeConnection:
         self.bytes_out = 0
         self.lines_out = 0
         self.held = {}
+        self.grant = None
 
     def send(self, line: bytes) -> None:
         self.bytes_out += len(line)

@@ -37,6 +37,7 @@ class QuietConnection:
         self.peer_pid = self.peer_uid = None
         self.pushes_dropped = 0
         self.held = {}
+        self.grant = None
 
     def send(self, line: bytes) -> None:
         raise NotImplementedError

@@ -63,10 +63,15 @@ class DaemonSettings(_Section):
     trace_memory: bool = False
 
 
+class SocketSettings(_Section):
+    allow: list[str] | None = None  # event patterns its clients may send; None: every event
+
+
 class UnixTransportSettings(_Section):
     enabled: bool = True
-    socket_dir: str | None = None
+    socket_dir: str | None = None  # events.sock (and control.sock) there, beside the main one
     compatibility_mode: bool = False
+    sockets: dict[str, SocketSettings] = Field(default_factory=dict)
 
 
 class TransportSettings(_Section):
@@ -139,10 +144,7 @@ def _read_file(path: str | None) -> tuple[dict, str]:
 def _resolve_paths(config: dict) -> None:
     daemon = config["daemon"]
     daemon["var_dir"] = str(Path(daemon["var_dir"]).expanduser().resolve())
-    socket_dir = config["transports"]["unix"]["socket_dir"]
-    socket_path = daemon["socket_path"] or (
-        str(Path(socket_dir) / "daemon.sock") if socket_dir else
-        str(Path(daemon["var_dir"]) / "run" / "daemon.sock"))
+    socket_path = daemon["socket_path"] or str(Path(daemon["var_dir"]) / "run" / "daemon.sock")
     socket_path = str(Path(socket_path).expanduser().absolute())
     if len(socket_path.encode()) > MAX_SOCKET_PATH:
         raise ConfigError(f"daemon.socket_path: {socket_path} is longer than the "

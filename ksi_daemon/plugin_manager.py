@@ -50,6 +50,7 @@ BUILTIN_PLUGINS = {
     "agent": "ksi_daemon.plugins.agent",
     "orchestration": "ksi_daemon.plugins.orchestration",
     "tools": "ksi_daemon.plugins.tools",
+    "mcp": "ksi_daemon.plugins.mcp",
 }
 log = structlog.get_logger("ksi.plugins")
 
@@ -272,9 +273,21 @@ class PluginManager:
                 handler.disable(message)
         self._claim_namespaces(record)
         self._hooks_changed()
+        self._announce_failure(record)
         for dependent in self.records.values():
             if record.name in dependent.metadata.dependencies and dependent.state != "failed":
                 self._fail(dependent, f"dependency {record.name} failed")
+
+    def _announce_failure(self, record: PluginRecord) -> None:
+        """A plugin failing while the daemon runs is told to subscribers (`system:plugin_failed`):
+        an MCP host's tool list, a monitor. At start nobody could be listening yet."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.router.announce("system:plugin_failed", {
+            "plugin": record.name, "error": record.error, "where": record.where},
+            source="plugin_manager")
 
     def _claim_namespaces(self, record: PluginRecord) -> None:
         """Names nobody answers in a failed plugin's namespaces answer `unavailable`.

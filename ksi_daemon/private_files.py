@@ -86,3 +86,15 @@ def report(log, tightened: list[Tightened], failures: list[str]) -> None:
                     reason="var/ holds private data: owner-only (dirs 0700, files 0600)")
     if failures:
         log.warning("file_modes_not_tightened", count=len(failures), paths=failures[:20])
+
+
+def write_owner_only(path: Path, data: bytes) -> None:
+    """Write `path` whole, mode 0600 whatever the umask, replacing it at once: a reader sees the
+    old content or the new, and no other user can open it at any moment (a token, a secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        os.fchmod(descriptor, 0o600)  # O_CREAT's mode only applies to a new file
+        file.write(data)
+    os.replace(temporary, path)

@@ -4,9 +4,15 @@ Point the tool at it with ANTHROPIC_BASE_URL. Every POST /v1/messages is answere
 SSE) with `claude-fake heard: <the last thing the user typed>` (a prompt containing "take your
 time" instead streams 100 words, one every 0.2 s), and recorded in `server.requests`
 so a test can see what the tool sent, e.g. that a resumed session carries the earlier turns.
+
+Tools: a prompt saying `call <tool> with <JSON object>` is answered with a `tool_use` of that
+tool with that input, if the request offers a tool of that name (else with text saying it does
+not); the request that carries its `tool_result` is answered `claude-fake got: <its text>`.
 """
 from __future__ import annotations
 
+import itertools
+import re
 import time
 from http.server import BaseHTTPRequestHandler
 
@@ -33,6 +39,34 @@ def typed_by_user(messages: list[dict]) -> str:
                 return text.strip()
     return ""
 
+
+TOOL_CALL = re.compile(r"call (\S+) with (\{.*\})", re.S)
+_tool_use_ids = itertools.count(1)
+
+
+def tool_result_of(messages: list[dict]) -> str | None:
+    """The text of the tool_result the last message carries, if it carries one."""
+    content = messages[-1].get("content") if messages else None
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            inner = block.get("content")
+            return inner if isinstance(inner, str) else "".join(texts_of({"content": inner}))
+    return None
+
+
+def answer_to(body: dict, typed: str) -> list[dict]:
+    """The content blocks of the answer: text, or one tool_use when the prompt asks for it."""
+    result = tool_result_of(body.get("messages") or [])
+    if result is not None:
+        return [{"type": "text", "text": f"claude-fake got: {result}"}]
+    wanted = TOOL_CALL.search(typed)
+    if wanted is None:
+        return [{"type": "text", "text": f"claude-fake heard: {typed}"}]
+    name = wanted[1]
+    if name not in {tool.get("name") for tool in body.get("tools") or ()}:
+        return [{"type": "text", "text": f"claude-fake has no tool {name}"}]
+    return [{"type": "tool_use", "id": f"toolu_fake_{next(_tool_use_ids)}", "name": name,
+             "input": orjson.loads(wanted[2])}]
 
 
 class FakeAnthropicHandler(BaseHTTPRequestHandler):
@@ -63,18 +97,20 @@ class FakeAnthropicHandler(BaseHTTPRequestHandler):
         messages = body.get("messages") or []
         self.server.owner.record(body)
         typed = typed_by_user(messages)
-        text = f"claude-fake heard: {typed}"
+        blocks = answer_to(body, typed)
         delay = 0.0
         if "take your time" in typed:
-            text = " ".join(f"word{i}" for i in range(100))
+            blocks = [{"type": "text", "text": " ".join(f"word{i}" for i in range(100))}]
             delay = 0.2
         model = body.get("model", "claude-fake")
-        usage = {"input_tokens": 11, "output_tokens": len(text.split())}
+        usage = {"input_tokens": 11,
+                 "output_tokens": len(" ".join(b.get("text", "x") for b in blocks).split())}
+        stop = "tool_use" if blocks[-1]["type"] == "tool_use" else "end_turn"
         if body.get("stream"):
-            return self._stream(model, text, usage, delay)
+            return self._stream(model, blocks, stop, usage, delay)
         self._json(200, {"id": "msg_fake", "type": "message", "role": "assistant",
-                         "model": model, "content": [{"type": "text", "text": text}],
-                         "stop_reason": "end_turn", "stop_sequence": None, "usage": usage})
+                         "model": model, "content": blocks, "stop_reason": stop,
+                         "stop_sequence": None, "usage": usage})
 
     def _json(self, status: int, payload: dict):
         data = orjson.dumps(payload)
@@ -84,7 +120,8 @@ class FakeAnthropicHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _stream(self, model: str, text: str, usage: dict, delay: float = 0.0):
+    def _stream(self, model: str, blocks: list[dict], stop: str, usage: dict,
+                delay: float = 0.0):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -101,16 +138,27 @@ class FakeAnthropicHandler(BaseHTTPRequestHandler):
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
-        send("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}})
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            time.sleep(delay)
-            send("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
-                "type": "text_delta", "text": word + (" " if i < len(words) - 1 else "")}})
-        send("content_block_stop", {"type": "content_block_stop", "index": 0})
+        for index, block in enumerate(blocks):
+            if block["type"] == "tool_use":
+                send("content_block_start", {"type": "content_block_start", "index": index,
+                                             "content_block": {**block, "input": {}}})
+                send("content_block_delta", {"type": "content_block_delta", "index": index,
+                                             "delta": {"type": "input_json_delta",
+                                                       "partial_json": orjson.dumps(
+                                                           block["input"]).decode()}})
+            else:
+                send("content_block_start", {"type": "content_block_start", "index": index,
+                                             "content_block": {"type": "text", "text": ""}})
+                words = block["text"].split(" ")
+                for i, word in enumerate(words):
+                    time.sleep(delay)
+                    send("content_block_delta", {
+                        "type": "content_block_delta", "index": index, "delta": {
+                            "type": "text_delta",
+                            "text": word + (" " if i < len(words) - 1 else "")}})
+            send("content_block_stop", {"type": "content_block_stop", "index": index})
         send("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "delta": {"stop_reason": stop, "stop_sequence": None},
                                "usage": {"output_tokens": usage["output_tokens"]}})
         send("message_stop", {"type": "message_stop"})
 

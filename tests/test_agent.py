@@ -643,7 +643,7 @@ def test_profiles_are_built_in_or_read_from_files_and_bad_files_are_reported(dae
                    for p in listed["profiles"])
         assert by_name["pirate"] == {"name": "pirate", "model": None, "temperature": 1.1,
                                      "system_prompt": "Talk like a pirate.", "max_turns": 3,
-                                     "tools": [], "max_tool_steps": None,
+                                     "tools": [], "mcp_servers": {}, "max_tool_steps": None,
                                      "on_busy": "enqueue",
                                      "source": str(profiles_dir / "pirate.yaml")}
         assert by_name["debater"]["system_prompt"] == "Argue briefly."

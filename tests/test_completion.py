@@ -568,13 +568,18 @@ def _install_claude_code(binary: Path) -> Path:
     return binary
 
 
+def claude_env(api_base_url: str) -> dict:
+    """The environment a test's `claude` runs in: the fake API, a fake key, nothing sent out."""
+    return {"ANTHROPIC_BASE_URL": api_base_url, "ANTHROPIC_API_KEY": "sk-ant-fake",
+            "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+
+
 @pytest.fixture
 def claude_daemon(daemon_factory):
     binary = claude_binary()
     with FakeAnthropicServer() as api:
-        env = {"ANTHROPIC_BASE_URL": api.base_url, "ANTHROPIC_API_KEY": "sk-ant-fake",
-               "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        env = claude_env(api.base_url)
         config = {"plugins": {"completion": {
             "aliases": {"sonnet": "claude-cli/sonnet"},
             "claude_cli": {"binary": str(binary), "timeout_s": 60}}}}
@@ -612,10 +617,8 @@ def test_claude_cli_runs_the_real_tool_and_resumes_its_session(claude_daemon):
 def test_claude_cli_failure_carries_stderr_into_the_error(daemon_factory, inprocess_factory,
                                                           workdir):
     binary = claude_binary()
-    env = {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "sk-ant-fake",
-           "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-           "CLAUDE_CODE_MAX_RETRIES": "0"}  # the tool's own retries of a refused API: ~25 s
+    # CLAUDE_CODE_MAX_RETRIES: the tool's own retries of a refused API take ~25 s
+    env = {**claude_env("http://127.0.0.1:9"), "CLAUDE_CODE_MAX_RETRIES": "0"}
     config = {"plugins": {"completion": {"claude_cli": {"binary": str(binary),
                                                         "timeout_s": 20},
                                          "retry": {"max_attempts": 1}}}}
@@ -697,9 +700,7 @@ def running_with(text: str) -> list[int]:
 def test_a_claude_cli_run_past_its_hard_deadline_is_killed(daemon_factory):
     binary = claude_binary()
     with FakeAnthropicServer() as api:
-        env = {"ANTHROPIC_BASE_URL": api.base_url, "ANTHROPIC_API_KEY": "sk-ant-fake",
-               "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        env = claude_env(api.base_url)
         config = {"plugins": {"completion": {"claude_cli": {"binary": str(binary),
                                                             "timeout_s": 3},
                                              "retry": {"max_attempts": 1}}}}

@@ -97,27 +97,6 @@ def test_invalid_environment_value_names_the_variable(workdir):
     assert "daemon.max_event_history" in result.stderr and "KSI_MAX_EVENT_HISTORY" in result.stderr
 
 
-def test_the_deployment_guide_config_file_works_as_written(daemon_factory):
-    guide = {
-        "daemon": {"plugin_dirs": ["/path/to/ksi/ksi_daemon/plugins", "/path/to/custom/plugins"],
-                   "max_event_history": 1000, "event_timeout": 30.0},
-        "transports": {"unix": {"enabled": True, "socket_dir": "/tmp/ksi",
-                                "compatibility_mode": True}},
-        "plugins": {"state_service": {"state_dir": "/path/to/var/state"},
-                    "agent_service": {"profiles_dir": "/path/to/agent_profiles",
-                                      "identities_file": "/path/to/identities.json"},
-                    "completion_service": {"model": "claude-3-sonnet", "timeout": 300}},
-        }
-    started = daemon_factory(guide, wait=False)
-    started.socket_path = Path("/tmp/ksi/daemon.sock")  # transports.unix.socket_dir is honoured
-    health = wait_until_healthy(str(started.socket_path), started.proc, timeout=30)
-    assert health is not None, started.read_output()
-    assert health["status"] == "healthy"
-    assert started.request("system:discover")["data"]["count"] > 0
-    assert started.stop() == 0
-    assert not started.socket_path.exists()
-
-
 def test_unknown_config_keys_are_warned_about(daemon_factory):
     daemon = daemon_factory({"daemon": {"worker_count": 4}, "colour": "blue"})
     daemon.stop()

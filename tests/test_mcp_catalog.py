@@ -1,8 +1,8 @@
 """Which tools the MCP server offers for a `tools:list` reply and its --allow / --deny options
-(interfaces/mcp_bridge/catalog.py, in this process: no daemon, no MCP)."""
+(ksi_mcp/catalog.py, in this process: no daemon, no MCP)."""
 import pytest
 
-from interfaces.mcp_bridge.catalog import Catalog, Exposure
+from ksi_mcp.catalog import Catalog, Exposure
 
 
 def tool(name: str, *, source: str = "event", explicit_only: bool = False) -> dict:
@@ -44,3 +44,13 @@ def test_a_tool_is_found_by_the_name_the_daemon_gave_it():
     assert catalog.find("state:get") is None
     assert Catalog.from_tools_list(REPLY, Exposure()) == catalog
     assert Catalog.from_tools_list(REPLY, Exposure(deny=("agent:*",))) != catalog
+
+
+def test_an_agent_is_offered_exactly_its_tools_and_nobody_nothing():
+    from ksi_mcp.callers import NOBODY, Caller
+    scout = Caller.agent("scout", ["state:get", "state:clear", "web_fetch"])
+    offered = Catalog.from_tools_list(REPLY, scout.exposure, events_only=False)
+    assert offered.model_names == ["state_get", "state_clear", "web_fetch"]
+    assert Catalog.from_tools_list(REPLY, NOBODY.exposure, events_only=False).tools == ()
+    # A socket client can only send events: a plugin's tool is not offered through it.
+    assert "web_fetch" not in Catalog.from_tools_list(REPLY, scout.exposure).model_names

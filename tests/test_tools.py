@@ -129,6 +129,8 @@ def test_the_documented_plugin_is_the_example_and_works(daemon_factory):
 
 def test_a_failed_plugins_tools_leave_the_registry(daemon_factory):
     daemon = daemon_factory(plugin_dir_config("fragile_tools"))
+    watcher = daemon.client(timeout=30)
+    data_of(watcher.request("system:subscribe", {"patterns": ["system:plugin_failed"]}))
     with daemon.client(timeout=30) as client:
         def names():
             return {t["name"] for t in data_of(client.request("tools:list"))["tools"]}
@@ -145,3 +147,8 @@ def test_a_failed_plugins_tools_leave_the_registry(daemon_factory):
         refused = error_of(client.request("completion:request", {"prompt": "x",
                                                                  "tools": ["fragile:ping"]}))
         assert refused["code"] == "not_found" and "fragile:ping" in refused["message"]
+    # Subscribers were told (an MCP host's tool list follows this).
+    with watcher:
+        told = watcher.recv()
+    assert told["event"] == "system:plugin_failed" and told["data"]["plugin"] == "fragile_tools"
+    assert "broken on purpose" in told["data"]["error"]

@@ -1,10 +1,10 @@
-"""KSI's events as MCP tools: the logic behind interfaces/mcp_server.py.
+"""The stdio MCP server, interfaces/mcp_server.py: a socket client of the daemon.
 
-    catalog.py   which tools of the daemon's `tools:list` this server offers (pure)
-    results.py   a KSI reply or error as an MCP tool result, a tool as an MCP listing (pure)
-    daemon.py    the one connection to the daemon, made again when the daemon comes back
-    server.py    the MCP server: tools/list, tools/call, list-changed notifications
-    main.py      the command line: options, logging to stderr, stdio
+    link.py   the one connection to the daemon, made again when the daemon comes back
+    main.py   the command line: options, logging to stderr, stdio
+
+What it serves (the catalog, results, resources, the MCP server itself) is `ksi_mcp`, shared
+with the daemon's `mcp` plugin that serves the same over streamable HTTP.
 
 Not called `interfaces/mcp/`: a script in interfaces/ has that folder first on sys.path, where a
 package named `mcp` would hide the MCP SDK itself.

@@ -13,10 +13,11 @@ import sys
 import anyio
 from mcp.server.stdio import stdio_server
 
+from ksi_mcp.catalog import Exposure
+from ksi_mcp.server import FOLLOWED, ToolServer
+
 from ..options import add_socket_option
-from .catalog import Exposure
-from .daemon import DaemonLink
-from .server import FOLLOWED, ToolServer
+from .link import DaemonLink
 
 DEFAULT_CALL_TIMEOUT_S = 120.0
 

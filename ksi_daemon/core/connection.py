@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from .grants import Grant
+
 
 @runtime_checkable
 class Connection(Protocol):
@@ -20,6 +22,8 @@ class Connection(Protocol):
     held            the pushes waiting for the reply of a request of this connection, by its
                     correlation id (`held_pushes.py`): an empty dict to start with; the core
                     fills and empties it, `push` only tests it
+    grant           what its client may send (`grants.Grant`), or None: everything; the router
+                    answers a request the grant refuses with `forbidden`
 
     A transport registers a new connection with `router.connection_opened(conn)` and reports
     its end with `router.connection_closed(conn)`; the router keeps the registry.
@@ -31,6 +35,7 @@ class Connection(Protocol):
     closed: bool
     pushes_dropped: int
     held: dict[str, list[bytes] | None]
+    grant: Grant | None
 
     def send(self, line: bytes) -> None:
         """Write a reply line (newline included). Never dropped: a transport whose client does

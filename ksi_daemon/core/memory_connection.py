@@ -39,6 +39,7 @@ class MemoryConnection:
         self.closed = False
         self.pushes_dropped = 0
         self.held: dict[str, list[bytes] | None] = {}
+        self.grant = None
         self.pending = 0  # replies owed to this connection
         self.lines: list[bytes] = []
         self.received: list[dict] = []

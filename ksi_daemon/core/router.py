@@ -121,6 +121,8 @@ class Router:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
         if not self.accepting:  # answered now: a task made now could be cancelled unstarted
             return conn.send(encode_error(event, cid, SHUTTING_DOWN))
+        if conn.grant is not None and (refused := conn.grant.refusal(event)) is not None:
+            return conn.send(encode_error(event, cid, refused))
         handler = self.client_handlers.get(event)
         if handler is None or self._slow_path:
             if handler is None or not handler.streams:  # (middleware, fallbacks get a context)

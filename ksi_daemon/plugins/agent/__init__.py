@@ -27,7 +27,8 @@ import structlog
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
-from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, VALIDATION_ERROR, KSIError)
+from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT,
+                         VALIDATION_ERROR, KSIError)
 from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import store
@@ -117,6 +118,8 @@ class AgentPlugin(BasePlugin):
 
     @hookimpl
     async def ksi_ready(self, context):
+        # Their MCP servers come back attached, not started: each starts at its first use.
+        await asyncio.gather(*(self._attach_restored(agent) for agent in self.agents.values()))
         for agent in self.agents.values():
             if agent.status == "running":
                 self.runtime.start(agent)
@@ -129,6 +132,34 @@ class AgentPlugin(BasePlugin):
         for agent_id, message_id, topic, text in self._unpublished:
             await self.runtime.publish_reply(agent_id, message_id, topic, text)
         self._unpublished = []
+
+    async def _attach_restored(self, agent: Agent) -> None:
+        try:
+            await self._attach_mcp_servers(agent.agent_id, agent.profile)
+        except KSIError as exc:  # the agent still runs, without those tools
+            log.warning("agent_mcp_servers_not_attached", agent_id=agent.agent_id,
+                        error=exc.message)
+
+    async def _attach_mcp_servers(self, agent_id: str, profile: Profile,
+                                  correlation_id: str | None = None) -> None:
+        """Hand the profile's MCP servers to the tools plugin, which checks them (a bad one is
+        the caller's validation_error) and starts them when a turn first needs them."""
+        if not profile.mcp_servers:
+            return
+        not_running = KSIError(UNAVAILABLE, "this profile lists mcp_servers, but the tools "
+                                            "plugin is not running")
+        try:
+            attached = await self.context.emit("tools:mcp_attach", {
+                "agent_id": agent_id, "owner": profile.name, "servers": profile.mcp_servers},
+                correlation_id)
+        except KSIError as exc:
+            if exc.code == UNKNOWN_EVENT:
+                raise not_running from None
+            if exc.code == VALIDATION_ERROR and isinstance(exc.details, list):
+                raise mcp_servers_invalid(exc.details) from None
+            raise
+        if not isinstance(attached, dict):  # nobody answered the event
+            raise not_running
 
     async def _resume_topics(self, agent_id: str) -> None:
         try:
@@ -207,6 +238,11 @@ class AgentPlugin(BasePlugin):
         session_id = data.session_id or f"{agent_id[:SESSION_ID_MAX - 9]}-{os.urandom(4).hex()}"
         agent = Agent(agent_id, profile, session_id, now, self.settings.recent_kept)
         self.agents[agent_id] = agent  # taken from here on, even while the write is pending
+        try:
+            await self._attach_mcp_servers(agent_id, profile, ctx.correlation_id)
+        except BaseException:
+            self.agents.pop(agent_id, None)
+            raise
         first = None
         if data.task is not None:
             first = self.runtime.new_message(data.task, DIRECT)
@@ -221,6 +257,7 @@ class AgentPlugin(BasePlugin):
         except BaseException:
             self.agents.pop(agent_id, None)
             await asyncio.shield(self._forget(agent_id))
+            await asyncio.shield(self._detach_mcp_servers(agent))
             raise
         self.terminated.pop(agent_id, None)
         if first is not None:
@@ -245,6 +282,11 @@ class AgentPlugin(BasePlugin):
                                      ("on_busy", data.on_busy)) if v is not None}
         return profile.model_copy(update=changes) if changes else profile
 
+    async def _detach_mcp_servers(self, agent: Agent) -> None:
+        """The agent ended: its MCP servers stop when no other agent uses them."""
+        if agent.profile.mcp_servers:
+            await self._quietly("tools:mcp_detach", {"agent_id": agent.agent_id})
+
     async def _forget(self, agent_id: str) -> None:
         try:
             await self._write(store.delete_agent, agent_id)
@@ -267,6 +309,8 @@ class AgentPlugin(BasePlugin):
         await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
         self._remember_terminated({**agent.info(), "pending": 0, "recent": []})
         await self._quietly("message:unsubscribe", {"agent_id": agent.agent_id})
+        await self._quietly("mcp:forget_agent", {"agent_id": agent.agent_id})  # its tokens
+        await self._detach_mcp_servers(agent)
         await self.context.emit("agent:terminated", {
             "agent_id": agent.agent_id, "reason": "terminated by request"}, ctx.correlation_id)
         return {"agent_id": agent.agent_id, "status": "terminated"}
@@ -479,6 +523,16 @@ class AgentPlugin(BasePlugin):
         if self.agents.get(agent.agent_id) is agent:
             agent.deliver(message)
         return {"accepted": True}
+
+
+def mcp_servers_invalid(details: list) -> KSIError:
+    """The tools plugin's validation errors, told as the profile's field (whose caller never
+    sent tools:mcp_attach)."""
+    problems = [{**problem, "loc": ["mcp_servers", *problem.get("loc", [])[1:]]}
+                for problem in details if isinstance(problem, dict)]
+    said = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p.get('msg')}" for p in problems)
+    return KSIError(VALIDATION_ERROR, f"the profile's mcp_servers are not valid: {said}",
+                    problems)
 
 
 def terminated_record(row: dict) -> dict:

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 import structlog
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 log = structlog.get_logger("ksi.plugin.agent")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SUFFIXES = (".yaml", ".yml", ".json")
+# An MCP server's name prefixes its tools' names; what a server may be is the tools plugin's
+# to say (tools:mcp_attach validates it at spawn), so only the name is checked here.
+MCP_SERVER_NAME = r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$"
 BUILTIN = "builtin"
 # What agent:send does while a turn runs (docs/AGENTS.md, "When a message arrives mid-turn").
 BusyPolicy = Literal["enqueue", "reject", "interrupt", "rollback"]
@@ -42,12 +45,22 @@ class Profile(BaseModel):
     tools: list[str] = Field(default_factory=list, max_length=256,
                              description="event or tool names the agent's model may call "
                                          "(docs/TOOLS.md); naming an explicit-only one allows it")
+    mcp_servers: dict[Annotated[str, StringConstraints(pattern=MCP_SERVER_NAME)], dict] = Field(
+        default_factory=dict, max_length=16,
+        description="MCP servers whose tools join the agent's: name -> {command, args?, env?, "
+                    "cwd?} (stdio) or {url} (streamable HTTP on loopback); the tools are "
+                    "<name>__<tool> to the model (docs/TOOLS.md, MCP tool servers)")
     max_tool_steps: int | None = Field(None, ge=1, le=64,
                                        description="rounds of tool calls per turn; none: 8")
     on_busy: BusyPolicy = Field(
         "enqueue", description="what agent:send does while a turn runs: enqueue (wait your "
                                "turn), reject (conflict), interrupt (stop the turn, then answer "
                                "this), rollback (stop the turn and forget it, then answer this)")
+
+    def offered_tools(self) -> list[str]:
+        """What the agent's turns offer the model: its tools, and every tool of each of its
+        MCP servers (`mcp:<server>`, which the tools plugin resolves for this agent)."""
+        return [*self.tools, *(f"mcp:{name}" for name in self.mcp_servers)]
 
 
 def _builtin(name: str, temperature: float, max_turns: int, prompt: str) -> Profile:

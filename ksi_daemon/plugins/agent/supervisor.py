@@ -241,7 +241,7 @@ class AgentRuntime:
                    "request_id": request_id}
         for key, value in (("model", profile.model), ("temperature", profile.temperature),
                            ("timeout_s", self.settings.completion_timeout_s),
-                           ("tools", profile.tools or None),
+                           ("tools", profile.offered_tools() or None),
                            ("max_tool_steps", profile.max_tool_steps)):
             if value is not None:
                 request[key] = value

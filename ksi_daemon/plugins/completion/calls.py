@@ -23,11 +23,15 @@ class Answer:
 async def call_model(litellm, model: str, messages: list[dict], params: dict,
                      timeout_s: float, session_id: str,
                      on_delta: Callable[[str], None] | None = None,
-                     tools: list[dict] | None = None) -> Answer:
+                     tools: list[dict] | None = None, mcp: dict | None = None) -> Answer:
     """Ask `model`; with `on_delta`, stream and hand each text delta to it as it arrives;
-    with `tools` (OpenAI's format), the answer may be tool calls instead of text."""
+    with `tools` (OpenAI's format), the answer may be tool calls instead of text; `mcp` is
+    the MCP config of a `claude-cli/...` call (mcp:agent_config's reply)."""
+    metadata = {"ksi_session_id": session_id}
+    if mcp is not None:
+        metadata["ksi_mcp"] = mcp
     kwargs = {**NO_HIDDEN_RETRIES, **params, "model": model, "messages": messages,
-              "timeout": timeout_s, "metadata": {"ksi_session_id": session_id}}
+              "timeout": timeout_s, "metadata": metadata}
     if tools:
         kwargs["tools"] = tools
     if on_delta is None:

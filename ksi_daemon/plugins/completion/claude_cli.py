@@ -5,6 +5,11 @@ deadline; cancelling the call kills the group, and a failed run carries its stde
 The tool keeps conversations itself, so a KSI session is mapped to a claude session id and later
 turns pass `--resume <id>` with only the new message (the mapping is saved, so it survives a
 daemon restart). A session the tool does not know yet gets the earlier turns as a transcript.
+
+A request with tools runs `claude` with the MCP config the mcp plugin issued for it
+(`--mcp-config`, `--strict-mcp-config`: KSI's server and no other), and only those tools
+allowed (`--allowedTools mcp__ksi__<tool>,...`): the tool runs its own loop, calling KSI over
+HTTP with the agent's token, so every call is the agent's.
 """
 from __future__ import annotations
 
@@ -18,6 +23,11 @@ import orjson
 
 PROVIDER = "claude-cli"
 STDERR_KEPT = 4000
+
+
+def runs(model: str) -> bool:
+    """Whether `model` (a litellm name, aliases resolved) is run by the `claude` tool."""
+    return model.startswith(f"{PROVIDER}/")
 
 
 class ClaudeRunError(Exception):
@@ -62,7 +72,7 @@ class ClaudeRunner:
         self.cwd = cwd
 
     def command(self, model: str, messages: list[dict], ksi_session: str | None,
-                streaming: bool) -> list[str]:
+                streaming: bool, mcp: dict | None = None) -> list[str]:
         executable = shutil.which(self.binary) or self.binary
         resume = self.sessions.get(ksi_session)
         prompt = prompt_for(messages, resumed=resume is not None)
@@ -75,11 +85,16 @@ class ClaudeRunner:
         system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
         if system:
             args += ["--append-system-prompt", system]
+        if mcp is not None:
+            # A path, not the JSON: the config holds the agent's token, which a command line
+            # would show to every local user.
+            args += ["--mcp-config", mcp["path"], "--strict-mcp-config",
+                     "--allowedTools", ",".join(mcp["allowed_tools"])]
         return args + self.extra_args
 
-    async def run_json(self, model, messages, ksi_session, timeout) -> dict:
+    async def run_json(self, model, messages, ksi_session, timeout, mcp=None) -> dict:
         """Run once with `--output-format json`; return the tool's result object."""
-        async with self._process(self.command(model, messages, ksi_session, False),
+        async with self._process(self.command(model, messages, ksi_session, False, mcp),
                                  timeout) as process:
             stdout, stderr = await process.communicate()
         result = _last_json_object(stdout)
@@ -87,9 +102,9 @@ class ClaudeRunner:
         self.sessions.remember(ksi_session, result.get("session_id"))
         return result
 
-    async def run_stream(self, model, messages, ksi_session, timeout):
+    async def run_stream(self, model, messages, ksi_session, timeout, mcp=None):
         """Run with `stream-json`; yield ("delta", text) pieces, then ("result", object)."""
-        async with self._process(self.command(model, messages, ksi_session, True),
+        async with self._process(self.command(model, messages, ksi_session, True, mcp),
                                  timeout) as process:
             stderr_task = asyncio.ensure_future(process.stderr.read())
             streamed = False
@@ -244,14 +259,19 @@ def build_provider(runner: ClaudeRunner):
     from litellm import CustomLLM
     from litellm.types.utils import ModelResponse
 
+    def metadata_of(kwargs) -> dict:
+        return (kwargs.get("litellm_params") or {}).get("metadata") or {}
+
     def session_of(kwargs) -> str | None:
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        return metadata.get("ksi_session_id")
+        return metadata_of(kwargs).get("ksi_session_id")
+
+    def mcp_of(kwargs) -> dict | None:
+        return metadata_of(kwargs).get("ksi_mcp")
 
     class ClaudeCLI(CustomLLM):
         async def acompletion(self, model, messages, *args, **kwargs):
             result = await runner.run_json(model, messages, session_of(kwargs),
-                                           _seconds(kwargs.get("timeout")))
+                                           _seconds(kwargs.get("timeout")), mcp_of(kwargs))
             response = ModelResponse(
                 model=f"{PROVIDER}/{model}",
                 choices=[{"message": {"role": "assistant", "content": result.get("result", "")},
@@ -262,7 +282,8 @@ def build_provider(runner: ClaudeRunner):
 
         async def astreaming(self, model, messages, *args, **kwargs):
             async for kind, value in runner.run_stream(model, messages, session_of(kwargs),
-                                                       _seconds(kwargs.get("timeout"))):
+                                                       _seconds(kwargs.get("timeout")),
+                                                       mcp_of(kwargs)):
                 if kind == "delta":
                     yield {"text": value, "is_finished": False, "finish_reason": "",
                            "usage": None, "index": 0, "tool_use": None}

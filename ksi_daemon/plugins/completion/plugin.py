@@ -478,7 +478,12 @@ class CompletionPlugin(BasePlugin):
                               _in_model_order(history, new_messages), {**extra, **params},
                               request.agent_id)
         await self.hooks.pre_call(call)
-        if request.tools:
+        if request.tools and claude_cli.runs(call.model):
+            # `claude` runs its own tool loop: it gets KSI's tools over MCP, as the agent.
+            mcp = await self._claude_tools(request)
+            answer = await self._call_with_retries(job, litellm, call, mcp=mcp)
+            transcript, tool_calls = [], []
+        elif request.tools:
             loop = await self._tool_loop(job, request)
             answer = await loop.run(call.messages, lambda messages, tools: self._call_with_retries(
                 job, litellm, call, messages, tools))
@@ -539,6 +544,19 @@ class CompletionPlugin(BasePlugin):
         loop.restore(job.steps)
         return loop
 
+    async def _claude_tools(self, request: CompletionRequest) -> dict:
+        """The MCP config a `claude` run gets for the request's tools (the mcp plugin's
+        endpoint, with a token that offers those tools and acts as the request's agent)."""
+        try:
+            return await self.context.emit("mcp:agent_config", {"tools": request.tools,
+                                                                "agent_id": request.agent_id})
+        except KSIError as exc:
+            if exc.code in (UNKNOWN_EVENT, UNAVAILABLE):
+                raise KSIError(UNAVAILABLE, "this claude-cli request names tools, which claude "
+                               f"gets over MCP, but the mcp plugin cannot serve them: "
+                               f"{exc.message}") from None
+            raise
+
     async def _store_turns(self, job: Job, new_messages: list[dict], text: str, model: str,
                            usage: dict, already: int = 0) -> None:
         """Store the turn's messages (tool steps included) and the answer, in one write;
@@ -569,7 +587,7 @@ class CompletionPlugin(BasePlugin):
 
     async def _call_with_retries(self, job: Job, litellm, call: PreCallContext,
                                  messages: list[dict] | None = None,
-                                 tools: list[dict] | None = None):
+                                 tools: list[dict] | None = None, mcp: dict | None = None):
         """One model call (`messages`: this step's, default the call's), retried while fresh."""
         sent = 0
 
@@ -587,7 +605,7 @@ class CompletionPlugin(BasePlugin):
                 return await call_model(
                     litellm, call.model, call.messages if messages is None else messages,
                     call.params, job.timeout_s, job.session_id,
-                    send_delta if job.payload.stream else None, tools)
+                    send_delta if job.payload.stream else None, tools, mcp)
             except (asyncio.CancelledError, KSIError):
                 raise
             except Exception as exc:  # noqa: BLE001 - decide below whether to try again

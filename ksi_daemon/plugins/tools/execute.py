@@ -78,8 +78,9 @@ class ToolExecutor:
 
 
 def error_of(exc: Exception, tool: Tool) -> dict:
-    if isinstance(exc, KSIError):
-        return {"code": exc.code, "message": exc.message}
+    if isinstance(exc, KSIError):  # details name what to fix (a validation_error's fields)
+        error = {"code": exc.code, "message": exc.message}
+        return error if exc.details is None else {**error, "details": exc.details}
     if isinstance(exc, pydantic.ValidationError):
         return {"code": VALIDATION_ERROR, "message": str(exc)}
     return {"code": HANDLER_ERROR, "message": f"{tool.name} failed: {exc!r}"}

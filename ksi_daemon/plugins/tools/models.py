@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .mcp_config import McpSettings, ServerConfigs
+
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +55,8 @@ class ExecuteRequest(Request):
 class ToolError(BaseModel):
     code: str
     message: str
+    details: Any = Field(None, description="the KSIError's details, when it had any (the "
+                                           "failing fields of a validation_error)")
 
 
 class ExecuteReply(BaseModel):
@@ -71,6 +75,54 @@ class ToolsSettings(BaseModel):
     explicit_only: list[str] = Field(default_factory=list,
                                      description="More events offered only when named exactly")
     default_timeout_s: float = Field(30.0, gt=0)
+    mcp: McpSettings = Field(default_factory=McpSettings)
+
+
+class McpAttachRequest(Request):
+    agent_id: str = Field(max_length=256)
+    owner: str = Field(max_length=64, description="the agent's profile name: agents of one "
+                                                  "profile with the same servers share them")
+    servers: ServerConfigs = Field(description="name -> {command, args?, env?, cwd?} | {url}")
+
+
+class McpAttachReply(BaseModel):
+    agent_id: str
+    toolset: str
+    servers: list[str]
+    agents: int = Field(description="agents sharing these servers, this one included")
+
+
+class McpDetachRequest(Request):
+    agent_id: str = Field(max_length=256)
+
+
+class McpDetachReply(BaseModel):
+    agent_id: str
+    stopped: list[str] = Field(description="servers stopped because this agent was their last")
+
+
+class McpServersRequest(Request):
+    agent_id: str | None = Field(None, max_length=256, description="only this agent's servers")
+
+
+class McpServerStatus(BaseModel):
+    owner: str
+    toolset: str
+    agents: list[str]
+    server: str
+    transport: str
+    state: str = Field(description="stopped (not started yet, or stopped), starting, running, "
+                                   "down (died or did not start; restarted at the next call)")
+    starts: int
+    last_error: str | None
+    tools: int | None = Field(description="how many tools it listed; none before its start")
+    retry_in_s: float | None = Field(description="when down: how long until a call may "
+                                                 "start it again (back-off)")
+
+
+class McpServersReply(BaseModel):
+    servers: list[McpServerStatus]
+    count: int
 
 
 @dataclass

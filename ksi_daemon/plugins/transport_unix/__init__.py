@@ -1,7 +1,8 @@
 """Unix-socket transport (PROTOCOL.md §1): the daemon's front door.
 
-Opens the socket after every other plugin has started (so no request reaches a plugin that is not
-ready), closes the listener first at shutdown, and removes the socket last.
+Opens its sockets (listeners.py: the main one, and those of `socket_dir` and `sockets`) after
+every other plugin has started (so no request reaches a plugin that is not ready), closes the
+listeners first at shutdown, and removes the sockets last.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import structlog
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
+from .listeners import Listener, listeners_of
 
 log = structlog.get_logger("ksi.transport.unix")
 CLOSE_GRACE_S = 2.0
@@ -29,15 +31,14 @@ class UnixTransport(BasePlugin):
                            description="Newline-delimited JSON over a Unix stream socket"),
             # internals: it hands every line to the router itself
             PluginCapabilities(provides_services=["transport"], internals=True))
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[tuple[asyncio.AbstractServer, Path]] = []
         self.connections: set[Connection] = set()
-        self.socket_path: Path | None = None
 
     @hookimpl
     def ksi_startup(self, config):
         settings = config["daemon"]
         self.enabled = config["transports"]["unix"]["enabled"]
-        self.socket_path = Path(settings["socket_path"])
+        self.listeners = listeners_of(config)  # (a path that cannot be used fails the plugin)
         self.allowed_uids = {os.getuid(), *settings["allowed_uids"]}
         self.backlog = settings["listen_backlog"]
         self.limits = {key: settings[key] for key in
@@ -48,24 +49,32 @@ class UnixTransport(BasePlugin):
         if not self.enabled:
             context.log.warning("unix_transport_disabled")
             return
-        sock = bind_socket(self.socket_path)
         router = context.internals.router
-        # The loop calls listen() again with its own default backlog (100) unless told.
-        self.server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Connection(router, self.limits, self.allowed_uids, self.connections),
-            sock=sock, backlog=self.backlog)
         kernel_cap = kernel_backlog_cap()
         if kernel_cap is not None and kernel_cap < self.backlog:
             context.log.warning("listen_backlog_capped", configured=self.backlog,
                                 somaxconn=kernel_cap,
                                 fix="raise net.core.somaxconn (sysctl) to hold larger bursts")
-        context.log.info("listening", socket=str(self.socket_path),
-                         backlog=min(self.backlog, kernel_cap or self.backlog))
+        for listener in self.listeners:
+            await self._listen(listener, router)
+            context.log.info("listening", socket=str(listener.path),
+                             backlog=min(self.backlog, kernel_cap or self.backlog),
+                             allow=list(listener.grant.patterns) if listener.grant else "*")
+
+    async def _listen(self, listener: Listener, router) -> None:
+        listener.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock = bind_socket(listener.path)
+        # The loop calls listen() again with its own default backlog (100) unless told.
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Connection(router, self.limits, self.allowed_uids, self.connections,
+                               listener.grant),
+            sock=sock, backlog=self.backlog)
+        self.servers.append((server, listener.path))
 
     @hookimpl
     def ksi_stopping(self):
-        if self.server is not None:
-            self.server.close()  # no new connections; open ones keep getting their replies
+        for server, _path in self.servers:
+            server.close()  # no new connections; open ones keep getting their replies
 
     @hookimpl
     async def ksi_shutdown(self):
@@ -84,8 +93,8 @@ class UnixTransport(BasePlugin):
                         unsent_bytes=conn.transport.get_write_buffer_size(),
                         grace_s=CLOSE_GRACE_S)
             conn.transport.abort()
-        if self.server is not None:
-            self.socket_path.unlink(missing_ok=True)
+        for _server, path in self.servers:
+            path.unlink(missing_ok=True)
 
 
 def bind_socket(path: Path) -> socket.socket:

@@ -38,8 +38,10 @@ def peer_credentials(transport: asyncio.Transport) -> tuple[int, int, int]:
 class Connection(asyncio.Protocol):
     """A Unix-socket client; implements `ksi_daemon.core.connection.Connection`."""
 
-    def __init__(self, router, limits: dict, allowed_uids: set[int], registry: set):
+    def __init__(self, router, limits: dict, allowed_uids: set[int], registry: set,
+                 grant=None):
         self.router, self.registry, self.allowed_uids = router, registry, allowed_uids
+        self.grant = grant  # what the socket it came through allows (None: everything)
         self.max_line = limits["max_line_bytes"]
         self.output_limit = limits["output_buffer_bytes"]
         self.grace_s = limits["slow_consumer_grace_s"]

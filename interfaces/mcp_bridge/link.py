@@ -12,11 +12,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ksi_client import Event, EventClient, KSIConnectionError, KSIError
 from ksi_client.event_client import compile_pattern
 from ksi_client.socket_path import resolve_socket_path
+from ksi_mcp.callers import Caller
+from ksi_mcp.catalog import Tool
 
 log = logging.getLogger("ksi.mcp")
 
@@ -24,16 +26,9 @@ RETRY_EVERY_S = 1.0   # a refused connect costs next to nothing, so try often
 CONNECT_TIMEOUT_S = 5.0
 
 
-class Daemon(Protocol):
-    """What the MCP server needs of the daemon (tests may hand it anything that does this)."""
-    socket_path: Path
-
-    async def request(self, event: str, data: dict, timeout: float) -> Any:
-        """The reply's data, or a KSIError (KSIConnectionError when no daemon answers)."""
-
-
 class DaemonLink:
-    """`request()` for the tools, `follow()` for what the server watches.
+    """The `ksi_mcp.daemon.Daemon` of the stdio server: `request()` and `call_tool()` for the
+    tools, `follow()` for what the server watches.
 
     `on_connected()` runs after every new connection (the daemon may have other plugins than
     the last one had); `on_push(event)` for every push matching `patterns`.
@@ -56,6 +51,12 @@ class DaemonLink:
     async def request(self, event: str, data: dict, timeout: float) -> Any:
         client = await self._connected_client()
         return await client.emit(event, data, timeout=timeout)
+
+    async def call_tool(self, tool: Tool, arguments: dict, caller: Caller,
+                        timeout: float) -> Any:
+        # A client sends the event itself: its one caller is the host, which lends no agent's
+        # identity (only the daemon's own plugins may claim one, with tools:execute).
+        return await self.request(tool.event, arguments, timeout)
 
     async def follow(self) -> None:
         """Keep a connection while the server runs and hand it the pushes it follows. Runs

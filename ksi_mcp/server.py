@@ -1,19 +1,25 @@
 """The MCP server: the daemon's event tools listed, called, and followed as plugins come and go.
 
-One `ToolServer` serves one MCP connection (stdio). Its catalog is the daemon's `tools:list`
-filtered by the `Exposure`; it is read again when the connection to the daemon is new, when the
-daemon announces a change of plugins or tools, when a call answers `unavailable` (a plugin may
-have failed under it) and on every tools/list. When the offered tools change, hosts are told:
-on the 2025 handshake protocols with `notifications/tools/list_changed` on the connection, on
-2026-07-28 through `subscriptions/listen` streams, the only place that protocol carries it.
+One `ToolServer` serves the MCP connections of one transport: the one stdio connection, or
+every session of the HTTP endpoint. Who asks (`caller_of(ctx)`, callers.py) chooses the tools
+offered and the identity a call runs with; without `caller_of` every request is the host's,
+offered the server's own `Exposure`. The catalog is the daemon's `tools:list`; it is read
+again when the connection to the daemon is new, when the daemon announces a change of plugins
+or tools, when a call answers `unavailable` (a plugin may have failed under it) and on every
+tools/list. When the host's tools change, hosts are told: on the 2025 handshake protocols with
+`notifications/tools/list_changed` on the connection, on 2026-07-28 through
+`subscriptions/listen` streams, the only place that protocol carries it.
 
-Resources (resources.py) are read on demand; a state key a host follows (`resources/subscribe`,
-or a 2026-07-28 listen stream naming its URI) is announced as updated when the daemon pushes
-its `state:changed`.
+Resources (resources.py) are read on demand, each with its event, so a caller who is not
+offered that event (`state:get` for `ksi://state/...`) cannot read it; a state key a host
+follows (`resources/subscribe`, or a 2026-07-28 listen stream naming its URI) is announced as
+updated when the daemon pushes its `state:changed`.
 """
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import mcp_types as types
@@ -30,6 +36,7 @@ from ksi_client import Event, KSIConnectionError, KSIError
 from ksi_client.event_client import compile_pattern
 
 from . import resources
+from .callers import Caller
 from .catalog import Catalog, Exposure
 from .daemon import Daemon
 from .results import UNAVAILABLE, code_of, listing_of, result_of_error, result_of_reply
@@ -45,17 +52,26 @@ FOLLOWED = (*CATALOG_PATTERNS, STATE_CHANGED)
 INSTRUCTIONS = ("Each tool sends one KSI event to the local KSI daemon and returns its reply "
                 "(structured content, and the same as JSON text). A failed call carries the "
                 "daemon's error code (validation_error, not_found, unavailable, ...).")
+# The 2025 hosts told of a change outside any request. An HTTP endpoint sees a new session per
+# agent turn and the SDK does not say when one ends: only the most recent ones are kept.
+HANDSHAKE_SESSIONS_KEPT = 256
 
 
 class ToolServer:
     def __init__(self, daemon: Daemon, exposure: Exposure, *, call_timeout_s: float,
-                 version: str = ""):
+                 version: str = "", caller_of: Callable[[Any], Caller] | None = None,
+                 events_only: bool = True):
         self.daemon = daemon
         self.exposure = exposure
         self.call_timeout_s = call_timeout_s
-        self.catalog = Catalog()
+        self.host = Caller(exposure)
+        self.caller_of = caller_of or (lambda ctx: self.host)
+        self.events_only = events_only  # see Catalog.from_tools_list
+        self.catalog = Catalog()  # the host's
+        self._tools_list: dict = {}  # the daemon's last tools:list, for the other callers
+        self._catalogs: dict[Exposure, Catalog] = {}
         self._bus = InMemorySubscriptionBus()
-        self._handshake_sessions: list[ServerSession] = []
+        self._handshake_sessions: deque[ServerSession] = deque(maxlen=HANDSHAKE_SESSIONS_KEPT)
         self._subscribed_uris: set[str] = set()  # resources/subscribe of the 2025 protocols
         self._is_catalog_event = [compile_pattern(pattern) for pattern in CATALOG_PATTERNS]
         self.mcp = Server("ksi", version=version, instructions=INSTRUCTIONS,
@@ -77,20 +93,22 @@ class ToolServer:
     async def list_tools(self, ctx, params) -> types.ListToolsResult:
         # The host is fetching the list now: no need to also tell it the list changed.
         await self.refresh_catalog(tell_hosts=False)
-        return types.ListToolsResult(tools=[listing_of(tool) for tool in self.catalog.tools])
+        offered = self.catalog_for(self.caller_of(ctx))
+        return types.ListToolsResult(tools=[listing_of(tool) for tool in offered.tools])
 
     async def call_tool(self, ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        tool = self.catalog.find(params.name)
+        caller = self.caller_of(ctx)
+        tool = self.catalog_for(caller).find(params.name)
         if tool is None:  # offered since the host's last tools/list, perhaps
             await self.refresh_catalog()
-            tool = self.catalog.find(params.name)
+            tool = self.catalog_for(caller).find(params.name)
         if tool is None:
             return result_of_error(KSIError(
                 "not_found", f"this server offers no tool named {params.name!r} (tools/list "
                 "shows the tools it offers)"), str(self.daemon.socket_path))
         try:
-            data = await self.daemon.request(tool.event, params.arguments or {},
-                                             self.call_timeout_s)
+            data = await self.daemon.call_tool(tool, params.arguments or {}, caller,
+                                               self.call_timeout_s)
         except KSIError as error:
             if code_of(error) == UNAVAILABLE:
                 await self.refresh_catalog()
@@ -109,6 +127,8 @@ class ToolServer:
 
     async def list_resources(self, ctx, params) -> types.ListResourcesResult:
         """The agents running now (state keys and conversations are many: read them by URI)."""
+        if not self.catalog_for(self.caller_of(ctx)).offers_event(resources.KINDS["agent"].event):
+            return types.ListResourcesResult(resources=[])
         try:
             reply = await self.daemon.request("agent:list", {}, CATALOG_TIMEOUT_S)
         except KSIError:
@@ -124,6 +144,10 @@ class ToolServer:
         if wanted is None:
             raise MCPError(INVALID_PARAMS, f"no KSI resource is named {uri!r} (resources/"
                                            "templates/list shows the forms)")
+        if not self.catalog_for(self.caller_of(ctx)).offers_event(wanted.kind.event):
+            raise MCPError(INVALID_PARAMS, f"forbidden: reading {uri} takes the tool "
+                           f"{wanted.kind.event}, which this caller is not offered",
+                           {"code": "forbidden"})
         try:
             reply = await self.daemon.request(wanted.kind.event, wanted.data, self.call_timeout_s)
         except KSIError as error:
@@ -180,13 +204,24 @@ class ToolServer:
             log.warning("tools:list failed (%s: %s): keeping the last tool list",
                         exc.code, exc.message)
             return
-        catalog = Catalog.from_tools_list(reply, self.exposure)
+        if reply != self._tools_list:
+            self._tools_list, self._catalogs = reply, {}
+        catalog = self.catalog_for(self.host)
         if catalog == self.catalog:
             return
         log.info("tools now offered: %d", len(catalog.tools))
         self.catalog = catalog
         if tell_hosts:
             await self._tell_hosts_tools_changed()
+
+    def catalog_for(self, caller: Caller) -> Catalog:
+        """The tools `caller` is offered, from the last `tools:list` (built once per kind of
+        caller and list: an agent's turn lists and calls tools many times)."""
+        catalog = self._catalogs.get(caller.exposure)
+        if catalog is None:
+            catalog = self._catalogs[caller.exposure] = Catalog.from_tools_list(
+                self._tools_list, caller.exposure, events_only=self.events_only)
+        return catalog
 
     async def _tell_hosts_tools_changed(self) -> None:
         await self._bus.publish(ToolsListChanged())
