@@ -142,8 +142,9 @@ class SystemPlugin(BasePlugin):
 
     @event_handler("system:metrics")
     async def metrics(self, data: MetricsRequest):
-        """Events/s, counts and latency percentiles per event and per plugin, queue depths,
-        connections, memory; `format: "prometheus"` for the Prometheus text format."""
+        """Events/s, latency percentiles, errors and queue depths per event and plugin; memory.
+
+        `format: "prometheus"` answers the Prometheus text format (docs/OPERATIONS.md)."""
         figures = await self.figures.read(data.sample_s if data.memory_by_plugin else None)
         if data.format == "prometheus":
             return {"format": "prometheus", "content_type": CONTENT_TYPE,
