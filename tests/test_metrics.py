@@ -123,3 +123,16 @@ def test_an_allocation_belongs_to_the_innermost_plugin_frame(tmp_path):
     assert attribution.plugin_of(str(single)) == "single"
     assert attribution.plugin_of(str(tmp_path / "pkg_other" / "x.py")) is None
     assert attribution.plugin_of(str(tmp_path / "single.pyc")) is None
+
+
+def test_trace_memory_reads_memory_by_plugin_every_time_and_stops_with_the_daemon(
+        daemon_factory):
+    import tracemalloc
+    daemon = daemon_factory({"daemon": {"plugin_dirs": [str(PLUGINS)], "trace_memory": True}})
+    with daemon.client() as client:
+        data_of(client.request("hoard:keep", {"size": 300_000}))  # before any reading
+        memory = data_of(client.request("system:metrics"))["memory_by_plugin"]
+    assert memory["tracing"] == "always" and memory["sample_s"] is None
+    assert memory["plugins"]["hoard"]["bytes"] >= 300_000
+    daemon.stop()
+    assert not tracemalloc.is_tracing()

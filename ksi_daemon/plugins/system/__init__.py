@@ -74,6 +74,10 @@ class SystemPlugin(BasePlugin):
         if self.endpoint is not None:
             await self.endpoint.stop()
 
+    @hookimpl
+    def ksi_shutdown(self, context):
+        self.figures.stop()  # (tracing from start-up, daemon.trace_memory)
+
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
         """Is the daemon up: status, uptime, version, pid, plugins, connections.

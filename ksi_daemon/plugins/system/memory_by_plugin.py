@@ -2,7 +2,7 @@
 them.
 
 tracemalloc costs while it traces: every allocation records its stack (FRAMES deep), which
-slows the daemon down several times over and takes memory of its own. So it is off unless asked:
+slows the daemon down about ten times and takes memory of its own. So it is off unless asked:
 `system:metrics {"memory_by_plugin": true, "sample_s": 1}` traces for that long and reports
 what was allocated meanwhile and is still held at the end (a picture of what each plugin
 allocates while it works, not of everything it ever allocated); `daemon.trace_memory: true`
@@ -86,8 +86,15 @@ class MemoryByPlugin:
         self.trace_always = trace_always
         self.last: dict | None = None  # the latest reading, shown until the next one
         self._one_at_a_time = asyncio.Lock()  # a sample's end must not stop another's tracing
-        if trace_always and not tracemalloc.is_tracing():
+        self._tracing_since_start = trace_always and not tracemalloc.is_tracing()
+        if self._tracing_since_start:
             tracemalloc.start(FRAMES)
+
+    def stop(self) -> None:
+        """At shutdown: stop the tracing this object started (whoever else traces, goes on)."""
+        if self._tracing_since_start:
+            tracemalloc.stop()
+            self._tracing_since_start = False
 
     async def read(self, sample_s: float) -> dict:
         """Trace for `sample_s` (unless tracing always), attribute what is held at the end."""

@@ -54,6 +54,10 @@ class DaemonMetrics:
             figures["memory_by_plugin"] = self.memory.last
         return figures
 
+    def stop(self) -> None:
+        if self.memory is not None:
+            self.memory.stop()
+
     async def _read_memory(self, sample_s: float) -> None:
         if self.memory is None:
             self.memory = MemoryByPlugin([])
