@@ -6,6 +6,7 @@ served over HTTP (`daemon.metrics_http`) by `metrics_http.py`.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -144,22 +145,30 @@ class SystemPlugin(BasePlugin):
                   for e, c, t, s, d in entries]
         return {"events": events, "count": len(events)}
 
-    @event_handler("system:metrics")
-    async def metrics(self, data: MetricsRequest):
+    # Its own deadline: a memory sample may take up to 30 s (MetricsRequest.sample_s).
+    @event_handler("system:metrics", timeout=60)
+    def metrics(self, data: MetricsRequest):
         """Events/s, latency percentiles, errors and queue depths per event and plugin; memory.
 
         `format: "prometheus"` answers the Prometheus text format (docs/OPERATIONS.md)."""
-        figures = await self.figures.read(data.sample_s if data.memory_by_plugin else None)
-        if data.format == "prometheus":
-            return {"format": "prometheus", "content_type": CONTENT_TYPE,
-                    "text": render(figures)}
-        return figures
+        if data.memory_by_plugin:  # answered when the sample ends (a future, as the router allows)
+            return asyncio.ensure_future(self._after_memory_sample(data))
+        return as_format(self.figures.read(), data.format)
+
+    async def _after_memory_sample(self, data: MetricsRequest) -> dict:
+        return as_format(await self.figures.read_after_memory_sample(data.sample_s), data.format)
 
     @event_handler("system:shutdown")
     def shutdown(self, data: ShutdownRequest):
         """Stop the daemon: finish in-flight work (up to timeout_s), then exit 0."""
         self.daemon.request_shutdown(data.timeout_s)
         return {"status": "shutting_down"}
+
+
+def as_format(figures: dict, format: str) -> dict:
+    if format == "prometheus":
+        return {"format": "prometheus", "content_type": CONTENT_TYPE, "text": render(figures)}
+    return figures
 
 
 ksi_plugin = SystemPlugin

@@ -96,22 +96,29 @@ class MemoryByPlugin:
             tracemalloc.stop()
             self._tracing_since_start = False
 
-    async def read(self, sample_s: float) -> dict:
-        """Trace for `sample_s` (unless tracing always), attribute what is held at the end."""
+    def read_now(self) -> dict:
+        """While tracing always: attribute what is held now."""
+        return self._keep(tracemalloc.take_snapshot(), "always", None)
+
+    async def sample(self, sample_s: float) -> dict:
+        """Trace for `sample_s` (or read now, while tracing always), attribute what is held at
+        the end."""
+        if self.trace_always:
+            return self.read_now()
         async with self._one_at_a_time:
-            mode = "always" if self.trace_always else "sample"
             started_here = not tracemalloc.is_tracing()
             if started_here:
                 tracemalloc.start(FRAMES)
             try:
-                if mode == "sample":
-                    await asyncio.sleep(sample_s)
+                await asyncio.sleep(sample_s)
                 snapshot = tracemalloc.take_snapshot()
-                traced_bytes = tracemalloc.get_traced_memory()[0]
             finally:
                 if started_here:
                     tracemalloc.stop()
-            self.last = {"tracing": mode, "sample_s": None if mode == "always" else sample_s,
-                         "taken_at": round(time.time(), 3), "traced_bytes": traced_bytes,
-                         "plugins": self.attribution.of_snapshot(snapshot)}
-            return self.last
+            return self._keep(snapshot, "sample", sample_s)
+
+    def _keep(self, snapshot: tracemalloc.Snapshot, mode: str, sample_s: float | None) -> dict:
+        self.last = {"tracing": mode, "sample_s": sample_s, "taken_at": round(time.time(), 3),
+                     "traced_bytes": sum(stat.size for stat in snapshot.statistics("filename")),
+                     "plugins": self.attribution.of_snapshot(snapshot)}
+        return self.last

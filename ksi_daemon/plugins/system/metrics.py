@@ -31,11 +31,11 @@ class DaemonMetrics:
             self.memory = MemoryByPlugin([], trace_always=True)
         self.http_address: str | None = None  # where /metrics is served, once it is
 
-    async def read(self, memory_sample_s: float | None = None) -> dict:
-        """One reading. `memory_sample_s`: also trace allocations that long (memory by plugin);
-        while tracing always, every reading has memory by plugin, at no wait."""
-        if memory_sample_s is not None or self.trace_memory:
-            await self._read_memory(memory_sample_s or 0.0)
+    def read(self) -> dict:
+        """One reading, now (memory by plugin: the last sample's, or a fresh one while tracing
+        always). Synchronous: the request asking for it is not yet in flight while it reads."""
+        if self.trace_memory:
+            self._memory_reader().read_now()
         figures = self.router.metrics()  # events, plugins, connections, queues
         rates, depths = self.rates.rates(), self.queue_depths()
         figures["events_per_s"] = rates.get(ALL)
@@ -58,12 +58,17 @@ class DaemonMetrics:
         if self.memory is not None:
             self.memory.stop()
 
-    async def _read_memory(self, sample_s: float) -> None:
+    async def read_after_memory_sample(self, sample_s: float) -> dict:
+        """Trace allocations for `sample_s` (memory by plugin), then read."""
+        await self._memory_reader().sample(sample_s)
+        return self.read()
+
+    def _memory_reader(self) -> MemoryByPlugin:
         if self.memory is None:
             self.memory = MemoryByPlugin([])
         # The plugins loaded now (a plugin's directory is known once it is imported).
         self.memory.attribution.roots = plugin_roots(self.manager.order)
-        await self.memory.read(sample_s)
+        return self.memory
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Each plugin's answer to `ksi_queue_depths`; one that raises is logged and left out."""

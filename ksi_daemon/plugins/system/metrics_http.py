@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import Awaitable, Callable
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -38,7 +38,7 @@ def loopback_address(text: str) -> tuple[str, int]:
 
 
 class MetricsEndpoint:
-    def __init__(self, host: str, port: int, read_figures: Callable[[], Awaitable[dict]]):
+    def __init__(self, host: str, port: int, read_figures: Callable[[], dict]):
         self.host, self.port, self.read_figures = host, port, read_figures
         self.server = None
 
@@ -46,8 +46,11 @@ class MetricsEndpoint:
         """Listen (on the loop that will read the figures); the address, port resolved."""
         loop = asyncio.get_running_loop()
 
+        async def read_on_the_loop() -> dict:
+            return self.read_figures()
+
         def figures_from_the_loop() -> dict:
-            return asyncio.run_coroutine_threadsafe(self.read_figures(), loop).result(
+            return asyncio.run_coroutine_threadsafe(read_on_the_loop(), loop).result(
                 SCRAPE_TIMEOUT_S)
         registry = CollectorRegistry()
         registry.register(FiguresCollector(figures_from_the_loop))
