@@ -8,33 +8,20 @@ loop and waits for it, at most SCRAPE_TIMEOUT_S.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from ...loopback import loopback_address as checked_loopback
 from .prometheus import FiguresCollector
 
 SCRAPE_TIMEOUT_S = 10.0
 
 
-def loopback_address(text: str) -> tuple[str, int]:
-    """"127.0.0.1:9464", "localhost:9464" or "[::1]:9464" as (host, port); ValueError saying
-    why for anything else (another interface would publish the figures to the network)."""
-    host, colon, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    if host != "localhost":
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"{host} is not a loopback address: the metrics endpoint has no "
-                             "authentication, so it listens on 127.0.0.1, ::1 or localhost "
-                             "only (put a proxy in front to publish it)")
-    return host, int(port)
+def loopback_address(address: str) -> tuple[str, int]:
+    """`daemon.metrics_http` as (host, port); NotLoopback (a ValueError) for an address another
+    machine could reach: the endpoint has no authentication."""
+    return checked_loopback(address, "daemon.metrics_http", "the metrics endpoint")
 
 
 class MetricsEndpoint:
