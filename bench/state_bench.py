@@ -237,7 +237,7 @@ def compare_commit_cost(batches: int = 300, writes: int = 16) -> None:
             for n in range(batches):
                 started = time.perf_counter()
                 conn.execute("BEGIN IMMEDIATE")
-                group = [(known, "bench", f"bench-{key}", encode_value({"n": n}), None)
+                group = [(known, "bench", f"bench-{key}", encode_value({"n": n}), None, None)
                          for key in range(writes)]
                 if combined:
                     set_plain_many(conn, group)
@@ -271,7 +271,7 @@ def count_checkpoint_stalls(commits: int = 5000, writes: int = 16) -> None:
         known, took = KnownVersions(), []
         for n in range(commits):
             conn.execute("BEGIN IMMEDIATE")
-            set_plain_many(conn, [(known, "bench", f"bench-{key}", encode_value({"n": n}), None)
+            set_plain_many(conn, [(known, "bench", f"bench-{key}", encode_value({"n": n}), None, None)
                                   for key in range(writes)])
             started = time.perf_counter()
             conn.execute("COMMIT")

@@ -1,7 +1,7 @@
 """Where a state write's CPU goes without the socket: the daemon's own router and plugins,
 driven in-process by 16 fake connections, each sending its next request when its reply comes.
 
-    python bench/state_inprocess.py [--rounds 3 --seconds 1.0]
+    python bench/state_inprocess.py [--rounds 3 --seconds 1.0 --config JSON]
 
 Everything a request costs between the transport and the writer is here (parse, validate, the
 handler, the writer thread and its group commit, the reply's encoding, timings and history);
@@ -94,10 +94,10 @@ async def start_daemon_in(var_dir: Path, config_json: bytes = b"{}"):
     return daemon
 
 
-async def measure(rounds: int, seconds: float) -> dict:
+async def measure(rounds: int, seconds: float, config_json: bytes = b"{}") -> dict:
     var_dir = Path(tempfile.mkdtemp(prefix="ksi-sip-"))
     try:
-        daemon = await start_daemon_in(var_dir)
+        daemon = await start_daemon_in(var_dir, config_json)
         results: dict[str, list] = {event: [] for event in EVENTS}
         try:
             for _ in range(rounds):
@@ -126,14 +126,16 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--config", default="{}",
+                        help='the daemon.json text, e.g. \'{"plugins": {"state": {"audit": false}}}\'')
     args = parser.parse_args()
     os.environ.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
                        "HF_HUB_OFFLINE": "1"})
     if hasattr(os, "sched_setaffinity") and os.cpu_count() > 1:
         os.sched_setaffinity(0, {0})
-    results = uvloop.run(measure(args.rounds, args.seconds))
+    results = uvloop.run(measure(args.rounds, args.seconds, args.config.encode()))
     print(f"in-process, 16 fake connections × 1 in flight, {args.rounds} rounds × "
-          f"{args.seconds} s (medians)")
+          f"{args.seconds} s (medians), config {args.config}")
     for event, runs in results.items():
         print(f"{event:14s} CPU {statistics.median(r[0] for r in runs):5.1f} µs/request, "
               f"event loop {statistics.median(r[1] for r in runs):5.1f}")

@@ -78,9 +78,35 @@ class TransportSettings(_Section):
     unix: UnixTransportSettings = Field(default_factory=UnixTransportSettings)
 
 
+class UidRule(_Section):
+    allow: list[str] | None = None  # event patterns this uid's clients may send; None: all
+
+
+class Rate(_Section):
+    per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitSettings(_Section):
+    # Generous: a client of another user or a runaway tool is slowed before it starves the
+    # rest, a normal client never meets them. The daemon's own user is not limited unless
+    # own_uid: a process of that user can stop the daemon anyway (docs/SECURITY.md).
+    enabled: bool = True
+    own_uid: bool = False
+    connection: Rate = Field(default_factory=lambda: Rate(per_s=2000, burst=4000))
+    uid: Rate = Field(default_factory=lambda: Rate(per_s=5000, burst=10000))
+    completions: Rate = Field(default_factory=lambda: Rate(per_s=10, burst=20))
+
+
+class PermissionSettings(_Section):
+    uids: dict[str, UidRule] = Field(default_factory=dict)  # keyed by uid (a JSON key)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+
+
 class Settings(_Section):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     transports: TransportSettings = Field(default_factory=TransportSettings)
+    permissions: PermissionSettings = Field(default_factory=PermissionSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

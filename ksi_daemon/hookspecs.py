@@ -89,7 +89,16 @@ def ksi_post_event(event_name, data, result, context):
 
 
 @hookspec
-def ksi_queue_depths(context):
+def ksi_request_refused(event_name, error, connection):
+    """A client's request was refused for permissions (`forbidden`): its socket's or its uid's
+    allow-list, or an event only plugins may send. `error` is the KSIError it was answered
+    with, `connection` the core Connection it came on (peer_pid, peer_uid). Called on the event
+    loop as the refusal is sent: record it and return (the state plugin's audit does).
+    """
+
+
+@hookspec
+def ksi_queue_depths():
     """How much work the plugin holds waiting right now, by queue: `{"queued": 3}` (ints).
 
     Read when metrics are (`system:metrics`, a Prometheus scrape of `/metrics`), never per

@@ -50,10 +50,12 @@ class PluginContext:
         return self._shutdown_deadline()
 
     async def emit(self, event: str, data: dict | None = None, correlation_id: str | None = None,
-                   connection=None) -> Any:
-        """Route `event` to its handler (and subscribers); return the handler's reply data."""
+                   connection=None, agent_id: str | None = None) -> Any:
+        """Route `event` to its handler (and subscribers); return the handler's reply data.
+        `agent_id`: the agent it is sent for (a tool call), which its handler's context names."""
         return await self._router.emit(event, data, correlation_id=correlation_id,
-                                       source=self._record, connection=connection)
+                                       source=self._record, connection=connection,
+                                       agent_id=agent_id)
 
     def announce(self, event: str, data: dict, correlation_id: str | None = None,
                  connection=None) -> None:

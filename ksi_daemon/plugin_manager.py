@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
+import stat
 import sys
 import sysconfig
 import time
@@ -141,6 +142,11 @@ class PluginManager:
                 log.info("plugin_dir_is_builtin", path=str(path),
                          detail="the built-in plugins are loaded once, as built-ins")
                 continue
+            problem = why_untrusted(path)
+            if problem is not None:  # seeds/001: "only load plugins from trusted directories"
+                log.error("plugin_dir_refused", path=str(path), reason=problem)
+                yield f"plugin_dir {path}", f"dir:{path}", lambda problem=problem: _refuse(problem)
+                continue
             for entry in sorted(path.iterdir()):
                 if entry.name.startswith(("_", ".")):
                     continue
@@ -249,7 +255,8 @@ class PluginManager:
                     return
                 claimed.append((handler, spec.internal))
         for handler, internal in claimed:
-            self.router.add_handler(handler, _refusing_clients(handler) if internal else None)
+            self.router.add_handler(handler, _refusing_clients(handler, self.router.report_refusal)
+                                    if internal else None)
         record.events = sorted({h.event for h, _ in claimed} | set(record.capabilities.commands))
 
     def _hooks_changed(self) -> None:
@@ -260,6 +267,7 @@ class PluginManager:
         router.fallbacks[:] = self.hooks.hook("ksi_handle_event").impls
         router.pre_hooks[:] = self.hooks.hook("ksi_pre_event").impls
         router.post_hooks[:] = self.hooks.hook("ksi_post_event").impls
+        router.refusal_hooks[:] = self.hooks.hook("ksi_request_refused").impls
         router.seal()
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
@@ -426,6 +434,22 @@ def _import_target(target: str):
     return getattr(module, attr) if attr else module
 
 
+def why_untrusted(directory: Path) -> str | None:
+    """Why code in `directory` may not be trusted (None: it may): another user could change it."""
+    info = directory.stat()
+    if info.st_uid not in (os.getuid(), 0):
+        return (f"refused: {directory} is owned by uid {info.st_uid}, not by the daemon's user "
+                "or root, so another user could put code there")
+    if info.st_mode & stat.S_IWOTH:
+        return (f"refused: {directory} is world-writable (mode {stat.S_IMODE(info.st_mode):o}), "
+                "so anyone could put code there")
+    return None
+
+
+def _refuse(problem: str):
+    raise PermissionError(problem)
+
+
 def _import_file(path: Path):
     package = path.is_dir()
     module_name = f"ksi_plugin_{path.stem}"
@@ -480,14 +504,16 @@ def _handler_of(event: str, func, spec, record: PluginRecord) -> Handler:
                    streams=spec.streams)
 
 
-def _refusing_clients(handler: Handler) -> Handler:
+def _refusing_clients(handler: Handler, report) -> Handler:
     """What a client finds under an internal event's name: a refusal (the router's client-facing
-    index holds it; `ctx.emit` finds the real handler). It shares the handler's counters, so
-    refusals show as that event's errors in system:metrics."""
+    index holds it; `ctx.emit` finds the real handler), reported as a permission refusal. It
+    shares the handler's counters, so refusals show as that event's errors in system:metrics."""
     message = f"{handler.event} is internal: only plugins may send it"
 
-    def refuse(data):
-        raise KSIError(FORBIDDEN, message)
+    def refuse(data, ctx):
+        error = KSIError(FORBIDDEN, message)
+        report(ctx.event, error, ctx.connection)
+        raise error
     refusal = Handler(handler.event, refuse, handler.plugin, summary=handler.summary)
     refusal.stats = handler.stats
     return refusal

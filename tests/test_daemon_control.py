@@ -221,6 +221,21 @@ def test_logs_follow_prints_lines_as_the_daemon_writes_them(control):
         assert follower.wait(10) == 0
 
 
+def test_logs_audit_exports_the_state_audit(control):
+    control.started()
+    control.request("state:set", {"namespace": "notes", "key": "k", "value": 1},)
+    control.request("agent:inbox", {"agent_id": "a", "message_id": "m", "content": "forged"})
+    shown = control.run("logs", "--audit")
+    raw = control.run("logs", "--audit", "--raw", "-n", "1")
+    assert shown.returncode == 0 and raw.returncode == 0, shown.stderr + raw.stderr
+    lines = shown.stdout.splitlines()
+    assert "set" in lines[0] and "notes:k v1" in lines[0] and f"uid={os.getuid()}" in lines[0]
+    assert "refused" in lines[1] and "agent:inbox (agent:inbox is internal" in lines[1]
+    [last] = [orjson.loads(line) for line in raw.stdout.splitlines()]
+    assert last["op"] == "refused" and last["event"] == "agent:inbox"
+    assert last["peer_uid"] == os.getuid()
+
+
 def test_logs_without_a_log_file_fail_with_a_reason(control):
     result = control.run("logs")
     assert result.returncode == 1

@@ -307,8 +307,7 @@ def test_damaged_pages_fail_the_integrity_check(daemon_factory, workdir):
 
 
 @pytest.mark.daemon("inprocess")
-def test_audit_records_who_changed_what(daemon_factory):
-    daemon = daemon_factory(config={"plugins": {"state_service": {"audit": True}}})
+def test_audit_records_who_changed_what(daemon):  # on by default
     with daemon.client() as client:
         set_reply = client.request("state:set", {"key": "a", "value": 1, "namespace": "au"},
                                    correlation_id="audit-1")
@@ -323,17 +322,49 @@ def test_audit_records_who_changed_what(daemon_factory):
         ("a", "set", 1), ("a", "delete", 1), ("b", "set", 1), (None, "clear", None)]
     assert all(e["peer_pid"] == os.getpid() and e["peer_uid"] == os.getuid() for e in entries)
     assert entries[0]["correlation_id"] == "audit-1"
+    assert all(e["agent_id"] is None for e in entries)  # a client's own requests
     assert all(abs(e["at"] - time.time()) < 60 for e in entries)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        query(state_db(daemon), "UPDATE state_audit SET op = 'nothing'")
+    with pytest.raises(sqlite3.DatabaseError, match="retention window"):
         query(state_db(daemon), "DELETE FROM state_audit")
 
 
 @pytest.mark.daemon("inprocess")
-def test_audit_is_off_unless_configured(daemon):
+def test_an_agents_tool_call_is_audited_as_the_agents(daemon):
+    with daemon.client(timeout=30) as client:
+        data_of(client.request("agent:spawn", {"agent_id": "keeper", "config": {
+            "name": "keeper", "tools": ["state:set"]}}))
+        data_of(client.request("agent:send", {
+            "agent_id": "keeper", "wait": True, "timeout_s": 20,
+            "content": 'Note it.\n/tool state:set {"namespace": "notes", "key": "k", '
+                       '"value": 42}'}))
+        entries = data_of(client.request("state:audit", {"namespace": "notes"}))["entries"]
+    assert [(e["key"], e["op"], e["agent_id"]) for e in entries] == [("k", "set", "keeper")]
+
+
+@pytest.mark.daemon("inprocess")
+def test_audit_can_be_turned_off(daemon_factory):
+    daemon = daemon_factory(config={"plugins": {"state": {"audit": False}}})
     with daemon.client() as client:
         client.request("state:set", {"key": "a", "value": 1})
         assert data_of(client.request("state:audit", {})) == \
             {"enabled": False, "entries": [], "count": 0}
+
+
+@pytest.mark.daemon("inprocess")
+def test_the_audit_keeps_its_newest_rows_and_forgets_the_rest(daemon_factory):
+    daemon = daemon_factory(config={"plugins": {"state": {
+        "audit_keep_rows": 3, "purge_interval_s": 0.05}}})
+    with daemon.client() as client:
+        for n in range(10):
+            data_of(client.request("state:set", {"key": f"k{n}", "value": n, "namespace": "r"}))
+        deadline = time.monotonic() + 10
+        while data_of(client.request("state:audit", {"namespace": "r"}))["count"] > 3:
+            assert time.monotonic() < deadline, "the audit was not pruned"
+            time.sleep(0.05)
+        kept = data_of(client.request("state:audit", {"namespace": "r"}))["entries"]
+    assert [e["key"] for e in kept] == ["k7", "k8", "k9"]
 
 
 def _read_your_writes(daemon, worker: int, rounds: int, failures: list) -> None:
@@ -473,9 +504,9 @@ def test_a_rolled_back_group_leaves_no_remembered_version(tmp_path):
                                        deadline_s=10, after_rollback=known.forget_all)
         writer = database.writer
         try:  # submitted in one pass of the loop: one group
-            futures = [writer.submit(set_plain, known, "ns", "k", '"first"', None),
+            futures = [writer.submit(set_plain, known, "ns", "k", '"first"', None, None),
                        writer.submit(fails),
-                       writer.submit(set_plain, known, "ns", "k", '"second"', None)]
+                       writer.submit(set_plain, known, "ns", "k", '"second"', None, None)]
             return await asyncio.gather(*futures, return_exceptions=True), writer.commits
         finally:
             await database.close()
@@ -511,7 +542,7 @@ def test_the_checkpointer_keeps_the_wal_bounded_without_the_writer_checkpointing
             assert writer.checkpointer is not None
             largest_wal = 0
             for n in range(commits):  # awaited one by one: one commit each
-                await writer.submit(set_plain, known, "ns", f"k{n % 50}", f'"{n}"', None)
+                await writer.submit(set_plain, known, "ns", f"k{n % 50}", f'"{n}"', None, None)
                 largest_wal = max(largest_wal, wal.stat().st_size)
             return largest_wal, writer.checkpointer.checkpoints
         finally:

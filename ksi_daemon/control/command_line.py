@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     log_verb.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
     log_verb.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     log_verb.add_argument("--raw", action="store_true", help="the JSON lines as written")
+    log_verb.add_argument("--audit", action="store_true",
+                          help="the state audit instead: changes and permission refusals, "
+                               "with who (uid, pid, agent); --raw for JSON lines")
     migrate_verb = verbs.add_parser("migrate-state", parents=[common],
                                     help="import state from an older KSI installation")
     migrate_verb.add_argument("--from", dest="source", required=True, metavar="PATH",

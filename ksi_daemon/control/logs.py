@@ -9,10 +9,13 @@ from pathlib import Path
 
 import orjson
 
+from .audit import audit_log
 from .output import EXIT_FAILED, EXIT_OK, error
 
 
 def logs(config: dict, args: argparse.Namespace) -> int:
+    if args.audit:
+        return audit_log(config, args)
     log_file = Path(config["daemon"]["var_dir"]) / "logs" / "daemon.log"
     show = (lambda line: line) if args.raw else render_log_line
     try:

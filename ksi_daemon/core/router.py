@@ -29,7 +29,7 @@ from ..event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validato
 from .context import Context
 from .event_stats import EventStats, by_plugin, percentiles_ms
 from .history import entry_limit, estimated_size, truncated
-from .protocol import (TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError, as_reply_data,
+from .protocol import (FORBIDDEN, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError, as_reply_data,
                        encode_error, encode_push, parse_request)
 from .reply import OwedReply, ReplyPath, as_ksi_error
 
@@ -80,6 +80,7 @@ class Router:
         self.fallbacks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.pre_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.post_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
+        self.refusal_hooks: list[tuple[Any, Callable, tuple[str, ...]]] = []
         self.history: deque = deque(maxlen=max_event_history)
         self.history_limit = entry_limit(max_event_history, max_event_history_bytes)
         self.other_stats: dict[str, EventStats] = {"(rejected)": EventStats(),
@@ -121,7 +122,9 @@ class Router:
             log.debug("request", event_name=event, correlation_id=cid, connection=conn.id)
         if not self.accepting:  # answered now: a task made now could be cancelled unstarted
             return conn.send(encode_error(event, cid, SHUTTING_DOWN))
-        if conn.grant is not None and (refused := conn.grant.refusal(event)) is not None:
+        if conn.grant is not None and (refused := conn.grant.refusal(event, started)) is not None:
+            if refused.code == FORBIDDEN:
+                self.report_refusal(event, refused, conn)
             return conn.send(encode_error(event, cid, refused))
         handler = self.client_handlers.get(event)
         if handler is None or self._slow_path:
@@ -158,13 +161,23 @@ class Router:
             self.replies.finish(handler, handler.stats, event, data, cid, conn, started,
                                 len(line), result)
 
+    def report_refusal(self, event: str, error: KSIError, conn) -> None:
+        """Tell `ksi_request_refused` implementations (the audit) of a permission refusal."""
+        for plugin, func, _argnames in self.refusal_hooks:
+            try:
+                func(event_name=event, error=error, connection=conn)
+            except Exception as exc:  # noqa: BLE001 - the refusal is answered all the same
+                log.error("refusal_hook_failed", plugin=getattr(plugin, "name", plugin),
+                          error=repr(exc))
+
     def _deadline_of(self, handler: Handler) -> float | None:
         return self.event_timeout if handler.timeout == DEFAULT_TIMEOUT else handler.timeout
 
-    async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn):
+    async def _call_with_deadline(self, handler: Handler, event: str, data: dict, cid, conn,
+                                  agent_id: str | None = None):
         arg = handler.validate(data) if handler.validate else data
-        args = (arg, Context(self, event, cid, conn, handler.plugin)) if handler.wants_ctx \
-            else (arg,)
+        args = (arg, Context(self, event, cid, conn, handler.plugin, agent_id)) \
+            if handler.wants_ctx else (arg,)
         waiting = handler.func(*args)
         if waiting.__class__ is OwedReply:  # ctx.reply_later()
             waiting = waiting.as_future()
@@ -204,7 +217,7 @@ class Router:
     # ---- plugin-facing: emit and push -------------------------------------------------------
 
     async def emit(self, event: str, data: dict | None = None, *, correlation_id=None,
-                   source=None, connection=None) -> Any:
+                   source=None, connection=None, agent_id: str | None = None) -> Any:
         """Route an event from inside the daemon: its handler runs (if any), subscribers see it.
         Returns the handler's reply data (None if unhandled); a failing handler raises KSIError."""
         data = {} if data is None else data
@@ -215,9 +228,9 @@ class Router:
         try:
             if handler is not None:
                 result = as_reply_data(await self._call_with_deadline(
-                    handler, event, data, correlation_id, connection))
+                    handler, event, data, correlation_id, connection, agent_id))
             elif self.fallbacks:
-                ctx = Context(self, event, correlation_id, connection, source)
+                ctx = Context(self, event, correlation_id, connection, source, agent_id)
                 result = await self._ask_fallbacks(event, data, ctx, missing_ok=True)
             else:
                 result = None

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from typing import Callable
 
 from ...protocol import UNAVAILABLE, KSIError
@@ -64,6 +65,12 @@ class LiteLLMLoader:
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
                 logging.getLogger(name).setLevel(logging.WARNING)
             litellm.telemetry = False
+            # litellm.acompletion builds the provider's coroutine in a worker thread, then awaits
+            # it: a call cancelled (completion:cancel, an interrupt, shutdown) while that thread
+            # runs drops the coroutine before anything was sent, and Python warns that it was
+            # never awaited. Nothing is lost or left running; the warning is only noise.
+            warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                    message=r"coroutine '\w+\.acompletion' was never awaited")
             registered = {item["provider"] for item in litellm.custom_provider_map}
             for provider, handler in self.providers().items():
                 if provider not in registered:

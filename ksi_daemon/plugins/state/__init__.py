@@ -22,16 +22,17 @@ from ...protocol import KSIError
 from .models import (GLOBAL, AuditRequest, ClearReply, ClearRequest, DeleteReply, GetReply,
                      KeyRequest, ListReply, ListRequest, SetReply, SetRequest, StateSettings)
 from .store import (KnownVersions, StateReader, audit_in_order, clear_namespace, create_schema,
-                    delete_value, get_in_order, list_in_order, purge_expired,
-                    set_plain, set_value)
+                    delete_value, get_in_order, list_in_order, prune_audit, purge_expired,
+                    record_refusal, set_audit_retention, set_plain, set_value)
 from .read_cache import ReadCache
 from ...storage.plugin_database import PluginDatabase
-from ...storage.sqlite_writer import SqliteWriter, run_on_commit, settle
+from ...storage.sqlite_writer import SqliteWriter, WriterStopped, run_on_commit, settle
 
 DB_FILE_NAME = "state.db"
 # Writes are bounded by the writer's own deadline sweep (SqliteWriter.enforce_deadlines, set to
 # the daemon's event_timeout), not by a timer per request.
 WRITER_DEADLINE = None
+AUDIT_PRUNE_EVERY_S = 60.0  # the audit's rows past its retention are forgotten this often
 log = structlog.get_logger("ksi.plugin.state")
 
 
@@ -91,8 +92,19 @@ class StatePlugin(BasePlugin):
             await self.database.close()
 
     async def _purge_expired_keys(self, context) -> None:
+        settings = self.settings
+        if self.audit_enabled:
+            await self._write(set_audit_retention, settings.audit_keep_s, settings.audit_keep_rows)
+        next_prune = 0.0
         while True:
-            await asyncio.sleep(self.settings.purge_interval_s)
+            await asyncio.sleep(settings.purge_interval_s)
+            if self.audit_enabled and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + AUDIT_PRUNE_EVERY_S
+                try:
+                    await self._write(prune_audit, settings.audit_keep_s,
+                                      settings.audit_keep_rows)
+                except KSIError:
+                    return
             try:
                 purged = await self._write(purge_expired, self.known, self._audit_of(None),
                                            on_commit=self._forget_purged)
@@ -117,9 +129,9 @@ class StatePlugin(BasePlugin):
         value_json = _dumps(data["value"]).decode()
         expires_at = None if ttl_s is None else time.time() + ttl_s
         reply = ctx.reply_later()  # written when the writer settles it, after the commit
-        if if_version is None and not self.audit_enabled:  # combinable with its group
+        if if_version is None:  # combinable with its group (its audit row too)
             self.writer.submit(set_plain, self.known, namespace, key, value_json, expires_at,
-                               future=reply)
+                               self._audit_of(ctx), future=reply)
         else:
             self.writer.submit(set_value, self.known, namespace, key, value_json, expires_at,
                                if_version, self._audit_of(ctx), future=reply)
@@ -265,14 +277,28 @@ class StatePlugin(BasePlugin):
             self.cache.forget((namespace, key))
 
     def _audit_of(self, ctx):
+        """Who asked: (peer_pid, peer_uid, correlation_id, agent_id), None with the audit off."""
         if not self.audit_enabled:
             return None
         if ctx is None:  # the daemon's own write (the expiry sweep)
-            return None, None, None
+            return None, None, None, None
         connection = ctx.connection  # a core Connection, or None for an event a plugin emitted
         if connection is None:
-            return None, None, ctx.correlation_id
-        return connection.peer_pid, connection.peer_uid, ctx.correlation_id
+            return None, None, ctx.correlation_id, ctx.agent_id
+        return connection.peer_pid, connection.peer_uid, ctx.correlation_id, ctx.agent_id
+
+    @hookimpl
+    def ksi_request_refused(self, event_name, error, connection):
+        """A permission refusal, recorded beside the changes (a write of its own, not waited
+        for: the refusal is answered already)."""
+        if not self.audit_enabled or self.writer is None:
+            return
+        who = (connection.peer_pid, connection.peer_uid, None, None) if connection is not None \
+            else (None, None, None, None)
+        try:
+            self.writer.submit(record_refusal, event_name, error.message, who)
+        except WriterStopped:
+            pass
 
 
 class SettledAs:

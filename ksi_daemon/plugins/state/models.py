@@ -106,7 +106,10 @@ class StateSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
     enabled: bool = True
     synchronous: Literal["FULL", "NORMAL", "full", "normal"] = "NORMAL"
-    audit: bool = False
+    audit: bool = True
+    audit_keep_s: float = Field(30 * 86400.0, gt=0, description="audit rows kept this long")
+    audit_keep_rows: int = Field(1_000_000, ge=1, le=SQLITE_INT_MAX,
+                                 description="and at most this many (the newest)")
     purge_interval_s: float = Field(5.0, gt=0)
     db_path: str | None = None
     read_cache_entries: int = Field(10_000, ge=0, description="0 turns the read cache off")

@@ -37,13 +37,26 @@ CREATE TABLE IF NOT EXISTS state_audit (
     version        INTEGER,
     peer_pid       INTEGER,
     peer_uid       INTEGER,
-    correlation_id TEXT
+    correlation_id TEXT,
+    agent_id       TEXT,
+    event          TEXT,
+    detail         TEXT
 );
 CREATE TRIGGER IF NOT EXISTS state_audit_is_append_only_update BEFORE UPDATE ON state_audit
     BEGIN SELECT RAISE(ABORT, 'state_audit is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS state_audit_is_append_only_delete BEFORE DELETE ON state_audit
-    BEGIN SELECT RAISE(ABORT, 'state_audit is append-only'); END;
+-- What the audit keeps (one row, written at start from the settings): rows inside that window
+-- cannot be deleted, older ones are pruned by the daemon.
+CREATE TABLE IF NOT EXISTS state_audit_retention (keep_s REAL NOT NULL, keep_rows INTEGER NOT NULL);
+DROP TRIGGER IF EXISTS state_audit_is_append_only_delete;
+CREATE TRIGGER IF NOT EXISTS state_audit_keeps_its_window BEFORE DELETE ON state_audit
+    WHEN old.at > (julianday('now') - 2440587.5) * 86400.0
+                  - coalesce((SELECT keep_s FROM state_audit_retention), 1e18)
+     AND old.id > (SELECT max(id) FROM state_audit)
+                  - coalesce((SELECT keep_rows FROM state_audit_retention), 9e18)
+    BEGIN SELECT RAISE(ABORT, 'state_audit keeps what is inside its retention window'); END;
 """
+# Columns added since the first schema, with their SQL type: a file from before gains them.
+ADDED_AUDIT_COLUMNS = (("agent_id", "TEXT"), ("event", "TEXT"), ("detail", "TEXT"))
 
 # Each row carries its new version, worked out by the writer (see KnownVersions): a group's plain
 # sets are one statement with nothing to read back. (RETURNING the versions cost a step, so a GIL
@@ -68,13 +81,20 @@ _UPSERTS_NO_EXPIRY = [None] + [_UPSERT_ROWS.format(rows=", ".join([_ROW_NO_EXPIR
                                for n in range(1, ROWS_PER_STATEMENT + 1)]
 _CURRENT = "SELECT version, expires_at FROM state WHERE namespace = ? AND key = ?"
 _AUDIT = ("INSERT INTO state_audit (at, namespace, key, op, version, peer_pid, peer_uid, "
-          "correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+          "correlation_id, agent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_AUDIT_REFUSAL = ("INSERT INTO state_audit (at, namespace, op, peer_pid, peer_uid, "
+                  "correlation_id, agent_id, event, detail) VALUES (?, ?, 'refused', ?, ?, ?, ?, "
+                  "?, ?)")
 # Above every key that starts with the prefix, in SQLite's binary (UTF-8 byte) order.
 _PREFIX_END = "\U0010ffff"
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(state_audit)")}
     conn.executescript(SCHEMA)
+    for name, sql_type in ADDED_AUDIT_COLUMNS:
+        if have and name not in have:
+            conn.execute(f"ALTER TABLE state_audit ADD COLUMN {name} {sql_type}")
 
 
 def encode_value(value) -> str:
@@ -82,7 +102,7 @@ def encode_value(value) -> str:
 
 
 # ---- writes: run by the writer thread only, inside its transaction ------------------------------
-# `audit` is None when auditing is off, else (peer_pid, peer_uid, correlation_id).
+# `audit` is None when auditing is off, else (peer_pid, peer_uid, correlation_id, agent_id).
 
 class KnownVersions:
     """The version and expiry of keys this writer wrote, so a write need not read its row first.
@@ -142,9 +162,9 @@ def set_value(conn, known: KnownVersions, namespace: str, key: str, value_json: 
 
 
 def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
-    """Many `state:set`s without if_version or audit, in order: (known, namespace, key,
-    value_json, expires_at) each. A key written twice is stored once, with its last value; each
-    write still gets its own version."""
+    """Many `state:set`s without if_version, in order: (known, namespace, key, value_json,
+    expires_at, audit) each. A key written twice is stored once, with its last value; each
+    write still gets its own version (and its own audit row)."""
     now = time.time()
     known = writes[0][0]
     remembered = known._entries  # read inline: this loop runs once per write of the hot path
@@ -152,7 +172,8 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
     upserts = []  # each write's row parameters, without expires_at (added below if any has one)
     expiring = False
     replies = []
-    for _known, namespace, key, value_json, expires_at in writes:
+    audited = []
+    for _known, namespace, key, value_json, expires_at, audit in writes:
         name = (namespace, key)
         earlier = rows.get(name)  # written before in this group, else remembered, else read
         if earlier is None:
@@ -166,6 +187,8 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
         if expires_at is not None:
             expiring = True
         replies.append({"namespace": namespace, "key": key, "version": version})
+        if audit is not None:
+            audited.append((now, namespace, key, "set", version, *audit))
     if len(rows) < len(upserts):  # a key written twice: one statement may upsert a row once,
         upserts = list({row[:2]: row for row in upserts}.values())  # so its last row only
     if expiring:  # rows of both kinds: every row binds its expires_at
@@ -176,6 +199,8 @@ def set_plain_many(conn, writes: list[tuple]) -> list[dict]:
     for start in range(0, len(upserts), ROWS_PER_STATEMENT):
         chunk = upserts[start:start + ROWS_PER_STATEMENT]
         conn.execute(statements[len(chunk)], list(chain.from_iterable(chunk)))
+    if audited:  # in the same transaction: the audit holds exactly the committed changes
+        conn.executemany(_AUDIT, audited)
     known.wrote_all(rows)
     return replies
 
@@ -215,6 +240,23 @@ def purge_expired(conn, known: KnownVersions, audit) -> list[tuple[str, str, int
     return rows
 
 
+def record_refusal(conn, event: str, detail: str, audit) -> None:
+    """A request refused for permissions (`forbidden`), with who sent it."""
+    conn.execute(_AUDIT_REFUSAL, (time.time(), event.partition(":")[0], *audit, event, detail))
+
+
+def set_audit_retention(conn, keep_s: float, keep_rows: int) -> None:
+    conn.execute("DELETE FROM state_audit_retention")
+    conn.execute("INSERT INTO state_audit_retention VALUES (?, ?)", (keep_s, keep_rows))
+
+
+def prune_audit(conn, keep_s: float, keep_rows: int) -> int:
+    """Forget audit rows past the retention: older than keep_s, or beyond the newest keep_rows."""
+    return conn.execute(
+        "DELETE FROM state_audit WHERE at < ? OR id <= (SELECT max(id) FROM state_audit) - ?",
+        (time.time() - keep_s, keep_rows)).rowcount
+
+
 def _record(conn, audit, now, namespace, key, op, version) -> None:
     if audit is not None:
         conn.execute(_AUDIT, (now, namespace, key, op, version, *audit))
@@ -234,11 +276,12 @@ _LIVE_VALUE = ("SELECT value, version, expires_at FROM state WHERE namespace = ?
 _LIVE_KEYS = ("SELECT key FROM state WHERE namespace = ? AND key >= ? AND key < ? "
               "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?")
 _AUDIT_ENTRIES = (
-    "SELECT id, at, namespace, key, op, version, peer_pid, peer_uid, correlation_id "
+    "SELECT id, at, namespace, key, op, version, peer_pid, peer_uid, correlation_id, agent_id, "
+    "event, detail "
     "FROM state_audit WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR key = ?2) "
     "ORDER BY id DESC LIMIT ?3")
 _AUDIT_NAMES = ("id", "at", "namespace", "key", "op", "version", "peer_pid", "peer_uid",
-                "correlation_id")
+                "correlation_id", "agent_id", "event", "detail")
 
 
 def live_value(conn, namespace: str, key: str) -> tuple | None:

@@ -35,6 +35,7 @@ def event_runner(name: str, emit: Emit, identity: tuple[str, ...]):
     async def run(arguments: dict, agent_id: str | None) -> Any:
         if agent_id is not None and identity:
             arguments = {**arguments, **{field: agent_id for field in identity}}
-        return await emit(name, arguments)  # the event's own validation answers bad arguments
+        # (the event's own validation answers bad arguments; its handler knows the agent)
+        return await emit(name, arguments, agent_id=agent_id)
 
     return run

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from ...core.grants import GrantBook
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
@@ -39,6 +40,7 @@ class UnixTransport(BasePlugin):
         settings = config["daemon"]
         self.enabled = config["transports"]["unix"]["enabled"]
         self.listeners = listeners_of(config)  # (a path that cannot be used fails the plugin)
+        self.grants = GrantBook(config["permissions"])
         self.allowed_uids = {os.getuid(), *settings["allowed_uids"]}
         self.backlog = settings["listen_backlog"]
         self.limits = {key: settings[key] for key in
@@ -59,7 +61,7 @@ class UnixTransport(BasePlugin):
             await self._listen(listener, router)
             context.log.info("listening", socket=str(listener.path),
                              backlog=min(self.backlog, kernel_cap or self.backlog),
-                             allow=list(listener.grant.patterns) if listener.grant else "*")
+                             allow=list(listener.allow.patterns) if listener.allow else "*")
 
     async def _listen(self, listener: Listener, router) -> None:
         listener.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ class UnixTransport(BasePlugin):
         # The loop calls listen() again with its own default backlog (100) unless told.
         server = await asyncio.get_running_loop().create_unix_server(
             lambda: Connection(router, self.limits, self.allowed_uids, self.connections,
-                               listener.grant),
+                               lambda uid: self.grants.grant_for(uid, listener.allow)),
             sock=sock, backlog=self.backlog)
         self.servers.append((server, listener.path))
 

@@ -39,9 +39,10 @@ class Connection(asyncio.Protocol):
     """A Unix-socket client; implements `ksi_daemon.core.connection.Connection`."""
 
     def __init__(self, router, limits: dict, allowed_uids: set[int], registry: set,
-                 grant=None):
+                 grant_for=lambda uid: None):
         self.router, self.registry, self.allowed_uids = router, registry, allowed_uids
-        self.grant = grant  # what the socket it came through allows (None: everything)
+        self._grant_for = grant_for  # uid -> Grant | None, asked once the peer is known
+        self.grant = None
         self.max_line = limits["max_line_bytes"]
         self.output_limit = limits["output_buffer_bytes"]
         self.grace_s = limits["slow_consumer_grace_s"]
@@ -73,6 +74,7 @@ class Connection(asyncio.Protocol):
                 REFUSED_LINGER_S, transport.abort)
             return
         self.id = f"unix:{self.id[5:]}:pid{self.peer_pid}"
+        self.grant = self._grant_for(self.peer_uid)  # what its socket and uid allow, how fast
         self.registry.add(self)
         self.router.connection_opened(self)
 

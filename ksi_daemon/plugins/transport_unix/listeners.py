@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core.grants import Grant
+from ...core.grants import AllowList
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 EVENTS_SOCKET, CONTROL_SOCKET = "events.sock", "control.sock"
@@ -20,7 +20,7 @@ EVENTS_SOCKET, CONTROL_SOCKET = "events.sock", "control.sock"
 @dataclass(frozen=True)
 class Listener:
     path: Path
-    grant: Grant | None  # None: every event
+    allow: AllowList | None  # None: every event
 
 
 def listeners_of(config: dict) -> list[Listener]:
@@ -47,5 +47,5 @@ def listeners_of(config: dict) -> list[Listener]:
                              "socket is daemon.socket_path)")
         allow = settings.get("allow")
         found.append(Listener(path, None if allow is None else
-                              Grant(tuple(allow), f"the socket {path}")))
+                              AllowList(f"the socket {path}", tuple(allow))))
     return found
