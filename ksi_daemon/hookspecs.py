@@ -108,3 +108,13 @@ def ksi_client_adapters(context):
     logged and skipped). The compat plugin uses it for the clients of upstream KSI. Costs
     nothing when no plugin implements it; an adapted event takes the async path.
     """
+
+
+@hookspec
+def ksi_queue_depths():
+    """How much work the plugin holds waiting right now, by queue: `{"queued": 3}` (ints).
+
+    Read when metrics are (`system:metrics`, a Prometheus scrape of `/metrics`), never per
+    event, on the event loop: return `len()` of what exists, compute nothing. Shown per plugin
+    as `queues` in `system:metrics` and as `ksi_plugin_queue_depth{plugin, queue}`.
+    """
