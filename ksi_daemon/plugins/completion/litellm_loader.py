@@ -70,7 +70,7 @@ class LiteLLMLoader:
             # runs drops the coroutine before anything was sent, and Python warns that it was
             # never awaited. Nothing is lost or left running; the warning is only noise.
             warnings.filterwarnings("ignore", category=RuntimeWarning,
-                                    message=r"coroutine '\w+\.acompletion' was never awaited")
+                                    message=r"coroutine '[^']*acompletion' was never awaited")
             registered = {item["provider"] for item in litellm.custom_provider_map}
             for provider, handler in self.providers().items():
                 if provider not in registered:
