@@ -14,6 +14,7 @@ every daemon. A test about the warm-up itself sets it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -132,6 +133,34 @@ def open_to_another_uid(daemon) -> None:
     for directory in (daemon.workdir, daemon.var_dir, daemon.socket_path.parent):
         os.chmod(directory, 0o755)
     os.chmod(daemon.socket_path, 0o666)
+
+
+def exit_code_as_nobody(child) -> int:
+    """Fork, become uid/gid 65534 (nobody: root only) and run `child()`, whose return value is
+    the exit code (an exception: 1); returns that code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            code = child()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status)
+
+
+@contextlib.contextmanager
+def module_daemon(config: dict, prefix: str):
+    """A daemon process for a whole test module (use from a module-scoped fixture)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    daemon = DaemonProcess(workdir, config).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def rss_bytes(pid: int) -> int:

@@ -15,8 +15,24 @@ import asyncio
 import os
 import sys
 
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+
+def options_of(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pid-file")
+    parser.add_argument("--refuse-if")
+    parser.add_argument("--http", type=int)
+    return parser.parse_args(argv)
+
+
+# A server that cannot start exits before importing the SDK (a second or more of a loaded
+# machine), so the daemon sees it fail well within a tool call's timeout.
+if __name__ == "__main__":
+    OPTIONS = options_of(sys.argv[1:])
+    if OPTIONS.refuse_if and os.path.exists(OPTIONS.refuse_if):
+        sys.exit(3)
+
+from mcp.server.mcpserver import MCPServer  # noqa: E402
+from mcp.server.mcpserver.exceptions import ToolError  # noqa: E402
 
 server = MCPServer("ksi-test-tools", log_level="WARNING")
 
@@ -46,14 +62,7 @@ async def slow(seconds: float) -> str:
     return "done"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pid-file")
-    parser.add_argument("--refuse-if")
-    parser.add_argument("--http", type=int)
-    options = parser.parse_args()
-    if options.refuse_if and os.path.exists(options.refuse_if):
-        sys.exit(3)
+def main(options: argparse.Namespace) -> None:
     if options.pid_file:
         with open(options.pid_file, "w") as out:
             out.write(str(os.getpid()))
@@ -64,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(OPTIONS)

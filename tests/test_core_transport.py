@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from conftest import LineClient, open_to_another_uid
+from conftest import LineClient, exit_code_as_nobody, open_to_another_uid
 
 
 def read_until_eof(sock: socket.socket) -> bytes:
@@ -60,25 +60,18 @@ def refused_child(socket_path, send_first: bool) -> int:
     """Fork a child that connects as uid 65534 (nobody), maybe sends a request, then reads;
     its exit code says what it read (0: the forbidden line, then EOF; 4: a reset, as a client
     that reads to the end, like ksi_client, saw instead of the refusal)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+    def child() -> int:
+        client = LineClient(socket_path, timeout=5)
         try:
-            os.setgid(65534)
-            os.setuid(65534)
-            client = LineClient(socket_path, timeout=5)
             if send_first:
                 client.send("system:health", correlation_id="asked")
                 time.sleep(0.2)  # the daemon has refused it by now, with the request unread
             reply = client.recv()
-            code = 0 if reply["error"]["code"] == "forbidden" else 3
             assert read_until_eof(client.sock) == b""  # then a clean end, not a reset
+            return 0 if reply["error"]["code"] == "forbidden" else 3
         except ConnectionResetError:
-            code = 4
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WEXITSTATUS(status)
+            return 4
+    return exit_code_as_nobody(child)
 
 
 @pytest.mark.parametrize("send_first", [True, False])

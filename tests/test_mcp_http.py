@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import httpx2
@@ -18,7 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from conftest import ROOT, DaemonProcess, data_of
+from conftest import ROOT, data_of, module_daemon
 from ksi_daemon.plugins.mcp.settings import NotLoopback, loopback_address
 from test_completion import claude_binary, claude_env
 from test_mcp_server import check_the_everyday_tools, error_in, tool_names
@@ -46,11 +44,8 @@ async def http_host(url: str, token: str, *, mode: str = "auto", on_message=None
 
 @pytest.fixture(scope="module")
 def http_daemon():
-    workdir = Path(tempfile.mkdtemp(prefix="ksi-mcph-", dir="/tmp"))
-    daemon = DaemonProcess(workdir, HTTP_CONFIG).start()
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    with module_daemon(HTTP_CONFIG, "ksi-mcph-") as daemon:
+        yield daemon
 
 
 async def test_a_current_host_with_the_token_lists_and_calls_the_everyday_tools(http_daemon):

@@ -7,19 +7,17 @@ client, and the offline model's `/tool` lines.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import ROOT, TEST_ENV, DaemonProcess, data_of, error_of
+from conftest import ROOT, TEST_ENV, DaemonProcess, data_of, error_of, module_daemon
 
 from ksi_daemon.plugins.tools.mcp_config import HttpServer, is_loopback
 from ksi_daemon.plugins.tools.mcp_connection import Backoff
@@ -35,11 +33,8 @@ def echo(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def shared():
-    workdir = Path(tempfile.mkdtemp(prefix="ksi-mcpt-", dir="/tmp"))
-    daemon = DaemonProcess(workdir, CONFIG).start()
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    with module_daemon(CONFIG, "ksi-mcpt-") as daemon:
+        yield daemon
 
 
 def kit(pid_file: Path, *more: str) -> dict:

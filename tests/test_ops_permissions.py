@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import LineClient, data_of, error_of, open_to_another_uid
+from conftest import LineClient, data_of, error_of, exit_code_as_nobody, open_to_another_uid
 
 
 def limits(**rates) -> dict:
@@ -117,23 +117,15 @@ def test_another_uid_is_narrowed_and_limited_as_configured(daemon_factory):
         "uids": {"65534": {"allow": ["system:health", "state:get"]}},
         "rate_limits": {"connection": {"per_s": 2, "burst": 3}}}})
     open_to_another_uid(daemon)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            with LineClient(daemon.socket_path, timeout=5) as client:
-                forbidden = client.request("state:set", {"key": "k", "value": 1})["error"]
-                allowed = client.request("state:get", {"key": "k"})
-                replies = pipeline(client, 6)
-            limited = [r for r in replies if r.get("error", {}).get("code") == "rate_limited"]
-            code = 0 if forbidden["code"] == "forbidden" and "data" in allowed and \
-                len(limited) >= 4 else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
+    def child() -> int:
+        with LineClient(daemon.socket_path, timeout=5) as client:
+            forbidden = client.request("state:set", {"key": "k", "value": 1})["error"]
+            allowed = client.request("state:get", {"key": "k"})
+            replies = pipeline(client, 6)
+        limited = [r for r in replies if r.get("error", {}).get("code") == "rate_limited"]
+        return 0 if forbidden["code"] == "forbidden" and "data" in allowed and \
+            len(limited) >= 4 else 2
+    assert exit_code_as_nobody(child) == 0
     with daemon.client() as own:  # the daemon's own user: neither narrowed nor limited
         assert all("data" in r for r in pipeline(own, 50, "state:get", {"key": "k"}))
 
