@@ -130,8 +130,8 @@ class PluginManager:
         except Exception as exc:  # noqa: BLE001
             record = PluginRecord(name, source)
             record.config = self._section_of(name)  # its event_namespaces: _claim_namespaces
-            record.state, record.error = "failed", f"import failed: {_reason(exc)}"
-            record.where = _site_of(exc)
+            record.state, record.error = "failed", f"import failed: {reason_of(exc)}"
+            record.where = site_of(exc)
             log.error("plugin_import_failed", plugin=name, error=record.error,
                       traceback=traceback.format_exc())
         if record.name in self.records:
@@ -154,7 +154,7 @@ class PluginManager:
             try:
                 self.pm.add_hookspecs(specs)
             except Exception as exc:  # noqa: BLE001 - a spec clashing with another one
-                self._fail(record, f"hookspecs rejected: {_reason(exc)}")
+                self._fail(record, f"hookspecs rejected: {reason_of(exc)}")
                 return
 
     def _register(self, record: PluginRecord) -> None:
@@ -164,7 +164,7 @@ class PluginManager:
         try:
             self.register(record, record.name)
         except Exception as exc:  # noqa: BLE001 - pluggy rejects ill-formed hooks here
-            self._fail(record, f"hook validation failed: {_reason(exc)}")
+            self._fail(record, f"hook validation failed: {reason_of(exc)}")
         record.load_ms += (time.perf_counter() - started) * 1000
 
     def register(self, record: PluginRecord, as_name: str) -> None:
@@ -235,7 +235,7 @@ class PluginManager:
                     handler = _handler_of(event, func, spec, record)
                 except Exception as exc:  # noqa: BLE001 - a schema pydantic cannot build
                     raise PluginProblem(f"the schema of {event} is not usable: "
-                                        f"{_reason(exc)}") from exc
+                                        f"{reason_of(exc)}") from exc
                 claimed.append((handler, _refusing_clients(handler, self.router.report_refusal)
                                 if spec.internal else None))
         return claimed
@@ -259,7 +259,7 @@ class PluginManager:
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
         record.state, record.error = "failed", reason
-        record.where = record.where or _site_of(sys.exception())  # None outside an except
+        record.where = record.where or site_of(sys.exception())  # None outside an except
         self._counts = None
         log.error("plugin_failed", plugin=record.name, error=reason)
         message = f"plugin {record.name} failed: {reason}"
@@ -295,12 +295,30 @@ class PluginManager:
         """
         if "@" in record.name:  # a second plugin of the same name: the name is the other's
             return
-        namespaces = {record.name, *record.capabilities.event_namespaces,
-                      *(record.config.get("event_namespaces") or ())}
         message = f"plugin {record.name} failed: {record.error}"
-        for namespace in namespaces:
-            if isinstance(namespace, str) and namespace.strip("/"):
-                self.router.failed_namespaces[namespace.strip("/")] = message
+        for namespace in _namespaces_of(record):
+            self.router.failed_namespaces[namespace] = message
+
+    def swap_in(self, new: PluginRecord, handlers: list, old: PluginRecord | None) -> None:
+        """`new` (started) answers from now on, in `old`'s place in the plugin order (or
+        last): its handlers in the index, `old`'s events it lacks gone (`unknown_event`), its
+        hooks the running ones. `old` stays registered for its `ksi_shutdown` (`unregister`)."""
+        if old is not None:
+            kept = {handler.event for handler, _ in handlers}
+            for event in old.events:
+                holder = self.router.handlers.get(event)
+                if event not in kept and holder is not None and holder.plugin is old:
+                    self.router.remove_handler(event)
+            for namespace in _namespaces_of(old):  # it failed once: its names answer again
+                self.router.failed_namespaces.pop(namespace, None)
+            self.order[self.order.index(old)] = new
+            self.degraded.pop(old.name, None)
+        else:
+            self.order.append(new)
+        self.records[new.name] = new
+        self.index(new, handlers)
+        self._counts = None
+        self.hooks_changed()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -313,7 +331,7 @@ class PluginManager:
             except PluginProblem as problem:
                 self._fail(record, str(problem))
             except Exception as exc:  # noqa: BLE001
-                self._fail(record, f"startup failed: {_reason(exc)}")
+                self._fail(record, f"startup failed: {reason_of(exc)}")
 
     async def start(self, record: PluginRecord) -> None:
         """Give it its context and data dir and run its `ksi_startup`: `active` after it,
@@ -358,14 +376,14 @@ class PluginManager:
                     if coro is not None:
                         self._supervise(record, coro)
         except Exception as exc:  # noqa: BLE001
-            self._fail(record, f"ready failed: {_reason(exc)}")
+            self._fail(record, f"ready failed: {reason_of(exc)}")
 
     async def stopping_all(self) -> None:
         for record in reversed(self.active()):
             try:
                 await self._call(record, "ksi_stopping")
             except Exception as exc:  # noqa: BLE001
-                self._fail(record, f"stopping failed: {_reason(exc)}")
+                self._fail(record, f"stopping failed: {reason_of(exc)}")
 
     async def shutdown_all(self) -> None:
         for task in self.services:
@@ -378,7 +396,7 @@ class PluginManager:
             try:
                 await self._call(record, "ksi_shutdown")
             except Exception as exc:  # noqa: BLE001
-                record.state, record.error = "failed", f"shutdown failed: {_reason(exc)}"
+                record.state, record.error = "failed", f"shutdown failed: {reason_of(exc)}"
                 self._counts = None
                 log.error("plugin_shutdown_failed", plugin=record.name, error=record.error)
 
@@ -390,13 +408,14 @@ class PluginManager:
             task.cancel()
         if record.services:
             await asyncio.wait(record.services, timeout=5.0)
+            self.services = [task for task in self.services if task not in record.services]
         for hook in ("ksi_stopping", "ksi_shutdown") if record.state == "active" \
                 else ("ksi_shutdown",) if record.started else ():
             try:
                 await self._call(record, hook)
             except Exception as exc:  # noqa: BLE001
                 log.error("replaced_plugin_stop_failed", plugin=record.name, hook=hook,
-                          error=_reason(exc))
+                          error=reason_of(exc))
 
     async def _call(self, record: PluginRecord, hook_name: str, **kwargs) -> list:
         """One plugin's lifecycle hook; raising is the caller's to turn into the plugin's
@@ -411,7 +430,7 @@ class PluginManager:
 
         def on_done(task: asyncio.Task) -> None:
             if not task.cancelled() and task.exception() is not None:
-                self._fail(record, f"service crashed: {_reason(task.exception())}")
+                self._fail(record, f"service crashed: {reason_of(task.exception())}")
         task.add_done_callback(on_done)
 
     # ---- status ------------------------------------------------------------------------------
@@ -447,6 +466,13 @@ def _import_target(target: str):
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attr) if attr else module
+
+
+def _namespaces_of(record: PluginRecord) -> set[str]:
+    """The namespaces a plugin claims: its name, its capabilities', its config's."""
+    names = {record.name, *record.capabilities.event_namespaces,
+             *(record.config.get("event_namespaces") or ())}
+    return {n.strip("/") for n in names if isinstance(n, str) and n.strip("/")}
 
 
 def _refuse(problem: str):
@@ -525,11 +551,11 @@ def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _site_of(exc: BaseException | None) -> str | None:
+def site_of(exc: BaseException | None) -> str | None:
     """`file:line` where exc arose in the plugin's own code: a SyntaxError's own position,
     else the innermost frame outside Python's and installed packages' files and outside the
     daemon's machinery (a built-in plugin's folder counts as its own code)."""

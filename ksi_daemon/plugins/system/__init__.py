@@ -12,9 +12,12 @@ from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, KSIError
 from ...event_system import compile_pattern
+from ...plugin_manager import BUILTIN_PLUGIN_DIR
+from ...plugin_reload import PluginReloader
+from ...plugin_watch import PluginWatcher
 from .models import (DiscoverRequest, DiscoverReply, EventHistoryRequest, HealthReply,
-                     HelpRequest, PatternsRequest, PatternsReply, PluginsReply, ShutdownRequest,
-                     UnsubscribeRequest)
+                     HelpRequest, PatternsRequest, PatternsReply, PluginsReply, ReloadReply,
+                     ReloadRequest, ShutdownRequest, UnsubscribeRequest)
 from .schemas import describe_events
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -30,8 +33,13 @@ class SystemPlugin(BasePlugin):
             PluginCapabilities(event_namespaces=["system"], internals=True))
 
     @hookimpl
-    def ksi_startup(self, context):
+    def ksi_startup(self, config, context):
         self.router, self.manager, self.daemon = context.internals
+        self.reloader = PluginReloader(self.manager, self.router,
+                                       config["daemon"]["shutdown_timeout"])
+        self.watcher = PluginWatcher(self.reloader, config["daemon"]["plugin_dirs"],
+                                     BUILTIN_PLUGIN_DIR) \
+            if config["daemon"].get("watch_plugins") else None
         # What health reports but never changes, fetched once (it is the benchmarks' baseline):
         self.pid, self.version = os.getpid(), self.daemon.version
         self.started_at = self.daemon.started_at
@@ -39,8 +47,12 @@ class SystemPlugin(BasePlugin):
 
     @hookimpl
     def ksi_ready(self, context):
-        # Supervised, cancelled at shutdown: replies a handler owes but never settled.
-        return [self.router.expire_overdue_replies()]
+        # Supervised, cancelled at shutdown: replies a handler owes but never settled, and
+        # the plugin directories' changes in watch mode.
+        services = [self.router.expire_overdue_replies()]
+        if self.watcher is not None:
+            services.append(self.watcher.run())
+        return services
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
@@ -117,6 +129,18 @@ class SystemPlugin(BasePlugin):
         if watch is not None:
             figures["loop_stalls"] = watch.figures()
         return figures
+
+    @event_handler("system:reload", returns=ReloadReply, timeout=None)
+    async def reload(self, data: ReloadRequest):
+        """Replace a plugin of daemon.plugin_dirs by its code on disk now: new requests go to
+        the new version, those running finish on the old (waited for up to
+        daemon.shutdown_timeout), its ksi_shutdown and the new one's ksi_startup run around it.
+
+        A new version that fails to import, register, build its schemas or start answers
+        `conflict` (details: stage, error, where) and the old version keeps running; built-in
+        and entry-point plugins answer `forbidden` with the reason; an unknown name
+        `not_found`. Subscribers see system:plugin_reloaded {plugin, version, events}."""
+        return await self.reloader.reload(data.plugin)
 
     @event_handler("system:shutdown")
     def shutdown(self, data: ShutdownRequest):
