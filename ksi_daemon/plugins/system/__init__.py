@@ -132,9 +132,11 @@ class SystemPlugin(BasePlugin):
 
     @event_handler("system:reload", returns=ReloadReply, timeout=None)
     async def reload(self, data: ReloadRequest):
-        """Replace a plugin of daemon.plugin_dirs by its code on disk now: new requests go to
-        the new version, those running finish on the old (waited for up to
-        daemon.shutdown_timeout), its ksi_shutdown and the new one's ksi_startup run around it.
+        """Replace a plugin of daemon.plugin_dirs by its code on disk now, losing no request.
+
+        New requests go to the new version, those running finish on the old (waited for up to
+        daemon.shutdown_timeout); the new one's ksi_startup runs before the swap, the old one's
+        ksi_shutdown after it.
 
         A new version that fails to import, register, build its schemas or start answers
         `conflict` (details: stage, error, where) and the old version keeps running; built-in
