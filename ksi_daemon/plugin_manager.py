@@ -429,7 +429,8 @@ class PluginManager:
         record.services.append(task)
 
         def on_done(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is not None:
+            # (a replaced version's service ending is no failure of the one running now)
+            if not task.cancelled() and task.exception() is not None and record in self.order:
                 self._fail(record, f"service crashed: {reason_of(task.exception())}")
         task.add_done_callback(on_done)
 

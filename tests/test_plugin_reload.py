@@ -217,3 +217,34 @@ def test_watch_mode_reloads_an_edited_file_and_loads_a_new_one(daemon_factory, p
     assert daemon.stop() == 0
     log = daemon.read_output()
     assert log.count("plugin_change_not_taken") == 1, log
+
+
+@pytest.mark.daemon("inprocess")
+def test_a_plugin_that_failed_to_import_is_loaded_once_fixed(daemon_factory, plugin_dir):
+    mended = plugin_dir / "mended.py"
+    mended.write_text("raise ImportError('needs a library not installed yet')\n")
+    daemon = daemon_factory({"daemon": {"plugin_dirs": [str(plugin_dir)]}})
+    assert error_of(daemon.request("mended:ping"))["code"] == "unavailable"
+
+    mended.write_text("from ksi_daemon.event_system import event_handler\n\n\n"
+                      "@event_handler('mended:ping')\ndef ping(data):\n"
+                      "    return {'pong': True}\n")
+    assert data_of(daemon.request("system:reload", {"plugin": "mended"}))["added"] \
+        == ["mended:ping"]
+    assert data_of(daemon.request("mended:ping")) == {"pong": True}
+    assert data_of(daemon.request("system:health"))["status"] == "healthy"
+
+
+@pytest.mark.daemon("inprocess")
+def test_a_class_style_plugin_reloads_its_ksi_handle_event(daemon_factory, plugin_dir):
+    seed = (PLUGIN.parent.parent / "seeds" / "my_plugin.py").read_text()
+    (plugin_dir / "my_plugin.py").write_text(seed)
+    daemon = daemon_factory({"daemon": {"plugin_dirs": [str(plugin_dir)]}})
+    assert data_of(daemon.request("my:command")) == {"result": "processed"}
+
+    (plugin_dir / "my_plugin.py").write_text(
+        seed.replace('"processed"', '"processed again"').replace('"1.0.0"', '"1.1.0"'))
+    assert data_of(daemon.request("system:reload", {"plugin": "my_plugin"}))["version"] \
+        == "1.1.0"
+    assert data_of(daemon.request("my:command")) == {"result": "processed again"}
+    assert error_of(daemon.request("my:comand"))["code"] == "unknown_event"
