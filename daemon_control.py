@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Control the KSI daemon: start | stop | restart | status | health | logs | migrate-state.
+"""Control the KSI daemon: start | stop | restart | status | health | logs | migrate-state |
+backup | restore | install-service | new-plugin.
 
 This file is only a bootstrap and uses nothing but the standard library: it makes sure the
 daemon's dependencies can be imported (creating `.venv` next to this file on first use and

@@ -23,6 +23,33 @@ if command -v npm >/dev/null 2>&1; then
   fi
 fi
 
+# System tools the tests use: Debian's `prometheus` (a real server scrapes the daemon) and
+# `netcat-openbsd` (`nc -U`, as the deployment guide uses it). Installed with apt-get when
+# missing, if apt-get and root (or password-less sudo) are at hand; else those tests skip.
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
+can_install() {
+  command -v apt-get >/dev/null 2>&1 &&
+    { [ "$(id -u)" -eq 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; }
+}
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+    >/dev/null 2>&1 ||
+    { as_root apt-get update -qq >/dev/null 2>&1 &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "$@" >/dev/null 2>&1; }
+}
+missing=()
+command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+{ command -v nc >/dev/null 2>&1 && nc -h 2>&1 | grep -q -- '-U'; } || missing+=(netcat-openbsd)
+if [ ${#missing[@]} -gt 0 ]; then
+  if can_install; then
+    echo "installing ${missing[*]} (apt-get)..."
+    apt_install "${missing[@]}" || echo "warning: apt-get could not install ${missing[*]}; the tests that need them skip"
+  else
+    echo "note: ${missing[*]} missing and apt-get or root unavailable; the tests that need them skip"
+  fi
+fi
+
 export LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_MODE=PRODUCTION HF_HUB_OFFLINE=1
 # Two pytest-xdist workers (KSI_TEST_WORKERS=1 runs in one process): much of a daemon test is
 # waiting (for a process, a socket, a grace period), which the other worker fills. A file's

@@ -58,6 +58,10 @@ class DaemonSettings(_Section):
     # Connections the kernel queues before the daemon accepts them: a burst of clients larger
     # than this is refused (EAGAIN) until it drains. Capped by net.core.somaxconn.
     listen_backlog: int = Field(2048, ge=1, le=65535)
+    # "127.0.0.1:9464": serve the metrics at http://127.0.0.1:9464/metrics (loopback only).
+    metrics_http: str | None = None
+    # Trace Python allocations from start-up, for memory by plugin (slow: docs/OPERATIONS.md).
+    trace_memory: bool = False
 
 
 class SocketSettings(_Section):

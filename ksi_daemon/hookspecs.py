@@ -95,3 +95,26 @@ def ksi_request_refused(event_name, error, connection):
     with, `connection` the core Connection it came on (peer_pid, peer_uid). Called on the event
     loop as the refusal is sent: record it and return (the state plugin's audit does).
     """
+
+
+@hookspec
+def ksi_client_adapters(context):
+    """Client dialects: return {event name: EventAdapter} (ksi_daemon/core/adapters.py).
+
+    Asked once, after every plugin started and before any socket opens. For each event, the
+    requests clients send go through `adapter.request(data, ctx)` before the handler's schema
+    sees them, and its reply through `adapter.reply(result, data, ctx)`; events plugins emit to
+    each other are not adapted. Only events another plugin handles can be adapted (others are
+    logged and skipped). The compat plugin uses it for the clients of upstream KSI. Costs
+    nothing when no plugin implements it; an adapted event takes the async path.
+    """
+
+
+@hookspec
+def ksi_queue_depths():
+    """How much work the plugin holds waiting right now, by queue: `{"queued": 3}` (ints).
+
+    Read when metrics are (`system:metrics`, a Prometheus scrape of `/metrics`), never per
+    event, on the event loop: return `len()` of what exists, compute nothing. Shown per plugin
+    as `queues` in `system:metrics` and as `ksi_plugin_queue_depth{plugin, queue}`.
+    """

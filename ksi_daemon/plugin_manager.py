@@ -52,6 +52,12 @@ BUILTIN_PLUGINS = {
     "tools": "ksi_daemon.plugins.tools",
     "mcp": "ksi_daemon.plugins.mcp",
 }
+# Built-in plugins that exist only when their setting is on (with it off the daemon is as if
+# they had never been written: no events, no status line).
+OPTIONAL_BUILTINS = {
+    "compat": ("ksi_daemon.plugins.compat",
+               lambda config: config["transports"]["unix"]["compatibility_mode"]),
+}
 log = structlog.get_logger("ksi.plugins")
 
 
@@ -94,8 +100,13 @@ class PluginManager:
             log.warning("entry_points_unreadable", error=str(exc))
         for name, module in BUILTIN_PLUGINS.items():
             found.setdefault(name, module)
+        builtins = set(BUILTIN_PLUGINS.values())
+        for name, (module, wanted) in OPTIONAL_BUILTINS.items():
+            if wanted(self.config):
+                found.setdefault(name, module)
+                builtins.add(module)
         for name, target in found.items():
-            kind = "builtin" if target in BUILTIN_PLUGINS.values() else "entry_point"
+            kind = "builtin" if target in builtins else "entry_point"
             yield name, kind, lambda target=target: _import_target(target)
         refused = []
         for path in trusted_dirs(self.config["daemon"]["plugin_dirs"], BUILTIN_PLUGIN_DIR,
@@ -332,6 +343,21 @@ class PluginManager:
                 self._fail(record, str(problem))
             except Exception as exc:  # noqa: BLE001
                 self._fail(record, f"startup failed: {reason_of(exc)}")
+        await self._install_client_adapters()
+
+    async def _install_client_adapters(self) -> None:
+        """The `ksi_client_adapters` of running plugins, installed once (hookspecs.py)."""
+        hook = self.hooks.hook("ksi_client_adapters")
+        for impl in hook.impls:
+            record = impl.plugin
+            try:
+                adapters = await impl.run(context=record.context) or {}
+            except Exception as exc:  # noqa: BLE001
+                self._fail(record, f"ksi_client_adapters failed: {reason_of(exc)}")
+                continue
+            for event, adapter in adapters.items():
+                if not self.router.adapt_for_clients(event, adapter):
+                    log.warning("adapter_without_handler", plugin=record.name, event_name=event)
 
     async def start(self, record: PluginRecord) -> None:
         """Give it its context and data dir and run its `ksi_startup`: `active` after it,

@@ -53,8 +53,9 @@ def indexed_events() -> list[dict]:
     """Every event the built-in plugins declare, described exactly as system:help would."""
     with tempfile.TemporaryDirectory(prefix="ksi-events-") as tmp:
         empty_config = Path(tmp) / "daemon.json"
-        empty_config.write_text("{}")
-        # An explicit empty config file and an empty environment: ~/.ksi and KSI_* of the
+        # Compatibility mode on, so that the compat plugin's events are listed too.
+        empty_config.write_text('{"transports": {"unix": {"compatibility_mode": true}}}')
+        # An explicit config file and an empty environment: ~/.ksi and KSI_* of the
         # person running the script must not change the catalog.
         config, _warnings = load_config(str(empty_config), {"var_dir": str(Path(tmp) / "var")},
                                         environ={})

@@ -5,7 +5,7 @@ import orjson
 
 from conftest import rss_bytes
 
-from ksi_daemon.core.history import estimated_size, truncated
+from ksi_daemon.core.history import estimated_size, truncated, walked_size
 from ksi_daemon.core.memory_connection import MemoryConnection
 from ksi_daemon.core.router import Handler, Router
 
@@ -32,10 +32,12 @@ def test_truncated_keeps_small_fields_and_names_the_rest():
     assert len(many["_truncated"]["left_out"]) == 16 and len(orjson.dumps(many)) < 1024
 
 
-def test_estimated_size_is_close_for_text_and_stops_past_the_limit():
+def test_estimated_size_is_the_json_size_and_the_walk_stops_past_the_limit():
     data = {"a": "x" * 1000, "b": [1, 2, {"c": "y" * 500}]}
-    assert abs(estimated_size(data, 10 ** 9) - len(orjson.dumps(data))) < 64
-    huge = {"items": ["x" * 100] * 100_000}
+    assert estimated_size(data, 10 ** 9) == len(orjson.dumps(data))
+    assert abs(walked_size(data, 10 ** 9) - len(orjson.dumps(data))) < 64
+    # What orjson cannot encode is walked, and the walk stops once past the limit.
+    huge = {"items": ["x" * 100] * 100_000, "odd": {1, 2}}
     assert estimated_size(huge, 4096) < 4096 + 200  # stopped early, not 10 MB counted
 
 

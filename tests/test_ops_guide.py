@@ -99,15 +99,31 @@ def test_the_own_section_wins_over_the_guides(tmp_path):
     assert "completion_service" not in config["plugins"]
 
 
-def test_the_guides_start_command_runs_the_daemon_in_the_foreground(workdir):
+def nc(socket_path: Path, line: str) -> dict:
+    """`echo LINE | nc -N -U SOCKET`, as the guide's commands send (`-N`: Debian's netcat
+    needs it to end the connection after the line; docs/OPERATIONS.md)."""
+    done = subprocess.run(f"echo '{line}' | nc -N -U {socket_path}", shell=True,
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout.splitlines()[0])
+
+
+def test_the_guides_commands_work_as_written(workdir):
+    if subprocess.run(["sh", "-c", "command -v nc"], capture_output=True).returncode != 0:
+        pytest.skip("nc (netcat-openbsd) is not installed")
     write_guide_files(workdir)
+    sockets = workdir / "ksi"  # the guide's /tmp/ksi
+    guide = guide_config(workdir)
+    guide["transports"] = {"unix": {"enabled": True, "socket_dir": str(sockets),
+                                    "compatibility_mode": True}}
     config = workdir / "daemon.json"
-    config.write_bytes(orjson.dumps(merge_config(TEST_CONFIG, guide_config(workdir))))
+    config.write_bytes(orjson.dumps(merge_config(TEST_CONFIG, guide)))
     var_dir = workdir / "var"
     env = {**os.environ, **TEST_ENV, "HOME": str(workdir), "KSI_VAR_DIR": str(var_dir),
            "PYTHONPATH": str(ROOT), "KSI_LOG_LEVEL": "DEBUG"}
     env.pop("KSI_SOCKET_PATH", None)
     with open(workdir / "out", "wb") as out:
+        # python -m ksi_daemon.core_plugin --config ~/.ksi/daemon.json
         proc = subprocess.Popen([sys.executable, "-m", "ksi_daemon.core_plugin",
                                  "--config", str(config)], cwd=workdir, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -116,6 +132,16 @@ def test_the_guides_start_command_runs_the_daemon_in_the_foreground(workdir):
             assert health is not None, (workdir / "out").read_text()
             assert health["status"] == "healthy"
             assert proc.poll() is None  # in the foreground: the command is the daemon
+            events = sockets / "events.sock"
+            plugins = nc(events, '{"event": "system:plugin_status"}')["data"]["plugins"]
+            assert {"state", "agent", "completion"} <= {p["name"] for p in plugins}
+            history = nc(events, '{"event": "system:event_history", "data": {"limit": 100}}')
+            assert any(e["event"] == "system:plugin_status" for e in history["data"]["events"])
+            spawned = nc(events, '{"event": "agent:spawn", "data": {"profile_name": "analyst", '
+                                 '"task": "Analyze data"}}')["data"]
+            legacy = nc(sockets / "control.sock", '{"command": "GET_AGENTS", "parameters": {}}')
+            assert legacy["status"] == "success" and legacy["command"] == "GET_AGENTS"
+            assert spawned["agent_id"] in legacy["result"]["agents"]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
         finally:

@@ -1,4 +1,5 @@
-"""`daemon_control.py start|stop|restart|status|health|logs|migrate-state`: run the daemon.
+"""`daemon_control.py start|stop|restart|status|health|logs|migrate-state|backup|restore|
+install-service|new-plugin`: run the daemon.
 
 The socket path is resolved exactly as the daemon resolves it (defaults < config file < KSI_*
 environment < command line), so this command finds the daemon that `start` started.

@@ -7,15 +7,20 @@ import signal
 import sys
 
 from ..config import ConfigError, load_config
+from .backup import backup
+from .install_service import install_service
 from .logs import logs
 from .migrate_state import migrate_state
+from .new_plugin import new_plugin
 from .output import EXIT_FAILED, error
+from .restore import restore
 from .status import health, status
 from .stop import restart, stop
 from .start import start
 
 VERBS = {"start": start, "stop": stop, "restart": restart, "status": status, "health": health,
-         "logs": logs, "migrate-state": migrate_state}
+         "logs": logs, "migrate-state": migrate_state, "backup": backup, "restore": restore,
+         "install-service": install_service, "new-plugin": new_plugin}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_verb.add_argument("--from", dest="source", required=True, metavar="PATH",
                               help="the old state to import")
     migrate_verb.epilog = "Other options (--db FILE, --synchronous ...) go to the migration."
+    backup_verb = verbs.add_parser("backup", parents=[common],
+                                   help="copy every database under var/, also while it runs")
+    backup_verb.add_argument("directory", nargs="?", metavar="DIR",
+                             help="where the timestamped backup goes (default var/backups/)")
+    restore_verb = verbs.add_parser("restore", parents=[common],
+                                    help="put a backup's databases back (daemon stopped)")
+    restore_verb.add_argument("directory", metavar="DIR", help="a directory `backup` wrote")
+    service_verb = verbs.add_parser("install-service", parents=[common],
+                                    help="write a systemd user unit, ksi.service")
+    service_verb.add_argument("--dry-run", action="store_true", help="print it, write nothing")
+    service_verb.add_argument("--force", action="store_true",
+                              help="replace a ksi.service that differs")
+    plugin_verb = verbs.add_parser("new-plugin", parents=[common],
+                                   help="write a runnable plugin and its test")
+    plugin_verb.add_argument("name", metavar="NAME", help="the plugin's name and namespace")
+    plugin_verb.add_argument("--dir", metavar="DIR",
+                             help="the plugin directory it goes in (default ~/.ksi/plugins)")
     return parser
 
 

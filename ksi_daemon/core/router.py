@@ -26,8 +26,9 @@ from typing import Any, Callable
 import structlog
 
 from ..event_system import DEFAULT_TIMEOUT, call_hook, compile_pattern, validator_of
+from .adapters import adapted_handler
 from .context import Context
-from .event_stats import EventStats, percentiles_ms
+from .event_stats import EventStats, by_plugin, percentiles_ms
 from .history import entry_limit, estimated_size, truncated
 from .protocol import (FORBIDDEN, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError, as_reply_data,
                        encode_error, encode_push, parse_request)
@@ -109,6 +110,15 @@ class Router:
 
     def seal(self) -> None:  # decide once whether requests take the slower middleware path
         self._slow_path = bool(self.pre_hooks or self.post_hooks)
+
+    def adapt_for_clients(self, event: str, adapter) -> bool:
+        """Clients' requests of `event` go through `adapter` (adapters.py); False when nobody
+        handles `event`. Plugins' own emits are not adapted."""
+        handler = self.client_handlers.get(event)
+        if handler is None:
+            return False
+        self.client_handlers[event] = adapted_handler(self, handler, adapter)
+        return True
 
     # ---- the hot path -------------------------------------------------------------------------
 
@@ -452,15 +462,17 @@ class Router:
 
     def metrics(self) -> dict:
         per_event = {}
-        entries = [(h.event, h.stats) for h in self.handlers.values()] + \
-            list(self.other_stats.items())
-        for name, stats in entries:
+        entries = [(h.event, h.stats, h.plugin and h.plugin.name)
+                   for h in self.handlers.values()] + \
+            [(name, stats, None) for name, stats in self.other_stats.items()]
+        for name, stats, plugin in entries:
             if stats.count:
                 per_event[name] = {"count": stats.count, "errors": stats.errors,
-                                   **percentiles_ms(stats.durations)}
+                                   "plugin": plugin, **percentiles_ms(stats.durations)}
         connections = self.connections
         return {"events_total": sum(s["count"] for s in per_event.values()),
-                "events": per_event, "connections": len(connections),
+                "events": per_event, "plugins": by_plugin(self.handlers.values()),
+                "connections": len(connections),
                 "queues": {"in_flight_requests": len(self.in_flight) + len(self.owed),
                            "output_buffered_bytes": sum(c.buffered_bytes() for c in connections),
                            "pushes_dropped": self.pushes_dropped_by_closed + sum(

@@ -143,6 +143,10 @@ class SqliteWriter:
             self._wake_writer()
         return future
 
+    def waiting(self) -> int:
+        """Writes queued or in the group being committed (a figure for metrics)."""
+        return len(self._items) + len(self._committing)
+
     def _wake_writer(self) -> None:
         self._wake_scheduled = False
         self._wake.put(None)
@@ -202,6 +206,7 @@ class SqliteWriter:
                     batch = list(starmap(take, repeat((), min(len(items), self.max_batch))))
                     self._committing = batch
                     self._commit_batch(batch)
+                    self._committing = []  # (committed: waiting() counts only what is left)
         finally:
             if self.checkpointer is not None:
                 self.checkpointer.stop()

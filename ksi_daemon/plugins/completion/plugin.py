@@ -112,6 +112,10 @@ class CompletionPlugin(BasePlugin):
         return [self._prune_now_and_then(), self._store_interrupted_turns()]
 
     @hookimpl
+    def ksi_queue_depths(self):
+        return {"queued": self.scheduler.queued_count(), "processing": len(self.scheduler.running)}
+
+    @hookimpl
     async def ksi_stopping(self, context):
         # No new work. Queued work is checkpointed at once; running work may finish within the
         # shutdown deadline, and what is still running then is checkpointed too: it stays in

@@ -83,6 +83,10 @@ class StatePlugin(BasePlugin):
         return [self._purge_expired_keys(context)]  # (the write deadlines: PluginDatabase)
 
     @hookimpl
+    def ksi_queue_depths(self):
+        return {"writes_waiting": self.writer.waiting() if self.writer is not None else 0}
+
+    @hookimpl
     async def ksi_shutdown(self, context):
         if self.writer is not None:
             await self.database.close()

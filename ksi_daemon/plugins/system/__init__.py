@@ -1,9 +1,12 @@
 """The `system` events: health, discovery, plugins, subscriptions, history, metrics, shutdown.
 
 Discovery and help are generated from the handlers' pydantic models, never written by hand.
+Metrics are assembled in `metrics.py`, written in the Prometheus format by `prometheus.py` and
+served over HTTP (`daemon.metrics_http`) by `metrics_http.py`.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -15,12 +18,14 @@ from ...event_system import compile_pattern
 from ...plugin_manager import BUILTIN_PLUGIN_DIR
 from ...plugin_reload import PluginReloader
 from ...plugin_watch import PluginWatcher
+from .metrics import DaemonMetrics
+from .metrics_http import MetricsEndpoint, loopback_address
 from .models import (DiscoverRequest, DiscoverReply, EventHistoryRequest, HealthReply,
-                     HelpRequest, PatternsRequest, PatternsReply, PluginsReply, ReloadReply,
-                     ReloadRequest, ShutdownRequest, UnsubscribeRequest)
+                     HelpRequest, MetricsRequest, PatternsRequest, PatternsReply, PluginsReply,
+                     ReloadReply, ReloadRequest, ShutdownRequest, UnsubscribeRequest)
+from .prometheus import CONTENT_TYPE, render
 from .schemas import describe_events
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _now = time.time
 
 
@@ -44,15 +49,46 @@ class SystemPlugin(BasePlugin):
         self.pid, self.version = os.getpid(), self.daemon.version
         self.started_at = self.daemon.started_at
         self.connections = self.router.connections  # the router's registry (one set)
+        settings = config["daemon"]
+        self.figures = DaemonMetrics(self.router, self.manager, self.daemon,
+                                     context.hook("ksi_queue_depths"),
+                                     trace_memory=settings["trace_memory"])
+        self.metrics_address = settings["metrics_http"]
+        self.endpoint: MetricsEndpoint | None = None
 
     @hookimpl
     def ksi_ready(self, context):
-        # Supervised, cancelled at shutdown: replies a handler owes but never settled, and
-        # the plugin directories' changes in watch mode.
-        services = [self.router.expire_overdue_replies()]
+        self._serve_metrics_over_http(context.log)
+        # Supervised, cancelled at shutdown: replies a handler owes but never settled; the
+        # samples behind the recent events/s; the plugin directories' changes in watch mode.
+        services = [self.router.expire_overdue_replies(), self.figures.rates.sample_forever()]
         if self.watcher is not None:
             services.append(self.watcher.run())
         return services
+
+    def _serve_metrics_over_http(self, log) -> None:
+        """`daemon.metrics_http`, if set: a refused address or a busy port is logged, and the
+        daemon runs on without the endpoint (it is an extra, not a reason to stay down)."""
+        if not self.metrics_address:
+            return
+        try:
+            host, port = loopback_address(self.metrics_address)
+            endpoint = MetricsEndpoint(host, port, self.figures.read)
+            self.figures.http_address = endpoint.start()
+        except (ValueError, OSError) as exc:
+            log.error("metrics_http_refused", address=self.metrics_address, reason=str(exc))
+            return
+        self.endpoint = endpoint
+        log.info("metrics_http_listening", url=f"http://{self.figures.http_address}/metrics")
+
+    @hookimpl
+    async def ksi_stopping(self, context):
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+
+    @hookimpl
+    def ksi_shutdown(self, context):
+        self.figures.stop()  # (tracing from start-up, daemon.trace_memory)
 
     @event_handler("system:health", returns=HealthReply)
     def health(self, data):
@@ -120,15 +156,18 @@ class SystemPlugin(BasePlugin):
                   for e, c, t, s, d in entries]
         return {"events": events, "count": len(events)}
 
-    @event_handler("system:metrics")
-    def metrics(self, data):
-        """Event counts and latency percentiles, connections, queue depths, memory."""
-        figures = self.router.metrics()  # events, connections, queues (the router's registry)
-        figures["rss_bytes"] = resident_memory()
-        watch = getattr(self.daemon, "loop_watch", None)  # loop stalls (ksi_daemon/loop_watch.py)
-        if watch is not None:
-            figures["loop_stalls"] = watch.figures()
-        return figures
+    # Its own deadline: a memory sample may take up to 30 s (MetricsRequest.sample_s).
+    @event_handler("system:metrics", timeout=60)
+    def metrics(self, data: MetricsRequest):
+        """Events/s, latency percentiles, errors and queue depths per event and plugin; memory.
+
+        `format: "prometheus"` answers the Prometheus text format (docs/OPERATIONS.md)."""
+        if data.memory_by_plugin:  # answered when the sample ends (a future, as the router allows)
+            return asyncio.ensure_future(self._after_memory_sample(data))
+        return as_format(self.figures.read(), data.format)
+
+    async def _after_memory_sample(self, data: MetricsRequest) -> dict:
+        return as_format(await self.figures.read_after_memory_sample(data.sample_s), data.format)
 
     @event_handler("system:reload", returns=ReloadReply, timeout=None)
     async def reload(self, data: ReloadRequest):
@@ -151,9 +190,10 @@ class SystemPlugin(BasePlugin):
         return {"status": "shutting_down"}
 
 
-def resident_memory() -> int:
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE_SIZE
+def as_format(figures: dict, format: str) -> dict:
+    if format == "prometheus":
+        return {"format": "prometheus", "content_type": CONTENT_TYPE, "text": render(figures)}
+    return figures
 
 
 ksi_plugin = SystemPlugin

@@ -1,7 +1,7 @@
 """Schemas of the system events; system:discover shows them to clients as JSON Schema."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,15 @@ class UnsubscribeRequest(Request):
 class EventHistoryRequest(Request):
     limit: int = Field(100, ge=0, le=100_000, description="at most this many, newest last")
     pattern: str | None = Field(None, description="only events matching this pattern")
+
+
+class MetricsRequest(Request):
+    format: Literal["json", "prometheus"] = Field(
+        "json", description='"prometheus": the Prometheus text format, as `text`')
+    memory_by_plugin: bool = Field(
+        False, description="trace Python allocations for sample_s and attribute them to "
+                           "plugins (slows the daemon while it traces)")
+    sample_s: float = Field(1.0, ge=0.05, le=30, description="how long memory is traced")
 
 
 class ShutdownRequest(Request):

@@ -2,7 +2,8 @@
 
 Opens its sockets (listeners.py: the main one, and those of `socket_dir` and `sockets`) after
 every other plugin has started (so no request reaches a plugin that is not ready), closes the
-listeners first at shutdown, and removes the sockets last.
+listeners first at shutdown, and removes the sockets last. While it runs, socket_watch.py binds
+again any socket whose file another program deleted or replaced.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from ...core.grants import GrantBook
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .connection import Connection
+from .legacy_connection import LegacyCommandConnection
 from .listeners import Listener, listeners_of
+from .socket_watch import BoundSocket, clear_the_way, identity_of, keep_reachable, still_ours
 
 log = structlog.get_logger("ksi.transport.unix")
 CLOSE_GRACE_S = 2.0
@@ -32,8 +35,9 @@ class UnixTransport(BasePlugin):
                            description="Newline-delimited JSON over a Unix stream socket"),
             # internals: it hands every line to the router itself
             PluginCapabilities(provides_services=["transport"], internals=True))
-        self.servers: list[tuple[asyncio.AbstractServer, Path]] = []
+        self.servers: list[BoundSocket] = []
         self.connections: set[Connection] = set()
+        self.serving = False  # True from the first bind until shutdown closes the listeners
 
     @hookimpl
     def ksi_startup(self, config):
@@ -57,26 +61,39 @@ class UnixTransport(BasePlugin):
             context.log.warning("listen_backlog_capped", configured=self.backlog,
                                 somaxconn=kernel_cap,
                                 fix="raise net.core.somaxconn (sysctl) to hold larger bursts")
+        by_path = {}
         for listener in self.listeners:
-            await self._listen(listener, router)
+            self.servers.append(await self._listen(listener, router))
+            by_path[listener.path] = listener
             context.log.info("listening", socket=str(listener.path),
                              backlog=min(self.backlog, kernel_cap or self.backlog),
                              allow=list(listener.allow.patterns) if listener.allow else "*")
 
-    async def _listen(self, listener: Listener, router) -> None:
+        async def rebind(bound: BoundSocket) -> BoundSocket:
+            bound.server.close()  # unreachable by its path now; open connections stay
+            clear_the_way(bound.path)
+            return await self._listen(by_path[bound.path], router)
+
+        self.serving = True
+        return keep_reachable(self.servers, rebind, context.log, lambda: self.serving)
+
+    async def _listen(self, listener: Listener, router) -> BoundSocket:
         listener.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sock = bind_socket(listener.path)
+        identity = identity_of(listener.path)
+        speaks = LegacyCommandConnection if listener.legacy_commands else Connection
         # The loop calls listen() again with its own default backlog (100) unless told.
         server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Connection(router, self.limits, self.allowed_uids, self.connections,
-                               lambda uid: self.grants.grant_for(uid, listener.allow)),
+            lambda: speaks(router, self.limits, self.allowed_uids, self.connections,
+                           lambda uid: self.grants.grant_for(uid, listener.allow)),
             sock=sock, backlog=self.backlog)
-        self.servers.append((server, listener.path))
+        return BoundSocket(listener.path, server, identity)
 
     @hookimpl
     def ksi_stopping(self):
-        for server, _path in self.servers:
-            server.close()  # no new connections; open ones keep getting their replies
+        self.serving = False
+        for bound in self.servers:
+            bound.server.close()  # no new connections; open ones keep getting their replies
 
     @hookimpl
     async def ksi_shutdown(self):
@@ -95,8 +112,9 @@ class UnixTransport(BasePlugin):
                         unsent_bytes=conn.transport.get_write_buffer_size(),
                         grace_s=CLOSE_GRACE_S)
             conn.transport.abort()
-        for _server, path in self.servers:
-            path.unlink(missing_ok=True)
+        for bound in self.servers:
+            if still_ours(bound):  # never remove a file another program put at our path
+                bound.path.unlink(missing_ok=True)
 
 
 def bind_socket(path: Path) -> socket.socket:

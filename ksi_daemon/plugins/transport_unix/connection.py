@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._discarding = False  # inside an oversized line: skip up to the next newline
         self._grace_timer: asyncio.TimerHandle | None = None
+        self.route_line = router.handle_line  # (control.sock's connections route their own)
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -99,8 +100,8 @@ class Connection(asyncio.Protocol):
             data = bytes(self._buffer)
             self._buffer.clear()
         batch = []
-        self.send = batch.append  # (this instance's, over the class's: see the module's doc)
-        handle_line, max_line = self.router.handle_line, self.max_line
+        self.send = self.batch_writer(batch)  # (this instance's, over the class's: module doc)
+        handle_line, max_line = self.route_line, self.max_line
         try:
             lines = data.split(b"\n")  # in C: a pipelined chunk holds a hundred lines
             rest = lines.pop()
@@ -151,6 +152,10 @@ class Connection(asyncio.Protocol):
         chunk is handled, its batch's `append` stands in for this (data_received)."""
         if not self.closed:
             self.transport.write(line)
+
+    def batch_writer(self, batch: list):
+        """What stands in for `send` while a chunk is handled: the batch's own `append`."""
+        return batch.append
 
     def push(self, line: bytes, correlation_id: str | None = None) -> bool:
         """A push: dropped while this connection's output is over its limit (slow consumer)."""

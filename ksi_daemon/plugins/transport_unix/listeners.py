@@ -21,6 +21,7 @@ EVENTS_SOCKET, CONTROL_SOCKET = "events.sock", "control.sock"
 class Listener:
     path: Path
     allow: AllowList | None  # None: every event
+    legacy_commands: bool = False  # also the legacy {"command": ...} protocol (control.sock)
 
 
 def listeners_of(config: dict) -> list[Listener]:
@@ -47,5 +48,7 @@ def listeners_of(config: dict) -> list[Listener]:
                              "socket is daemon.socket_path)")
         allow = settings.get("allow")
         found.append(Listener(path, None if allow is None else
-                              AllowList(f"the socket {path}", tuple(allow))))
+                              AllowList(f"the socket {path}", tuple(allow)),
+                              legacy_commands=name == CONTROL_SOCKET
+                              and unix["compatibility_mode"]))
     return found
