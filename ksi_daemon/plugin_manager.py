@@ -14,23 +14,22 @@ import asyncio
 import heapq
 import importlib
 import importlib.metadata
-import importlib.util
 import inspect
 import os
-import stat
 import sys
 import sysconfig
 import time
 import traceback
 import typing
 from pathlib import Path
-from typing import Any
 
 import pluggy
 import structlog
 
 from . import hookspecs
 from .event_system import handler_specs, is_schema, pydantic_ready
+from .plugin_record import PluginRecord
+from .plugin_files import import_file, plugin_entries, source_of, trusted_dirs
 from .plugin_context import Internals, PluginContext
 from .plugin_types import PluginCapabilities, PluginMetadata
 from .plugin_base import BasePlugin
@@ -62,41 +61,6 @@ OPTIONAL_BUILTINS = {
 log = structlog.get_logger("ksi.plugins")
 
 
-class PluginRecord:
-    """One plugin as the daemon sees it; `as_status()` is what system:plugins shows."""
-
-    def __init__(self, name: str, source: str):
-        self.name, self.source = name, source
-        self.version, self.description = "0.0.0", ""
-        self.state, self.error = "loading", None
-        self.obj: Any = None
-        self.metadata = PluginMetadata(name=name)
-        self.capabilities = PluginCapabilities()
-        self.events: list[str] = []
-        self.hooks: list[str] = []
-        self.load_ms = 0.0
-        self.started = False
-        self.config: dict = {}
-        self.data_dir: Path | None = None
-        self.context: PluginContext | None = None
-        self.handler_errors = 0
-        self.last_handler_error: str | None = None
-        self.where: str | None = None  # file:line where its failure arose, when one did
-        self.degraded: str | None = None  # see PluginContext.report_degraded
-
-    def note_handler_error(self, event: str, exc: BaseException) -> None:
-        self.handler_errors += 1
-        self.last_handler_error = f"{event}: {type(exc).__name__}: {exc}"
-
-    def as_status(self) -> dict:
-        return {"name": self.name, "version": self.version, "state": self.state,
-                "error": self.error or self.last_handler_error, "events": self.events,
-                "hooks": self.hooks, "load_ms": round(self.load_ms, 3), "source": self.source,
-                "priority": self.metadata.priority, "dependencies": self.metadata.dependencies,
-                "handler_errors": self.handler_errors, "degraded": self.degraded,
-                "where": self.where}
-
-
 class PluginManager:
     def __init__(self, config: dict, router: Router, daemon=None):
         self.config, self.router, self.daemon = config, router, daemon
@@ -125,7 +89,7 @@ class PluginManager:
         for record in self.order:
             if record.state == "loading":
                 self._index(record)
-        self._hooks_changed()
+        self.hooks_changed()
 
     def _discover(self):
         found: dict[str, str] = {}
@@ -144,40 +108,41 @@ class PluginManager:
         for name, target in found.items():
             kind = "builtin" if target in builtins else "entry_point"
             yield name, kind, lambda target=target: _import_target(target)
-        for directory in self.config["daemon"]["plugin_dirs"]:
-            path = Path(directory).expanduser()
-            if not path.is_dir():
-                log.warning("plugin_dir_missing", path=str(path))
-                continue
-            if path.resolve() == BUILTIN_PLUGIN_DIR:  # as the deployment guide lists it
-                log.info("plugin_dir_is_builtin", path=str(path),
-                         detail="the built-in plugins are loaded once, as built-ins")
-                continue
-            problem = why_untrusted(path)
-            if problem is not None:  # seeds/001: "only load plugins from trusted directories"
-                log.error("plugin_dir_refused", path=str(path), reason=problem)
-                yield f"plugin_dir {path}", f"dir:{path}", lambda problem=problem: _refuse(problem)
-                continue
-            for entry in sorted(path.iterdir()):
-                if entry.name.startswith(("_", ".")):
-                    continue
-                if entry.suffix == ".py" or (entry / "__init__.py").is_file():
-                    yield entry.stem, f"dir:{entry}", lambda entry=entry: _import_file(entry)
+        refused = []
+        for path in trusted_dirs(self.config["daemon"]["plugin_dirs"], BUILTIN_PLUGIN_DIR,
+                                 lambda path, problem: refused.append((path, problem))):
+            for entry in plugin_entries(path):
+                yield entry.stem, source_of(entry), lambda entry=entry: import_file(entry)
+        for path, problem in refused:  # shown as a failed plugin, with the reason
+            yield f"plugin_dir {path}", source_of(path), lambda problem=problem: _refuse(problem)
+
+    def imported(self, name: str, source: str, importer) -> PluginRecord:
+        """A record of the plugin `importer()` imports, with its metadata and config section
+        (raises what the import raised)."""
+        record = PluginRecord(name, source)
+        obj = _plugin_object(importer())
+        record.obj = obj
+        record.metadata = _metadata_of(obj, name)
+        record.name = record.metadata.name
+        record.version = record.metadata.version
+        record.description = record.metadata.description
+        record.capabilities = getattr(obj, "capabilities", None) or PluginCapabilities()
+        record.config = self._section_of(record.name)
+        return record
+
+    def _section_of(self, name: str) -> dict:
+        section = self.config.get("plugins", {}).get(name, {})
+        return section if isinstance(section, dict) else {}
 
     def _load(self, name: str, source: str, importer) -> None:
         started = time.perf_counter()
-        record = PluginRecord(name, source)
         try:
-            obj = _plugin_object(importer())
-            record.obj = obj
-            record.metadata = _metadata_of(obj, name)
-            record.name = record.metadata.name
-            record.version = record.metadata.version
-            record.description = record.metadata.description
-            record.capabilities = getattr(obj, "capabilities", None) or PluginCapabilities()
+            record = self.imported(name, source, importer)
         except Exception as exc:  # noqa: BLE001
-            record.state, record.error = "failed", f"import failed: {_reason(exc)}"
-            record.where = _site_of(exc)
+            record = PluginRecord(name, source)
+            record.config = self._section_of(name)  # its event_namespaces: _claim_namespaces
+            record.state, record.error = "failed", f"import failed: {reason_of(exc)}"
+            record.where = site_of(exc)
             log.error("plugin_import_failed", plugin=name, error=record.error,
                       traceback=traceback.format_exc())
         if record.name in self.records:
@@ -186,8 +151,6 @@ class PluginManager:
                             f"{self.records[record.name].source}")
             record.name = f"{record.name}@{source}"
         self.records[record.name] = record
-        section = self.config.get("plugins", {}).get(record.name, {})
-        record.config = section if isinstance(section, dict) else {}
         if record.state == "loading" and record.config.get("enabled", True) is False:
             record.state = "disabled"
         if record.state == "failed":
@@ -202,7 +165,7 @@ class PluginManager:
             try:
                 self.pm.add_hookspecs(specs)
             except Exception as exc:  # noqa: BLE001 - a spec clashing with another one
-                self._fail(record, f"hookspecs rejected: {_reason(exc)}")
+                self._fail(record, f"hookspecs rejected: {reason_of(exc)}")
                 return
 
     def _register(self, record: PluginRecord) -> None:
@@ -210,11 +173,21 @@ class PluginManager:
             return
         started = time.perf_counter()
         try:
-            self.pm.register(record.obj, name=record.name)
-            record.hooks = sorted(h.name for h in self.pm.get_hookcallers(record.obj) or ())
+            self.register(record, record.name)
         except Exception as exc:  # noqa: BLE001 - pluggy rejects ill-formed hooks here
-            self._fail(record, f"hook validation failed: {_reason(exc)}")
+            self._fail(record, f"hook validation failed: {reason_of(exc)}")
         record.load_ms += (time.perf_counter() - started) * 1000
+
+    def register(self, record: PluginRecord, as_name: str) -> None:
+        """Register its hooks with pluggy (which checks them), under a name unique in it."""
+        self.pm.register(record.obj, name=as_name)
+        record.hooks = sorted(h.name for h in self.pm.get_hookcallers(record.obj) or ())
+
+    def unregister(self, record: PluginRecord) -> None:
+        """Its hooks are no longer called, nor found for it (a replaced version)."""
+        if record.obj is not None and self.pm.is_registered(record.obj):
+            self.pm.unregister(record.obj)
+        self.hooks_changed()
 
     def _ordered(self) -> list[PluginRecord]:
         """Dependencies first, then priority, then name; cycles and missing names fail."""
@@ -250,27 +223,41 @@ class PluginManager:
 
     def _index(self, record: PluginRecord) -> None:
         """Put the plugin's handlers into the router's index (its hooks reach the router
-        through `_hooks_changed`)."""
+        through `hooks_changed`)."""
+        try:
+            self.index(record, self.handlers_for(record))
+        except PluginProblem as problem:
+            self._fail(record, str(problem))
+
+    def handlers_for(self, record: PluginRecord, replacing: PluginRecord | None = None) -> list:
+        """The plugin's handlers as (for plugins, for clients) pairs, not yet in the index;
+        raises PluginProblem for an event another plugin answers (but `replacing`, the version
+        it replaces) without override=True, or a schema pydantic cannot build."""
         claimed = []
         for func, spec in _declared_handlers(record.obj):
             for event in (spec.event, *spec.aliases):
                 holder = self.router.handlers.get(event)
-                if holder is not None and holder.plugin is not record and not spec.override:
-                    self._fail(record, f"event {event} is already handled by plugin "
-                               f"{holder.plugin.name}; declare override=True to take it over")
-                    return
+                if holder is not None and holder.plugin not in (record, replacing) \
+                        and not spec.override:
+                    raise PluginProblem(f"event {event} is already handled by plugin "
+                                        f"{holder.plugin.name}; declare override=True to take "
+                                        "it over")
                 try:
                     handler = _handler_of(event, func, spec, record)
                 except Exception as exc:  # noqa: BLE001 - a schema pydantic cannot build
-                    self._fail(record, f"the schema of {event} is not usable: {_reason(exc)}")
-                    return
-                claimed.append((handler, spec.internal))
-        for handler, internal in claimed:
-            self.router.add_handler(handler, _refusing_clients(handler, self.router.report_refusal)
-                                    if internal else None)
-        record.events = sorted({h.event for h, _ in claimed} | set(record.capabilities.commands))
+                    raise PluginProblem(f"the schema of {event} is not usable: "
+                                        f"{reason_of(exc)}") from exc
+                claimed.append((handler, _refusing_clients(handler, self.router.report_refusal)
+                                if spec.internal else None))
+        return claimed
 
-    def _hooks_changed(self) -> None:
+    def index(self, record: PluginRecord, handlers: list) -> None:
+        """Put `handlers_for(record)` into the router's index: requests find them now."""
+        for handler, for_clients in handlers:
+            self.router.add_handler(handler, for_clients)
+        record.events = sorted({h.event for h, _ in handlers} | set(record.capabilities.commands))
+
+    def hooks_changed(self) -> None:
         """The set of running plugins changed: recompute every hook's implementations once, and
         give the router its fallback and middleware lists from them."""
         self.hooks.rebuild()
@@ -283,7 +270,7 @@ class PluginManager:
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
         record.state, record.error = "failed", reason
-        record.where = record.where or _site_of(sys.exception())  # None outside an except
+        record.where = record.where or site_of(sys.exception())  # None outside an except
         self._counts = None
         log.error("plugin_failed", plugin=record.name, error=reason)
         message = f"plugin {record.name} failed: {reason}"
@@ -291,7 +278,7 @@ class PluginManager:
             if handler.plugin is record:
                 handler.disable(message)
         self._claim_namespaces(record)
-        self._hooks_changed()
+        self.hooks_changed()
         self._announce_failure(record)
         for dependent in self.records.values():
             if record.name in dependent.metadata.dependencies and dependent.state != "failed":
@@ -319,12 +306,30 @@ class PluginManager:
         """
         if "@" in record.name:  # a second plugin of the same name: the name is the other's
             return
-        namespaces = {record.name, *record.capabilities.event_namespaces,
-                      *(record.config.get("event_namespaces") or ())}
         message = f"plugin {record.name} failed: {record.error}"
-        for namespace in namespaces:
-            if isinstance(namespace, str) and namespace.strip("/"):
-                self.router.failed_namespaces[namespace.strip("/")] = message
+        for namespace in _namespaces_of(record):
+            self.router.failed_namespaces[namespace] = message
+
+    def swap_in(self, new: PluginRecord, handlers: list, old: PluginRecord | None) -> None:
+        """`new` (started) answers from now on, in `old`'s place in the plugin order (or
+        last): its handlers in the index, `old`'s events it lacks gone (`unknown_event`), its
+        hooks the running ones. `old` stays registered for its `ksi_shutdown` (`unregister`)."""
+        if old is not None:
+            kept = {handler.event for handler, _ in handlers}
+            for event in old.events:
+                holder = self.router.handlers.get(event)
+                if event not in kept and holder is not None and holder.plugin is old:
+                    self.router.remove_handler(event)
+            for namespace in _namespaces_of(old):  # it failed once: its names answer again
+                self.router.failed_namespaces.pop(namespace, None)
+            self.order[self.order.index(old)] = new
+            self.degraded.pop(old.name, None)
+        else:
+            self.order.append(new)
+        self.records[new.name] = new
+        self.index(new, handlers)
+        self._counts = None
+        self.hooks_changed()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -332,23 +337,12 @@ class PluginManager:
         for record in self.order:
             if record.state != "loading":
                 continue
-            record.data_dir = self.var_dir / "plugins" / record.name
-            if record.capabilities.internals and record.source != "builtin":
-                self._fail(record, "only built-in plugins may have the daemon's internals "
-                           "(PluginCapabilities(internals=True))")
-                continue
-            record.context = self._context_of(record)
-            if isinstance(record.obj, BasePlugin):
-                record.obj.context, record.obj.config = record.context, record.config
-                record.obj.data_dir = record.data_dir
             try:
-                record.data_dir.mkdir(parents=True, exist_ok=True)
-                await self._call(record, "ksi_startup", config=self.config)
-                record.state, record.started = "active", True
-                self._counts = None
+                await self.start(record)
+            except PluginProblem as problem:
+                self._fail(record, str(problem))
             except Exception as exc:  # noqa: BLE001
-                record.started = True  # let it release what it opened before failing
-                self._fail(record, f"startup failed: {_reason(exc)}")
+                self._fail(record, f"startup failed: {reason_of(exc)}")
         await self._install_client_adapters()
 
     async def _install_client_adapters(self) -> None:
@@ -359,11 +353,29 @@ class PluginManager:
             try:
                 adapters = await impl.run(context=record.context) or {}
             except Exception as exc:  # noqa: BLE001
-                self._fail(record, f"ksi_client_adapters failed: {_reason(exc)}")
+                self._fail(record, f"ksi_client_adapters failed: {reason_of(exc)}")
                 continue
             for event, adapter in adapters.items():
                 if not self.router.adapt_for_clients(event, adapter):
                     log.warning("adapter_without_handler", plugin=record.name, event_name=event)
+
+    async def start(self, record: PluginRecord) -> None:
+        """Give it its context and data dir and run its `ksi_startup`: `active` after it,
+        else raises (it is `started` either way, so its `ksi_shutdown` releases what it
+        opened before failing)."""
+        record.data_dir = self.var_dir / "plugins" / record.name
+        if record.capabilities.internals and record.source != "builtin":
+            raise PluginProblem("only built-in plugins may have the daemon's internals "
+                                "(PluginCapabilities(internals=True))")
+        record.context = self._context_of(record)
+        if isinstance(record.obj, BasePlugin):
+            record.obj.context, record.obj.config = record.context, record.config
+            record.obj.data_dir = record.data_dir
+        record.started = True
+        record.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._call(record, "ksi_startup", config=self.config)
+        record.state = "active"
+        self._counts = None
 
     def _context_of(self, record: PluginRecord) -> PluginContext:
         internals = Internals(self.router, self, self.daemon) \
@@ -376,24 +388,28 @@ class PluginManager:
 
     async def ready_all(self) -> None:
         for record in self.active():
-            try:
-                for impl in self.hooks.of(record, "ksi_ready"):
-                    result = impl.call(context=record.context)
-                    if inspect.iscoroutinefunction(impl.function):
-                        result = await result  # `async def ksi_ready` returns its services
-                    # a plain `def ksi_ready` returning a coroutine hands over a service
-                    for coro in (result if isinstance(result, (list, tuple)) else [result]):
-                        if coro is not None:
-                            self._supervise(record, coro)
-            except Exception as exc:  # noqa: BLE001
-                self._fail(record, f"ready failed: {_reason(exc)}")
+            await self.ready(record)
+
+    async def ready(self, record: PluginRecord) -> None:
+        """Its `ksi_ready`, and the services it returns supervised; failing fails it."""
+        try:
+            for impl in self.hooks.of(record, "ksi_ready"):
+                result = impl.call(context=record.context)
+                if inspect.iscoroutinefunction(impl.function):
+                    result = await result  # `async def ksi_ready` returns its services
+                # a plain `def ksi_ready` returning a coroutine hands over a service
+                for coro in (result if isinstance(result, (list, tuple)) else [result]):
+                    if coro is not None:
+                        self._supervise(record, coro)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(record, f"ready failed: {reason_of(exc)}")
 
     async def stopping_all(self) -> None:
         for record in reversed(self.active()):
             try:
                 await self._call(record, "ksi_stopping")
             except Exception as exc:  # noqa: BLE001
-                self._fail(record, f"stopping failed: {_reason(exc)}")
+                self._fail(record, f"stopping failed: {reason_of(exc)}")
 
     async def shutdown_all(self) -> None:
         for task in self.services:
@@ -406,9 +422,26 @@ class PluginManager:
             try:
                 await self._call(record, "ksi_shutdown")
             except Exception as exc:  # noqa: BLE001
-                record.state, record.error = "failed", f"shutdown failed: {_reason(exc)}"
+                record.state, record.error = "failed", f"shutdown failed: {reason_of(exc)}"
                 self._counts = None
                 log.error("plugin_shutdown_failed", plugin=record.name, error=record.error)
+
+    async def stop(self, record: PluginRecord) -> None:
+        """One plugin's end while the daemon runs on (a replaced version): its services
+        cancelled, then its `ksi_stopping` and `ksi_shutdown`; failures are logged, since the
+        version that replaces it is the one that runs."""
+        for task in record.services:
+            task.cancel()
+        if record.services:
+            await asyncio.wait(record.services, timeout=5.0)
+            self.services = [task for task in self.services if task not in record.services]
+        for hook in ("ksi_stopping", "ksi_shutdown") if record.state == "active" \
+                else ("ksi_shutdown",) if record.started else ():
+            try:
+                await self._call(record, hook)
+            except Exception as exc:  # noqa: BLE001
+                log.error("replaced_plugin_stop_failed", plugin=record.name, hook=hook,
+                          error=reason_of(exc))
 
     async def _call(self, record: PluginRecord, hook_name: str, **kwargs) -> list:
         """One plugin's lifecycle hook; raising is the caller's to turn into the plugin's
@@ -419,10 +452,12 @@ class PluginManager:
     def _supervise(self, record: PluginRecord, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{record.name}-service")
         self.services.append(task)
+        record.services.append(task)
 
         def on_done(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                self._fail(record, f"service crashed: {_reason(task.exception())}")
+            # (a replaced version's service ending is no failure of the one running now)
+            if not task.cancelled() and task.exception() is not None and record in self.order:
+                self._fail(record, f"service crashed: {reason_of(task.exception())}")
         task.add_done_callback(on_done)
 
     # ---- status ------------------------------------------------------------------------------
@@ -460,36 +495,19 @@ def _import_target(target: str):
     return getattr(module, attr) if attr else module
 
 
-def why_untrusted(directory: Path) -> str | None:
-    """Why code in `directory` may not be trusted (None: it may): another user could change it."""
-    info = directory.stat()
-    if info.st_uid not in (os.getuid(), 0):
-        return (f"refused: {directory} is owned by uid {info.st_uid}, not by the daemon's user "
-                "or root, so another user could put code there")
-    if info.st_mode & stat.S_IWOTH:
-        return (f"refused: {directory} is world-writable (mode {stat.S_IMODE(info.st_mode):o}), "
-                "so anyone could put code there")
-    return None
+def _namespaces_of(record: PluginRecord) -> set[str]:
+    """The namespaces a plugin claims: its name, its capabilities', its config's."""
+    names = {record.name, *record.capabilities.event_namespaces,
+             *(record.config.get("event_namespaces") or ())}
+    return {n.strip("/") for n in names if isinstance(n, str) and n.strip("/")}
 
 
 def _refuse(problem: str):
     raise PermissionError(problem)
 
 
-def _import_file(path: Path):
-    package = path.is_dir()
-    module_name = f"ksi_plugin_{path.stem}"
-    spec = importlib.util.spec_from_file_location(
-        module_name, path / "__init__.py" if package else path,
-        submodule_search_locations=[str(path)] if package else None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
+class PluginProblem(Exception):
+    """Why a plugin cannot be started or indexed, worded for its status and a reply."""
 
 
 def _plugin_object(module):
@@ -560,11 +578,11 @@ def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _site_of(exc: BaseException | None) -> str | None:
+def site_of(exc: BaseException | None) -> str | None:
     """`file:line` where exc arose in the plugin's own code: a SyntaxError's own position,
     else the innermost frame outside Python's and installed packages' files and outside the
     daemon's machinery (a built-in plugin's folder counts as its own code)."""

@@ -90,7 +90,7 @@ class ReplyPath:
         def reply(_future) -> None:
             if timer is not None:
                 timer.cancel()
-            self.in_flight.discard(future)
+            self.in_flight.pop(future, None)
             try:
                 result, exc = future.result(), None
             except BaseException as failure:  # noqa: BLE001 - includes cancellation at shutdown
@@ -98,7 +98,7 @@ class ReplyPath:
             self.finish(handler, handler.stats, event, data, cid, conn, started, size, result,
                         exc)
             conn.reply_done()
-        self.in_flight.add(future)
+        self.in_flight[future] = handler
         conn.reply_owed()  # the reply is owed even after the client's EOF
         future.add_done_callback(reply)
 

@@ -88,7 +88,9 @@ class Router:
                                                    "(unknown)": EventStats()}
         self.connections: set = set()
         self.pushes_dropped_by_closed = 0  # so that metrics keep counting them after they go
-        self.in_flight: set[asyncio.Task] = set()
+        # Requests being answered (tasks, futures) -> the Handler answering each (None: a
+        # fallback, or an announce), so a plugin's reload can wait for its own (`running_on`).
+        self.in_flight: dict[asyncio.Future, Handler | None] = {}
         self.owed: set[OwedReply] = set()  # replies handed out by ctx.reply_later()
         self.accepting = True
         self._slow_path = False
@@ -101,6 +103,10 @@ class Router:
     def add_handler(self, handler: Handler, for_clients: Handler | None = None) -> None:
         self.handlers[handler.event] = handler
         self.client_handlers[handler.event] = for_clients or handler
+
+    def remove_handler(self, event: str) -> None:  # its name answers unknown_event from now on
+        self.handlers.pop(event, None)
+        self.client_handlers.pop(event, None)
 
     def seal(self) -> None:  # decide once whether requests take the slower middleware path
         self._slow_path = bool(self.pre_hooks or self.post_hooks)
@@ -141,7 +147,7 @@ class Router:
             if handler is None or not handler.streams:  # (middleware, fallbacks get a context)
                 conn.held.setdefault(cid, None)
             self._spawn(self._dispatch_slowly(event, data, cid, conn, started, len(line)),
-                        conn)
+                        conn, handler)
         elif handler.is_async:
             if handler.holds:
                 conn.held.setdefault(cid, None)
@@ -260,7 +266,7 @@ class Router:
         if event in self.handlers or self.fallbacks:
             task = asyncio.get_running_loop().create_task(self.emit(
                 event, data, correlation_id=correlation_id, source=source, connection=connection))
-            self.in_flight.add(task)
+            self.in_flight[task] = None
             task.add_done_callback(self._announced)
             return
         self._record_emit(event, data, correlation_id, source)
@@ -284,7 +290,7 @@ class Router:
         (self.other_stats.get(event) or self.stats_of(event)).count += len(announced)
 
     def _announced(self, task: asyncio.Task) -> None:  # log a failed announce
-        self.in_flight.discard(task)
+        self.in_flight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.warning("announce_failed", error=str(task.exception()))
 
@@ -401,12 +407,24 @@ class Router:
 
     # ---- in-flight work and shutdown ----------------------------------------------------------
 
-    def _spawn(self, coro, conn) -> None:
+    def _spawn(self, coro, conn, handler: Handler | None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        self.in_flight[task] = handler
+        task.add_done_callback(self._forget)
         conn.reply_owed()  # the connection stays open for this reply even after the client's EOF
         task.add_done_callback(conn.reply_done)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self.in_flight.pop(task, None)
+
+    def running_on(self, plugin, unattributed: bool = False) -> tuple[list, list]:
+        """The requests being answered by `plugin`'s handlers now: (tasks and futures, owed
+        replies). `unattributed`: with the requests no handler answers (fallbacks', which
+        `plugin` may be among)."""
+        tasks = [f for f, h in self.in_flight.items()
+                 if (h.plugin is plugin if h is not None else unattributed)]
+        owed = [r for r in self.owed if r.handler is not None and r.handler.plugin is plugin]
+        return tasks, owed
 
     async def expire_overdue_replies(self, period_s: float = 0.25) -> None:
         """Answer `timeout` for owed replies (`ctx.reply_later()`) left unsettled past their

@@ -15,11 +15,14 @@ from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...protocol import NOT_FOUND, KSIError
 from ...event_system import compile_pattern
+from ...plugin_manager import BUILTIN_PLUGIN_DIR
+from ...plugin_reload import PluginReloader
+from ...plugin_watch import PluginWatcher
 from .metrics import DaemonMetrics
 from .metrics_http import MetricsEndpoint, loopback_address
 from .models import (DiscoverRequest, DiscoverReply, EventHistoryRequest, HealthReply,
                      HelpRequest, MetricsRequest, PatternsRequest, PatternsReply, PluginsReply,
-                     ShutdownRequest, UnsubscribeRequest)
+                     ReloadReply, ReloadRequest, ShutdownRequest, UnsubscribeRequest)
 from .prometheus import CONTENT_TYPE, render
 from .schemas import describe_events
 
@@ -37,6 +40,11 @@ class SystemPlugin(BasePlugin):
     @hookimpl
     def ksi_startup(self, config, context):
         self.router, self.manager, self.daemon = context.internals
+        self.reloader = PluginReloader(self.manager, self.router,
+                                       config["daemon"]["shutdown_timeout"])
+        self.watcher = PluginWatcher(self.reloader, config["daemon"]["plugin_dirs"],
+                                     BUILTIN_PLUGIN_DIR) \
+            if config["daemon"].get("watch_plugins") else None
         # What health reports but never changes, fetched once (it is the benchmarks' baseline):
         self.pid, self.version = os.getpid(), self.daemon.version
         self.started_at = self.daemon.started_at
@@ -52,8 +60,11 @@ class SystemPlugin(BasePlugin):
     def ksi_ready(self, context):
         self._serve_metrics_over_http(context.log)
         # Supervised, cancelled at shutdown: replies a handler owes but never settled; the
-        # samples behind the recent events/s.
-        return [self.router.expire_overdue_replies(), self.figures.rates.sample_forever()]
+        # samples behind the recent events/s; the plugin directories' changes in watch mode.
+        services = [self.router.expire_overdue_replies(), self.figures.rates.sample_forever()]
+        if self.watcher is not None:
+            services.append(self.watcher.run())
+        return services
 
     def _serve_metrics_over_http(self, log) -> None:
         """`daemon.metrics_http`, if set: a refused address or a busy port is logged, and the
@@ -157,6 +168,20 @@ class SystemPlugin(BasePlugin):
 
     async def _after_memory_sample(self, data: MetricsRequest) -> dict:
         return as_format(await self.figures.read_after_memory_sample(data.sample_s), data.format)
+
+    @event_handler("system:reload", returns=ReloadReply, timeout=None)
+    async def reload(self, data: ReloadRequest):
+        """Replace a plugin of daemon.plugin_dirs by its code on disk now, losing no request.
+
+        New requests go to the new version, those running finish on the old (waited for up to
+        daemon.shutdown_timeout); the new one's ksi_startup runs before the swap, the old one's
+        ksi_shutdown after it.
+
+        A new version that fails to import, register, build its schemas or start answers
+        `conflict` (details: stage, error, where) and the old version keeps running; built-in
+        and entry-point plugins answer `forbidden` with the reason; an unknown name
+        `not_found`. Subscribers see system:plugin_reloaded {plugin, version, events}."""
+        return await self.reloader.reload(data.plugin)
 
     @event_handler("system:shutdown")
     def shutdown(self, data: ShutdownRequest):

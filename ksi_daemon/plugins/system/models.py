@@ -45,6 +45,22 @@ class ShutdownRequest(Request):
                                     description="how long in-flight work may take to finish")
 
 
+class ReloadRequest(Request):
+    plugin: str = Field(description="the plugin to reload, as system:plugins names it")
+
+
+class ReloadReply(BaseModel):
+    plugin: str
+    version: str = Field(description="the version now answering")
+    previous_version: str | None
+    events: list[str] = Field(description="the events it answers now")
+    added: list[str] = Field(description="events the old version did not answer")
+    removed: list[str] = Field(description="events it no longer answers (unknown_event)")
+    waited_for: int = Field(description="requests the old version was answering at the swap")
+    unfinished: int = Field(description="of those, still running on the old version after "
+                                        "daemon.shutdown_timeout (they finish there)")
+
+
 class PluginCounts(BaseModel):
     active: int
     failed: int
@@ -98,6 +114,9 @@ class PluginStatus(BaseModel):
     events: list[str]
     hooks: list[str]
     load_ms: float
+    reloads: int = Field(0, description="times it was reloaded (system:reload, watch mode)")
+    reload_error: str | None = Field(None, description="why its last reload failed; the "
+                                                       "version shown kept running")
 
 
 class PluginsReply(BaseModel):
