@@ -274,12 +274,13 @@ class KvStateStore:
         names = (data.get("namespace", GLOBAL), data["key"])
         waiting = self._waiting_before(names)
         if waiting is not None:
-            return asyncio.ensure_future(_after(waiting, self._read_later(names)))
+            return asyncio.ensure_future(_after(waiting, self._answer_later(self._read, names)))
         return self._read(names)
 
-    async def _read_later(self, names):
+    async def _answer_later(self, read, request):
+        """A read that waited for the writes before it: the connection may be gone by now."""
         self._check_serving()
-        return self._read(names)
+        return read(request)
 
     def _read(self, names) -> dict:
         entry = self._live_entry(names)
@@ -316,11 +317,7 @@ class KvStateStore:
         self._check_serving()
         waiting = self._waiting_before(None)
         if waiting is not None:
-            return asyncio.ensure_future(_after(waiting, self._list_later(data)))
-        return self._list(data)
-
-    async def _list_later(self, data):
-        self._check_serving()
+            return asyncio.ensure_future(_after(waiting, self._answer_later(self._list, data)))
         return self._list(data)
 
     def _list(self, data) -> dict:
