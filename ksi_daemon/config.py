@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .config_guide import apply_guide_keys
 
@@ -104,8 +104,41 @@ class PermissionSettings(_Section):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
 
+class ClusterSettings(_Section):
+    """`cluster`: set `nats_url` (and `node_id`) and the daemon is a node of a cluster on NATS
+    JetStream (docs/CLUSTER.md); left unset, nothing about the single daemon changes."""
+    nats_url: str | None = None  # "nats://127.0.0.1:4222"; several, comma-separated
+    node_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    # Credentials, at most one kind: user and password, a token, or a .creds file (NKEY/JWT).
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    # TLS: the CA that signed the server's certificate, and this node's own (mutual TLS).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    state_bucket: str = Field("ksi_state", pattern=r"^[A-Za-z0-9_-]+$")
+    replicas: int = Field(1, ge=1, le=5)  # copies of the bucket (3 on a 3-server NATS cluster)
+    # Every request to NATS gives up after this long and answers `unavailable`.
+    request_timeout_s: float = Field(2.0, gt=0, le=60)
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _a_node_needs_its_name(self):
+        if self.nats_url and not self.node_id:
+            raise ValueError("cluster.node_id (KSI_NODE_ID) must be set with cluster.nats_url")
+        if self.token and (self.user or self.creds_file) or (self.user and self.creds_file):
+            raise ValueError("give one kind of NATS credentials: user/password, token or "
+                             "creds_file")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("cluster.tls_cert and cluster.tls_key go together")
+        return self
+
+
 class Settings(_Section):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     transports: TransportSettings = Field(default_factory=TransportSettings)
     permissions: PermissionSettings = Field(default_factory=PermissionSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -113,6 +146,8 @@ class Settings(_Section):
 
 # KSI_<NAME> overrides daemon.<name>; lists are os.pathsep-separated (plugin dirs) or commas.
 _LIST_SEPARATORS = {"plugin_dirs": os.pathsep, "allowed_uids": ","}
+# The environment names of the cluster settings a node is started with (docs/CLUSTER.md).
+CLUSTER_ENVIRONMENT = {"KSI_CLUSTER_NATS_URL": "nats_url", "KSI_NODE_ID": "node_id"}
 
 
 def load_config(config_path: str | None = None, overrides: dict[str, Any] | None = None,
@@ -136,7 +171,12 @@ def load_config(config_path: str | None = None, overrides: dict[str, Any] | None
         if value is not None:
             daemon[name] = value
             origins[name] = "command line"
-    raw = {**raw, "daemon": daemon}
+    cluster = dict(raw.get("cluster") or {})
+    for variable, name in CLUSTER_ENVIRONMENT.items():
+        if environ.get(variable):
+            cluster[name] = environ[variable]
+            origins[f"cluster.{name}"] = f"environment {variable}"
+    raw = {**raw, "daemon": daemon, "cluster": cluster}
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -144,7 +184,7 @@ def load_config(config_path: str | None = None, overrides: dict[str, Any] | None
         for error in exc.errors(include_url=False):
             key = ".".join(str(part) for part in error["loc"])
             source = origins.get(error["loc"][1]) if len(error["loc"]) > 1 and \
-                error["loc"][0] == "daemon" else origin
+                error["loc"][0] == "daemon" else origins.get(key, origin)
             problems.append(f"{key}: {error['msg']} (from {source})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     config = settings.model_dump()

@@ -118,3 +118,12 @@ def ksi_queue_depths():
     event, on the event loop: return `len()` of what exists, compute nothing. Shown per plugin
     as `queues` in `system:metrics` and as `ksi_plugin_queue_depth{plugin, queue}`.
     """
+
+
+@hookspec
+def ksi_health_report():
+    """Sections to add to `system:health`: return {name: JSON-able dict}, at once (no I/O:
+    report what is already known). Called on every health request, so only plugins with
+    something a user must see there implement it (the cluster plugin: `cluster`). Costs nothing
+    when no plugin implements it.
+    """

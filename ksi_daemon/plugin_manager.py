@@ -55,6 +55,7 @@ BUILTIN_PLUGINS = {
 # Built-in plugins that exist only when their setting is on (with it off the daemon is as if
 # they had never been written: no events, no status line).
 OPTIONAL_BUILTINS = {
+    "cluster": ("ksi_daemon.plugins.cluster", lambda config: bool(config["cluster"]["nats_url"])),
     "compat": ("ksi_daemon.plugins.compat",
                lambda config: config["transports"]["unix"]["compatibility_mode"]),
 }

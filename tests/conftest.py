@@ -346,3 +346,40 @@ def run_python_blocks(blocks: list[str], socket_path, workdir: Path, name: str) 
         assert result.returncode == 0, f"{name} block {number}:\n{code}\n{result.stderr}"
         printed.append(result.stdout)
     return printed
+
+
+class LocalNats:
+    """A nats-server of the test's own: loopback, a free port, JetStream with
+    `sync_interval: always`, its data in the test's directory (kept across `restart`)."""
+
+    def __init__(self, directory: Path):
+        from ksi_daemon.control.local_nats import free_loopback_port
+        self.directory, self.port = directory, free_loopback_port()
+        self.process = None
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> "LocalNats":
+        from ksi_daemon.control.local_nats import start_nats_server
+        self.process, _url = start_nats_server(self.directory, self.port,
+                                               log_file=self.directory / "nats-server.log")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def nats_server(workdir):
+    server = LocalNats(workdir / "nats").start()
+    yield server
+    server.stop()

@@ -8,6 +8,7 @@ import sys
 
 from ..config import ConfigError, load_config
 from .backup import backup
+from .cluster_dev import cluster_dev
 from .install_service import install_service
 from .logs import logs
 from .migrate_state import migrate_state
@@ -20,7 +21,8 @@ from .start import start
 
 VERBS = {"start": start, "stop": stop, "restart": restart, "status": status, "health": health,
          "logs": logs, "migrate-state": migrate_state, "backup": backup, "restore": restore,
-         "install-service": install_service, "new-plugin": new_plugin}
+         "install-service": install_service, "new-plugin": new_plugin,
+         "cluster-dev": cluster_dev}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_verb.add_argument("name", metavar="NAME", help="the plugin's name and namespace")
     plugin_verb.add_argument("--dir", metavar="DIR",
                              help="the plugin directory it goes in (default ~/.ksi/plugins)")
+    cluster_verb = verbs.add_parser("cluster-dev", parents=[common],
+                                    help="a local nats-server and N daemons to try cluster mode")
+    cluster_verb.add_argument("what", metavar="N|stop",
+                              help="how many nodes to start, or `stop` to stop them")
     return parser
 
 

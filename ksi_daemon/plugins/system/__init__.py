@@ -54,6 +54,7 @@ class SystemPlugin(BasePlugin):
                                      context.hook("ksi_queue_depths"),
                                      trace_memory=settings["trace_memory"])
         self.metrics_address = settings["metrics_http"]
+        self.health_reports = context.hook("ksi_health_report")  # (the cluster's section)
         self.endpoint: MetricsEndpoint | None = None
 
     @hookimpl
@@ -98,12 +99,16 @@ class SystemPlugin(BasePlugin):
         first line of its error and where it arose) or runs but fails at something it needs, a
         full disk (`degraded` names those: PluginContext.report_degraded)."""
         counts = self.manager.counts()  # (cached until a plugin's state changes)
-        return {"status": "degraded" if counts["failed"] or counts["degraded"] else "healthy",
+        reply = {"status": "degraded" if counts["failed"] or counts["degraded"] else "healthy",
                 "uptime_s": round(_now() - self.started_at, 3),
                 "version": self.version, "pid": self.pid, "plugins": counts,
                 "connections": len(self.connections),
                 "failed_plugins": self._failed_plugins() if counts["failed"] else [],
                 "degraded": self._degraded_plugins() if counts["degraded"] else []}
+        if self.health_reports:  # (a tuple's truth: nothing more when nobody implements it)
+            for impl in self.health_reports.impls:
+                reply.update(impl.call())
+        return reply
 
     def _failed_plugins(self) -> list[dict]:
         # The first line of the reason is what fits a health line; system:plugins has it whole.

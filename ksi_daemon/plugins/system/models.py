@@ -78,6 +78,15 @@ class FailedPlugin(BaseModel):
     where: str = Field(description="file:line where the failure arose, else the plugin's source")
 
 
+class ClusterHealth(BaseModel):
+    node_id: str
+    nats_url: str
+    reachable: bool = Field(description="connected to a NATS server")
+    jetstream: bool = Field(description="JetStream answers and the state bucket is in use")
+    since: float = Field(description="when this last changed (seconds since the epoch)")
+    error: str | None = Field(description="why not, while it is not")
+
+
 class HealthReply(BaseModel):
     status: str = Field(description='"healthy", or "degraded" while a plugin has failed')
     uptime_s: float
@@ -87,6 +96,8 @@ class HealthReply(BaseModel):
     connections: int
     failed_plugins: list[FailedPlugin] = Field(default_factory=list)
     degraded: list[DegradedPlugin] = Field(default_factory=list)
+    cluster: ClusterHealth | None = Field(None, description="in cluster mode only "
+                                          "(docs/CLUSTER.md)")
 
 
 class EventDescription(BaseModel):

@@ -1,0 +1,53 @@
+"""The `cluster` plugin: this daemon as one node of a cluster on NATS JetStream.
+
+Loaded only when `cluster.nats_url` is set (KSI_CLUSTER_NATS_URL; plugin_manager.py's
+OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing imports nats. The
+plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
+events or a declared seam, so far one: the state plugin's `ksi_state_store` hook, answered
+with the KV store (kv_state.py). docs/CLUSTER.md has the design.
+"""
+from __future__ import annotations
+
+from ...plugin_base import BasePlugin, hookimpl
+from ...plugin_types import PluginCapabilities, PluginMetadata
+from .kv_state import KvStateStore
+from .node import ClusterNode
+
+
+class ClusterPlugin(BasePlugin):
+    def __init__(self):
+        super().__init__(
+            # Before the state plugin (priority 10), which asks it for the store at start.
+            PluginMetadata(name="cluster", version="0.1.0", priority=5,
+                           description="This daemon as a node of a cluster on NATS JetStream"),
+            PluginCapabilities(event_namespaces=[], provides_services=["cluster"]))
+        self.node: ClusterNode | None = None
+
+    @hookimpl
+    def ksi_startup(self, config, context):
+        settings = config["cluster"]
+        self.node = ClusterNode(settings, context.report_degraded)
+        self.state_store = KvStateStore(self.node, settings["state_bucket"],
+                                        settings["replicas"], settings["request_timeout_s"])
+        context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
+
+    @hookimpl
+    def ksi_state_store(self, config):
+        return self.state_store
+
+    @hookimpl
+    def ksi_ready(self, context):
+        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections.
+        return [self.node.run()]
+
+    @hookimpl
+    def ksi_health_report(self):
+        return {"cluster": self.node.health()}
+
+    @hookimpl
+    async def ksi_shutdown(self, context):
+        if self.node is not None:
+            await self.node.close()
+
+
+ksi_plugin = ClusterPlugin

@@ -1,0 +1,438 @@
+"""The state events' store in cluster mode: one JetStream KV bucket shared by every node.
+
+Every node holds a mirror of the bucket's live keys, fed by a watch of the whole bucket: reads
+are answered from it on the event loop (no round trip), writes go to NATS and are answered
+after JetStream acknowledged them, which is when the write is stored (docs/CLUSTER.md, "What
+an ack promises"). The writing node puts its own write into the mirror before answering, so it
+reads its writes at once; other nodes see it when the watch brings it (milliseconds on a LAN).
+
+Versions are KV revisions (the bucket stream's sequence of the key's last message): they
+grow with every write of a key but not by one, and `if_version` is the server's
+expected-last-subject-sequence check, so two nodes racing with the same version get exactly one
+success. One connection's requests take effect in order: writes of one key are chained, a read
+of a key waits for that key's writes queued before it, a clear waits for every write before it
+and everything after it waits for the clear.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import orjson
+import structlog
+
+from ...protocol import CONFLICT, UNAVAILABLE, KSIError
+from ..state.models import GLOBAL
+from .kv_keys import kv_key, state_key
+from . import kv_values
+
+# The server places a delete marker when a key's TTL removes it, so every node's watch learns
+# of the expiry; the marker itself is kept this long.
+EXPIRY_MARKER_KEEP_S = 60.0
+RETRIES_OF_A_RACE = 3  # a create over a deleted or expired key re-reads the key this often
+log = structlog.get_logger("ksi.plugin.cluster")
+
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_KV_OPERATION = "KV-Operation"
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed expected-sequence check
+
+
+class KvStateStore:
+    """A StateStore (ksi_daemon/plugins/state/store_seam.py) on the bucket `bucket`."""
+
+    def __init__(self, node, bucket: str, replicas: int, timeout_s: float):
+        self.node, self.bucket, self.replicas, self.timeout_s = node, bucket, replicas, timeout_s
+        self.live: dict[tuple, tuple] = {}  # (ns, key) -> (value JSON, revision, expires_at)
+        self.by_namespace: dict[str, set] = {}  # the live keys of each namespace
+        # The newest revision seen of each key, its deletes included: news older than what this
+        # node already knows (the watch bringing back our own write) changes nothing.
+        self.seen: dict[tuple, int] = {}
+        self.serving = False  # connected, the mirror reconciled, the watch running
+        self.js = self.kv = self.watcher = None
+        self.watching: asyncio.Task | None = None
+        self.tails: dict[tuple, asyncio.Task] = {}  # the last write queued of each key
+        self.barrier: asyncio.Task | None = None  # a clear in progress
+
+    # ---- the StateStore lifecycle ------------------------------------------------------------
+
+    async def open(self, announce_all, report_degraded) -> None:
+        self.announce_all = announce_all
+        self.node.listen(self)
+
+    def services(self) -> list:
+        return []  # the connection is the cluster plugin's service
+
+    async def close(self) -> None:
+        self.serving = False
+        await self._stop_watching()
+
+    def queue_depths(self) -> dict:
+        return {"writes_waiting": len(self.tails)}
+
+    def record_refusal(self, event_name, message, connection) -> None:
+        pass  # cluster mode keeps no audit yet (docs/CLUSTER.md); the refusal is logged
+
+    # ---- the connection comes and goes (a ClusterListener) -----------------------------------
+
+    async def cluster_up(self, js) -> None:
+        """Open (or create) the bucket and rebuild the mirror from it: what changed while this
+        node was away is announced as `state:changed`, then requests are served again."""
+        from nats.js.api import KeyValueConfig, StorageType
+        from nats.js.errors import BucketNotFoundError
+        try:
+            kv = await js.key_value(self.bucket)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(KeyValueConfig(
+                bucket=self.bucket, history=1, storage=StorageType.FILE,
+                replicas=self.replicas, limit_marker_ttl=EXPIRY_MARKER_KEEP_S))
+        await self._stop_watching()
+        watcher = await kv.watchall()
+        live, seen = {}, {}
+        while True:
+            entry = await watcher.updates(timeout=max(self.timeout_s, 10.0))
+            if entry is None:  # the initial values are all in
+                break
+            _apply_to(live, seen, entry)
+        self.js, self.kv, self.watcher = js, kv, watcher
+        changed = _differences(self.live, live)
+        self.live, self.seen = live, seen
+        self.by_namespace = {}
+        for namespace, key in live:
+            self.by_namespace.setdefault(namespace, set()).add(key)
+        self.watching = asyncio.ensure_future(self._follow(watcher))
+        self.serving = True
+        if changed:
+            self.announce_all("state:changed", changed)
+        log.info("cluster_state_reconciled", bucket=self.bucket, keys=len(live),
+                 changed=len(changed))
+
+    def cluster_down(self) -> None:
+        self.serving = False
+
+    async def _stop_watching(self) -> None:
+        if self.watching is not None:
+            self.watching.cancel()
+            self.watching = None
+        if self.watcher is not None:
+            watcher, self.watcher = self.watcher, None
+            try:
+                await asyncio.wait_for(watcher.stop(), self.timeout_s)
+            except Exception:  # noqa: BLE001 - the connection it lived on may be gone
+                pass
+
+    async def _follow(self, watcher) -> None:
+        """Every change made anywhere, in the bucket's order, into the mirror and announced."""
+        async for entry in watcher:
+            if entry is not None:
+                self._take(entry)
+
+    def _take(self, entry) -> None:
+        names = state_key(entry.key)
+        if names is None or entry.revision <= self.seen.get(names, 0):
+            return
+        self.seen[names] = entry.revision
+        namespace, key = names
+        if entry.operation in ("DEL", "PURGE"):
+            old = self._forget(names)
+            if old is not None:
+                op = "delete" if entry.operation == "DEL" else "expire"
+                self.announce_all("state:changed", [(None, {
+                    "namespace": namespace, "key": key, "version": old[1], "op": op})])
+            return
+        value_json, expires_at = kv_values.decode(entry.value)
+        self._store(names, (value_json, entry.revision, expires_at))
+        self.announce_all("state:changed", [(None, {
+            "namespace": namespace, "key": key, "version": entry.revision, "op": "set"})])
+
+    # ---- the mirror --------------------------------------------------------------------------
+
+    def _store(self, names: tuple, entry: tuple) -> None:
+        self.live[names] = entry
+        self.by_namespace.setdefault(names[0], set()).add(names[1])
+
+    def _forget(self, names: tuple) -> tuple | None:
+        old = self.live.pop(names, None)
+        if old is not None:
+            keys = self.by_namespace.get(names[0])
+            if keys is not None:
+                keys.discard(names[1])
+                if not keys:
+                    del self.by_namespace[names[0]]
+        return old
+
+    def _live_entry(self, names: tuple) -> tuple | None:
+        entry = self.live.get(names)
+        if entry is not None and entry[2] is not None and entry[2] <= time.time():
+            return None  # expired: absent, though the server's marker may not be here yet
+        return entry
+
+    def _check_serving(self) -> None:
+        if not self.serving:
+            raise KSIError(UNAVAILABLE, f"the cluster's state store is unreachable (NATS at "
+                           f"{self.node.nats_url}: {self.node.last_error or 'reconnecting'})")
+
+    # ---- order: what one connection sent before must take effect first ---------------------
+
+    def _queue(self, names: tuple, work) -> asyncio.Task:
+        task = asyncio.ensure_future(_after(self.tails.get(names) or self.barrier, work))
+        self.tails[names] = task
+        task.add_done_callback(lambda done: self.tails.get(names) is done
+                               and self.tails.pop(names))
+        return task
+
+    def _waiting_before(self, names: tuple | None):
+        """What a read must wait for: the writes of its key (None: every write) and a clear."""
+        if names is not None:
+            return self.tails.get(names) or self.barrier
+        pending = list(self.tails.values())
+        if self.barrier is not None:
+            pending.append(self.barrier)
+        return asyncio.gather(*pending, return_exceptions=True) if pending else None
+
+    # ---- the events --------------------------------------------------------------------------
+
+    def set(self, data: dict, ctx):
+        self._check_serving()
+        names = (data.get("namespace", GLOBAL), data["key"])
+        ttl_s, if_version = data.get("ttl_s"), data.get("if_version")
+        value_json = orjson.dumps(data["value"])
+        expires_at = None if ttl_s is None else time.time() + ttl_s
+        return self._queue(names, self._set(names, value_json, expires_at, ttl_s, if_version,
+                                            ctx.correlation_id))
+
+    async def _set(self, names, value_json, expires_at, ttl_s, if_version, correlation_id):
+        self._check_serving()
+        payload = kv_values.encode(value_json, expires_at)
+        # Whole seconds on the server, rounded up: the mirror hides the key at `expires_at`.
+        msg_ttl = None if ttl_s is None else max(1, math.ceil(ttl_s))
+        if if_version is None:
+            revision = await self._publish(names, payload, None, msg_ttl)
+        elif if_version > 0:
+            revision = await self._publish_if(names, payload, if_version, msg_ttl)
+        else:
+            revision = await self._create(names, payload, msg_ttl)
+        if revision > self.seen.get(names, 0):
+            self.seen[names] = revision
+            self._store(names, (value_json, revision, expires_at))
+        self._announce_after_reply(correlation_id, {
+            "namespace": names[0], "key": names[1], "version": revision, "op": "set"})
+        return {"namespace": names[0], "key": names[1], "version": revision}
+
+    async def _publish_if(self, names, payload, if_version, msg_ttl) -> int:
+        entry = self.live.get(names)
+        if entry is not None and entry[1] == if_version and entry[2] is not None \
+                and entry[2] <= time.time():
+            raise self._conflict(names, if_version, None)  # expired: the version is gone
+        try:
+            return await self._publish(names, payload, if_version, msg_ttl)
+        except _WrongLastSequence:
+            raise self._conflict(names, if_version, await self._current_version(names)) from None
+
+    async def _create(self, names, payload, msg_ttl) -> int:
+        """Write only if absent: absent on the server may still leave a message (a delete
+        marker, or a value past its expiry not yet removed), whose revision the write names."""
+        # Believed absent: over the last revision seen (a delete marker's, or 0); else the
+        # server says what is there (the mirror may lag behind another node's delete).
+        last = self.seen.get(names, 0) if names not in self.live \
+            else await self._absent_revision(names)
+        for _ in range(RETRIES_OF_A_RACE):
+            if last is None:
+                break
+            try:
+                return await self._publish(names, payload, last, msg_ttl)
+            except _WrongLastSequence:
+                last = await self._absent_revision(names)
+        raise self._conflict(names, 0, await self._current_version(names))
+
+    async def _absent_revision(self, names) -> int | None:
+        """The revision to write over if the key is absent (0: no message at all), None if it
+        is there."""
+        revision, absent = await self._server_entry(names)
+        return revision if absent else None
+
+    async def _current_version(self, names) -> int | None:
+        revision, absent = await self._server_entry(names)
+        return None if absent else revision
+
+    async def _server_entry(self, names) -> tuple[int, bool]:
+        """(revision of the key's last message, 0 if none; whether the key counts as absent)."""
+        from nats.js.errors import KeyNotFoundError
+        try:
+            entry = await self._ask(self.kv.get(kv_key(*names)))
+        except KeyNotFoundError as exc:
+            return (exc.entry.revision if exc.entry is not None else 0), True
+        _value, expires_at = kv_values.decode(entry.value or b"")
+        return entry.revision, expires_at is not None and expires_at <= time.time()
+
+    def _conflict(self, names, if_version, current) -> KSIError:
+        return KSIError(CONFLICT, f"{names[0]}:{names[1]} is at version {current}, not "
+                        f"{if_version}", details={"current_version": current})
+
+    def get(self, data: dict):
+        self._check_serving()
+        names = (data.get("namespace", GLOBAL), data["key"])
+        waiting = self._waiting_before(names)
+        if waiting is not None:
+            return asyncio.ensure_future(_after(waiting, self._answer_later(self._read, names)))
+        return self._read(names)
+
+    async def _answer_later(self, read, request):
+        """A read that waited for the writes before it: the connection may be gone by now."""
+        self._check_serving()
+        return read(request)
+
+    def _read(self, names) -> dict:
+        entry = self._live_entry(names)
+        if entry is None:
+            return {"namespace": names[0], "key": names[1], "found": False, "value": None,
+                    "version": None}
+        return {"namespace": names[0], "key": names[1], "found": True,
+                "value": orjson.loads(entry[0]), "version": entry[1]}
+
+    def delete(self, data: dict, ctx):
+        self._check_serving()
+        names = (data.get("namespace", GLOBAL), data["key"])
+        return self._queue(names, self._delete(names, ctx.correlation_id))
+
+    async def _delete(self, names, correlation_id) -> dict:
+        self._check_serving()
+        for _ in range(RETRIES_OF_A_RACE):
+            revision, absent = await self._server_entry(names)
+            if absent:
+                return {"deleted": False}
+            try:
+                marker = await self._publish(names, b"", revision, None, delete=True)
+            except _WrongLastSequence:
+                continue  # written meanwhile elsewhere: delete what is there now
+            if marker > self.seen.get(names, 0):
+                self.seen[names] = marker
+                self._forget(names)
+            self._announce_after_reply(correlation_id, {
+                "namespace": names[0], "key": names[1], "version": revision, "op": "delete"})
+            return {"deleted": True}
+        raise KSIError(CONFLICT, f"{names[0]}:{names[1]} kept changing while being deleted")
+
+    def list(self, data):
+        self._check_serving()
+        waiting = self._waiting_before(None)
+        if waiting is not None:
+            return asyncio.ensure_future(_after(waiting, self._answer_later(self._list, data)))
+        return self._list(data)
+
+    def _list(self, data) -> dict:
+        namespace, prefix = data.namespace, data.prefix
+        keys = sorted(key for key in self.by_namespace.get(namespace, ())
+                      if key.startswith(prefix)
+                      and self._live_entry((namespace, key)) is not None)[:data.limit]
+        return {"keys": keys, "count": len(keys)}
+
+    def clear(self, data, ctx):
+        self._check_serving()
+        barrier = asyncio.ensure_future(_after(self._waiting_before(None),
+                                               self._clear(data.namespace, ctx.correlation_id)))
+        self.barrier = barrier
+        barrier.add_done_callback(lambda done: self.barrier is done
+                                  and setattr(self, "barrier", None))
+        return barrier
+
+    async def _clear(self, namespace, correlation_id) -> dict:
+        """Deletes each key of the namespace this node knows of (a key written on another node
+        within the watch's delay may be missed: docs/CLUSTER.md)."""
+        self._check_serving()
+        names = [(namespace, key) for key in self.by_namespace.get(namespace, ())]
+        live = [n for n in names if self._live_entry(n) is not None]
+        markers = await asyncio.gather(*(self._publish(n, b"", None, None, delete=True)
+                                         for n in names))
+        for n, marker in zip(names, markers):
+            if marker > self.seen.get(n, 0):
+                self.seen[n] = marker
+                self._forget(n)
+        if live:
+            self._announce_after_reply(correlation_id, {
+                "namespace": namespace, "key": None, "version": None, "op": "clear",
+                "deleted": len(live)})
+        return {"deleted": len(live)}
+
+    def audit(self, data) -> dict:
+        return {"enabled": False, "entries": [], "count": 0}
+
+    # ---- talking to NATS ---------------------------------------------------------------------
+
+    async def _publish(self, names, payload: bytes, last: int | None, msg_ttl, *,
+                       delete: bool = False) -> int:
+        """Publish one message on the key's subject; its revision once JetStream stored it."""
+        from nats.js.errors import APIError
+        headers = {}
+        if last is not None:
+            headers[_EXPECTED_LAST] = str(last)
+        if delete:
+            headers[_KV_OPERATION] = "DEL"
+        try:
+            ack = await self._ask(self.js.publish(
+                f"$KV.{self.bucket}.{kv_key(*names)}", payload, timeout=self.timeout_s,
+                headers=headers or None, msg_ttl=msg_ttl))
+        except APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise _WrongLastSequence() from None
+            raise KSIError(UNAVAILABLE, f"JetStream refused the write: {exc}") from None
+        return ack.seq
+
+    async def _ask(self, request):
+        """Await one request to NATS, bounded: anything but an answer is `unavailable`."""
+        import nats.errors
+        from nats.js.errors import APIError
+        try:
+            return await asyncio.wait_for(request, self.timeout_s)
+        except APIError:
+            raise
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            raise KSIError(UNAVAILABLE, f"the cluster's state store did not answer "
+                           f"({type(exc).__name__}: {exc}); NATS at {self.node.nats_url}") \
+                from None
+
+    def _announce_after_reply(self, correlation_id, data: dict) -> None:
+        """`state:changed` follows the write's reply (PROTOCOL.md §1): the reply is written by
+        the task's done callback, scheduled when this coroutine returns, so the announcement
+        goes one loop turn later than a plain call_soon would."""
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self.announce_all, "state:changed",
+                       [(correlation_id, data)])
+
+
+class _WrongLastSequence(Exception):
+    """The key is not at the revision the write expected."""
+
+
+async def _after(waiting, work):
+    """Run `work` once what it must follow has finished, whatever that ended in."""
+    if waiting is not None:
+        await asyncio.wait([asyncio.ensure_future(waiting)])
+    return await work
+
+
+def _apply_to(live: dict, seen: dict, entry) -> None:
+    names = state_key(entry.key)
+    if names is None:
+        return
+    seen[names] = entry.revision
+    if entry.operation in ("DEL", "PURGE"):
+        live.pop(names, None)
+    else:
+        value_json, expires_at = kv_values.decode(entry.value)
+        live[names] = (value_json, entry.revision, expires_at)
+
+
+def _differences(before: dict, after: dict) -> list:
+    """`state:changed` for what a rebuilt mirror holds differently from the one before."""
+    changed = []
+    for names, entry in after.items():
+        old = before.get(names)
+        if old is None or old[1] != entry[1]:
+            changed.append((None, {"namespace": names[0], "key": names[1],
+                                   "version": entry[1], "op": "set"}))
+    for names, old in before.items():
+        if names not in after:
+            changed.append((None, {"namespace": names[0], "key": names[1],
+                                   "version": old[1], "op": "delete"}))
+    return changed
