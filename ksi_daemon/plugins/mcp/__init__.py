@@ -19,22 +19,14 @@ from pathlib import Path
 
 import orjson
 
-from ksi_mcp.callers import Caller
-from ksi_mcp.catalog import Exposure
-from ksi_mcp.server import FOLLOWED, ToolServer
-
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from ...private_files import write_owner_only
 from ...protocol import NOT_FOUND, UNAVAILABLE, KSIError
-from .http import HttpEndpoint, bind_loopback, caller_of
-from .in_daemon import EventsThroughContext
 from .models import (AgentConfigReply, AgentConfigRequest, ForgetAgentReply, ForgetAgentRequest,
                      StatusReply, StatusRequest)
-from .pushes import PushInbox
 from .settings import McpSettings, NotLoopback, loopback_address
-from .tokens import TokenBook
 
 SERVER_NAME = "ksi"  # the name hosts and agents know the server by: tools mcp__ksi__<tool>
 TOKEN_FILE = "http.token"
@@ -48,8 +40,7 @@ class McpPlugin(BasePlugin):
                            description="KSI's events as MCP tools over streamable HTTP",
                            dependencies=["system"]),
             PluginCapabilities(event_namespaces=["mcp"], provides_services=["mcp"]))
-        self.endpoint: HttpEndpoint | None = None
-        self.inbox: PushInbox | None = None
+        self.endpoint = self.inbox = self.book = None  # set when the endpoint serves
 
     @hookimpl
     def ksi_startup(self, config, context):
@@ -72,21 +63,13 @@ class McpPlugin(BasePlugin):
         if self.address is None:
             context.log.info("mcp_http_off", enable='plugins.mcp.http: "127.0.0.1:PORT"')
             return None
-        sock = bind_loopback(*self.address)  # a port in use fails this plugin, nothing else
-        self.book = TokenBook()
-        host = Caller(Exposure(tuple(self.settings.allow), tuple(self.settings.deny)))
-        server = ToolServer(EventsThroughContext(context, self.socket_path), host.exposure,
-                            call_timeout_s=self.settings.call_timeout_s,
-                            version=self.metadata.version, caller_of=caller_of(self.book),
-                            events_only=False)
-        self.endpoint = HttpEndpoint(server, self.book, sock)
+        from .serving import Serving  # (the MCP SDK: imported only when the endpoint is on)
+        serving = Serving(context, self.settings, self.address, self.socket_path,
+                          self.metadata.version)
+        self.endpoint, self.book, self.inbox = serving.endpoint, serving.book, serving.inbox
         self._forget_agent_configs()
-        write_owner_only(self.token_file, self.book.new_host_token(host).encode() + b"\n")
-        self.inbox = PushInbox(server.on_push, context.log)
-        self.inbox.start()
-        await context.emit("system:subscribe", {"patterns": list(FOLLOWED)},
-                           connection=self.inbox)
-        await server.refresh_catalog(tell_hosts=False)
+        write_owner_only(self.token_file, self.book.new_host_token(serving.host).encode() + b"\n")
+        await serving.follow(context)
         context.log.info("mcp_http_listening", url=self.endpoint.url,
                          token_file=str(self.token_file))
         return self.endpoint.serve()
