@@ -112,8 +112,9 @@ def test_status_of_a_stopped_daemon_is_not_running(control):  # noqa: F811
     pid = control.started()
     os.kill(pid, signal.SIGSTOP)
     try:
-        result = control.run("status")
-        report = orjson.loads(control.run("status", "--json").stdout)
+        # (a stopped process never answers: wait 1 s for it, not the default 5)
+        result = control.run("status", "--timeout", "1")
+        report = orjson.loads(control.run("status", "--json", "--timeout", "1").stdout)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert result.returncode == 4, result.stdout + result.stderr

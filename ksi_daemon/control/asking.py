@@ -31,8 +31,8 @@ def query(socket_path: str, event: str, data: dict | None = None,
     return reply.get("data") or {}
 
 
-def health_or_none(socket_path: str) -> dict | None:
+def health_or_none(socket_path: str, timeout: float = QUERY_TIMEOUT_S) -> dict | None:
     try:
-        return query(socket_path, "system:health")
+        return query(socket_path, "system:health", timeout=timeout)
     except (DaemonUnreachable, DaemonRefused):
         return None

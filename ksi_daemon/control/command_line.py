@@ -7,6 +7,7 @@ import signal
 import sys
 
 from ..config import ConfigError, load_config
+from .asking import QUERY_TIMEOUT_S
 from .backup import backup
 from .cluster_dev import cluster_dev
 from .install_service import install_service
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                           ("health", "the daemon's system:health reply")):
         verb = verbs.add_parser(name, parents=[common], help=summary)
         verb.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        verb.add_argument("--timeout", type=positive_seconds, default=QUERY_TIMEOUT_S,
+                          metavar="SECONDS", help="how long to wait for the daemon's answer "
+                                                  f"(default {QUERY_TIMEOUT_S:g})")
     log_verb = verbs.add_parser("logs", parents=[common], help="show var/logs/daemon.log")
     log_verb.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
     log_verb.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_verb.add_argument("what", metavar="N|stop",
                               help="how many nodes to start, or `stop` to stop them")
     return parser
+
+
+def positive_seconds(text: str) -> float:
+    value = non_negative_seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
 
 
 def non_negative_seconds(text: str) -> float:

@@ -16,7 +16,7 @@ STATUS_STALE_PID_FILE, STATUS_NOT_RUNNING, STATUS_NOT_ANSWERING = 1, 3, 4
 def health(config: dict, args: argparse.Namespace) -> int:
     socket_path = config["daemon"]["socket_path"]
     try:
-        data = query(socket_path, "system:health")
+        data = query(socket_path, "system:health", timeout=args.timeout)
     except DaemonUnreachable as exc:
         error(f"KSI is not running or not answering: {exc}")
         return EXIT_FAILED
@@ -40,11 +40,11 @@ def health(config: dict, args: argparse.Namespace) -> int:
 
 def status(config: dict, args: argparse.Namespace) -> int:
     socket_path = config["daemon"]["socket_path"]
-    data = health_or_none(socket_path)
+    data = health_or_none(socket_path, args.timeout)
     if data is None:
         return report_not_running(config, args.json)
     try:
-        plugins = query(socket_path, "system:plugins").get("plugins", [])
+        plugins = query(socket_path, "system:plugins", timeout=args.timeout).get("plugins", [])
         plugins_error = None
     except (DaemonUnreachable, DaemonRefused) as exc:
         plugins, plugins_error = None, str(exc)
