@@ -62,6 +62,7 @@ class SqliteStateStore:
         # Per namespace, the clears queued or committing: until they commit, every read of the
         # namespace waits behind them in the writer's queue (see `get`).
         self.clearing: dict[str, int] = {}
+        self.refusals_queued = 0  # audit rows of permission refusals not committed yet
         log.info("state_database_open", path=str(self.path),
                  synchronous=settings.synchronous.upper(), audit=settings.audit)
 
@@ -232,7 +233,8 @@ class SqliteStateStore:
 
     def audit(self, data: AuditRequest):
         """The append-only record of changes (when `plugins.state.audit` is on), oldest first."""
-        if self.cache.pending or self.clearing:  # as `list`: behind the writes queued before it
+        # as `list`: behind the writes queued before it (refusals recorded included)
+        if self.cache.pending or self.clearing or self.refusals_queued:
             return self.writer.submit(audit_in_order, self.audit_enabled, data.namespace,
                                       data.key, data.limit)
         entries = self.reader.audit(data.namespace, data.key, data.limit)
@@ -275,9 +277,14 @@ class SqliteStateStore:
         who = (connection.peer_pid, connection.peer_uid, None, None) if connection is not None \
             else (None, None, None, None)
         try:
-            self.writer.submit(record_refusal, event_name, message, who)
+            self.writer.submit(record_refusal, event_name, message, who,
+                               on_commit=self._refusal_recorded)
         except WriterStopped:
-            pass
+            return
+        self.refusals_queued += 1
+
+    def _refusal_recorded(self, _result, _error) -> None:
+        self.refusals_queued -= 1
 
 
 class SettledAs:
