@@ -225,6 +225,7 @@ def test_logs_audit_exports_the_state_audit(control):
     control.started()
     control.request("state:set", {"namespace": "notes", "key": "k", "value": 1},)
     control.request("agent:inbox", {"agent_id": "a", "message_id": "m", "content": "forged"})
+    control.request("state:audit", {})  # answered once the refusal's row is committed
     shown = control.run("logs", "--audit")
     raw = control.run("logs", "--audit", "--raw", "-n", "1")
     assert shown.returncode == 0 and raw.returncode == 0, shown.stderr + raw.stderr
