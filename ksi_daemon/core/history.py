@@ -9,7 +9,8 @@ data at most, however big the requests were (PROTOCOL.md, "History").
 Measuring costs nothing where the size is already known: a request's line, a push's encoded
 line. Data a plugin emits is measured by `estimated_size`: orjson's encoding, in C, is about ten
 times quicker than walking the data in Python (a timeit of a completion's turn of four
-messages here, session 10: 0.8 against 9.5 µs); data orjson cannot encode is walked, the walk stopping once past the limit.
+messages here, session 10: 0.8 against 9.5 µs); data orjson cannot encode is walked, the
+walk stopping once past the limit.
 """
 from __future__ import annotations
 
