@@ -57,7 +57,11 @@ class ToolExecutor:
             raise KSIError(FORBIDDEN, f"{call.agent_id or 'this caller'} may not call {tool.name}")
         timeout_s = call.timeout_s or tool.timeout_s or self._default_timeout_s
         try:
-            result = await asyncio.wait_for(tool.run(seen.arguments, call.agent_id), timeout_s)
+            # In this task, not a new one as wait_for would make: a task starts a loop pass
+            # later, behind whatever the model call just scheduled (litellm's success logging,
+            # ~0.4 ms), and the next model call would wait for all of it.
+            async with asyncio.timeout(timeout_s):
+                result = await tool.run(seen.arguments, call.agent_id)
         except TimeoutError:
             raise KSIError(TIMEOUT, f"{tool.name} did not finish in {timeout_s} s") from None
         try:
