@@ -1,7 +1,7 @@
 """Tool-loop benchmark: what the daemon's tool loop adds per step, against the same loop written
 with litellm directly, and the daemon's memory over a 1,000-step run.
 
-    .venv/bin/python bench/tool_loop_bench.py [--calls 200 --warmup 20 --memory-steps 1000]
+    .venv/bin/python bench/tool_loop_bench.py [--calls 200 --warmup 20 --block 10 --memory-steps 1000]
 
 Both paths call the same local OpenAI-compatible server (tests/fake_openai_server.py, its own
 process) in the same run, as bench/completion_bench.py does, with the same tool: `state:get`
@@ -16,8 +16,12 @@ as the daemon offers it (its `tools:list` entry is the direct path's tool defini
    - `daemon, no tools`: `completion:request` over the Unix socket;
    - `daemon, 1 step`: `completion:request` with `tools: ["state:get"]`, which runs the same
      two model calls and `state:get` through the tool loop (journal, tools:execute, pushes).
-   Each request is a new session, so each turn is stored in the conversation store too. The
-   loop's overhead per step is (daemon 1 step - direct 1 step) - (daemon no tools - direct no
+   Each request is a new session, so each turn is stored in the conversation store too, after
+   the reply: that store is still running when the next request arrives. So the kinds run in
+   blocks of `--block` requests of one kind (the blocks' order rotating each round), and every
+   daemon request follows one of its own kind: a request alternating with another kind would be
+   charged the other kind's leftover work (a 1-step request after a plain one measured 0.7 ms
+   slower at its first model call than after a 1-step one). The loop's overhead per step is (daemon 1 step - direct 1 step) - (daemon no tools - direct no
    tools): what a step adds on top of what a plain completion adds. Medians; goal < 1 ms.
 2. Memory. The daemon's RSS (/proc/PID/status VmRSS) before and after `--memory-steps` tool
    steps, then after as many again: requests to a model that asks for the tool after every
@@ -108,7 +112,7 @@ def through_daemon(conn: Connection, tools: bool):
 
 
 async def measure_steps(conn: Connection, direct: DirectLoop, calls: int,
-                        warmup: int) -> dict[str, float]:
+                        warmup: int, block: int) -> dict[str, float]:
     paths = {"direct, no tools": direct.plain, "direct, 1 step": direct.one_step,
              "daemon, no tools": through_daemon(conn, False),
              "daemon, 1 step": through_daemon(conn, True)}
@@ -119,11 +123,12 @@ async def measure_steps(conn: Connection, direct: DirectLoop, calls: int,
             await run()
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
-    for i in range(calls):
+    for i in range(max(1, calls // block)):
         for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates
-            started = time.perf_counter()
-            await paths[name]()
-            seconds[name].append(time.perf_counter() - started)
+            for _ in range(block):
+                started = time.perf_counter()
+                await paths[name]()
+                seconds[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) * 1000 for name, values in seconds.items()}
 
 
@@ -158,7 +163,7 @@ async def main_async(args) -> None:
         litellm.suppress_debug_info = True
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)
         direct = DirectLoop(litellm, api_base, tool, {("bench", "answer"): 7731})
-        ms = await measure_steps(conn, direct, args.calls, args.warmup)
+        ms = await measure_steps(conn, direct, args.calls, args.warmup, args.block)
         print(f"{args.calls} sequential requests of each kind (median ms):")
         for name, value in ms.items():
             print(f"  {name:<18} {value:8.3f} ms")
@@ -194,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--block", type=int, default=10,
+                        help="requests of one kind in a row (see the docstring)")
     parser.add_argument("--memory-steps", type=int, default=1000)
     parser.add_argument("--steps-per-request", type=int, default=50,
                         help="max_tool_steps of the memory run's requests (at most 64)")
