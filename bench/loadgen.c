@@ -3,7 +3,7 @@
        cc -O2 -o loadgen bench/loadgen.c
        ./loadgen --socket PATH [--event system:health] [--data '{}'] [--connections 16]
                  [--depth 1] [--burst 0|1] [--warmup 1] [--duration 5] [--cpu N]
-                 [--server-pid PID]
+                 [--server-pid PID] [--key-per-connection 0|1]
 
    The same measurement as bench/loadgen.py, written so that the client is never the bottleneck:
    a Python client saturates near 120k requests/s and hides the gap between two fast servers.
@@ -16,7 +16,9 @@
    request, matched by correlation id ("<connection>-<number>"). Only replies arriving inside
    the measuring window count. Prints one JSON object with the keys loadgen.py prints, and
    with --server-pid also the server's minor page faults per request: memory the server's
-   allocator handed back to the kernel and touched again (bench/README.md).
+   allocator handed back to the kernel and touched again (bench/README.md). With
+   --key-per-connection 1 each connection's data (a JSON object) also holds "key": "c<index>",
+   so that writes of different connections go to different keys.
 */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -44,12 +46,14 @@ typedef struct {
     char *out;              /* requests not yet accepted by the socket */
     size_t out_len, out_cap;
     int want_write;
+    char *data;             /* this connection's request data */
 } Conn;
 
 static const char *event = "system:health";
 static const char *data = "{}";
 static int measuring = 0;
 static int burst = 0, burst_size = 1;
+static int key_per_connection = 0;
 static uint64_t *latencies;
 static size_t latencies_len, latencies_cap;
 static long errors, unmatched;
@@ -117,7 +121,7 @@ static void queue_requests(Conn *c, int count, uint64_t now) {
         uint64_t id = ++c->next_id;
         int n = snprintf(line, sizeof line,
                          "{\"event\":\"%s\",\"data\":%s,\"correlation_id\":\"%d-%llu\"}\n",
-                         event, data, c->index, (unsigned long long)id);
+                         event, c->data, c->index, (unsigned long long)id);
         append(&c->out, &c->out_len, &c->out_cap, line, (size_t)n);
         c->sent_at[id % SENT_SLOTS] = now;
     }
@@ -255,12 +259,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(flag, "--cpu")) cpu = atoi(value);
         else if (!strcmp(flag, "--server-pid")) server_pid = atol(value);
         else if (!strcmp(flag, "--burst")) burst = atoi(value);
+        else if (!strcmp(flag, "--key-per-connection")) key_per_connection = atoi(value);
         else { fprintf(stderr, "unknown flag %s\n", flag); return 2; }
     }
     if (!socket_path || connections < 1 || depth < 1 || depth >= SENT_SLOTS) {
         fprintf(stderr, "usage: %s --socket PATH [--event E] [--data JSON] [--connections N] "
                         "[--depth N] [--burst 0|1] [--warmup S] [--duration S] [--cpu N] "
-                        "[--server-pid PID]\n",
+                        "[--server-pid PID] [--key-per-connection 0|1]\n",
                 argv[0]);
         return 2;
     }
@@ -278,6 +283,16 @@ int main(int argc, char **argv) {
     for (int i = 0; i < connections; i++) {
         Conn *c = &conns[i];
         c->index = i;
+        c->data = (char *)data;
+        if (key_per_connection) { /* {"key":"c<i>", then the rest of the object */
+            const char *rest = strchr(data, '{');
+            if (!rest) { fprintf(stderr, "--key-per-connection needs --data to be an object\n"); return 2; }
+            rest++;
+            while (*rest == ' ') rest++;
+            size_t size = strlen(rest) + 32;
+            c->data = malloc(size);
+            snprintf(c->data, size, "{\"key\":\"c%d\"%s%s", i, *rest == '}' ? "" : ",", rest);
+        }
         c->sent_at = calloc(SENT_SLOTS, sizeof *c->sent_at);
         c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
         if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {

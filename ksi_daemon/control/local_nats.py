@@ -33,7 +33,7 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_config(directory: Path, port: int) -> Path:
+def write_config(directory: Path, port: int, sync_interval: str = "always") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "nats-server.conf"
     config.write_text(
@@ -41,17 +41,17 @@ def write_config(directory: Path, port: int) -> Path:
         f'server_name: "ksi_local_{port}"\n'
         "jetstream {\n"
         f'  store_dir: "{directory / "jetstream"}"\n'
-        "  sync_interval: always\n"
+        f"  sync_interval: {sync_interval}\n"
         "}\n")
     return config
 
 
-def start_nats_server(directory: Path, port: int | None = None, log_file: Path | None = None
-                      ) -> tuple[subprocess.Popen, str]:
+def start_nats_server(directory: Path, port: int | None = None, log_file: Path | None = None,
+                      sync_interval: str = "always") -> tuple[subprocess.Popen, str]:
     """Start it (data under `directory`, kept across restarts on the same port); return the
     process and its URL once it accepts connections."""
     port = port or free_loopback_port()
-    config = write_config(directory, port)
+    config = write_config(directory, port, sync_interval)
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=output,
                                stderr=subprocess.STDOUT, start_new_session=True)
