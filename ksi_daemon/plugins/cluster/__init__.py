@@ -3,13 +3,15 @@
 Loaded only when `cluster.nats_url` is set (KSI_CLUSTER_NATS_URL; plugin_manager.py's
 OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing imports nats. The
 plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
-events or a declared seam, so far one: the state plugin's `ksi_state_store` hook, answered
-with the KV store (kv_state.py). docs/CLUSTER.md has the design.
+events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV
+store (kv_state.py), and the conversation plugin's `ksi_conversation_store`, answered with the
+stream of turns (conversation_log.py). docs/CLUSTER.md has the design.
 """
 from __future__ import annotations
 
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
+from .conversation_log import JetStreamConversations
 from .kv_state import KvStateStore
 from .node import ClusterNode
 
@@ -34,6 +36,13 @@ class ClusterPlugin(BasePlugin):
     @hookimpl
     def ksi_state_store(self, config):
         return self.state_store
+
+    @hookimpl
+    def ksi_conversation_store(self, config, open_local_copy):
+        settings = config["cluster"]
+        return JetStreamConversations(self.node, open_local_copy(),
+                                      settings["conversation_stream"], settings["replicas"],
+                                      settings["request_timeout_s"])
 
     @hookimpl
     def ksi_ready(self, context):
