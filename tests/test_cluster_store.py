@@ -79,3 +79,46 @@ def test_conversation_errors_stay_coded_on_any_node(two_nodes):
         "not_found"
     assert error_of(b.request("conversation:search", {"query": 'AND (', "syntax": "fts5"}))["code"] == \
         "validation_error"
+
+
+# ---- state:clear across nodes ---------------------------------------------------------------
+
+def test_a_clear_on_one_node_clears_what_any_node_wrote_before_it(workdir, nats_server,
+                                                                   two_nodes):
+    a, b = two_nodes
+    with b.client() as writer:
+        for i in range(30):  # acknowledged on B, then cleared on A at once: A's mirror may
+            data_of(writer.request("state:set", {"namespace": "scratch", "key": f"k{i}",
+                                                 "value": i}))  # not have all of them yet
+    data_of(a.request("state:set", {"namespace": "kept", "key": "k", "value": 1}))
+    assert data_of(a.request("state:clear", {"namespace": "scratch"})) == {"deleted": 30}
+    for node in (a, b):
+        assert data_of(node.request("state:list", {"namespace": "scratch"}))["keys"] == []
+    assert data_of(b.request("state:get", {"namespace": "kept", "key": "k"}))["value"] == 1
+    # Written after the clear: stays.
+    data_of(b.request("state:set", {"namespace": "scratch", "key": "after", "value": 2}))
+    wait_for(lambda: data_of(a.request("state:get", {"namespace": "scratch",
+                                                     "key": "after"}))["found"])
+    # A node starting afresh reads the bucket itself: the cleared keys are gone from NATS.
+    c = start_node(workdir, nats_server, "node-c")
+    try:
+        assert data_of(c.request("state:list", {"namespace": "scratch"}))["keys"] == ["after"]
+        assert data_of(c.request("state:set", {"namespace": "scratch", "key": "k3",
+                                               "value": "new", "if_version": 0}))
+    finally:
+        c.stop()
+
+
+def test_other_nodes_announce_the_cleared_keys_as_deletes(two_nodes):
+    a, b = two_nodes
+    data_of(a.request("state:set", {"namespace": "gone", "key": "x", "value": 1}))
+    wait_for(lambda: data_of(b.request("state:get", {"namespace": "gone", "key": "x"}))["found"])
+    with b.client() as watcher, a.client() as clearer:
+        watcher.request("system:subscribe", {"patterns": ["state:changed"]})
+        clearer.request("system:subscribe", {"patterns": ["state:changed"]})
+        assert data_of(clearer.request("state:clear", {"namespace": "gone"})) == {"deleted": 1}
+        on_a = clearer.recv()
+        assert on_a["event"] == "state:changed" and on_a["data"]["op"] == "clear"
+        on_b = watcher.recv()
+        assert on_b["data"] == {"namespace": "gone", "key": "x", "version": on_b["data"][
+            "version"], "op": "delete"}

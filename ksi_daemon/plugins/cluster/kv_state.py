@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 
 import orjson
@@ -24,7 +25,8 @@ import structlog
 
 from ...protocol import CONFLICT, UNAVAILABLE, KSIError
 from ..state.models import GLOBAL
-from .kv_keys import kv_key, state_key
+from .kv_keys import (clear_marker_key, cleared_namespace, kv_key, namespace_filter,
+                      state_key)
 from . import kv_values
 
 # The server places a delete marker when a key's TTL removes it, so every node's watch learns
@@ -48,6 +50,10 @@ class KvStateStore:
         # The newest revision seen of each key, its deletes included: news older than what this
         # node already knows (the watch bringing back our own write) changes nothing.
         self.seen: dict[tuple, int] = {}
+        # The revision of each namespace's last clear marker: a key of the namespace written
+        # before it is gone, whenever the news of that key arrives.
+        self.cleared_below: dict[str, int] = {}
+        self.clears_waiting: dict[str, asyncio.Future] = {}  # this node's clears, by clear id
         self.serving = False  # connected, the mirror reconciled, the watch running
         self.js = self.kv = self.watcher = None
         self.watching: asyncio.Task | None = None
@@ -88,15 +94,18 @@ class KvStateStore:
                 replicas=self.replicas, limit_marker_ttl=EXPIRY_MARKER_KEEP_S))
         await self._stop_watching()
         watcher = await kv.watchall()
-        live, seen = {}, {}
+        live, seen, cleared_below = {}, {}, {}
         while True:
             entry = await watcher.updates(timeout=max(self.timeout_s, 10.0))
             if entry is None:  # the initial values are all in
                 break
-            _apply_to(live, seen, entry)
+            _apply_to(live, seen, cleared_below, entry)
         self.js, self.kv, self.watcher = js, kv, watcher
+        # A clear whose node died between its marker and its purge: purged now (idempotent).
+        for namespace, marker in cleared_below.items():
+            await self._purge_before(namespace, marker)
         changed = _differences(self.live, live)
-        self.live, self.seen = live, seen
+        self.live, self.seen, self.cleared_below = live, seen, cleared_below
         self.by_namespace = {}
         for namespace, key in live:
             self.by_namespace.setdefault(namespace, set()).add(key)
@@ -129,7 +138,13 @@ class KvStateStore:
 
     def _take(self, entry) -> None:
         names = state_key(entry.key)
-        if names is None or entry.revision <= self.seen.get(names, 0):
+        if names is None:
+            namespace = cleared_namespace(entry.key)
+            if namespace is not None and entry.operation not in ("DEL", "PURGE"):
+                self._take_clear(namespace, entry)
+            return
+        if entry.revision <= self.seen.get(names, 0) or \
+                entry.revision < self.cleared_below.get(names[0], 0):
             return
         self.seen[names] = entry.revision
         namespace, key = names
@@ -144,6 +159,32 @@ class KvStateStore:
         self._store(names, (value_json, entry.revision, expires_at))
         self.announce_all("state:changed", [(None, {
             "namespace": namespace, "key": key, "version": entry.revision, "op": "set"})])
+
+    def _take_clear(self, namespace: str, entry) -> None:
+        """A clear marker, from whichever node: every key of the namespace written before it
+        goes. The watch brings the bucket in order, so the mirror holds all of them by now."""
+        marker = entry.revision
+        self.cleared_below[namespace] = max(marker, self.cleared_below.get(namespace, 0))
+        gone = []
+        for key in list(self.by_namespace.get(namespace, ())):
+            old = self.live[(namespace, key)]
+            if old[1] < marker:
+                if self._live_entry((namespace, key)) is not None:
+                    gone.append((key, old[1]))
+                self._forget((namespace, key))
+        try:
+            clear_id = orjson.loads(entry.value).get("clear_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            clear_id = None
+        waiting = self.clears_waiting.pop(clear_id, None)
+        if waiting is not None:  # this node's own clear: it announces one `clear` itself
+            if not waiting.done():
+                waiting.set_result(len(gone))
+            return
+        if gone:
+            self.announce_all("state:changed", [(None, {
+                "namespace": namespace, "key": key, "version": version, "op": "delete"})
+                for key, version in gone])
 
     # ---- the mirror --------------------------------------------------------------------------
 
@@ -212,7 +253,8 @@ class KvStateStore:
             revision = await self._publish_if(names, payload, if_version, msg_ttl)
         else:
             revision = await self._create(names, payload, msg_ttl)
-        if revision > self.seen.get(names, 0):
+        if revision > self.seen.get(names, 0) and \
+                revision > self.cleared_below.get(names[0], 0):
             self.seen[names] = revision
             self._store(names, (value_json, revision, expires_at))
         self._announce_after_reply(correlation_id, {
@@ -337,22 +379,48 @@ class KvStateStore:
         return barrier
 
     async def _clear(self, namespace, correlation_id) -> dict:
-        """Deletes each key of the namespace this node knows of (a key written on another node
-        within the watch's delay may be missed: docs/CLUSTER.md)."""
+        """Clear the namespace for the whole cluster: a marker in the bucket, whose revision
+        splits the bucket's order in two (every key of the namespace written before it goes,
+        on every node, whenever its news arrives), then a purge of what came before it from
+        the bucket's stream. `deleted` counts the live keys the marker removed."""
         self._check_serving()
-        names = [(namespace, key) for key in self.by_namespace.get(namespace, ())]
-        live = [n for n in names if self._live_entry(n) is not None]
-        markers = await asyncio.gather(*(self._publish(n, b"", None, None, delete=True)
-                                         for n in names))
-        for n, marker in zip(names, markers):
-            if marker > self.seen.get(n, 0):
-                self.seen[n] = marker
-                self._forget(n)
-        if live:
+        clear_id = os.urandom(8).hex()
+        waiting = asyncio.get_running_loop().create_future()
+        self.clears_waiting[clear_id] = waiting
+        try:
+            marker = await self._publish_marker(namespace, orjson.dumps(
+                {"clear_id": clear_id, "node": self.node.node_id, "at": time.time()}))
+            # The watch reaching the marker means the mirror held every key before it.
+            deleted = await self._ask(asyncio.shield(waiting))
+        finally:
+            self.clears_waiting.pop(clear_id, None)
+        await self._purge_before(namespace, marker)
+        if deleted:
             self._announce_after_reply(correlation_id, {
                 "namespace": namespace, "key": None, "version": None, "op": "clear",
-                "deleted": len(live)})
-        return {"deleted": len(live)}
+                "deleted": deleted})
+        return {"deleted": deleted}
+
+    async def _publish_marker(self, namespace: str, payload: bytes) -> int:
+        from nats.js.errors import APIError
+        try:
+            ack = await self._ask(self.js.publish(
+                f"$KV.{self.bucket}.{clear_marker_key(namespace)}", payload,
+                timeout=self.timeout_s))
+        except APIError as exc:
+            raise KSIError(UNAVAILABLE, f"JetStream refused the clear: {exc}") from None
+        return ack.seq
+
+    async def _purge_before(self, namespace: str, marker: int) -> None:
+        """Remove the namespace's messages older than its clear marker from the stream."""
+        from nats.js.errors import APIError
+        try:
+            await self._ask(self.js.purge_stream(
+                f"KV_{self.bucket}", seq=marker,
+                subject=f"$KV.{self.bucket}.{namespace_filter(namespace)}"))
+        except APIError as exc:
+            # Every node already hides those keys (the marker); a later start purges again.
+            log.warning("cluster_state_purge_refused", namespace=namespace, error=str(exc))
 
     def audit(self, data) -> dict:
         return {"enabled": False, "entries": [], "count": 0}
@@ -411,9 +479,16 @@ async def _after(waiting, work):
     return await work
 
 
-def _apply_to(live: dict, seen: dict, entry) -> None:
+def _apply_to(live: dict, seen: dict, cleared_below: dict, entry) -> None:
+    """One entry of the bucket's initial values (in revision order) into a new mirror."""
     names = state_key(entry.key)
     if names is None:
+        namespace = cleared_namespace(entry.key)
+        if namespace is not None and entry.operation not in ("DEL", "PURGE"):
+            cleared_below[namespace] = entry.revision
+            for gone in [n for n, e in live.items() if n[0] == namespace
+                         and e[1] < entry.revision]:
+                del live[gone]
         return
     seen[names] = entry.revision
     if entry.operation in ("DEL", "PURGE"):
