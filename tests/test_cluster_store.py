@@ -122,3 +122,51 @@ def test_other_nodes_announce_the_cleared_keys_as_deletes(two_nodes):
         on_b = watcher.recv()
         assert on_b["data"] == {"namespace": "gone", "key": "x", "version": on_b["data"][
             "version"], "op": "delete"}
+
+
+# ---- the audit ------------------------------------------------------------------------------
+
+def test_the_audit_on_one_node_holds_the_changes_and_refusals_made_on_the_other(two_nodes):
+    a, b = two_nodes
+    with a.client() as client:
+        v1 = data_of(client.request("state:set", {"namespace": "team", "key": "plan",
+                                                  "value": 1}))["version"]
+        v2 = data_of(client.request("state:set", {"namespace": "team", "key": "plan",
+                                                  "value": 2}))["version"]
+        data_of(client.request("state:delete", {"namespace": "team", "key": "plan"}))
+        data_of(client.request("state:set", {"namespace": "team", "key": "other", "value": 3}))
+        data_of(client.request("state:clear", {"namespace": "team"}))
+        refused = error_of(client.request("agent:inbox", {"agent_id": "x", "message_id": "m",
+                                                          "content": "forged"}))
+        assert refused["code"] == "forbidden"
+        # The writer reads its own records at once (its replies came after them).
+        on_a = data_of(client.request("state:audit", {"namespace": "team"}))
+    on_b = data_of(b.request("state:audit", {"namespace": "team"}))
+    assert on_b == on_a and on_b["enabled"] is True
+    assert [(e["key"], e["op"], e["version"]) for e in on_b["entries"]] == [
+        ("plan", "set", v1), ("plan", "set", v2), ("plan", "delete", v2),
+        ("other", "set", on_b["entries"][3]["version"]), (None, "clear", None)]
+    assert {e["node"] for e in on_b["entries"]} == {"node-a"}
+    assert all(e["peer_pid"] and e["correlation_id"] for e in on_b["entries"])
+    one_key = data_of(b.request("state:audit", {"namespace": "team", "key": "plan",
+                                                "limit": 2}))["entries"]
+    assert [(e["op"], e["version"]) for e in one_key] == [("set", v2), ("delete", v2)]
+    refusals = wait_for(lambda: data_of(b.request("state:audit", {"namespace": "agent"}))[
+        "entries"])
+    assert [(e["op"], e["event"], e["node"]) for e in refusals] == [
+        ("refused", "agent:inbox", "node-a")]
+    newest = data_of(b.request("state:audit", {"limit": 1}))["entries"]
+    assert len(newest) == 1 and newest[0]["id"] == max(e["id"] for e in on_b["entries"] +
+                                                       refusals)
+
+
+def test_a_cluster_audit_is_bounded_by_its_retention(workdir, nats_server):
+    config = {"cluster": {"audit_keep_records": 3}}
+    a = start_node(workdir, nats_server, "node-a", config)
+    try:
+        for i in range(5):
+            data_of(a.request("state:set", {"key": f"k{i}", "value": i}))
+        entries = data_of(a.request("state:audit", {"limit": 100}))["entries"]
+        assert [e["key"] for e in entries] == ["k2", "k3", "k4"]
+    finally:
+        a.stop()

@@ -14,6 +14,7 @@ from ...plugin_types import PluginCapabilities, PluginMetadata
 from .conversation_log import JetStreamConversations
 from .kv_state import KvStateStore
 from .node import ClusterNode
+from .state_audit import AuditStream
 
 
 class ClusterPlugin(BasePlugin):
@@ -29,8 +30,14 @@ class ClusterPlugin(BasePlugin):
     def ksi_startup(self, config, context):
         settings = config["cluster"]
         self.node = ClusterNode(settings, context.report_degraded)
+        # The state plugin's `audit` setting (on unless turned off) holds in cluster mode too.
+        audit_on = (config["plugins"].get("state") or {}).get("audit", True)
+        audit_log = AuditStream(self.node, settings["audit_stream"], settings["replicas"],
+                                settings["audit_keep_s"], settings["audit_keep_records"],
+                                settings["request_timeout_s"]) if audit_on else None
         self.state_store = KvStateStore(self.node, settings["state_bucket"],
-                                        settings["replicas"], settings["request_timeout_s"])
+                                        settings["replicas"], settings["request_timeout_s"],
+                                        audit_log)
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl

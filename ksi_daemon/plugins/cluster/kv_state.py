@@ -43,8 +43,10 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed expected
 class KvStateStore:
     """A StateStore (ksi_daemon/plugins/state/store_seam.py) on the bucket `bucket`."""
 
-    def __init__(self, node, bucket: str, replicas: int, timeout_s: float):
+    def __init__(self, node, bucket: str, replicas: int, timeout_s: float, audit_log=None):
         self.node, self.bucket, self.replicas, self.timeout_s = node, bucket, replicas, timeout_s
+        self.audit_log = audit_log  # an AuditStream (state_audit.py), None with the audit off
+        self.refusals_pending: set[asyncio.Task] = set()  # refusal records not stored yet
         self.live: dict[tuple, tuple] = {}  # (ns, key) -> (value JSON, revision, expires_at)
         self.by_namespace: dict[str, set] = {}  # the live keys of each namespace
         # The newest revision seen of each key, its deletes included: news older than what this
@@ -77,7 +79,28 @@ class KvStateStore:
         return {"writes_waiting": len(self.tails)}
 
     def record_refusal(self, event_name, message, connection) -> None:
-        pass  # cluster mode keeps no audit yet (docs/CLUSTER.md); the refusal is logged
+        """A permission refusal into the audit stream, not waited for (the refusal is answered
+        already); `state:audit` waits for the records still on their way."""
+        if self.audit_log is None or not self.serving:
+            return  # (the refusal is logged; with NATS away, it has no record)
+        who = (connection.peer_pid, connection.peer_uid, None, None) if connection is not None \
+            else (None, None, None, None)
+        task = asyncio.ensure_future(self._record_quietly(
+            event_name.partition(":")[0], None, "refused", None, who, event=event_name,
+            detail=message))
+        self.refusals_pending.add(task)
+        task.add_done_callback(self.refusals_pending.discard)
+
+    async def _record_quietly(self, *args, **kwargs) -> None:
+        try:
+            await self.audit_log.record(*args, **kwargs)
+        except KSIError as exc:
+            log.warning("cluster_audit_record_lost", args=args[:3], error=exc.message)
+
+    async def _audited(self, names, op: str, version, who) -> None:
+        """A change's record, stored before the change is answered."""
+        if self.audit_log is not None:
+            await self.audit_log.record(names[0], names[1], op, version, who)
 
     # ---- the connection comes and goes (a ClusterListener) -----------------------------------
 
@@ -92,6 +115,8 @@ class KvStateStore:
             kv = await js.create_key_value(KeyValueConfig(
                 bucket=self.bucket, history=1, storage=StorageType.FILE,
                 replicas=self.replicas, limit_marker_ttl=EXPIRY_MARKER_KEEP_S))
+        if self.audit_log is not None:
+            await self.audit_log.cluster_up(js)
         await self._stop_watching()
         watcher = await kv.watchall()
         live, seen, cleared_below = {}, {}, {}
@@ -154,6 +179,11 @@ class KvStateStore:
                 op = "delete" if entry.operation == "DEL" else "expire"
                 self.announce_all("state:changed", [(None, {
                     "namespace": namespace, "key": key, "version": old[1], "op": op})])
+                if op == "expire" and self.audit_log is not None:
+                    # Every node sees the server's marker; the message id keeps one record.
+                    asyncio.ensure_future(self._record_quietly(
+                        namespace, key, "expire", old[1], (None, None, None, None),
+                        msg_id=f"expire.{entry.key}.{entry.revision}"))
             return
         value_json, expires_at = kv_values.decode(entry.value)
         self._store(names, (value_json, entry.revision, expires_at))
@@ -240,9 +270,9 @@ class KvStateStore:
         value_json = orjson.dumps(data["value"])
         expires_at = None if ttl_s is None else time.time() + ttl_s
         return self._queue(names, self._set(names, value_json, expires_at, ttl_s, if_version,
-                                            ctx.correlation_id))
+                                            _who(ctx)))
 
-    async def _set(self, names, value_json, expires_at, ttl_s, if_version, correlation_id):
+    async def _set(self, names, value_json, expires_at, ttl_s, if_version, who):
         self._check_serving()
         payload = kv_values.encode(value_json, expires_at)
         # Whole seconds on the server, rounded up: the mirror hides the key at `expires_at`.
@@ -257,7 +287,8 @@ class KvStateStore:
                 revision > self.cleared_below.get(names[0], 0):
             self.seen[names] = revision
             self._store(names, (value_json, revision, expires_at))
-        self._announce_after_reply(correlation_id, {
+        await self._audited(names, "set", revision, who)
+        self._announce_after_reply(who[2], {
             "namespace": names[0], "key": names[1], "version": revision, "op": "set"})
         return {"namespace": names[0], "key": names[1], "version": revision}
 
@@ -335,9 +366,9 @@ class KvStateStore:
     def delete(self, data: dict, ctx):
         self._check_serving()
         names = (data.get("namespace", GLOBAL), data["key"])
-        return self._queue(names, self._delete(names, ctx.correlation_id))
+        return self._queue(names, self._delete(names, _who(ctx)))
 
-    async def _delete(self, names, correlation_id) -> dict:
+    async def _delete(self, names, who) -> dict:
         self._check_serving()
         for _ in range(RETRIES_OF_A_RACE):
             revision, absent = await self._server_entry(names)
@@ -350,7 +381,8 @@ class KvStateStore:
             if marker > self.seen.get(names, 0):
                 self.seen[names] = marker
                 self._forget(names)
-            self._announce_after_reply(correlation_id, {
+            await self._audited(names, "delete", revision, who)
+            self._announce_after_reply(who[2], {
                 "namespace": names[0], "key": names[1], "version": revision, "op": "delete"})
             return {"deleted": True}
         raise KSIError(CONFLICT, f"{names[0]}:{names[1]} kept changing while being deleted")
@@ -372,13 +404,13 @@ class KvStateStore:
     def clear(self, data, ctx):
         self._check_serving()
         barrier = asyncio.ensure_future(_after(self._waiting_before(None),
-                                               self._clear(data.namespace, ctx.correlation_id)))
+                                               self._clear(data.namespace, _who(ctx))))
         self.barrier = barrier
         barrier.add_done_callback(lambda done: self.barrier is done
                                   and setattr(self, "barrier", None))
         return barrier
 
-    async def _clear(self, namespace, correlation_id) -> dict:
+    async def _clear(self, namespace, who) -> dict:
         """Clear the namespace for the whole cluster: a marker in the bucket, whose revision
         splits the bucket's order in two (every key of the namespace written before it goes,
         on every node, whenever its news arrives), then a purge of what came before it from
@@ -395,8 +427,9 @@ class KvStateStore:
         finally:
             self.clears_waiting.pop(clear_id, None)
         await self._purge_before(namespace, marker)
+        await self._audited((namespace, None), "clear", None, who)
         if deleted:
-            self._announce_after_reply(correlation_id, {
+            self._announce_after_reply(who[2], {
                 "namespace": namespace, "key": None, "version": None, "op": "clear",
                 "deleted": deleted})
         return {"deleted": deleted}
@@ -422,8 +455,22 @@ class KvStateStore:
             # Every node already hides those keys (the marker); a later start purges again.
             log.warning("cluster_state_purge_refused", namespace=namespace, error=str(exc))
 
-    def audit(self, data) -> dict:
-        return {"enabled": False, "entries": [], "count": 0}
+    def audit(self, data):
+        """The audit stream's newest records, behind this node's writes and refusals sent
+        before (one connection is one ordered stream), on the server: any node's records."""
+        if self.audit_log is None:
+            return {"enabled": False, "entries": [], "count": 0}
+        self._check_serving()
+        return asyncio.ensure_future(self._audit(data, self._waiting_before(None),
+                                                 list(self.refusals_pending)))
+
+    async def _audit(self, data, writes, refusals) -> dict:
+        pending = [asyncio.ensure_future(w) for w in (writes,) if w is not None] + refusals
+        if pending:
+            await asyncio.wait(pending)
+        self._check_serving()
+        entries = await self.audit_log.entries(data.namespace, data.key, data.limit)
+        return {"enabled": True, "entries": entries, "count": len(entries)}
 
     # ---- talking to NATS ---------------------------------------------------------------------
 
@@ -466,6 +513,14 @@ class KvStateStore:
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self.announce_all, "state:changed",
                        [(correlation_id, data)])
+
+
+def _who(ctx) -> tuple:
+    """Who asked, for the audit: (peer_pid, peer_uid, correlation_id, agent_id)."""
+    connection = ctx.connection  # None for an event a plugin emitted
+    if connection is None:
+        return None, None, ctx.correlation_id, ctx.agent_id
+    return connection.peer_pid, connection.peer_uid, ctx.correlation_id, ctx.agent_id
 
 
 class _WrongLastSequence(Exception):
