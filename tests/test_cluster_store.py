@@ -20,6 +20,13 @@ def conversation(node, session_id: str) -> dict:
     return data_of(node.request("conversation:get", {"session_id": session_id}))
 
 
+def stored_turns(node, session_id: str, count: int) -> None:
+    """Wait until `node` reads `count` messages of the session: a completion stores its turn
+    just after its reply (the completion plugin's order), so a read right after may not."""
+    wait_for(lambda: data_of(node.request("conversation:history", {
+        "session_id": session_id}))["count"] >= count)
+
+
 # ---- conversations --------------------------------------------------------------------------
 
 def test_a_conversation_written_on_one_node_is_read_in_full_on_the_other(two_nodes):
@@ -29,6 +36,7 @@ def test_a_conversation_written_on_one_node_is_read_in_full_on_the_other(two_nod
             "prompt": "my name is Ada", "session_id": "talk-1"}))
         second = data_of(client.request("completion:request", {
             "prompt": "what did I say?", "session_id": "talk-1"}))
+    stored_turns(a, "talk-1", 4)
     data_of(a.request("conversation:append_turn", {"session_id": "talk-1", "messages": [
         {"role": "user", "content": "a note"},
         {"role": "assistant", "content": None, "tool_calls": [{
@@ -63,9 +71,11 @@ def test_a_session_continued_on_the_other_node_sees_the_earlier_turns(two_nodes)
     with a.client(timeout=60) as client:
         data_of(client.request("completion:request", {"prompt": "remember the word heron",
                                                       "session_id": "moved"}))
+    stored_turns(b, "moved", 2)
     with b.client(timeout=60) as client:
         data_of(client.request("completion:request", {"prompt": "and now?",
                                                       "session_id": "moved"}))
+    stored_turns(a, "moved", 4)
     contents = [m["content"] for m in conversation(a, "moved")["messages"]]
     assert len(contents) == 4 and contents[0] == "remember the word heron"
     assert contents[2] == "and now?"
