@@ -5,13 +5,15 @@ OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing impo
 plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
 events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV
 store (kv_state.py), and the conversation plugin's `ksi_conversation_store`, answered with the
-stream of turns (conversation_log.py). docs/CLUSTER.md has the design.
+stream of turns (conversation_log.py), and the agent plugin's `ksi_agent_store`, answered with
+the KV bucket of checkpoints (kv_agents.py). docs/CLUSTER.md has the design.
 """
 from __future__ import annotations
 
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .conversation_log import JetStreamConversations
+from .kv_agents import KvAgentStore
 from .kv_state import KvStateStore
 from .node import ClusterNode
 from .state_audit import AuditStream
@@ -38,11 +40,17 @@ class ClusterPlugin(BasePlugin):
         self.state_store = KvStateStore(self.node, settings["state_bucket"],
                                         settings["replicas"], settings["request_timeout_s"],
                                         audit_log)
+        self.agent_store = KvAgentStore(self.node, settings["agent_bucket"], settings["replicas"],
+                                        settings["request_timeout_s"])
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl
     def ksi_state_store(self, config):
         return self.state_store
+
+    @hookimpl
+    def ksi_agent_store(self, config):
+        return self.agent_store
 
     @hookimpl
     def ksi_conversation_store(self, config, open_local_copy):
