@@ -94,6 +94,27 @@ def test_conversation_errors_stay_coded_on_any_node(two_nodes):
         "validation_error"
 
 
+
+def test_conversations_answer_unavailable_without_nats_and_catch_up_after(two_nodes,
+                                                                          nats_server):
+    a, b = two_nodes
+    turn = {"session_id": "gap", "messages": [{"role": "user", "content": "before"}]}
+    data_of(a.request("conversation:append_turn", turn))
+    nats_server.stop()
+    wait_for(lambda: not data_of(a.request("system:health"))["cluster"]["reachable"])
+    with a.client() as client:
+        for event, data in (("conversation:append_turn", turn),
+                            ("conversation:get", {"session_id": "gap"}),
+                            ("conversation:list", {})):
+            assert error_of(client.request(event, data))["code"] == "unavailable"
+    nats_server.start()
+    for node in (a, b):
+        wait_for(lambda node=node: data_of(node.request("system:health"))["cluster"][
+            "jetstream"], within=30)
+    data_of(b.request("conversation:append_turn", {"session_id": "gap", "messages": [
+        {"role": "user", "content": "after"}]}))
+    assert [m["content"] for m in conversation(a, "gap")["messages"]] == ["before", "after"]
+
 # ---- state:clear across nodes ---------------------------------------------------------------
 
 def test_a_clear_on_one_node_clears_what_any_node_wrote_before_it(workdir, nats_server,
@@ -285,3 +306,41 @@ async def test_a_checkpoint_write_naming_a_stale_revision_is_refused(kind, nats_
         assert await store.read("mover") is None
         again = await store.write("mover", record_of("back"), if_revision=0)
         assert again > second  # a revision never repeats for an agent id
+
+
+# ---- what an ack promises ----------------------------------------------------------------
+
+async def test_acknowledged_turns_checkpoints_and_audit_survive_kill_9_and_a_nats_restart(
+        workdir, nats_server):
+    a = start_node(workdir, nats_server, "node-a")
+    written = []
+    with a.client(timeout=60) as client:
+        for i in range(10):
+            written.append(data_of(client.request("conversation:append_turn", {
+                "session_id": f"s{i % 3}", "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": f"answer {i}"}]}))["message_ids"])
+        data_of(client.request("agent:spawn", {"agent_id": "keeper", "task": "hold on"}))
+        data_of(client.request("agent:send", {"agent_id": "keeper", "content": "still there?",
+                                              "wait": True}))
+        version = data_of(client.request("state:set", {"key": "k", "value": 1}))["version"]
+        data_of(client.request("state:clear", {"namespace": "gone"}))
+    a.stop(signal.SIGKILL)
+    nats_server.restart()
+    b = start_node(workdir, nats_server, "node-b")
+    try:
+        for i in range(3):
+            messages = conversation(b, f"s{i}")["messages"]
+            turns = [n for n in range(10) if n % 3 == i]
+            assert [m["content"] for m in messages] == [
+                text for n in turns for text in (f"question {n}", f"answer {n}")]
+            assert [m["message_id"] for m in messages] == [
+                message_id for n in turns for message_id in written[n]]
+        audit = data_of(b.request("state:audit", {}))["entries"]
+        assert [(e["op"], e["key"], e["version"]) for e in audit] == [
+            ("set", "k", version), ("clear", None, None)]
+        async with shared_agent_store(nats_server) as store:
+            checkpoint = await store.read("keeper")
+        assert answered(checkpoint) == ["hold on", "still there?"]
+    finally:
+        b.stop()
