@@ -90,8 +90,8 @@ def test_conversation_errors_stay_coded_on_any_node(two_nodes):
     a, b = two_nodes
     assert error_of(b.request("conversation:get", {"session_id": "nope"}))["code"] == \
         "not_found"
-    assert error_of(b.request("conversation:search", {"query": 'AND (', "syntax": "fts5"}))["code"] == \
-        "validation_error"
+    bad_syntax = {"query": "AND (", "syntax": "fts5"}
+    assert error_of(b.request("conversation:search", bad_syntax))["code"] == "validation_error"
 
 
 
