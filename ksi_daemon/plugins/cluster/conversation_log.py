@@ -219,6 +219,7 @@ class JetStreamConversations:
         try:
             await asyncio.wait_for(waiter, within)
         except asyncio.TimeoutError:
+            self.catching_up = [(s, w) for s, w in self.catching_up if w is not waiter]
             raise KSIError(UNAVAILABLE, f"this node's copy of the conversations is behind the "
                            f"stream (at {self.applied_through} of {seq} after {within:g} s)") \
                 from None

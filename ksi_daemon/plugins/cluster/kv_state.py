@@ -51,7 +51,7 @@ class KvStateStore:
     def __init__(self, node, bucket: str, replicas: int, timeout_s: float, audit_log=None):
         self.node, self.bucket, self.replicas, self.timeout_s = node, bucket, replicas, timeout_s
         self.audit_log = audit_log  # an AuditStream (state_audit.py), None with the audit off
-        self.refusals_pending: set[asyncio.Task] = set()  # refusal records not stored yet
+        self.records_pending: set[asyncio.Task] = set()  # refusal/expiry records on their way
         self.live: dict[tuple, tuple] = {}  # (ns, key) -> (value JSON, revision, expires_at)
         self.by_namespace: dict[str, set] = {}  # the live keys of each namespace
         # The newest revision seen of each key, its deletes included: news older than what this
@@ -90,11 +90,14 @@ class KvStateStore:
             return  # (the refusal is logged; with NATS away, it has no record)
         who = (connection.peer_pid, connection.peer_uid, None, None) if connection is not None \
             else (None, None, None, None)
-        task = asyncio.ensure_future(self._record_quietly(
-            event_name.partition(":")[0], None, "refused", None, who, event=event_name,
-            detail=message))
-        self.refusals_pending.add(task)
-        task.add_done_callback(self.refusals_pending.discard)
+        self._record_later(event_name.partition(":")[0], None, "refused", None, who,
+                           event=event_name, detail=message)
+
+    def _record_later(self, *args, **kwargs) -> None:
+        """A record nothing waits for but `state:audit` (which waits for it on this node)."""
+        task = asyncio.ensure_future(self._record_quietly(*args, **kwargs))
+        self.records_pending.add(task)
+        task.add_done_callback(self.records_pending.discard)
 
     async def _record_quietly(self, *args, **kwargs) -> None:
         try:
@@ -186,9 +189,9 @@ class KvStateStore:
                     "namespace": namespace, "key": key, "version": old[1], "op": op})])
                 if op == "expire" and self.audit_log is not None:
                     # Every node sees the server's marker; the message id keeps one record.
-                    asyncio.ensure_future(self._record_quietly(
-                        namespace, key, "expire", old[1], (None, None, None, None),
-                        msg_id=f"expire.{entry.key}.{entry.revision}"))
+                    self._record_later(namespace, key, "expire", old[1],
+                                       (None, None, None, None),
+                                       msg_id=f"expire.{entry.key}.{entry.revision}")
             return
         value_json, expires_at = kv_values.decode(entry.value)
         self._store(names, (value_json, entry.revision, expires_at))
@@ -466,7 +469,7 @@ class KvStateStore:
             return {"enabled": False, "entries": [], "count": 0}
         self._check_serving()
         return asyncio.ensure_future(self._audit(data, self._waiting_before(None),
-                                                 list(self.refusals_pending)))
+                                                 list(self.records_pending)))
 
     async def _audit(self, data, writes, refusals) -> dict:
         pending = [asyncio.ensure_future(w) for w in (writes,) if w is not None] + refusals
