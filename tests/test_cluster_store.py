@@ -194,6 +194,26 @@ def test_the_audit_on_one_node_holds_the_changes_and_refusals_made_on_the_other(
                                                        refusals)
 
 
+def test_an_expiry_seen_by_both_nodes_is_recorded_once(two_nodes):
+    a, b = two_nodes
+    watchers = [a.client(), b.client()]
+    try:
+        for watcher in watchers:
+            watcher.request("system:subscribe", {"patterns": ["state:changed"]})
+        data_of(a.request("state:set", {"namespace": "brief", "key": "k", "value": 1,
+                                        "ttl_s": 1}))
+        for watcher in watchers:  # each node's watch took the server's marker
+            while (push := watcher.recv())["data"]["op"] != "expire":
+                pass
+    finally:
+        for watcher in watchers:
+            watcher.close()
+    # Each node's state:audit waits for the records it is still sending: both sent theirs.
+    on_a = data_of(a.request("state:audit", {"namespace": "brief"}))["entries"]
+    on_b = data_of(b.request("state:audit", {"namespace": "brief"}))["entries"]
+    assert [e["op"] for e in on_b] == ["set", "expire"] and on_a == on_b
+
+
 def test_a_cluster_audit_is_bounded_by_its_retention(workdir, nats_server):
     config = {"cluster": {"audit_keep_records": 3}}
     a = start_node(workdir, nats_server, "node-a", config)
