@@ -11,41 +11,10 @@ import time
 
 import pytest
 
-from conftest import DaemonProcess, data_of, error_of
+from cluster_nodes import WITHIN_S, node_process, start_node, two_nodes, wait_for  # noqa: F401
+from conftest import data_of, error_of
 from ksi_daemon.config import ConfigError, load_config
 from ksi_daemon.plugins.cluster import kv_keys, kv_values
-
-WITHIN_S = 10.0  # generous bounds for what should take milliseconds to a second or two
-
-
-def node_process(workdir, nats_server, node_id: str) -> DaemonProcess:
-    (workdir / node_id).mkdir(exist_ok=True)
-    return DaemonProcess(workdir / node_id, env={"KSI_CLUSTER_NATS_URL": nats_server.url,
-                                                "KSI_NODE_ID": node_id})
-
-
-def start_node(workdir, nats_server, node_id: str) -> DaemonProcess:
-    node = node_process(workdir, nats_server, node_id).start()
-    wait_for(lambda: node.request("system:health")["data"]["cluster"]["jetstream"])
-    return node
-
-
-def wait_for(condition, within: float = WITHIN_S):
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            assert result, f"not within {within} s"
-            return result
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def two_nodes(workdir, nats_server):
-    nodes = [start_node(workdir, nats_server, "node-a"), start_node(workdir, nats_server, "node-b")]
-    yield nodes
-    for node in nodes:
-        node.stop()
 
 
 def test_a_write_acknowledged_on_one_node_is_read_on_the_other(two_nodes):

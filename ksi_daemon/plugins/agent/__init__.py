@@ -31,7 +31,7 @@ from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, UNKNOWN_EVEN
                          VALIDATION_ERROR, KSIError)
 from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
-from . import store
+from . import hookspecs, store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
 from .identities import IdentityBook
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
@@ -40,7 +40,10 @@ from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, In
                      SpawnReply, SpawnRequest, TerminateReply, UnscheduleReply,
                      UnscheduleRequest)
 from .profiles import Profile, ProfileBook
+from .checkpoints import CheckpointCopier, agents_changed_by
 from .schedules import Schedule, Scheduler
+from .sqlite_checkpoints import SqliteAgentStore
+from .store_seam import AgentStore
 from .supervisor import AgentRuntime, text_of, turn_record
 
 DB_FILE_NAME = "agents.db"
@@ -53,7 +56,8 @@ class AgentPlugin(BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="agent", version="0.1.0", priority=60,
-                           description="Supervised AI agents", dependencies=["message"]),
+                           description="Supervised AI agents", dependencies=["message"],
+                           hookspecs=[hookspecs]),
             PluginCapabilities(event_namespaces=["agent"], provides_services=["agent"]))
         self.writer: SqliteWriter | None = None
         self.agents: dict[str, Agent] = {}
@@ -62,7 +66,7 @@ class AgentPlugin(BasePlugin):
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @hookimpl
-    def ksi_startup(self, config, context):
+    async def ksi_startup(self, config, context):
         settings = self.settings = AgentSettings.model_validate(context.config or {})
         var_dir = Path(config["daemon"]["var_dir"])
         self.book = ProfileBook(Path(settings.profiles_dir).expanduser() if settings.profiles_dir
@@ -78,6 +82,12 @@ class AgentPlugin(BasePlugin):
             reader=False, load=store.load,
             report_degraded=context.report_degraded)
         self.writer, loaded = self.database.writer, self.database.loaded
+        # The node's own checkpoints (agents.db), and in cluster mode the shared store each
+        # agent's checkpoint is copied to after every change (checkpoints.py).
+        self.checkpoints: AgentStore = SqliteAgentStore(self.writer)
+        shared = await context.hook("ksi_agent_store").call_first(config=config)
+        self.shared_checkpoints: AgentStore | None = shared
+        self.copier = CheckpointCopier(self.checkpoints, shared) if shared is not None else None
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
         self.runtime.after_last_turn = self._end_schedules
@@ -132,6 +142,12 @@ class AgentPlugin(BasePlugin):
         for agent_id, message_id, topic, text in self._unpublished:
             await self.runtime.publish_reply(agent_id, message_id, topic, text)
         self._unpublished = []
+        if self.copier is not None:
+            # What agents.db holds reaches the shared store once it answers (NATS may still be
+            # connecting): the restored agents are copied by the retrying service.
+            self.copier.waiting.update(self.agents)
+            return [self.copier.retry_waiting()]
+        return []
 
     async def _attach_restored(self, agent: Agent) -> None:
         try:
@@ -205,9 +221,12 @@ class AgentPlugin(BasePlugin):
 
     async def _write(self, op, *args):
         try:
-            return await self.writer.submit(op, *args)
+            result = await self.writer.submit(op, *args)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the daemon is shutting down") from None
+        if self.copier is not None:  # cluster mode: shared before the caller goes on
+            await self.copier.copy(agents_changed_by(op, args))
+        return result
 
     def _live(self, agent_id: str) -> Agent:
         agent = self.agents.get(agent_id)
@@ -457,6 +476,8 @@ class AgentPlugin(BasePlugin):
             raise KSIError(NOT_FOUND, f"no schedule {data.schedule_id}; see agent:schedules")
         self.scheduler.remove(schedule.schedule_id)
         await self._write(store.delete_schedule, schedule.schedule_id)
+        if self.copier is not None:
+            await self.copier.copy([schedule.agent_id])
         return {"schedule_id": schedule.schedule_id, "agent_id": schedule.agent_id,
                 "status": "unscheduled"}
 
