@@ -150,6 +150,28 @@ def test_an_agent_inbox_keeps_its_position_in_the_cluster_and_replays_what_it_mi
             "code"] == "validation_error"  # no stored subscription any more
 
 
+def test_an_agent_restarted_with_its_node_gets_what_was_published_meanwhile(workdir,
+                                                                             nats_server):
+    a, b = start_node(workdir, nats_server, "node-a"), start_node(workdir, nats_server, "node-b")
+    try:
+        data_of(b.request("agent:spawn", {"agent_id": "reader", "topics": ["news"]}))
+        b.stop()
+        with a.client(timeout=30) as room:
+            data_of(room.request("message:subscribe", {"topics": ["news"]}))
+            published = data_of(room.request("message:publish", {
+                "topic": "news", "content": "Published while B was down", "sender": "wire"}))
+            b.start()
+            answer = pushes(room, "message:received", within=30,
+                            until=lambda m: m["sender"] == "reader")[-1]
+            assert "Published while B was down" in answer["content"]
+        record = data_of(b.request("agent:info", {"agent_id": "reader"}))
+        assert record["turns"] == 1 and record["recent"][0]["message_id"] == \
+            published["message_id"]
+    finally:
+        a.stop()
+        b.stop()
+
+
 # ---- events -----------------------------------------------------------------------------------
 
 def test_system_subscribe_on_b_sees_events_raised_on_a_once_and_not_the_local_only_ones(

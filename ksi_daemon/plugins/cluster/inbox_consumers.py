@@ -132,6 +132,9 @@ class InboxConsumers:
                 task.cancel()
             self.readers[agent_id] = None
 
+    def resume_later(self, agent_id: str) -> None:
+        self.readers.setdefault(agent_id, None)
+
     async def resume(self, js) -> None:
         for agent_id, task in list(self.readers.items()):
             if task is None or task.done():
@@ -147,10 +150,16 @@ class InboxConsumers:
 
     async def _read(self, agent_id: str) -> None:
         import nats.errors
+        from nats.js.errors import NotFoundError
         name = consumer_name(agent_id)
         handed = self.handed.setdefault(agent_id, OrderedDict())
         while True:
             try:
+                if await self._info(agent_id) is None:  # unsubscribed, by this node or another
+                    log.info("cluster_inbox_gone", agent_id=agent_id)
+                    if self.readers.get(agent_id) is asyncio.current_task():
+                        del self.readers[agent_id]
+                    return
                 sub = await self._ask(self.bus.js.pull_subscribe_bind(durable=name,
                                                                       stream=MESSAGE_STREAM))
                 while True:
@@ -162,6 +171,8 @@ class InboxConsumers:
                         await self._hand_over(agent_id, msg, handed)
             except asyncio.CancelledError:
                 raise
+            except NotFoundError:
+                continue  # deleted meanwhile: the check above ends the reading
             except Exception as exc:  # noqa: BLE001 - NATS gone or the consumer deleted
                 log.warning("cluster_inbox_read_failed", agent_id=agent_id, error=repr(exc))
                 await asyncio.sleep(RETRY_AFTER_S)

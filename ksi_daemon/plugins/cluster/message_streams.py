@@ -31,6 +31,9 @@ from .subjects import MESSAGE_STREAM as STREAM, MESSAGES, topic_subject
 
 DUPLICATE_WINDOW_S = 120.0  # a publish retried later than this after its first try may be stored twice
 HISTORY_BATCH = 256
+# A node that has not reached NATS since it started lets an agent's subscription wait this long
+# for it: the agent plugin resumes its agents' inboxes while the daemon is starting.
+FIRST_CONNECTION_WAIT_S = 10.0
 MSG_ID = "Nats-Msg-Id"
 log = structlog.get_logger("ksi.plugin.cluster")
 
@@ -43,6 +46,7 @@ class JetStreamMessageBus:
         self.feed = None  # this node's ordered consumer of the whole stream
         self.feed_seq = 0  # the last stream sequence the feed handled
         self.inboxes: InboxConsumers | None = None
+        self.first_up = asyncio.Event()
 
     # ---- the MessageBus lifecycle ------------------------------------------------------------
 
@@ -70,6 +74,7 @@ class JetStreamMessageBus:
             self.feed_seq = last_seq
         self.feed = await self._follow(js, self.feed_seq + 1)
         self.serving = True
+        self.first_up.set()
         await self.inboxes.resume(js)
         log.info("cluster_messages_following", stream=STREAM, from_seq=self.feed_seq + 1)
 
@@ -181,6 +186,14 @@ class JetStreamMessageBus:
             pass
 
     async def subscribe_agent(self, agent_id, topics, replay, max_patterns) -> dict:
+        if not self.first_up.is_set():
+            try:
+                await asyncio.wait_for(self.first_up.wait(), FIRST_CONNECTION_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+        if not self.serving and replay and not topics:
+            # A resumption refused now is done when NATS is back (an unknown agent then drops).
+            self.inboxes.resume_later(agent_id)
         self.check_serving()
         return await self.inboxes.subscribe(agent_id, topics, replay, max_patterns)
 
