@@ -213,6 +213,62 @@ def test_system_subscribe_on_b_sees_events_raised_on_a_once_and_not_the_local_on
         assert [d["key"] for e, d in got if e == "state:changed"] == ["k"]
 
 
+class SubjectListener:
+    """A plain NATS client of the test's own, counting what goes out on some subjects."""
+
+    def __init__(self, url: str, subject: str):
+        import asyncio
+        self.subjects: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._call(self._start(url, subject))
+
+    def _call(self, coro):
+        import asyncio
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(WITHIN_S)
+
+    async def _start(self, url: str, subject: str) -> None:
+        import nats
+
+        async def heard(msg):
+            self.subjects.append(msg.subject)
+        self.nc = await nats.connect(url)
+        await self.nc.subscribe(subject, cb=heard)
+        await self.nc.flush()
+
+    def close(self) -> None:
+        self._call(self.nc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WITHIN_S)
+
+
+def test_an_event_goes_on_the_wire_only_while_another_node_subscribed_to_it(two_nodes,
+                                                                            nats_server):
+    a, b = two_nodes
+    wire = SubjectListener(nats_server.url, "ksi.event.>")
+    try:
+        for i in range(5):
+            data_of(a.request("agent:spawn", {"agent_id": f"quiet-{i}"}))
+        time.sleep(0.5)
+        assert wire.subjects == []  # nobody anywhere subscribed: nothing was published
+        with b.client() as watcher:
+            data_of(watcher.request("system:subscribe", {"patterns": ["agent:spawned"]}))
+            number = iter(range(1000))
+            wait_for(lambda: "ksi.event.node-a.agent.spawned" in wire.subjects or data_of(
+                a.request("agent:spawn", {"agent_id": f"loud-{next(number)}"})) and False)
+            assert set(wire.subjects) == {"ksi.event.node-a.agent.spawned"}  # that one only
+            data_of(watcher.request("system:unsubscribe", {}))
+            time.sleep(0.5)  # the other node learns it within milliseconds
+            heard = len(wire.subjects)
+            for i in range(5):
+                data_of(a.request("agent:spawn", {"agent_id": f"after-{i}"}))
+            time.sleep(0.5)
+            assert len(wire.subjects) == heard
+    finally:
+        wire.close()
+
+
 # ---- failures: kill -9, NATS restarts ---------------------------------------------------------
 
 def publish_until_stopped(node, topic: str, stop: threading.Event, acked: list, errors: list):
