@@ -46,6 +46,7 @@ class ClusterEventBridge:
         self.watching: asyncio.Task | None = None
         self.remote: dict[str, frozenset] = {}  # node id -> its patterns
         self.published: frozenset | None = None  # our patterns as last written to the bucket
+        self.wanted: frozenset | None = None  # the other nodes' patterns, as handed to the router
         self.subscriptions: dict[str, object] = {}  # subject filter -> NATS subscription
         self.outbox: list[tuple[str, bytes]] = []
         self._local_only: dict[str, bool] = {}
@@ -132,10 +133,10 @@ class ClusterEventBridge:
                 pass
 
     def _want_remote(self) -> None:
-        wanted = set()
-        for patterns in self.remote.values():
-            wanted |= patterns
-        self.local.want_remote(wanted)
+        wanted = frozenset().union(*self.remote.values())
+        if wanted != self.wanted:  # (each node rewrites its key every REFRESH_S, mostly unchanged)
+            self.wanted = wanted
+            self.local.want_remote(set(wanted))
 
     # ---- this node's interest: subjects to hear, patterns to advertise -----------------------
 

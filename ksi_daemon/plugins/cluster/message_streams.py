@@ -1,4 +1,4 @@
-"""The message events' bus in cluster mode: one JetStream stream of every topic, shared by the nodes.
+"""The message events' bus in cluster mode: one JetStream stream of every topic, for all nodes.
 
 A `MessageBus` (ksi_daemon/plugins/message/bus_seam.py). Each message is one stream message on
 its topic's subject (subjects.py: `room:lobby` is `ksi.msg.room.lobby`), published with the
@@ -29,7 +29,7 @@ from .bounded import ask, unreachable
 from .inbox_consumers import InboxConsumers
 from .subjects import MESSAGE_STREAM as STREAM, MESSAGES, topic_subject
 
-DUPLICATE_WINDOW_S = 120.0  # a publish retried later than this after its first try may be stored twice
+DUPLICATE_WINDOW_S = 120.0  # a retry later than this after the first try may be stored twice
 HISTORY_BATCH = 256
 # A node that has not reached NATS since it started lets an agent's subscription wait this long
 # for it: the agent plugin resumes its agents' inboxes while the daemon is starting.
