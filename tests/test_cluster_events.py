@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 
+import orjson
 import pytest
 
 from conftest import DaemonProcess, data_of, error_of
@@ -172,6 +173,18 @@ def test_an_agent_restarted_with_its_node_gets_what_was_published_meanwhile(work
         b.stop()
 
 
+def test_a_message_larger_than_nats_takes_is_refused_as_too_large(two_nodes):
+    a, _b = two_nodes
+    # The longest request line the daemon takes (1 MiB): the message it makes, with its id,
+    # sender and timestamp, is a little longer than NATS's default limit (1 MiB too).
+    envelope = len(orjson.dumps({"event": "message:publish",
+                                 "data": {"topic": "big", "content": ""}}))
+    content = "x" * ((1 << 20) - envelope - 1)
+    error = error_of(a.request("message:publish", {"topic": "big", "content": content}))
+    assert error["code"] == "payload_too_large" and "NATS" in error["message"]
+    assert data_of(a.request("message:publish", {"topic": "big", "content": "small"}))
+
+
 # ---- events -----------------------------------------------------------------------------------
 
 def test_system_subscribe_on_b_sees_events_raised_on_a_once_and_not_the_local_only_ones(
@@ -291,8 +304,10 @@ def publish_until_stopped(node, topic: str, stop: threading.Event, acked: list, 
 def test_no_acknowledged_message_is_lost_over_repeated_kill_9_of_the_publisher(
         workdir, nats_server):
     b = start_node(workdir, nats_server, "node-b")
-    subscriber = b.client(timeout=30)
+    subscriber, inbox = b.client(timeout=30), b.client(timeout=30)
     data_of(subscriber.request("message:subscribe", {"topics": ["orders"]}))
+    data_of(inbox.request("system:subscribe", {"patterns": ["agent:inbox"]}))
+    data_of(inbox.request("message:subscribe", {"agent_id": "auditor", "topics": ["orders"]}))
     acked: list[str] = []
     try:
         for trial in range(3):
@@ -310,12 +325,16 @@ def test_no_acknowledged_message_is_lost_over_repeated_kill_9_of_the_publisher(
         received = {m["message_id"] for m in pushes(
             subscriber, "message:received", until=lambda m: m["message_id"] == acked[-1])}
         assert set(acked) <= received  # every acknowledged one reached the live subscriber
+        handed = [m["message_id"] for m in pushes(
+            inbox, "agent:inbox", until=lambda m: m["message_id"] == acked[-1])]
+        assert set(acked) <= set(handed) and len(handed) == len(set(handed))  # and the inbox
         history = data_of(b.request("message:history", {"topic": "orders",
                                                         "limit": 100_000}))["messages"]
         ids = [m["message_id"] for m in history]
         assert set(acked) <= set(ids) and len(ids) == len(set(ids))  # all there, once each
     finally:
         subscriber.close()
+        inbox.close()
         b.stop()
 
 

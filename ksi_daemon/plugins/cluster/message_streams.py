@@ -24,7 +24,7 @@ from collections import deque
 import orjson
 import structlog
 
-from ...protocol import UNAVAILABLE, KSIError
+from ...protocol import PAYLOAD_TOO_LARGE, UNAVAILABLE, KSIError
 from .bounded import ask, unreachable
 from .inbox_consumers import InboxConsumers
 from .subjects import MESSAGE_STREAM as STREAM, MESSAGES, topic_subject
@@ -132,6 +132,9 @@ class JetStreamMessageBus:
     async def publish(self, message: dict) -> None:
         self.check_serving()
         payload = orjson.dumps({**message, "node": self.node.node_id})
+        if len(payload) > self.node.nc.max_payload:  # the server's limit, 1 MiB by default
+            raise KSIError(PAYLOAD_TOO_LARGE, f"the message takes {len(payload)} bytes; the "
+                           f"cluster's NATS servers take at most {self.node.nc.max_payload}")
         await self._store(topic_subject(message["topic"]), payload, message["message_id"])
 
     async def _store(self, subject: str, payload: bytes, message_id: str) -> None:
