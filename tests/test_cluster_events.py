@@ -391,6 +391,92 @@ def test_losing_nats_answers_unavailable_for_cluster_operations_and_local_ones_g
                       until=lambda m: m["content"] == "back")[-1]["topic"] == "t"
 
 
+class CuttableProxy:
+    """A TCP relay on loopback between one node and nats-server, which the test can cut (every
+    connection closed, new ones refused) and heal: that node alone loses NATS."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.open, self.pairs = target_port, True, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"nats://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.pairs.append((client, server))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _relay(source, sink) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.open = False
+        for pair in self.pairs:
+            for end in pair:
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.pairs = []
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_node_that_lost_nats_for_a_while_hands_its_subscribers_what_they_missed(
+        workdir, nats_server):
+    proxy = CuttableProxy(nats_server.port)
+    a = start_node(workdir, nats_server, "node-a")
+    (workdir / "node-b").mkdir()
+    b = DaemonProcess(workdir / "node-b", RETAINED, env={"KSI_CLUSTER_NATS_URL": proxy.url,
+                                                         "KSI_NODE_ID": "node-b"}).start()
+    try:
+        wait_for(lambda: data_of(b.request("system:health"))["cluster"]["jetstream"])
+        with b.client() as subscriber:
+            data_of(subscriber.request("message:subscribe", {"topics": ["feed"]}))
+            proxy.cut()
+            wait_for(lambda: data_of(b.request("system:health"))["cluster"]["reachable"]
+                     is False)
+            ids = [data_of(a.request("message:publish", {"topic": "feed", "content": i}))[
+                "message_id"] for i in range(5)]  # while B cannot hear them
+            # Longer than the server keeps a consumer nobody listens to (5 s for ephemeral
+            # ones): B's feed must start again from where it was, not from a consumer that
+            # survived the cut.
+            time.sleep(6)
+            proxy.heal()
+            got = pushes(subscriber, "message:received", within=30,
+                         until=lambda m: m["message_id"] == ids[-1])
+            assert [m["message_id"] for m in got] == ids  # all of them, in order, once
+            assert pushes(subscriber, "message:received", within=0.5) == []
+    finally:
+        a.stop()
+        b.stop()
+        proxy.close()
+
+
 # ---- in-process: the subject mapping ----------------------------------------------------------
 
 @pytest.mark.parametrize("name, subject", [

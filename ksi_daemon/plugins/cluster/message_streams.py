@@ -44,7 +44,7 @@ class JetStreamMessageBus:
         self.js = None
         self.serving = False
         self.feed = None  # this node's ordered consumer of the whole stream
-        self.feed_seq = 0  # the last stream sequence the feed handled
+        self.feed_seq: int | None = None  # the last stream sequence the feed handled
         self.inboxes: InboxConsumers | None = None
         self.first_up = asyncio.Event()
 
@@ -70,7 +70,7 @@ class JetStreamMessageBus:
         last_seq = await self._ensure_stream(js)
         self.js = js
         await self._stop_feed()
-        if self.feed_seq == 0 or self.feed_seq > last_seq:  # first start, or a new stream
+        if self.feed_seq is None or self.feed_seq > last_seq:  # first start, or a new stream
             self.feed_seq = last_seq
         self.feed = await self._follow(js, self.feed_seq + 1)
         self.serving = True
