@@ -471,6 +471,11 @@ def test_a_node_that_lost_nats_for_a_while_hands_its_subscribers_what_they_misse
                          until=lambda m: m["message_id"] == ids[-1])
             assert [m["message_id"] for m in got] == ids  # all of them, in order, once
             assert pushes(subscriber, "message:received", within=0.5) == []
+        with b.client() as watcher:  # and it hears the other node's events again
+            data_of(watcher.request("system:subscribe", {"patterns": ["agent:spawned"]}))
+            number = iter(range(1000))
+            assert wait_for(lambda: pushes(watcher, "agent:spawned", within=0.3) or data_of(
+                a.request("agent:spawn", {"agent_id": f"after-cut-{next(number)}"})) and False)
     finally:
         a.stop()
         b.stop()
