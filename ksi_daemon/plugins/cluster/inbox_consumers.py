@@ -135,7 +135,7 @@ class InboxConsumers:
     def resume_later(self, agent_id: str) -> None:
         self.readers.setdefault(agent_id, None)
 
-    async def resume(self, js) -> None:
+    def resume(self) -> None:
         for agent_id, task in list(self.readers.items()):
             if task is None or task.done():
                 self.readers[agent_id] = self._start(agent_id)

@@ -75,7 +75,7 @@ class JetStreamMessageBus:
         self.feed = await self._follow(js, self.feed_seq + 1)
         self.serving = True
         self.first_up.set()
-        await self.inboxes.resume(js)
+        self.inboxes.resume()
         log.info("cluster_messages_following", stream=STREAM, from_seq=self.feed_seq + 1)
 
     def cluster_down(self) -> None:
