@@ -3,18 +3,22 @@
 Loaded only when `cluster.nats_url` is set (KSI_CLUSTER_NATS_URL; plugin_manager.py's
 OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing imports nats. The
 plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
-events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV
-store (kv_state.py), and the conversation plugin's `ksi_conversation_store`, answered with the
-stream of turns (conversation_log.py), and the agent plugin's `ksi_agent_store`, answered with
-the KV bucket of checkpoints (kv_agents.py). docs/CLUSTER.md has the design.
+events or declared seams, each answered with one object: the state plugin's `ksi_state_store`
+(the KV store, kv_state.py), the conversation plugin's `ksi_conversation_store` (the stream of
+turns, conversation_log.py), the agent plugin's `ksi_agent_store` (the KV bucket of
+checkpoints, kv_agents.py), the message plugin's `ksi_message_bus` (the message stream and
+agents' inbox consumers, message_streams.py) and the system plugin's `ksi_event_bridge`
+(events across nodes, event_bridge.py). docs/CLUSTER.md has the design.
 """
 from __future__ import annotations
 
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .conversation_log import JetStreamConversations
+from .event_bridge import ClusterEventBridge
 from .kv_agents import KvAgentStore
 from .kv_state import KvStateStore
+from .message_streams import JetStreamMessageBus
 from .node import ClusterNode
 from .state_audit import AuditStream
 
@@ -22,7 +26,8 @@ from .state_audit import AuditStream
 class ClusterPlugin(BasePlugin):
     def __init__(self):
         super().__init__(
-            # Before the state plugin (priority 10), which asks it for the store at start.
+            # Before the state (10) and message (20) plugins, which ask it for their stores at
+            # start; the system plugin (0) asks for the event bridge when the daemon is ready.
             PluginMetadata(name="cluster", version="0.1.0", priority=5,
                            description="This daemon as a node of a cluster on NATS JetStream"),
             PluginCapabilities(event_namespaces=[], provides_services=["cluster"]))
@@ -42,6 +47,9 @@ class ClusterPlugin(BasePlugin):
                                         audit_log)
         self.agent_store = KvAgentStore(self.node, settings["agent_bucket"], settings["replicas"],
                                         settings["request_timeout_s"])
+        self.message_bus = JetStreamMessageBus(self.node, settings["replicas"],
+                                               settings["request_timeout_s"])
+        self.event_bridge = ClusterEventBridge(self.node, settings["request_timeout_s"])
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl
@@ -60,9 +68,18 @@ class ClusterPlugin(BasePlugin):
                                       settings["request_timeout_s"])
 
     @hookimpl
+    def ksi_message_bus(self, config):
+        return self.message_bus
+
+    @hookimpl
+    def ksi_event_bridge(self, config):
+        return self.event_bridge
+
+    @hookimpl
     def ksi_ready(self, context):
-        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections.
-        return [self.node.run()]
+        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections; and
+        # this node's interest in other nodes' events, kept alive.
+        return [self.node.run(), self.event_bridge.refresh_forever()]
 
     @hookimpl
     def ksi_health_report(self):
@@ -71,6 +88,7 @@ class ClusterPlugin(BasePlugin):
     @hookimpl
     async def ksi_shutdown(self, context):
         if self.node is not None:
+            await self.event_bridge.close()
             await self.node.close()
 
 

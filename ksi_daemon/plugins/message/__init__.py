@@ -11,6 +11,11 @@ A publish is encoded once and written onto each subscribed connection, then kept
 `messages.db` under the plugin's data directory, committed in batches right after the reply (see
 retention_writer.py for what that trades). Agents' subscriptions and cursors are committed before
 their replies.
+
+In cluster mode another plugin supplies a `MessageBus` (bus_seam.py, hook `ksi_message_bus` in
+hookspecs.py): the cluster plugin's JetStream streams then hold the retention and agents'
+inboxes for every node, and this plugin keeps only this node's connection subscriptions
+(docs/CLUSTER.md, "Messages").
 """
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ from ...core.protocol import encode_push
 from ...protocol import UNAVAILABLE, VALIDATION_ERROR, KSIError
 from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
+from . import hookspecs
 from .agents import AgentInboxes
+from .bus_delivery import BusDelivery
 from .connections import ConnectionSubscriptions
 from .models import (HistoryReply, HistoryRequest, MessageSettings, PublishReply, PublishRequest,
                      SubscribeRequest, TopicsReply, UnsubscribeRequest)
@@ -53,9 +60,11 @@ class MessagePlugin(BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="message", version="0.1.0", priority=20,
-                           description="Topics, publish/subscribe and agents' inboxes"),
+                           description="Topics, publish/subscribe and agents' inboxes",
+                           hookspecs=[hookspecs]),
             PluginCapabilities(event_namespaces=["message"], provides_services=["message"]))
         self.writer: SqliteWriter | None = None
+        self.bus = None  # a MessageBus in cluster mode (bus_seam.py)
         self._id_prefix = os.urandom(3).hex()
         self._dirty_cursors: dict[str, int] = {}
         self._cursor_flush: asyncio.TimerHandle | None = None
@@ -63,8 +72,15 @@ class MessagePlugin(BasePlugin):
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @hookimpl
-    def ksi_startup(self, config, context):
+    async def ksi_startup(self, config, context):
         settings = self.settings = MessageSettings.model_validate(context.config or {})
+        bus = await context.hook("ksi_message_bus").call_first(config=config)
+        if bus is None and config["cluster"]["nats_url"]:
+            # A node delivering only its own messages would quietly split the cluster's topics.
+            raise RuntimeError("cluster mode is configured but no plugin supplied the cluster's "
+                               "message bus (is the cluster plugin disabled?)")
+        if bus is not None:
+            return await self._start_on_bus(bus, config, context)
         self.path = Path(settings.db_path).expanduser() if settings.db_path else \
             Path(context.data_dir) / DB_FILE_NAME
         max_age = settings.retention_max_age_s
@@ -92,12 +108,35 @@ class MessagePlugin(BasePlugin):
         log.info("message_store_open", path=str(self.path), retained=len(self.retained),
                  agents=len(stored.patterns), last_seq=stored.last_seq)
 
+    async def _start_on_bus(self, bus, config, context) -> None:
+        """Cluster mode: no database here; the bus stores, retains and reaches the agents."""
+        self.connections = ConnectionSubscriptions(self.settings.max_patterns_per_subscriber)
+        self.delivery = BusDelivery(self.connections, context.emit)
+        node_id = config["cluster"]["node_id"]
+        # Unique across the nodes and their restarts: the stream drops a second message with the
+        # id of one stored in its duplicate window (two minutes).
+        self._id_prefix = f"{node_id}-{os.urandom(6).hex()}"
+        self._seq = itertools.count(1)
+        await bus.open(self.delivery, self.settings)
+        self.bus = bus
+        log.info("message_bus_open", node_id=node_id)
+
     @hookimpl
     def ksi_ready(self, context):
+        if self.bus is not None:
+            return [*self.bus.services(), self._sweep_connections()]
         return [self._sweep()]  # (the write deadlines: PluginDatabase)
+
+    async def _sweep_connections(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD_S)
+            self.connections.forget_closed()
 
     @hookimpl
     async def ksi_shutdown(self, context):
+        if self.bus is not None:
+            await self.bus.close()
+            return
         if self.writer is None:
             return
         await self.agents.stop()
@@ -137,6 +176,9 @@ class MessagePlugin(BasePlugin):
                                "a connection reads past messages with message:history",
                                [{"loc": ["replay"], "msg": "needs agent_id"}])
             return {"topics": self.connections.subscribe(ctx.connection, data.topics)}
+        if self.bus is not None:
+            return await self.bus.subscribe_agent(data.agent_id, data.topics, data.replay,
+                                                  self.settings.max_patterns_per_subscriber)
         known = self.agents.inboxes.get(data.agent_id)
         if not data.topics and known is None:
             raise KSIError(VALIDATION_ERROR, f"agent {data.agent_id} has no stored subscription; "
@@ -161,6 +203,9 @@ class MessagePlugin(BasePlugin):
             if ctx.connection is None:
                 return {"topics": []}
             return {"topics": self.connections.unsubscribe(ctx.connection, data.topics)}
+        if self.bus is not None:
+            return {"topics": await self.bus.unsubscribe_agent(data.agent_id, data.topics),
+                    "agent_id": data.agent_id}
         left = self.agents.unsubscribe(data.agent_id, data.topics)
         if left:
             await self._write(remove_agent_patterns, data.agent_id, left)
@@ -174,6 +219,8 @@ class MessagePlugin(BasePlugin):
             getattr(ctx.connection, "id", None)
         message = {"message_id": f"msg-{self._id_prefix}-{seq}", "topic": data.topic,
                    "sender": sender, "content": data.content, "timestamp": time.time()}
+        if self.bus is not None:
+            return asyncio.ensure_future(self._publish_on_bus(message, ctx.correlation_id))
         # Encoded once for every subscribed connection, whatever their number.
         line = encode_push(PUSH_EVENT, message, ctx.correlation_id)
         delivered = self.connections.deliver(data.topic, line, ctx.correlation_id)
@@ -184,10 +231,22 @@ class MessagePlugin(BasePlugin):
             self.retention_writer.add(seq, message, oldest_kept, forgotten)
         return {"message_id": message["message_id"], "delivered": delivered}
 
+    async def _publish_on_bus(self, message: dict, correlation_id) -> dict:
+        """Stored for the whole cluster first; then this node's subscribers, then the reply."""
+        await self.bus.publish(message)
+        delivered = self.delivery.to_connections(message, correlation_id)
+        return {"message_id": message["message_id"], "delivered": delivered}
+
     @event_handler("message:history", returns=HistoryReply)
     def history(self, data: HistoryRequest):
         """The retained messages of a topic, oldest first."""
+        if self.bus is not None:
+            return asyncio.ensure_future(self._history_on_bus(data))
         messages = self.retained.latest(data.topic, data.limit)
+        return {"topic": data.topic, "messages": messages, "count": len(messages)}
+
+    async def _history_on_bus(self, data: HistoryRequest) -> dict:
+        messages = await self.bus.history(data.topic, data.limit)
         return {"topic": data.topic, "messages": messages, "count": len(messages)}
 
     # ---- storage -----------------------------------------------------------------------------

@@ -60,7 +60,9 @@ class PublishRequest(Request):
 
 class PublishReply(BaseModel):
     message_id: str
-    delivered: int = Field(description="connections and agents the message was handed to")
+    delivered: int = Field(description="connections and agents the message was handed to "
+                                       "(in cluster mode: this node's connections; the other "
+                                       "nodes' and the agents' get it from the stream)")
 
 
 class HistoryRequest(Request):

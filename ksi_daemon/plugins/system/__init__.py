@@ -2,7 +2,9 @@
 
 Discovery and help are generated from the handlers' pydantic models, never written by hand.
 Metrics are assembled in `metrics.py`, written in the Prometheus format by `prometheus.py` and
-served over HTTP (`daemon.metrics_http`) by `metrics_http.py`.
+served over HTTP (`daemon.metrics_http`) by `metrics_http.py`. In cluster mode another plugin's
+`EventBridge` (hook `ksi_event_bridge`, hookspecs.py) lets subscribers see other nodes' events
+too (remote_events.py, docs/CLUSTER.md).
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from ...event_system import compile_pattern
 from ...plugin_manager import BUILTIN_PLUGIN_DIR
 from ...plugin_reload import PluginReloader
 from ...plugin_watch import PluginWatcher
+from . import hookspecs
 from .metrics import DaemonMetrics
 from .metrics_http import MetricsEndpoint, loopback_address
 from .models import (DiscoverRequest, DiscoverReply, EventHistoryRequest, HealthReply,
                      HelpRequest, MetricsRequest, PatternsRequest, PatternsReply, PluginsReply,
                      ReloadReply, ReloadRequest, ShutdownRequest, UnsubscribeRequest)
 from .prometheus import CONTENT_TYPE, render
+from .remote_events import RemoteEvents
 from .schemas import describe_events
 
 _now = time.time
@@ -33,7 +37,8 @@ class SystemPlugin(BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="system", version="0.1.0", priority=0,
-                           description="Daemon health, discovery, subscriptions and control"),
+                           description="Daemon health, discovery, subscriptions and control",
+                           hookspecs=[hookspecs]),
             # internals: it reports on the router, the plugin manager and the daemon
             PluginCapabilities(event_namespaces=["system"], internals=True))
 
@@ -56,10 +61,13 @@ class SystemPlugin(BasePlugin):
         self.metrics_address = settings["metrics_http"]
         self.health_reports = context.hook("ksi_health_report")  # (the cluster's section)
         self.endpoint: MetricsEndpoint | None = None
+        self.config = config
+        self.bridge = None  # an EventBridge in cluster mode (bridge_seam.py)
 
     @hookimpl
     def ksi_ready(self, context):
         self._serve_metrics_over_http(context.log)
+        self._open_event_bridge(context.hook("ksi_event_bridge"))
         # Supervised, cancelled at shutdown: replies a handler owes but never settled; the
         # samples behind the recent events/s; the plugin directories' changes in watch mode.
         services = [self.router.expire_overdue_replies(), self.figures.rates.sample_forever()]
@@ -81,6 +89,15 @@ class SystemPlugin(BasePlugin):
             return
         self.endpoint = endpoint
         log.info("metrics_http_listening", url=f"http://{self.figures.http_address}/metrics")
+
+    def _open_event_bridge(self, hook) -> None:
+        """Asked at ready, not at start: the plugin answering starts after this one."""
+        for impl in hook.impls:
+            bridge = impl.call(config=self.config)
+            if bridge is not None:
+                bridge.open(RemoteEvents(self.router, bridge))
+                self.bridge = bridge
+                return
 
     @hookimpl
     async def ksi_stopping(self, context):
@@ -143,13 +160,21 @@ class SystemPlugin(BasePlugin):
 
     @event_handler("system:subscribe", returns=PatternsReply)
     def subscribe(self, data: PatternsRequest, ctx):
-        """Receive a push for every event matching a pattern ('*', 'ns:*', fnmatch)."""
-        return {"patterns": self.router.subscribe(ctx.connection, data.patterns)}
+        """Receive a push for every event matching a pattern ('*', 'ns:*', fnmatch).
+
+        In cluster mode the events of every node (docs/CLUSTER.md says which cross)."""
+        patterns = self.router.subscribe(ctx.connection, data.patterns)
+        if self.bridge is not None:
+            return _after(self.bridge.local_interest_changed(), {"patterns": patterns})
+        return {"patterns": patterns}
 
     @event_handler("system:unsubscribe", returns=PatternsReply)
     def unsubscribe(self, data: UnsubscribeRequest, ctx):
         """Stop receiving pushes for these patterns (no patterns: all of them)."""
-        return {"patterns": self.router.unsubscribe(ctx.connection, data.patterns)}
+        patterns = self.router.unsubscribe(ctx.connection, data.patterns)
+        if self.bridge is not None:
+            return _after(self.bridge.local_interest_changed(), {"patterns": patterns})
+        return {"patterns": patterns}
 
     @event_handler("system:event_history")
     def event_history(self, data: EventHistoryRequest):
@@ -193,6 +218,14 @@ class SystemPlugin(BasePlugin):
         """Stop the daemon: finish in-flight work (up to timeout_s), then exit 0."""
         self.daemon.request_shutdown(data.timeout_s)
         return {"status": "shutting_down"}
+
+
+def _after(waiting, reply: dict) -> asyncio.Future:
+    """The reply once the other nodes can know of the change (the bridge bounds the wait)."""
+    async def answer():
+        await waiting
+        return reply
+    return asyncio.ensure_future(answer())
 
 
 def as_format(figures: dict, format: str) -> dict:
