@@ -33,7 +33,10 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_config(directory: Path, port: int, sync_interval: str = "always") -> Path:
+def write_config(directory: Path, port: int, sync_interval: str = "always",
+                 cluster: tuple[int, list[int]] | None = None) -> Path:
+    """With `cluster` (this server's route port, every member's route port), the server is one
+    member of a local NATS cluster, whose JetStream keeps R3 streams across its members."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "nats-server.conf"
     config.write_text(
@@ -42,16 +45,22 @@ def write_config(directory: Path, port: int, sync_interval: str = "always") -> P
         "jetstream {\n"
         f'  store_dir: "{directory / "jetstream"}"\n'
         f"  sync_interval: {sync_interval}\n"
-        "}\n")
+        "}\n" + ("" if cluster is None else
+                 "cluster {\n"
+                 '  name: "ksi_local"\n'
+                 f'  listen: "127.0.0.1:{cluster[0]}"\n'
+                 f"  routes: [{', '.join(f'nats-route://127.0.0.1:{p}' for p in cluster[1])}]\n"
+                 "}\n"))
     return config
 
 
 def start_nats_server(directory: Path, port: int | None = None, log_file: Path | None = None,
-                      sync_interval: str = "always") -> tuple[subprocess.Popen, str]:
+                      sync_interval: str = "always", cluster: tuple[int, list[int]] | None = None
+                      ) -> tuple[subprocess.Popen, str]:
     """Start it (data under `directory`, kept across restarts on the same port); return the
     process and its URL once it accepts connections."""
     port = port or free_loopback_port()
-    config = write_config(directory, port, sync_interval)
+    config = write_config(directory, port, sync_interval, cluster)
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=output,
                                stderr=subprocess.STDOUT, start_new_session=True)

@@ -102,12 +102,14 @@ class ClusterNode:
         self.reachable = True
         js = self.nc.jetstream(timeout=self.settings["request_timeout_s"])
         while self.nc.is_connected:
+            step = "account info"
             try:
                 await js.account_info()
                 for listener in self.listeners:
+                    step = type(listener).__name__  # named in the error: which store is stuck
                     await listener.cluster_up(js)
             except Exception as exc:  # noqa: BLE001 - JetStream off, not ready, timed out
-                self.jetstream_ok, self.last_error = False, f"JetStream: {exc!r}"
+                self.jetstream_ok, self.last_error = False, f"JetStream ({step}): {exc!r}"
                 self.report_degraded(f"cluster: {self.last_error}")
                 log.warning("cluster_jetstream_unusable", error=repr(exc))
                 await asyncio.sleep(RETRY_CONNECT_EVERY_S)
