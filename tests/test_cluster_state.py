@@ -11,33 +11,19 @@ import time
 
 import pytest
 
+import cluster_nodes
+from cluster_nodes import WITHIN_S, wait_for
 from conftest import DaemonProcess, data_of, error_of
 from ksi_daemon.config import ConfigError, load_config
 from ksi_daemon.plugins.cluster import kv_keys, kv_values
 
-WITHIN_S = 10.0  # generous bounds for what should take milliseconds to a second or two
-
 
 def node_process(workdir, nats_server, node_id: str) -> DaemonProcess:
-    (workdir / node_id).mkdir(exist_ok=True)
-    return DaemonProcess(workdir / node_id, env={"KSI_CLUSTER_NATS_URL": nats_server.url,
-                                                "KSI_NODE_ID": node_id})
+    return cluster_nodes.node_process(workdir, nats_server.url, node_id)
 
 
 def start_node(workdir, nats_server, node_id: str) -> DaemonProcess:
-    node = node_process(workdir, nats_server, node_id).start()
-    wait_for(lambda: node.request("system:health")["data"]["cluster"]["jetstream"])
-    return node
-
-
-def wait_for(condition, within: float = WITHIN_S):
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            assert result, f"not within {within} s"
-            return result
-        time.sleep(0.05)
+    return cluster_nodes.start_node(workdir, nats_server.url, node_id)
 
 
 @pytest.fixture

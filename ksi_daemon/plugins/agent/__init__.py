@@ -13,6 +13,11 @@
 Each agent is a task (supervisor.py) answering its inbox through completion:request; agents and
 their inboxes live in agents.db under the plugin's data directory (store.py), written ahead of
 every reply, so a restarted daemon carries on every conversation where it stood.
+
+In cluster mode (an `AgentCluster` from the `ksi_agent_cluster` hook: cluster_seam.py) each
+agent runs on one node: every write of an agent is followed by its checkpoint in the cluster,
+fenced by the node's lease, before anyone is told; requests for an agent of another node are
+forwarded there; and a node that loses an agent's lease stops it at once (docs/CLUSTER.md).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import structlog
+from pydantic import ValidationError
 
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
@@ -31,9 +37,10 @@ from ...protocol import (CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, UNKNOWN_EVEN
                          VALIDATION_ERROR, KSIError)
 from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
-from . import store
+from . import hookspecs, store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
 from .identities import IdentityBook
+from .cluster_writes import Forwarded, agents_changed_by
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
                      ListReply, ListRequest, ProfilesReply, ProfilesRequest, ScheduleRecord,
                      ScheduleRequest, SchedulesReply, SchedulesRequest, SendReply, SendRequest,
@@ -46,6 +53,8 @@ from .supervisor import AgentRuntime, text_of, turn_record
 DB_FILE_NAME = "agents.db"
 DEFAULT_PROFILE = "assistant"
 STOP_GRACE_S = 3.0  # a turn whose completion already finished gets this long to be recorded
+FORWARD_MARGIN_S = 5.0  # a forwarded agent:send waits this much longer than its own timeout
+FORWARD_TIMEOUT_S = 30.0  # any other forwarded request (a spawn may start MCP servers)
 log = structlog.get_logger("ksi.plugin.agent")
 
 
@@ -53,16 +62,23 @@ class AgentPlugin(BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="agent", version="0.1.0", priority=60,
-                           description="Supervised AI agents", dependencies=["message"]),
+                           description="Supervised AI agents", dependencies=["message"],
+                           hookspecs=[hookspecs]),
             PluginCapabilities(event_namespaces=["agent"], provides_services=["agent"]))
         self.writer: SqliteWriter | None = None
         self.agents: dict[str, Agent] = {}
         self.terminated: OrderedDict[str, dict] = OrderedDict()
+        self.cluster = None  # an AgentCluster in cluster mode
+        self._stopping_moved: set[asyncio.Task] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @hookimpl
-    def ksi_startup(self, config, context):
+    async def ksi_startup(self, config, context):
+        self.cluster = await context.hook("ksi_agent_cluster").call_first(config=config)
+        if self.cluster is None and config["cluster"]["nats_url"]:
+            raise RuntimeError("cluster mode is configured but no plugin supplied the agents' "
+                               "cluster (is the cluster plugin disabled?)")
         settings = self.settings = AgentSettings.model_validate(context.config or {})
         var_dir = Path(config["daemon"]["var_dir"])
         self.book = ProfileBook(Path(settings.profiles_dir).expanduser() if settings.profiles_dir
@@ -75,9 +91,11 @@ class AgentPlugin(BasePlugin):
         self.database = PluginDatabase.open(
             path, name="agent", synchronous=settings.synchronous,
             create_schema=store.create_schema, deadline_s=config["daemon"]["event_timeout"],
-            reader=False, load=store.load,
+            reader=False, load=store.load if self.cluster is None else store.load_in_cluster,
             report_degraded=context.report_degraded)
         self.writer, loaded = self.database.writer, self.database.loaded
+        if self.cluster is not None:
+            self.cluster.open(self)
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
         self.runtime.after_last_turn = self._end_schedules
@@ -203,11 +221,114 @@ class AgentPlugin(BasePlugin):
 
     # ---- plumbing ----------------------------------------------------------------------------
 
-    async def _write(self, op, *args):
+    async def _write_here(self, op, *args):
         try:
             return await self.writer.submit(op, *args)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the daemon is shutting down") from None
+
+    async def _write(self, op, *args):
+        """A write of agents.db; in cluster mode followed by the checkpoint of each agent it
+        changed (a new agent's claims its lease), fenced by the lease: when that fails, the
+        write's effect is not told to anyone (the caller gets the KSIError)."""
+        if self.cluster is None:
+            return await self._write_here(op, *args)
+        if op is store.delete_agent:
+            await self.cluster.release(args[0])
+        changed = agents_changed_by(op, args)
+        if not changed:
+            return await self._write_here(op, *args)
+        result, checkpoints = await self._write_here(store.with_checkpoints, op, changed, *args)
+        about, snapshot = changed[0], checkpoints[0]
+        if op is store.insert_agent:
+            try:
+                await self.cluster.claim(about, snapshot)
+            except BaseException:
+                await asyncio.shield(self._write_here(store.delete_agent, about))
+                raise
+        elif snapshot is not None:
+            await self.cluster.checkpoint(about, snapshot)
+        for other, snapshot in zip(changed[1:], checkpoints[1:]):
+            if snapshot is not None:  # a reply in another agent's inbox: that agent's news
+                try:
+                    await self.cluster.checkpoint(other, snapshot)
+                except KSIError as exc:
+                    log.warning("agent_checkpoint_not_stored", agent_id=other, error=exc.message)
+        return result
+
+    # ---- cluster mode: the AgentsHere side of cluster_seam.py ---------------------------------
+
+    def _home_elsewhere(self, agent_id: str) -> str | None:
+        """The node an agent runs on, if it is not this one (None in a single daemon)."""
+        if self.cluster is None or agent_id in self.agents:
+            return None
+        home = self.cluster.home_of(agent_id)
+        return home if home is not None and home != self.cluster.node_id else None
+
+    async def _forward(self, node_id: str, event: str, data, ctx, timeout_s=FORWARD_TIMEOUT_S):
+        return await self.cluster.forward(
+            node_id, event, data.model_dump(mode="json", exclude_none=True),
+            ctx.correlation_id, timeout_s)
+
+    async def answer_forwarded(self, event: str, data: dict, correlation_id: str | None):
+        here = {"agent:send": (SendRequest, self._send_here),
+                "agent:terminate": (AgentIdRequest, self._terminate_here),
+                "agent:info": (AgentIdRequest, self._info_here),
+                "agent:spawn": (SpawnRequest, self._spawn_here),
+                "agent:interrupt": (AgentIdRequest, self._interrupt_here),
+                "agent:restart": (AgentIdRequest, self._restart_here)}.get(event)
+        if here is None:
+            raise KSIError(UNKNOWN_EVENT, f"{event} is not forwarded between nodes")
+        model, handler = here
+        try:
+            request = model.model_validate(data)
+        except ValidationError as exc:
+            raise KSIError(VALIDATION_ERROR, str(exc), exc.errors(include_url=False)) from None
+        answer = handler(request, Forwarded(correlation_id))
+        return await answer if asyncio.iscoroutine(answer) else answer
+
+    async def adopt(self, checkpoint: dict) -> None:
+        """Resume an agent whose lease this node has just taken, from its checkpoint: its
+        pending messages are answered here, a turn cut off by the old node's crash again."""
+        row, messages = checkpoint["agent"], checkpoint["messages"]
+        agent_id = row["agent_id"]
+        if agent_id in self.agents:
+            return
+        await self._write_here(store.adopt, checkpoint)
+        self.runtime.continue_seq_after(max((m["seq"] for m in messages), default=0))
+        unpublished = self._restore(store.Loaded(agents=[row], messages={agent_id: messages}))
+        agent = self.agents[agent_id]
+        await self._attach_restored(agent)
+        if agent.status == "running":
+            self.runtime.start(agent)
+        for owner, message_id, topic, text in unpublished:
+            await self.runtime.publish_reply(owner, message_id, topic, text)
+        await self.context.emit("agent:status", {
+            "agent_id": agent_id, "status": agent.status,
+            "reason": f"resumed on node {self.cluster.node_id}"})
+
+    def give_up(self, agent_id: str, why: str) -> None:
+        agent = self.agents.pop(agent_id, None)
+        if agent is None:
+            return
+        agent.fail_waiters(KSIError(UNAVAILABLE, f"agent {agent_id} stopped on node "
+                                                 f"{self.cluster.node_id}: {why}; it resumes "
+                                                 "on another node"))
+        task = asyncio.ensure_future(self._stop_given_up(agent, why))
+        self._stopping_moved.add(task)
+        task.add_done_callback(self._stopping_moved.discard)
+
+    async def _stop_given_up(self, agent: Agent, why: str) -> None:
+        await self.runtime.stop_task(agent)
+        for schedule in self.scheduler.of_agent(agent.agent_id):
+            self.scheduler.remove(schedule.schedule_id)
+        try:
+            await self._write_here(store.delete_agent, agent.agent_id)
+        except KSIError:
+            pass
+        await self._detach_mcp_servers(agent)
+        await self._quietly("agent:status", {"agent_id": agent.agent_id, "status": "moved",
+                                             "reason": why})
 
     def _live(self, agent_id: str) -> Agent:
         agent = self.agents.get(agent_id)
@@ -227,7 +348,17 @@ class AgentPlugin(BasePlugin):
 
     @event_handler("agent:spawn", returns=SpawnReply)
     async def spawn(self, data: SpawnRequest, ctx):
-        """Start an agent from a profile (or an inline config); `task` is its first message."""
+        """Start an agent from a profile (or an inline config); `task` is its first message.
+        In cluster mode on `node` (default: this one)."""
+        if data.node is not None:
+            if self.cluster is None:
+                raise KSIError(VALIDATION_ERROR, "node is for cluster mode; this daemon is "
+                               "not in a cluster", [{"loc": ["node"], "msg": "no cluster"}])
+            if data.node != self.cluster.node_id:
+                return await self._forward(data.node, "agent:spawn", data, ctx)
+        return await self._spawn_here(data, ctx)
+
+    async def _spawn_here(self, data: SpawnRequest, ctx):
         profile = self._profile_for(data)
         agent_id = data.agent_id or f"{profile.name}-{os.urandom(4).hex()}"
         if agent_id in self.agents:
@@ -246,7 +377,8 @@ class AgentPlugin(BasePlugin):
         first = None
         if data.task is not None:
             first = self.runtime.new_message(data.task, DIRECT)
-            first.ctx, first.correlation_id = ctx, ctx.correlation_id
+            first.ctx = None if isinstance(ctx, Forwarded) else ctx
+            first.correlation_id = ctx.correlation_id
         row = {"agent_id": agent_id, "profile": profile.name, "session_id": agent.session_id,
                "config": profile.model_dump_json(), "status": "running", "created_at": now}
         try:
@@ -296,10 +428,20 @@ class AgentPlugin(BasePlugin):
     @event_handler("agent:terminate", returns=TerminateReply)
     async def terminate(self, data: AgentIdRequest, ctx):
         """Stop an agent for good: its task ends, its inbox and topic subscriptions go."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:terminate", data, ctx)
+        return await self._terminate_here(data, ctx)
+
+    async def _terminate_here(self, data: AgentIdRequest, ctx):
         agent = self.agents.get(data.agent_id)
         if agent is None:
             detail = " (already terminated)" if data.agent_id in self.terminated else ""
             raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}{detail}")
+        if self.cluster is not None:  # first, so that no other node resumes it afterwards
+            await self.cluster.release(agent.agent_id)
+        if self.agents.get(data.agent_id) is not agent:
+            raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}")
         del self.agents[data.agent_id]
         await self.runtime.stop_task(agent)
         for schedule in self.scheduler.of_agent(agent.agent_id):
@@ -324,6 +466,12 @@ class AgentPlugin(BasePlugin):
     @event_handler("agent:restart", returns=TerminateReply)
     async def restart(self, data: AgentIdRequest, ctx):
         """Run an agent again: a failed one with fresh restarts, a running one in a new task."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:restart", data, ctx)
+        return await self._restart_here(data, ctx)
+
+    async def _restart_here(self, data: AgentIdRequest, ctx):
         agent = self._live(data.agent_id)
         cancelled = await self.runtime.stop_task(agent)
         # A cancelled completion would answer its request_id with "cancelled": ask anew.
@@ -346,26 +494,54 @@ class AgentPlugin(BasePlugin):
         """Agents and their states (terminated ones only when asked by status)."""
         if data.status == "terminated":
             agents = [{k: r[k] for k in RECORD_KEYS} for r in self.terminated.values()]
-        else:
+        elif self.cluster is None:
             agents = [a.record() for a in self.agents.values()
                       if data.status is None or a.status == data.status]
+        else:
+            agents = self._cluster_directory(data.status)
         # Both figures are counted now, from the objects themselves: a leaked agent task shows.
         return {"agents": agents, "count": len(agents), "tasks_alive": len(self.runtime.tasks),
                 "daemon_tasks": len(asyncio.all_tasks())}
 
+    def _cluster_directory(self, status: str | None) -> list[dict]:
+        """Every agent of the cluster: this node's as they are now, the others' as their last
+        checkpoint says."""
+        me = self.cluster.node_id
+        agents = [{**a.record(), "node": me} for a in self.agents.values()]
+        agents += [{**{k: row[k] for k in RECORD_KEYS}, "node": row["node"]}
+                   for row in self.cluster.directory()
+                   if row["agent_id"] not in self.agents and row["node"] != me]
+        return [a for a in agents if status is None or a["status"] == status]
+
     @event_handler("agent:info", returns=InfoReply)
-    def info(self, data: AgentIdRequest):
+    async def info(self, data: AgentIdRequest, ctx):
         """One agent: its record, model, turns, restarts, last error and recent turns."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:info", data, ctx)
+        return self._info_here(data, ctx)
+
+    def _info_here(self, data: AgentIdRequest, ctx=None):
         agent = self.agents.get(data.agent_id)
         record = agent.info() if agent is not None else self.terminated.get(data.agent_id)
         if record is None:
             raise KSIError(NOT_FOUND, f"no agent {data.agent_id}; see agent:list")
         identity = self.identities.of(data.agent_id)
+        if self.cluster is not None:
+            record = {**record, "node": self.cluster.node_id}
         return record if identity is None else {**record, "identity": identity}
 
     @event_handler("agent:send", returns=SendReply, timeout=None)
     async def send(self, data: SendRequest, ctx):
         """Put a message in an agent's inbox; with wait, answer with the agent's reply."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            waits = (data.timeout_s or self.settings.send_timeout_s) if data.wait else 0.0
+            return await self._forward(home, "agent:send", data, ctx,
+                                       waits + FORWARD_MARGIN_S)
+        return await self._send_here(data, ctx)
+
+    async def _send_here(self, data: SendRequest, ctx):
         agent = self._live(data.agent_id)
         if data.sender == agent.agent_id:
             raise KSIError(VALIDATION_ERROR, "an agent does not answer its own messages",
@@ -388,7 +564,7 @@ class AgentPlugin(BasePlugin):
             raise KSIError(CONFLICT, f"agent {agent.agent_id} was terminated meanwhile")
         running = agent.status != "failed"
         if not data.wait:
-            message.ctx = ctx
+            message.ctx = None if isinstance(ctx, Forwarded) else ctx
             agent.deliver(message)
             await self._take_over_if_busy(agent, busy)
             return {"message_id": message.message_id, "delivered": running}
@@ -415,6 +591,12 @@ class AgentPlugin(BasePlugin):
     async def interrupt(self, data: AgentIdRequest, ctx):
         """Stop the agent's running turn now (its completion is cancelled); it takes the next
         message. An idle agent answers interrupted: false."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:interrupt", data, ctx)
+        return await self._interrupt_here(data, ctx)
+
+    async def _interrupt_here(self, data: AgentIdRequest, ctx):
         agent = self._live(data.agent_id)
         return {"agent_id": agent.agent_id, **await self.runtime.interrupt(agent)}
 

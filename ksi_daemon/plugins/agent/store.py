@@ -17,6 +17,7 @@ inbox are committed together, so a restart neither loses nor repeats one.
 """
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -196,3 +197,59 @@ def fire_schedule(conn: sqlite3.Connection, row: dict, message: tuple | None) ->
                  "WHERE schedule_id = :schedule_id", row)
     if message is not None:
         add_message(conn, message)
+
+
+# ---- cluster mode: the checkpoint another node resumes an agent from (cluster_seam.py) ------
+
+_generations = itertools.count(1)
+AGENT_FIELDS = ("agent_id", "profile", "config", "session_id", "status", "created_at",
+                "updated_at", "turns", "messages_handled", "restarts", "error")
+MESSAGE_FIELDS = ("agent_id", "message_id", "seq", "sender", "topic", "reply_to", "content",
+                  "received_at", "state", "attempts", "reply", "request_id", "turn")  # the order of the writer's commits (one writer thread)
+
+
+def checkpoint(conn: sqlite3.Connection, agent_id: str) -> dict | None:
+    """The agent's row and message rows as this transaction leaves them (None: no agent)."""
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        if row is None:
+            return None
+        messages = [dict(m) for m in conn.execute(
+            "SELECT * FROM agent_messages WHERE agent_id = ? ORDER BY seq", (agent_id,))]
+    finally:
+        conn.row_factory = None
+    agent = dict(row)
+    agent["config"] = agent["config"].decode() if isinstance(agent["config"], bytes) \
+        else agent["config"]
+    return {"agent": agent, "messages": messages, "generation": next(_generations)}
+
+
+def with_checkpoints(conn: sqlite3.Connection, op, agent_ids: tuple, *args):
+    """`op`, then the checkpoint of each agent it changed, in the same transaction."""
+    result = op(conn, *args)
+    return result, [checkpoint(conn, agent_id) for agent_id in agent_ids]
+
+
+def adopt(conn: sqlite3.Connection, snapshot: dict) -> None:
+    """An agent resumed from another node's checkpoint: its rows, replacing any old ones."""
+    agent = snapshot["agent"]
+    conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (agent["agent_id"],))
+    # Only this schema's columns, named here (a record from the bucket names no SQL).
+    conn.execute(f"INSERT OR REPLACE INTO agents ({', '.join(AGENT_FIELDS)}) VALUES "
+                 f"({', '.join('?' * len(AGENT_FIELDS))})",
+                 tuple(agent.get(name) for name in AGENT_FIELDS))
+    for message in snapshot["messages"]:
+        conn.execute(f"INSERT INTO agent_messages ({', '.join(MESSAGE_FIELDS)}) VALUES "
+                     f"({', '.join('?' * len(MESSAGE_FIELDS))})",
+                     tuple(message.get(name) for name in MESSAGE_FIELDS))
+
+
+def load_in_cluster(conn: sqlite3.Connection) -> Loaded:
+    """`load` in cluster mode: the cluster's checkpoints say which agents run here (adopted as
+    their leases come free), not the rows this node's last run left, which go."""
+    conn.execute("DELETE FROM agent_messages")
+    conn.execute("DELETE FROM agent_schedules")
+    conn.execute("DELETE FROM agents WHERE status != 'terminated'")
+    conn.commit()
+    return load(conn)

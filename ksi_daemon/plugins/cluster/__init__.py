@@ -3,14 +3,16 @@
 Loaded only when `cluster.nats_url` is set (KSI_CLUSTER_NATS_URL; plugin_manager.py's
 OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing imports nats. The
 plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
-events or a declared seam, so far one: the state plugin's `ksi_state_store` hook, answered
-with the KV store (kv_state.py). docs/CLUSTER.md has the design.
+events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV store
+(kv_state.py), and the agent plugin's `ksi_agent_cluster` hook, answered with the agents'
+leases, checkpoints and forwarding (leases.py). docs/CLUSTER.md has the design.
 """
 from __future__ import annotations
 
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .kv_state import KvStateStore
+from .leases import AgentLeases
 from .node import ClusterNode
 
 
@@ -29,6 +31,7 @@ class ClusterPlugin(BasePlugin):
         self.node = ClusterNode(settings, context.report_degraded)
         self.state_store = KvStateStore(self.node, settings["state_bucket"],
                                         settings["replicas"], settings["request_timeout_s"])
+        self.agent_leases = AgentLeases(self.node, settings)
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl
@@ -36,17 +39,23 @@ class ClusterPlugin(BasePlugin):
         return self.state_store
 
     @hookimpl
+    def ksi_agent_cluster(self, config):
+        return self.agent_leases
+
+    @hookimpl
     def ksi_ready(self, context):
-        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections.
-        return [self.node.run()]
+        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections; the
+        # leases' renewal, fence and sweep.
+        return [self.node.run(), *self.agent_leases.services()]
 
     @hookimpl
     def ksi_health_report(self):
-        return {"cluster": self.node.health()}
+        return {"cluster": {**self.node.health(), **self.agent_leases.health()}}
 
     @hookimpl
     async def ksi_shutdown(self, context):
         if self.node is not None:
+            await self.agent_leases.close()
             await self.node.close()
 
 
