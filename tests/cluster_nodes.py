@@ -36,16 +36,18 @@ def start_node(workdir, nats_url: str, node_id: str, config: dict | None = None
 
 
 class CuttableProxy:
-    """A TCP proxy on loopback in front of nats-server: `cut()` closes every connection through
-    it and refuses new ones (as a network partition would, from that node's side), `heal()`
-    lets connections through again."""
+    """A TCP proxy on loopback in front of nats-server. `cut()` is a partition as the network
+    makes one: bytes already on their way are dropped silently in both directions (no reset,
+    no close: the node notices only by its own pings and timeouts), and new connections are
+    refused. `heal()` lets new connections through again; the cut ones are closed then."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.open = True
+        self.passing = True
+        self.generation = 0  # connections of an older generation were cut
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -56,7 +58,7 @@ class CuttableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if not self.open:
+            if not self.passing:
                 client.close()
                 continue
             try:
@@ -67,15 +69,17 @@ class CuttableProxy:
             with self.lock:
                 self.sockets += [client, server]
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink, self.generation),
+                                 daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
         try:
-            while self.open:
+            while True:
                 chunk = source.recv(65536)
                 if not chunk:
                     break
-                sink.sendall(chunk)
+                if self.passing and generation == self.generation:
+                    sink.sendall(chunk)  # else dropped: the partition
         except OSError:
             pass
         for sock in (source, sink):
@@ -85,19 +89,21 @@ class CuttableProxy:
                 pass
 
     def cut(self) -> None:
-        self.open = False
+        self.passing = False
+        self.generation += 1
+
+    def heal(self) -> None:
         with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for sock in sockets:
+            cut, self.sockets = self.sockets, []
+        for sock in cut:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
-
-    def heal(self) -> None:
-        self.open = True
+        self.passing = True
 
     def close(self) -> None:
         self.cut()
+        self.heal()
         self.listener.close()

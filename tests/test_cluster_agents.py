@@ -61,3 +61,133 @@ def test_an_agent_on_a_answers_b_shows_in_b_list_and_b_terminates_it(two_nodes):
     wait_for(lambda: "helper" not in listed(a) and "helper" not in listed(b))
     assert error_of(b.request("agent:send", {"agent_id": "helper", "content": "x"}))[
         "code"] == "not_found"
+
+
+def gated_config(api_base: str) -> dict:
+    """FAST_LEASES, and the fake server's `gated` model (a call waits for the test's gate)."""
+    return {**FAST_LEASES, "plugins": {
+        **FAST_LEASES["plugins"],
+        "completion": {"aliases": {"gated": {"model": "openai/gated", "api_base": api_base,
+                                             "api_key": "sk-test"}},
+                       "retry": {"max_attempts": 1}}}}
+
+
+def next_push(client, event: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        client.settimeout(max(0.05, deadline - time.monotonic()))
+        message = client.recv()
+        if message.get("type") == "event" and message["event"] == event:
+            return message["data"]
+        assert time.monotonic() < deadline, f"no {event} within {timeout} s"
+
+
+def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
+        workdir, nats_server, fake_openai):
+    config = gated_config(fake_openai.api_base)
+    a, b = (start_node(workdir, nats_server.url, name, config) for name in ("node-a", "node-b"))
+    try:
+        fake_openai.open_gate()
+        spawn(a, "mover", model="gated")
+        wait_for(lambda: "mover" in listed(b))
+        assert data_of(send_and_wait(b, "mover", "first"))["reply"]["turn"] == 1
+        # The second turn is at the model on node A when A dies: it was never recorded.
+        fake_openai.close_gate()
+        accepted = data_of(b.request("agent:send", {"agent_id": "mover", "content": "second"}))
+        assert accepted["delivered"] is True
+        wait_for(lambda: fake_openai.calls_saying("second") == 1)
+        a.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        # Until the lease expires the agent runs nowhere: a clear error at once, no hang.
+        error = error_of(b.request("agent:send", {"agent_id": "mover", "content": "x"}))
+        assert error["code"] == "unavailable"
+        with b.client(timeout=30) as watcher:
+            data_of(watcher.request("system:subscribe", {"patterns": ["agent:reply"]}))
+            moved = wait_for(lambda: listed(b)["mover"]["node"] == "node-b",
+                             within=FAILOVER_WITHIN_S)
+            assert moved and time.monotonic() - killed_at < FAILOVER_WITHIN_S
+            # Node B takes the cut-off turn again (the same message, asked anew), once.
+            wait_for(lambda: fake_openai.calls_saying("second") == 2)
+            fake_openai.open_gate()
+            reply = next_push(watcher, "agent:reply")
+            assert reply["in_reply_to"] == accepted["message_id"] and reply["turn"] == 2
+        assert data_of(send_and_wait(b, "mover", "third"))["reply"]["turn"] == 3
+        info = data_of(b.request("agent:info", {"agent_id": "mover"}))
+        assert info["node"] == "node-b" and info["turns"] == 3 and info["pending"] == 0
+        assert [t["content"] for t in info["recent"]] == ["first", "second", "third"]
+        assert fake_openai.calls_saying("second") == 2 and fake_openai.calls_saying("first") \
+            == 1  # the first turn, recorded on A, was not taken again on B
+        health = data_of(b.request("system:health"))["cluster"]
+        assert health["leases"] == ["mover"]
+        assert [n["node_id"] for n in health["nodes"]] == ["node-b"]  # A's heartbeat expired
+    finally:
+        fake_openai.open_gate()
+        b.stop()
+
+
+def test_a_partitioned_node_stops_its_agent_which_runs_on_the_other_and_stays_there(
+        workdir, nats_server):
+    proxy = CuttableProxy(nats_server.port)
+    a = start_node(workdir, proxy.url, "node-a", FAST_LEASES)
+    b = start_node(workdir, nats_server.url, "node-b", FAST_LEASES)
+    try:
+        spawn(a, "island")
+        wait_for(lambda: "island" in listed(b))
+        assert data_of(send_and_wait(b, "island", "before"))["reply"]["turn"] == 1
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 1
+        proxy.cut()  # A hears nothing from NATS and NATS nothing from A, without a reset
+        # A stops the agent by its own clock, before the lease can expire on the server...
+        wait_for(lambda: data_of(a.request("agent:list"))["tasks_alive"] == 0,
+                 within=FAILOVER_WITHIN_S)
+        # ...and B resumes it once it has.
+        wait_for(lambda: listed(b)["island"]["node"] == "node-b", within=FAILOVER_WITHIN_S)
+        during = data_of(send_and_wait(b, "island", "during"))
+        assert during["reply"]["turn"] == 2
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+        error_on_a = error_of(a.request("agent:send", {"agent_id": "island", "content": "x"}))
+        assert error_on_a["code"] == "unavailable"
+        proxy.heal()
+        wait_for(lambda: data_of(a.request("system:health"))["cluster"]["jetstream"],
+                 within=30)
+        # Healed: A sees the agent on B, runs nothing of it, and reaches it there.
+        wait_for(lambda: listed(a).get("island", {}).get("node") == "node-b")
+        after = data_of(send_and_wait(a, "island", "after"))
+        assert after["reply"]["turn"] == 3
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+        assert data_of(b.request("agent:list"))["tasks_alive"] == 1
+        info = data_of(a.request("agent:info", {"agent_id": "island"}))
+        assert info["node"] == "node-b"
+        assert [t["content"] for t in info["recent"]] == ["before", "during", "after"]
+    finally:
+        a.stop()
+        b.stop()
+        proxy.close()
+
+
+def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
+    nodes = {name: start_node(workdir, nats_server.url, name, FAST_LEASES)
+             for name in ("node-a", "node-b")}
+    try:
+        spawn(nodes["node-a"], "keeper")
+        home, accepted = "node-a", []
+        for trial in range(3):
+            other = "node-b" if home == "node-a" else "node-a"
+            wait_for(lambda: listed(nodes[other]).get("keeper", {}).get("node") == home)
+            for number in range(5):  # sent from the other node, not waited for
+                sent = data_of(nodes[other].request("agent:send", {
+                    "agent_id": "keeper", "content": f"trial {trial} message {number}"}))
+                assert sent["delivered"] is True
+                accepted.append(sent["message_id"])
+            nodes[home].stop(signal.SIGKILL)
+            wait_for(lambda: listed(nodes[other])["keeper"]["node"] == other,
+                     within=FAILOVER_WITHIN_S)
+            nodes[home] = start_node(workdir, nats_server.url, home, FAST_LEASES)
+            home = other
+        info = wait_for(lambda: (i := data_of(nodes[home].request(
+            "agent:info", {"agent_id": "keeper"})))["pending"] == 0 and i)
+        answered = [t["message_id"] for t in info["recent"]]
+        assert sorted(answered) == sorted(accepted)  # each once: none lost, none twice
+        assert info["turns"] == len(accepted) and info["node"] == home
+    finally:
+        for node in nodes.values():
+            node.stop()

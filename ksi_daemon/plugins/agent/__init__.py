@@ -335,6 +335,10 @@ class AgentPlugin(BasePlugin):
         if agent is None:
             if agent_id in self.terminated:
                 raise KSIError(CONFLICT, f"agent {agent_id} was terminated")
+            if self.cluster is not None and self.cluster.home_of(agent_id) is not None:
+                raise KSIError(UNAVAILABLE, f"agent {agent_id} is not running anywhere just "
+                               "now (its node stopped or lost NATS); it resumes on another "
+                               "node once its lease expires")
             raise KSIError(NOT_FOUND, f"no agent {agent_id}; see agent:list")
         return agent
 

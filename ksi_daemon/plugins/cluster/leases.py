@@ -471,6 +471,10 @@ class AgentLeases:
             entry = await self._ask(self.kv.get(key))
         except KeyNotFoundError as exc:
             return None, (exc.entry.revision if exc.entry is not None else 0)
+        if not entry.value:
+            # The marker the server puts where a TTL removed a lease: nats-py's get returns it
+            # as a value (only its watch reads the marker's header). Every record is JSON.
+            return None, entry.revision
         return entry, None
 
     async def _publish(self, key: str, payload: bytes, last: int | None, *,
