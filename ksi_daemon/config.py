@@ -119,6 +119,13 @@ class ClusterSettings(_Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     state_bucket: str = Field("ksi_state", pattern=r"^[A-Za-z0-9_-]+$")
+    # The stream of conversation turns, the KV bucket of agent checkpoints, the stream of the
+    # state audit (docs/CLUSTER.md); every node of a cluster must name the same ones.
+    conversation_stream: str = Field("KSI_CONVERSATIONS", pattern=r"^[A-Za-z0-9_-]+$")
+    agent_bucket: str = Field("ksi_agents", pattern=r"^[A-Za-z0-9_-]+$")
+    audit_stream: str = Field("KSI_STATE_AUDIT", pattern=r"^[A-Za-z0-9_-]+$")
+    audit_keep_s: float = Field(30 * 86400.0, gt=0)  # the audit stream's records are kept so long
+    audit_keep_records: int = Field(1_000_000, ge=1)  # and at most this many (the newest)
     replicas: int = Field(1, ge=1, le=5)  # copies of the bucket (3 on a 3-server NATS cluster)
     agents_bucket: str = Field("ksi_agents", pattern=r"^[A-Za-z0-9_-]+$")
     # An agent's lease lives this long unless renewed (every quarter of it); a node that could

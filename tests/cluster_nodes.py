@@ -1,21 +1,37 @@
-"""Helpers shared by the cluster-mode tests: daemon processes as nodes of one nats-server,
-waiting for what the cluster brings in its own time, and a TCP proxy to cut one node off."""
+"""Cluster nodes for tests: daemon processes joined to the test's own nats-server.
+
+Each node is a real daemon process with its own var directory and socket, started with
+KSI_CLUSTER_NATS_URL and KSI_NODE_ID (the `nats_server` fixture of conftest.py gives the
+server: loopback, JetStream, `sync_interval: always`). Test modules import the helpers and the
+`two_nodes` fixture from here, and `CuttableProxy`, which stands in for the server when a test
+cuts one node off (anything with a `url` can be given as `nats_server`).
+"""
 from __future__ import annotations
 
 import socket
 import threading
 import time
 
-from conftest import DaemonProcess, data_of
+import pytest
+
+from conftest import DaemonProcess
 
 WITHIN_S = 10.0  # generous bounds for what should take milliseconds to a second or two
 
 
-def node_process(workdir, nats_url: str, node_id: str, config: dict | None = None
+def node_process(workdir, nats_server, node_id: str, config: dict | None = None
                  ) -> DaemonProcess:
     (workdir / node_id).mkdir(exist_ok=True)
     return DaemonProcess(workdir / node_id, config,
-                         env={"KSI_CLUSTER_NATS_URL": nats_url, "KSI_NODE_ID": node_id})
+                         env={"KSI_CLUSTER_NATS_URL": nats_server.url, "KSI_NODE_ID": node_id})
+
+
+def start_node(workdir, nats_server, node_id: str, config: dict | None = None
+               ) -> DaemonProcess:
+    """A node started and serving: its JetStream stores are set up."""
+    node = node_process(workdir, nats_server, node_id, config).start()
+    wait_for(lambda: node.request("system:health")["data"]["cluster"]["jetstream"])
+    return node
 
 
 def wait_for(condition, within: float = WITHIN_S):
@@ -28,11 +44,12 @@ def wait_for(condition, within: float = WITHIN_S):
         time.sleep(0.05)
 
 
-def start_node(workdir, nats_url: str, node_id: str, config: dict | None = None
-               ) -> DaemonProcess:
-    node = node_process(workdir, nats_url, node_id, config).start()
-    wait_for(lambda: data_of(node.request("system:health"))["cluster"]["jetstream"])
-    return node
+@pytest.fixture
+def two_nodes(workdir, nats_server):
+    nodes = [start_node(workdir, nats_server, "node-a"), start_node(workdir, nats_server, "node-b")]
+    yield nodes
+    for node in nodes:
+        node.stop()
 
 
 class CuttableProxy:

@@ -38,7 +38,7 @@ def listed(node) -> dict:
 
 @pytest.fixture
 def two_nodes(workdir, nats_server):
-    nodes = [start_node(workdir, nats_server.url, name, FAST_LEASES)
+    nodes = [start_node(workdir, nats_server, name, FAST_LEASES)
              for name in ("node-a", "node-b")]
     yield nodes
     for node in nodes:
@@ -85,7 +85,7 @@ def next_push(client, event: str, timeout: float = 30.0) -> dict:
 def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
         workdir, nats_server, fake_openai):
     config = gated_config(fake_openai.api_base)
-    a, b = (start_node(workdir, nats_server.url, name, config) for name in ("node-a", "node-b"))
+    a, b = (start_node(workdir, nats_server, name, config) for name in ("node-a", "node-b"))
     try:
         fake_openai.open_gate()
         spawn(a, "mover", model="gated")
@@ -128,8 +128,8 @@ def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
 def test_a_partitioned_node_stops_its_agent_which_runs_on_the_other_and_stays_there(
         workdir, nats_server):
     proxy = CuttableProxy(nats_server.port)
-    a = start_node(workdir, proxy.url, "node-a", FAST_LEASES)
-    b = start_node(workdir, nats_server.url, "node-b", FAST_LEASES)
+    a = start_node(workdir, proxy, "node-a", FAST_LEASES)
+    b = start_node(workdir, nats_server, "node-b", FAST_LEASES)
     try:
         spawn(a, "island")
         wait_for(lambda: "island" in listed(b))
@@ -165,7 +165,7 @@ def test_a_partitioned_node_stops_its_agent_which_runs_on_the_other_and_stays_th
 
 
 def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
-    nodes = {name: start_node(workdir, nats_server.url, name, FAST_LEASES)
+    nodes = {name: start_node(workdir, nats_server, name, FAST_LEASES)
              for name in ("node-a", "node-b")}
     try:
         spawn(nodes["node-a"], "keeper")
@@ -181,7 +181,7 @@ def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
             nodes[home].stop(signal.SIGKILL)
             wait_for(lambda: listed(nodes[other])["keeper"]["node"] == other,
                      within=FAILOVER_WITHIN_S)
-            nodes[home] = start_node(workdir, nats_server.url, home, FAST_LEASES)
+            nodes[home] = start_node(workdir, nats_server, home, FAST_LEASES)
             home = other
         info = wait_for(lambda: (i := data_of(nodes[home].request(
             "agent:info", {"agent_id": "keeper"})))["pending"] == 0 and i)

@@ -11,27 +11,10 @@ import time
 
 import pytest
 
-import cluster_nodes
-from cluster_nodes import WITHIN_S, wait_for
-from conftest import DaemonProcess, data_of, error_of
+from cluster_nodes import WITHIN_S, node_process, start_node, two_nodes, wait_for  # noqa: F401
+from conftest import data_of, error_of
 from ksi_daemon.config import ConfigError, load_config
 from ksi_daemon.plugins.cluster import kv_keys, kv_values
-
-
-def node_process(workdir, nats_server, node_id: str) -> DaemonProcess:
-    return cluster_nodes.node_process(workdir, nats_server.url, node_id)
-
-
-def start_node(workdir, nats_server, node_id: str) -> DaemonProcess:
-    return cluster_nodes.start_node(workdir, nats_server.url, node_id)
-
-
-@pytest.fixture
-def two_nodes(workdir, nats_server):
-    nodes = [start_node(workdir, nats_server, "node-a"), start_node(workdir, nats_server, "node-b")]
-    yield nodes
-    for node in nodes:
-        node.stop()
 
 
 def test_a_write_acknowledged_on_one_node_is_read_on_the_other(two_nodes):

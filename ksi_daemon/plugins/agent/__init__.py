@@ -508,13 +508,12 @@ class AgentPlugin(BasePlugin):
                 "daemon_tasks": len(asyncio.all_tasks())}
 
     def _cluster_directory(self, status: str | None) -> list[dict]:
-        """Every agent of the cluster: this node's as they are now, the others' as their last
-        checkpoint says."""
+        """Every agent of the cluster: this node's as they are now, the others' (and one being
+        resumed here this moment) as their last checkpoint says."""
         me = self.cluster.node_id
         agents = [{**a.record(), "node": me} for a in self.agents.values()]
         agents += [{**{k: row[k] for k in RECORD_KEYS}, "node": row["node"]}
-                   for row in self.cluster.directory()
-                   if row["agent_id"] not in self.agents and row["node"] != me]
+                   for row in self.cluster.directory() if row["agent_id"] not in self.agents]
         return [a for a in agents if status is None or a["status"] == status]
 
     @event_handler("agent:info", returns=InfoReply)

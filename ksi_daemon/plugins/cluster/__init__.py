@@ -3,17 +3,20 @@
 Loaded only when `cluster.nats_url` is set (KSI_CLUSTER_NATS_URL; plugin_manager.py's
 OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing imports nats. The
 plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
-events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV store
-(kv_state.py), and the agent plugin's `ksi_agent_cluster` hook, answered with the agents'
-leases, checkpoints and forwarding (leases.py). docs/CLUSTER.md has the design.
+events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV
+store (kv_state.py), the conversation plugin's `ksi_conversation_store`, answered with the
+stream of turns (conversation_log.py), and the agent plugin's `ksi_agent_cluster`, answered
+with the agents' leases, checkpoints and forwarding (leases.py). docs/CLUSTER.md has the design.
 """
 from __future__ import annotations
 
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
+from .conversation_log import JetStreamConversations
 from .kv_state import KvStateStore
 from .leases import AgentLeases
 from .node import ClusterNode
+from .state_audit import AuditStream
 
 
 class ClusterPlugin(BasePlugin):
@@ -29,14 +32,27 @@ class ClusterPlugin(BasePlugin):
     def ksi_startup(self, config, context):
         settings = config["cluster"]
         self.node = ClusterNode(settings, context.report_degraded)
+        # The state plugin's `audit` setting (on unless turned off) holds in cluster mode too.
+        audit_on = (config["plugins"].get("state") or {}).get("audit", True)
+        audit_log = AuditStream(self.node, settings["audit_stream"], settings["replicas"],
+                                settings["audit_keep_s"], settings["audit_keep_records"],
+                                settings["request_timeout_s"]) if audit_on else None
         self.state_store = KvStateStore(self.node, settings["state_bucket"],
-                                        settings["replicas"], settings["request_timeout_s"])
+                                        settings["replicas"], settings["request_timeout_s"],
+                                        audit_log)
         self.agent_leases = AgentLeases(self.node, settings)
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl
     def ksi_state_store(self, config):
         return self.state_store
+
+    @hookimpl
+    def ksi_conversation_store(self, config, open_local_copy):
+        settings = config["cluster"]
+        return JetStreamConversations(self.node, open_local_copy(),
+                                      settings["conversation_stream"], settings["replicas"],
+                                      settings["request_timeout_s"])
 
     @hookimpl
     def ksi_agent_cluster(self, config):

@@ -41,6 +41,17 @@ def namespace_filter(namespace: str) -> str:
     return f"{escape(namespace)}.>"
 
 
+def clear_marker_key(namespace: str) -> str:
+    """The KV key of a namespace's clear marker: the namespace alone, one token, which no
+    (namespace, key) ever maps to (docs/CLUSTER.md, "Clearing a namespace")."""
+    return escape(namespace)
+
+
+def cleared_namespace(kv: str) -> str | None:
+    """The namespace whose clear marker `kv` is, or None for any other key."""
+    return None if "." in kv else unescape(kv)
+
+
 def state_key(kv: str) -> tuple[str, str] | None:
     """(namespace, key) of a KV key, or None for one this mapping never makes."""
     parts = kv.split(".")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 
 import orjson
@@ -24,7 +25,8 @@ import structlog
 
 from ...protocol import CONFLICT, UNAVAILABLE, KSIError
 from ..state.models import GLOBAL
-from .kv_keys import kv_key, state_key
+from .kv_keys import (clear_marker_key, cleared_namespace, kv_key, namespace_filter,
+                      state_key)
 from . import kv_values
 
 # The server places a delete marker when a key's TTL removes it, so every node's watch learns
@@ -41,13 +43,19 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed expected
 class KvStateStore:
     """A StateStore (ksi_daemon/plugins/state/store_seam.py) on the bucket `bucket`."""
 
-    def __init__(self, node, bucket: str, replicas: int, timeout_s: float):
+    def __init__(self, node, bucket: str, replicas: int, timeout_s: float, audit_log=None):
         self.node, self.bucket, self.replicas, self.timeout_s = node, bucket, replicas, timeout_s
+        self.audit_log = audit_log  # an AuditStream (state_audit.py), None with the audit off
+        self.refusals_pending: set[asyncio.Task] = set()  # refusal records not stored yet
         self.live: dict[tuple, tuple] = {}  # (ns, key) -> (value JSON, revision, expires_at)
         self.by_namespace: dict[str, set] = {}  # the live keys of each namespace
         # The newest revision seen of each key, its deletes included: news older than what this
         # node already knows (the watch bringing back our own write) changes nothing.
         self.seen: dict[tuple, int] = {}
+        # The revision of each namespace's last clear marker: a key of the namespace written
+        # before it is gone, whenever the news of that key arrives.
+        self.cleared_below: dict[str, int] = {}
+        self.clears_waiting: dict[str, asyncio.Future] = {}  # this node's clears, by clear id
         self.serving = False  # connected, the mirror reconciled, the watch running
         self.js = self.kv = self.watcher = None
         self.watching: asyncio.Task | None = None
@@ -71,7 +79,28 @@ class KvStateStore:
         return {"writes_waiting": len(self.tails)}
 
     def record_refusal(self, event_name, message, connection) -> None:
-        pass  # cluster mode keeps no audit yet (docs/CLUSTER.md); the refusal is logged
+        """A permission refusal into the audit stream, not waited for (the refusal is answered
+        already); `state:audit` waits for the records still on their way."""
+        if self.audit_log is None or not self.serving:
+            return  # (the refusal is logged; with NATS away, it has no record)
+        who = (connection.peer_pid, connection.peer_uid, None, None) if connection is not None \
+            else (None, None, None, None)
+        task = asyncio.ensure_future(self._record_quietly(
+            event_name.partition(":")[0], None, "refused", None, who, event=event_name,
+            detail=message))
+        self.refusals_pending.add(task)
+        task.add_done_callback(self.refusals_pending.discard)
+
+    async def _record_quietly(self, *args, **kwargs) -> None:
+        try:
+            await self.audit_log.record(*args, **kwargs)
+        except KSIError as exc:
+            log.warning("cluster_audit_record_lost", args=args[:3], error=exc.message)
+
+    async def _audited(self, names, op: str, version, who) -> None:
+        """A change's record, stored before the change is answered."""
+        if self.audit_log is not None:
+            await self.audit_log.record(names[0], names[1], op, version, who)
 
     # ---- the connection comes and goes (a ClusterListener) -----------------------------------
 
@@ -86,17 +115,22 @@ class KvStateStore:
             kv = await js.create_key_value(KeyValueConfig(
                 bucket=self.bucket, history=1, storage=StorageType.FILE,
                 replicas=self.replicas, limit_marker_ttl=EXPIRY_MARKER_KEEP_S))
+        if self.audit_log is not None:
+            await self.audit_log.cluster_up(js)
         await self._stop_watching()
         watcher = await kv.watchall()
-        live, seen = {}, {}
+        live, seen, cleared_below = {}, {}, {}
         while True:
             entry = await watcher.updates(timeout=max(self.timeout_s, 10.0))
             if entry is None:  # the initial values are all in
                 break
-            _apply_to(live, seen, entry)
+            _apply_to(live, seen, cleared_below, entry)
         self.js, self.kv, self.watcher = js, kv, watcher
+        # A clear whose node died between its marker and its purge: purged now (idempotent).
+        for namespace, marker in cleared_below.items():
+            await self._purge_before(namespace, marker)
         changed = _differences(self.live, live)
-        self.live, self.seen = live, seen
+        self.live, self.seen, self.cleared_below = live, seen, cleared_below
         self.by_namespace = {}
         for namespace, key in live:
             self.by_namespace.setdefault(namespace, set()).add(key)
@@ -129,7 +163,13 @@ class KvStateStore:
 
     def _take(self, entry) -> None:
         names = state_key(entry.key)
-        if names is None or entry.revision <= self.seen.get(names, 0):
+        if names is None:
+            namespace = cleared_namespace(entry.key)
+            if namespace is not None and entry.operation not in ("DEL", "PURGE"):
+                self._take_clear(namespace, entry)
+            return
+        if entry.revision <= self.seen.get(names, 0) or \
+                entry.revision < self.cleared_below.get(names[0], 0):
             return
         self.seen[names] = entry.revision
         namespace, key = names
@@ -139,11 +179,42 @@ class KvStateStore:
                 op = "delete" if entry.operation == "DEL" else "expire"
                 self.announce_all("state:changed", [(None, {
                     "namespace": namespace, "key": key, "version": old[1], "op": op})])
+                if op == "expire" and self.audit_log is not None:
+                    # Every node sees the server's marker; the message id keeps one record.
+                    asyncio.ensure_future(self._record_quietly(
+                        namespace, key, "expire", old[1], (None, None, None, None),
+                        msg_id=f"expire.{entry.key}.{entry.revision}"))
             return
         value_json, expires_at = kv_values.decode(entry.value)
         self._store(names, (value_json, entry.revision, expires_at))
         self.announce_all("state:changed", [(None, {
             "namespace": namespace, "key": key, "version": entry.revision, "op": "set"})])
+
+    def _take_clear(self, namespace: str, entry) -> None:
+        """A clear marker, from whichever node: every key of the namespace written before it
+        goes. The watch brings the bucket in order, so the mirror holds all of them by now."""
+        marker = entry.revision
+        self.cleared_below[namespace] = max(marker, self.cleared_below.get(namespace, 0))
+        gone = []
+        for key in list(self.by_namespace.get(namespace, ())):
+            old = self.live[(namespace, key)]
+            if old[1] < marker:
+                if self._live_entry((namespace, key)) is not None:
+                    gone.append((key, old[1]))
+                self._forget((namespace, key))
+        try:
+            clear_id = orjson.loads(entry.value).get("clear_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            clear_id = None
+        waiting = self.clears_waiting.pop(clear_id, None)
+        if waiting is not None:  # this node's own clear: it announces one `clear` itself
+            if not waiting.done():
+                waiting.set_result(len(gone))
+            return
+        if gone:
+            self.announce_all("state:changed", [(None, {
+                "namespace": namespace, "key": key, "version": version, "op": "delete"})
+                for key, version in gone])
 
     # ---- the mirror --------------------------------------------------------------------------
 
@@ -199,9 +270,9 @@ class KvStateStore:
         value_json = orjson.dumps(data["value"])
         expires_at = None if ttl_s is None else time.time() + ttl_s
         return self._queue(names, self._set(names, value_json, expires_at, ttl_s, if_version,
-                                            ctx.correlation_id))
+                                            _who(ctx)))
 
-    async def _set(self, names, value_json, expires_at, ttl_s, if_version, correlation_id):
+    async def _set(self, names, value_json, expires_at, ttl_s, if_version, who):
         self._check_serving()
         payload = kv_values.encode(value_json, expires_at)
         # Whole seconds on the server, rounded up: the mirror hides the key at `expires_at`.
@@ -212,10 +283,12 @@ class KvStateStore:
             revision = await self._publish_if(names, payload, if_version, msg_ttl)
         else:
             revision = await self._create(names, payload, msg_ttl)
-        if revision > self.seen.get(names, 0):
+        if revision > self.seen.get(names, 0) and \
+                revision > self.cleared_below.get(names[0], 0):
             self.seen[names] = revision
             self._store(names, (value_json, revision, expires_at))
-        self._announce_after_reply(correlation_id, {
+        await self._audited(names, "set", revision, who)
+        self._announce_after_reply(who[2], {
             "namespace": names[0], "key": names[1], "version": revision, "op": "set"})
         return {"namespace": names[0], "key": names[1], "version": revision}
 
@@ -293,9 +366,9 @@ class KvStateStore:
     def delete(self, data: dict, ctx):
         self._check_serving()
         names = (data.get("namespace", GLOBAL), data["key"])
-        return self._queue(names, self._delete(names, ctx.correlation_id))
+        return self._queue(names, self._delete(names, _who(ctx)))
 
-    async def _delete(self, names, correlation_id) -> dict:
+    async def _delete(self, names, who) -> dict:
         self._check_serving()
         for _ in range(RETRIES_OF_A_RACE):
             revision, absent = await self._server_entry(names)
@@ -308,7 +381,8 @@ class KvStateStore:
             if marker > self.seen.get(names, 0):
                 self.seen[names] = marker
                 self._forget(names)
-            self._announce_after_reply(correlation_id, {
+            await self._audited(names, "delete", revision, who)
+            self._announce_after_reply(who[2], {
                 "namespace": names[0], "key": names[1], "version": revision, "op": "delete"})
             return {"deleted": True}
         raise KSIError(CONFLICT, f"{names[0]}:{names[1]} kept changing while being deleted")
@@ -330,32 +404,73 @@ class KvStateStore:
     def clear(self, data, ctx):
         self._check_serving()
         barrier = asyncio.ensure_future(_after(self._waiting_before(None),
-                                               self._clear(data.namespace, ctx.correlation_id)))
+                                               self._clear(data.namespace, _who(ctx))))
         self.barrier = barrier
         barrier.add_done_callback(lambda done: self.barrier is done
                                   and setattr(self, "barrier", None))
         return barrier
 
-    async def _clear(self, namespace, correlation_id) -> dict:
-        """Deletes each key of the namespace this node knows of (a key written on another node
-        within the watch's delay may be missed: docs/CLUSTER.md)."""
+    async def _clear(self, namespace, who) -> dict:
+        """Clear the namespace for the whole cluster: a marker in the bucket, whose revision
+        splits the bucket's order in two (every key of the namespace written before it goes,
+        on every node, whenever its news arrives), then a purge of what came before it from
+        the bucket's stream. `deleted` counts the live keys the marker removed."""
         self._check_serving()
-        names = [(namespace, key) for key in self.by_namespace.get(namespace, ())]
-        live = [n for n in names if self._live_entry(n) is not None]
-        markers = await asyncio.gather(*(self._publish(n, b"", None, None, delete=True)
-                                         for n in names))
-        for n, marker in zip(names, markers):
-            if marker > self.seen.get(n, 0):
-                self.seen[n] = marker
-                self._forget(n)
-        if live:
-            self._announce_after_reply(correlation_id, {
+        clear_id = os.urandom(8).hex()
+        waiting = asyncio.get_running_loop().create_future()
+        self.clears_waiting[clear_id] = waiting
+        try:
+            marker = await self._publish_marker(namespace, orjson.dumps(
+                {"clear_id": clear_id, "node": self.node.node_id, "at": time.time()}))
+            # The watch reaching the marker means the mirror held every key before it.
+            deleted = await self._ask(asyncio.shield(waiting))
+        finally:
+            self.clears_waiting.pop(clear_id, None)
+        await self._purge_before(namespace, marker)
+        await self._audited((namespace, None), "clear", None, who)
+        if deleted:
+            self._announce_after_reply(who[2], {
                 "namespace": namespace, "key": None, "version": None, "op": "clear",
-                "deleted": len(live)})
-        return {"deleted": len(live)}
+                "deleted": deleted})
+        return {"deleted": deleted}
 
-    def audit(self, data) -> dict:
-        return {"enabled": False, "entries": [], "count": 0}
+    async def _publish_marker(self, namespace: str, payload: bytes) -> int:
+        from nats.js.errors import APIError
+        try:
+            ack = await self._ask(self.js.publish(
+                f"$KV.{self.bucket}.{clear_marker_key(namespace)}", payload,
+                timeout=self.timeout_s))
+        except APIError as exc:
+            raise KSIError(UNAVAILABLE, f"JetStream refused the clear: {exc}") from None
+        return ack.seq
+
+    async def _purge_before(self, namespace: str, marker: int) -> None:
+        """Remove the namespace's messages older than its clear marker from the stream."""
+        from nats.js.errors import APIError
+        try:
+            await self._ask(self.js.purge_stream(
+                f"KV_{self.bucket}", seq=marker,
+                subject=f"$KV.{self.bucket}.{namespace_filter(namespace)}"))
+        except APIError as exc:
+            # Every node already hides those keys (the marker); a later start purges again.
+            log.warning("cluster_state_purge_refused", namespace=namespace, error=str(exc))
+
+    def audit(self, data):
+        """The audit stream's newest records, behind this node's writes and refusals sent
+        before (one connection is one ordered stream), on the server: any node's records."""
+        if self.audit_log is None:
+            return {"enabled": False, "entries": [], "count": 0}
+        self._check_serving()
+        return asyncio.ensure_future(self._audit(data, self._waiting_before(None),
+                                                 list(self.refusals_pending)))
+
+    async def _audit(self, data, writes, refusals) -> dict:
+        pending = [asyncio.ensure_future(w) for w in (writes,) if w is not None] + refusals
+        if pending:
+            await asyncio.wait(pending)
+        self._check_serving()
+        entries = await self.audit_log.entries(data.namespace, data.key, data.limit)
+        return {"enabled": True, "entries": entries, "count": len(entries)}
 
     # ---- talking to NATS ---------------------------------------------------------------------
 
@@ -400,6 +515,14 @@ class KvStateStore:
                        [(correlation_id, data)])
 
 
+def _who(ctx) -> tuple:
+    """Who asked, for the audit: (peer_pid, peer_uid, correlation_id, agent_id)."""
+    connection = ctx.connection  # None for an event a plugin emitted
+    if connection is None:
+        return None, None, ctx.correlation_id, ctx.agent_id
+    return connection.peer_pid, connection.peer_uid, ctx.correlation_id, ctx.agent_id
+
+
 class _WrongLastSequence(Exception):
     """The key is not at the revision the write expected."""
 
@@ -411,9 +534,16 @@ async def _after(waiting, work):
     return await work
 
 
-def _apply_to(live: dict, seen: dict, entry) -> None:
+def _apply_to(live: dict, seen: dict, cleared_below: dict, entry) -> None:
+    """One entry of the bucket's initial values (in revision order) into a new mirror."""
     names = state_key(entry.key)
     if names is None:
+        namespace = cleared_namespace(entry.key)
+        if namespace is not None and entry.operation not in ("DEL", "PURGE"):
+            cleared_below[namespace] = entry.revision
+            for gone in [n for n, e in live.items() if n[0] == namespace
+                         and e[1] < entry.revision]:
+                del live[gone]
         return
     seen[names] = entry.revision
     if entry.operation in ("DEL", "PURGE"):

@@ -116,6 +116,35 @@ def _count_in_session(conn, session_id: str, now: float, added: int, model: str 
         (session_id, now, now, added, model))
 
 
+def apply_turn(conn, first_id: int, session_id: str, messages: list[dict], at: float) -> dict:
+    """A turn taken from a shared log into this node's copy (docs/CLUSTER.md, "Conversations"):
+    its ids and time come with it, so every node's copy holds the same rows. Applying a turn
+    twice (the writing node's own, then the log bringing it back) stores it once; turns may
+    arrive out of the log's order, so the session keeps its earliest and latest times."""
+    ids = [first_id + index for index in range(len(messages))]
+    if conn.execute("SELECT 1 FROM messages WHERE id = ?", (first_id,)).fetchone() is None:
+        for message_id, m in zip(ids, messages):
+            conn.execute(
+                "INSERT INTO messages (id, session_id, role, content, model, usage, request_id, "
+                "metadata, timestamp, tool_calls, tool_call_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, session_id, m["role"], m.get("content") or "", m.get("model"),
+                 _json_or_none(m.get("usage")), m.get("request_id"),
+                 _json_or_none(m.get("metadata")), at, _json_or_none(m.get("tool_calls")),
+                 m.get("tool_call_id")))
+        last_model = next((m["model"] for m in reversed(messages) if m.get("model")), None)
+        conn.execute(
+            "INSERT INTO sessions (session_id, created_at, updated_at, message_count, last_model) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+            "created_at = min(created_at, excluded.created_at), "
+            "last_model = CASE WHEN excluded.updated_at >= updated_at "
+            "THEN coalesce(excluded.last_model, last_model) ELSE last_model END, "
+            "updated_at = max(updated_at, excluded.updated_at), "
+            "message_count = message_count + excluded.message_count",
+            (session_id, at, at, len(messages), last_model))
+    return {"session_id": session_id, "message_ids": ids, "timestamp": at}
+
+
 # ---- reads ----------------------------------------------------------------------------------------
 
 def message_of(row) -> dict:
