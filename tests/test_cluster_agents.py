@@ -51,6 +51,11 @@ def test_an_agent_on_a_answers_b_shows_in_b_list_and_b_terminates_it(two_nodes):
     agents = wait_for(lambda: "helper" in listed(b) and listed(b))
     assert agents["helper"]["node"] == "node-a"
     assert listed(a)["helper"]["node"] == "node-a"
+    health_a = data_of(a.request("system:health"))["cluster"]
+    assert health_a["leases"] == ["helper"] and health_a["lease_ttl_s"] == LEASE_TTL_S
+    assert data_of(b.request("system:health"))["cluster"]["leases"] == []
+    assert wait_for(lambda: [n["node_id"] for n in data_of(b.request("system:health"))[
+        "cluster"]["nodes"]] == ["node-a", "node-b"])
     reply = data_of(send_and_wait(b, "helper", "hello from b"))
     assert reply["delivered"] is True and reply["reply"]["text"]
     info = data_of(b.request("agent:info", {"agent_id": "helper"}))
@@ -111,7 +116,11 @@ def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
             fake_openai.open_gate()
             reply = next_push(watcher, "agent:reply")
             assert reply["in_reply_to"] == accepted["message_id"] and reply["turn"] == 2
-        assert data_of(send_and_wait(b, "mover", "third"))["reply"]["turn"] == 3
+        third = data_of(send_and_wait(b, "mover", "third"))["reply"]
+        assert third["turn"] == 3
+        # The conversation moved with it (the shared stream of turns): the model on B is sent
+        # the turns answered on A and on B, each once.
+        assert third["text"] == "turn 3: you said 'third' after 'first' / 'second'"
         info = data_of(b.request("agent:info", {"agent_id": "mover"}))
         assert info["node"] == "node-b" and info["turns"] == 3 and info["pending"] == 0
         assert [t["content"] for t in info["recent"]] == ["first", "second", "third"]
@@ -191,3 +200,39 @@ def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def test_an_orchestration_asked_on_a_runs_with_agents_on_both_nodes(two_nodes):
+    a, b = two_nodes
+    with a.client(timeout=60) as client:
+        started = data_of(client.request("orchestration:start", {
+            "mode": "debate", "topic": "tabs or spaces", "rounds": 2,
+            "nodes": ["node-a", "node-b"]}))
+        homes = {p["agent_id"]: p["node"] for p in started["agents"]}
+        assert sorted(homes.values()) == ["node-a", "node-b"]
+        turns, finished = [], None
+        while finished is None:  # the pushes come to the asking client, from both agents
+            push = client.recv()
+            if push.get("event") == "orchestration:turn":
+                turns.append(push["data"])
+            elif push.get("event") == "orchestration:finished":
+                finished = push["data"]
+    assert finished["status"] == "finished" and finished["turns"] == 4
+    assert [t["speaker"] for t in turns] == [p["agent_id"] for p in started["agents"]] * 2
+    # The run's end terminated them, each on its own node, which remembers it ran it there.
+    wait_for(lambda: not listed(a) and not listed(b))
+    for node, name in ((a, "node-a"), (b, "node-b")):
+        ended_here = data_of(node.request("agent:list", {"status": "terminated"}))["agents"]
+        assert [e["agent_id"] for e in ended_here] == \
+            [agent_id for agent_id, home in homes.items() if home == name]
+
+
+def test_a_completion_runs_on_the_node_asked_and_its_result_reaches_that_client(two_nodes):
+    a, b = two_nodes
+    with b.client(timeout=30) as client:
+        queued = data_of(client.request("completion:async", {"prompt": "hello there"}))
+        result = next_push(client, "completion:result")
+    assert result["request_id"] == queued["request_id"] and result["text"]
+    assert data_of(b.request("completion:status", {"request_id": queued["request_id"]}))
+    assert error_of(a.request("completion:status", {"request_id": queued["request_id"]}))[
+        "code"] == "not_found"  # it ran on B only
