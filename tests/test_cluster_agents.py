@@ -173,6 +173,20 @@ def test_a_partitioned_node_stops_its_agent_which_runs_on_the_other_and_stays_th
         proxy.close()
 
 
+def test_a_node_stopped_cleanly_hands_its_agent_over(workdir, nats_server):
+    a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
+    try:
+        spawn(a, "handed")
+        wait_for(lambda: "handed" in listed(b))
+        assert data_of(send_and_wait(b, "handed", "one"))["reply"]["turn"] == 1
+        assert a.stop() == 0
+        wait_for(lambda: listed(b)["handed"]["node"] == "node-b", within=FAILOVER_WITHIN_S)
+        assert data_of(send_and_wait(b, "handed", "two"))["reply"]["turn"] == 2
+        assert data_of(b.request("system:health"))["cluster"]["leases"] == ["handed"]
+    finally:
+        b.stop()
+
+
 def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
     nodes = {name: start_node(workdir, nats_server, name, FAST_LEASES)
              for name in ("node-a", "node-b")}

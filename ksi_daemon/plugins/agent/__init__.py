@@ -292,6 +292,8 @@ class AgentPlugin(BasePlugin):
         pending messages are answered here, a turn cut off by the old node's crash again."""
         row, messages = checkpoint["agent"], checkpoint["messages"]
         agent_id = row["agent_id"]
+        if self.runtime.stopping:  # the lease goes back; another node resumes it
+            raise KSIError(UNAVAILABLE, "this node is shutting down")
         if agent_id in self.agents:
             return
         await self._write_here(store.adopt, checkpoint)

@@ -76,6 +76,7 @@ class AgentLeases:
         self.adopting: set[str] = set()
         self.here = None
         self.serving = False
+        self.closing = False  # stopping: adopt nothing more
         self.js = self.kv = self.watcher = self.subscription = None
         self.watching: asyncio.Task | None = None
         self.answering: set[asyncio.Task] = set()
@@ -211,6 +212,14 @@ class AgentLeases:
         self.serving = False
 
     async def close(self) -> None:
+        """A node stopping: the agent plugin has stopped its agents by now (it shuts down
+        before this plugin), so their leases are handed back for another node to resume them
+        at once rather than after the TTL. Their checkpoints stay."""
+        self.closing = True
+        held, self.held = self.held, {}
+        if self.serving and held:
+            await asyncio.gather(*(self._delete(f"lease.{escape(agent_id)}", h.lease_rev)
+                                   for agent_id, h in held.items()), return_exceptions=True)
         self.serving = False
         await self._stop_watching()
 
@@ -361,6 +370,8 @@ class AgentLeases:
 
     async def _sweep(self) -> None:
         """Resume the agents whose lease is gone (their node died or was cut off)."""
+        if self.closing:
+            return
         orphans = [agent_id for agent_id in self.homes
                    if agent_id not in self.leases and agent_id not in self.held
                    and agent_id not in self.adopting]
@@ -368,6 +379,8 @@ class AgentLeases:
             await self._adopt(agent_id)
 
     async def _adopt(self, agent_id: str) -> None:
+        if self.closing:
+            return
         self.adopting.add(agent_id)
         lease_key, home_key = f"lease.{escape(agent_id)}", f"home.{escape(agent_id)}"
         try:
