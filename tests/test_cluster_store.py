@@ -6,6 +6,8 @@ and real daemon processes, each with its own var directory and socket (tests/clu
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 from cluster_nodes import start_node, two_nodes, wait_for  # noqa: F401
 from conftest import data_of, error_of
+from ksi_daemon.protocol import KSIError
 
 
 def conversation(node, session_id: str) -> dict:
@@ -87,9 +90,30 @@ def test_conversation_errors_stay_coded_on_any_node(two_nodes):
     a, b = two_nodes
     assert error_of(b.request("conversation:get", {"session_id": "nope"}))["code"] == \
         "not_found"
-    assert error_of(b.request("conversation:search", {"query": 'AND (', "syntax": "fts5"}))["code"] == \
-        "validation_error"
+    bad_syntax = {"query": "AND (", "syntax": "fts5"}
+    assert error_of(b.request("conversation:search", bad_syntax))["code"] == "validation_error"
 
+
+
+def test_conversations_answer_unavailable_without_nats_and_catch_up_after(two_nodes,
+                                                                          nats_server):
+    a, b = two_nodes
+    turn = {"session_id": "gap", "messages": [{"role": "user", "content": "before"}]}
+    data_of(a.request("conversation:append_turn", turn))
+    nats_server.stop()
+    wait_for(lambda: not data_of(a.request("system:health"))["cluster"]["reachable"])
+    with a.client() as client:
+        for event, data in (("conversation:append_turn", turn),
+                            ("conversation:get", {"session_id": "gap"}),
+                            ("conversation:list", {})):
+            assert error_of(client.request(event, data))["code"] == "unavailable"
+    nats_server.start()
+    for node in (a, b):
+        wait_for(lambda node=node: data_of(node.request("system:health"))["cluster"][
+            "jetstream"], within=30)
+    data_of(b.request("conversation:append_turn", {"session_id": "gap", "messages": [
+        {"role": "user", "content": "after"}]}))
+    assert [m["content"] for m in conversation(a, "gap")["messages"]] == ["before", "after"]
 
 # ---- state:clear across nodes ---------------------------------------------------------------
 
@@ -180,3 +204,143 @@ def test_a_cluster_audit_is_bounded_by_its_retention(workdir, nats_server):
         assert [e["key"] for e in entries] == ["k2", "k3", "k4"]
     finally:
         a.stop()
+
+
+# ---- agent checkpoints ----------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def shared_agent_store(nats_server):
+    """The cluster's KvAgentStore, in this test's process, on its own node connection: what
+    another node reads through the agent plugin's seam."""
+    from ksi_daemon.config import ClusterSettings
+    from ksi_daemon.plugins.cluster.kv_agents import KvAgentStore
+    from ksi_daemon.plugins.cluster.node import ClusterNode
+    node = ClusterNode(ClusterSettings(nats_url=nats_server.url, node_id="reader").model_dump(),
+                       lambda reason: None)
+    store = KvAgentStore(node, "ksi_agents", 1, 2.0)
+    running = asyncio.ensure_future(node.run())
+    try:
+        for _ in range(200):
+            if node.jetstream_ok:
+                break
+            await asyncio.sleep(0.05)
+        assert node.jetstream_ok, node.last_error
+        yield store
+    finally:
+        running.cancel()
+        await node.close()
+
+
+def answered(checkpoint) -> list[str]:
+    return [m["content"] for m in checkpoint.record["messages"] if m["state"] == "done"]
+
+
+async def test_an_agents_checkpoint_written_on_one_node_is_read_through_the_seam(
+        two_nodes, nats_server):
+    a, b = two_nodes
+    with a.client(timeout=60) as client:
+        spawned = data_of(client.request("agent:spawn", {"agent_id": "scribe",
+                                                         "task": "note the date"}))
+        data_of(client.request("agent:send", {"agent_id": "scribe", "content": "and the time",
+                                              "wait": True}))
+    async with shared_agent_store(nats_server) as store:
+        checkpoint = await store.read("scribe")
+        assert checkpoint.record["agent"]["session_id"] == spawned["session_id"]
+        assert checkpoint.record["agent"]["status"] == "running"
+        assert checkpoint.record["agent"]["turns"] == 2
+        assert answered(checkpoint) == ["note the date", "and the time"]
+        assert [c.agent_id for c in await store.list()] == ["scribe"]
+        # Its conversation is in the shared store too: what B would resume from.
+    wait_for(lambda: data_of(b.request("conversation:history", {
+        "session_id": spawned["session_id"]}))["count"] >= 4)
+
+
+def record_of(status: str) -> dict:
+    """A whole checkpoint record (agent/store_seam.py's shape)."""
+    return {"agent": {"agent_id": "mover", "profile": "assistant", "config": "{}",
+                      "session_id": "s-1", "status": status, "created_at": 1.0,
+                      "updated_at": 2.0, "turns": 0, "messages_handled": 0, "restarts": 0,
+                      "error": None},
+            "messages": [{"message_id": "m-1", "seq": 1, "sender": None, "topic": None,
+                          "reply_to": "direct", "content": "hi", "received_at": 1.5,
+                          "state": "pending", "attempts": 0, "reply": None,
+                          "request_id": None, "turn": None}],
+            "schedules": []}
+
+
+@contextlib.asynccontextmanager
+async def local_agent_store(directory: Path):
+    """The single daemon's SqliteAgentStore on an agents.db of its own."""
+    from ksi_daemon.plugins.agent import store as agent_rows
+    from ksi_daemon.plugins.agent.sqlite_checkpoints import SqliteAgentStore
+    from ksi_daemon.storage.plugin_database import PluginDatabase
+    database = PluginDatabase.open(directory / "agents.db", name="agent", synchronous="FULL",
+                                   create_schema=agent_rows.create_schema, deadline_s=None,
+                                   reader=False)
+    try:
+        yield SqliteAgentStore(database.writer)
+    finally:
+        await database.close()
+
+
+@pytest.mark.parametrize("kind", ["kv", "sqlite"])
+async def test_a_checkpoint_write_naming_a_stale_revision_is_refused(kind, nats_server,
+                                                                    workdir):
+    opened = shared_agent_store(nats_server) if kind == "kv" else local_agent_store(workdir)
+    async with opened as store:
+        first = await store.write("mover", record_of("running"), if_revision=0)
+        with pytest.raises(KSIError) as taken:  # only if absent: it is not
+            await store.write("mover", record_of("x"), if_revision=0)
+        assert taken.value.code == "conflict"
+        second = await store.write("mover", record_of("moved"), if_revision=first)
+        assert second > first
+        with pytest.raises(KSIError) as stale:  # another node wrote since `first`
+            await store.write("mover", record_of("stale"), if_revision=first)
+        assert stale.value.code == "conflict"
+        assert stale.value.details["current_revision"] == second
+        assert (await store.read("mover")).record == record_of("moved")
+        assert [(c.agent_id, c.revision) for c in await store.list()] == [("mover", second)]
+        with pytest.raises(KSIError):
+            await store.delete("mover", if_revision=first)
+        assert await store.delete("mover", if_revision=second) is True
+        assert await store.read("mover") is None
+        again = await store.write("mover", record_of("back"), if_revision=0)
+        assert again > second  # a revision never repeats for an agent id
+
+
+# ---- what an ack promises ----------------------------------------------------------------
+
+async def test_acknowledged_turns_checkpoints_and_audit_survive_kill_9_and_a_nats_restart(
+        workdir, nats_server):
+    a = start_node(workdir, nats_server, "node-a")
+    written = []
+    with a.client(timeout=60) as client:
+        for i in range(10):
+            written.append(data_of(client.request("conversation:append_turn", {
+                "session_id": f"s{i % 3}", "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": f"answer {i}"}]}))["message_ids"])
+        data_of(client.request("agent:spawn", {"agent_id": "keeper", "task": "hold on"}))
+        data_of(client.request("agent:send", {"agent_id": "keeper", "content": "still there?",
+                                              "wait": True}))
+        version = data_of(client.request("state:set", {"key": "k", "value": 1}))["version"]
+        data_of(client.request("state:clear", {"namespace": "gone"}))
+    a.stop(signal.SIGKILL)
+    nats_server.restart()
+    b = start_node(workdir, nats_server, "node-b")
+    try:
+        for i in range(3):
+            messages = conversation(b, f"s{i}")["messages"]
+            turns = [n for n in range(10) if n % 3 == i]
+            assert [m["content"] for m in messages] == [
+                text for n in turns for text in (f"question {n}", f"answer {n}")]
+            assert [m["message_id"] for m in messages] == [
+                message_id for n in turns for message_id in written[n]]
+        audit = data_of(b.request("state:audit", {}))["entries"]
+        assert [(e["op"], e["key"], e["version"]) for e in audit] == [
+            ("set", "k", version), ("clear", None, None)]
+        async with shared_agent_store(nats_server) as store:
+            checkpoint = await store.read("keeper")
+        assert answered(checkpoint) == ["hold on", "still there?"]
+    finally:
+        b.stop()

@@ -39,8 +39,9 @@ from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import hookspecs, store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
+from .checkpoints import CheckpointCopier, agents_changed_by
+from .forwarded import Forwarded
 from .identities import IdentityBook
-from .cluster_writes import Forwarded, agents_changed_by
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
                      ListReply, ListRequest, ProfilesReply, ProfilesRequest, ScheduleRecord,
                      ScheduleRequest, SchedulesReply, SchedulesRequest, SendReply, SendRequest,
@@ -48,6 +49,8 @@ from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, In
                      UnscheduleRequest)
 from .profiles import Profile, ProfileBook
 from .schedules import Schedule, Scheduler
+from .sqlite_checkpoints import SqliteAgentStore
+from .store_seam import AgentStore
 from .supervisor import AgentRuntime, text_of, turn_record
 
 DB_FILE_NAME = "agents.db"
@@ -94,7 +97,19 @@ class AgentPlugin(BasePlugin):
             reader=False, load=store.load if self.cluster is None else store.load_in_cluster,
             report_degraded=context.report_degraded)
         self.writer, loaded = self.database.writer, self.database.loaded
+        # The node's own checkpoints (agents.db), and in cluster mode the shared store each
+        # agent's checkpoint is copied to after every change (checkpoints.py).
+        self.checkpoints: AgentStore = SqliteAgentStore(self.writer)
+        shared = await context.hook("ksi_agent_store").call_first(config=config)
+        self.shared_checkpoints: AgentStore | None = shared
+        self.copier = CheckpointCopier(self.checkpoints, shared) if shared is not None else None
         if self.cluster is not None:
+            if self.copier is None:
+                raise RuntimeError("the agents' cluster needs a shared store of checkpoints "
+                                   "(ksi_agent_store)")
+            # Fenced: a copy refused because another node wrote the agent since stops it here.
+            self.copier.on_superseded = lambda agent_id: self.give_up(
+                agent_id, "another node has resumed it")
             self.cluster.open(self)
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
@@ -150,6 +165,12 @@ class AgentPlugin(BasePlugin):
         for agent_id, message_id, topic, text in self._unpublished:
             await self.runtime.publish_reply(agent_id, message_id, topic, text)
         self._unpublished = []
+        if self.copier is not None:
+            # What agents.db holds reaches the shared store once it answers (NATS may still be
+            # connecting): the restored agents are copied by the retrying service.
+            self.copier.waiting.update(self.agents)
+            return [self.copier.retry_waiting()]
+        return []
 
     async def _attach_restored(self, agent: Agent) -> None:
         try:
@@ -228,32 +249,13 @@ class AgentPlugin(BasePlugin):
             raise KSIError(UNAVAILABLE, "the daemon is shutting down") from None
 
     async def _write(self, op, *args):
-        """A write of agents.db; in cluster mode followed by the checkpoint of each agent it
-        changed (a new agent's claims its lease), fenced by the lease: when that fails, the
-        write's effect is not told to anyone (the caller gets the KSIError)."""
-        if self.cluster is None:
-            return await self._write_here(op, *args)
-        if op is store.delete_agent:
-            await self.cluster.release(args[0])
-        changed = agents_changed_by(op, args)
-        if not changed:
-            return await self._write_here(op, *args)
-        result, checkpoints = await self._write_here(store.with_checkpoints, op, changed, *args)
-        about, snapshot = changed[0], checkpoints[0]
-        if op is store.insert_agent:
-            try:
-                await self.cluster.claim(about, snapshot)
-            except BaseException:
-                await asyncio.shield(self._write_here(store.delete_agent, about))
-                raise
-        elif snapshot is not None:
-            await self.cluster.checkpoint(about, snapshot)
-        for other, snapshot in zip(changed[1:], checkpoints[1:]):
-            if snapshot is not None:  # a reply in another agent's inbox: that agent's news
-                try:
-                    await self.cluster.checkpoint(other, snapshot)
-                except KSIError as exc:
-                    log.warning("agent_checkpoint_not_stored", agent_id=other, error=exc.message)
+        """A write of agents.db; in cluster mode each agent it changed is then copied to the
+        shared store before the caller goes on. With leases, the copy of the agent the write is
+        about must succeed: otherwise its effect is told to no one (the caller gets the
+        KSIError), and a copy refused as superseded stops the agent here."""
+        result = await self._write_here(op, *args)
+        if self.copier is not None:
+            await self.copier.copy(agents_changed_by(op, args), strict=self.cluster is not None)
         return result
 
     # ---- cluster mode: the AgentsHere side of cluster_seam.py ---------------------------------
@@ -287,19 +289,30 @@ class AgentPlugin(BasePlugin):
         answer = handler(request, Forwarded(correlation_id))
         return await answer if asyncio.iscoroutine(answer) else answer
 
-    async def adopt(self, checkpoint: dict) -> None:
-        """Resume an agent whose lease this node has just taken, from its checkpoint: its
-        pending messages are answered here, a turn cut off by the old node's crash again."""
-        row, messages = checkpoint["agent"], checkpoint["messages"]
-        agent_id = row["agent_id"]
+    async def adopt(self, agent_id: str) -> None:
+        """Resume an agent whose lease this node has just taken, from its shared checkpoint:
+        its pending messages are answered here, a turn cut off by the old node's crash again.
+        The first write names the revision read, so that any later write of the old home is
+        refused (the fence)."""
         if self.runtime.stopping:  # the lease goes back; another node resumes it
             raise KSIError(UNAVAILABLE, "this node is shutting down")
         if agent_id in self.agents:
             return
-        await self._write_here(store.adopt, checkpoint)
+        found = await self.shared_checkpoints.read(agent_id)
+        if found is None or found.record["agent"]["status"] == "terminated":
+            raise KSIError(NOT_FOUND, f"agent {agent_id} has no checkpoint to resume from")
+        record = found.record
+        revision = await self.shared_checkpoints.write(agent_id, record,
+                                                       if_revision=found.revision)
+        await self.checkpoints.write(agent_id, record)
+        self.copier.adopted(agent_id, revision)
+        messages = [{**m, "agent_id": agent_id} for m in record["messages"]]
         self.runtime.continue_seq_after(max((m["seq"] for m in messages), default=0))
-        unpublished = self._restore(store.Loaded(agents=[row], messages={agent_id: messages}))
+        unpublished = self._restore(store.Loaded(agents=[record["agent"]],
+                                                 messages={agent_id: messages}))
         agent = self.agents[agent_id]
+        for row in record.get("schedules", ()):
+            self.scheduler.add(Schedule(**{**row, "agent_id": agent_id}))
         await self._attach_restored(agent)
         if agent.status == "running":
             self.runtime.start(agent)
@@ -376,9 +389,13 @@ class AgentPlugin(BasePlugin):
         agent = Agent(agent_id, profile, session_id, now, self.settings.recent_kept)
         self.agents[agent_id] = agent  # taken from here on, even while the write is pending
         try:
+            if self.cluster is not None:
+                await self._claim(agent_id)
             await self._attach_mcp_servers(agent_id, profile, ctx.correlation_id)
         except BaseException:
             self.agents.pop(agent_id, None)
+            if self.cluster is not None:
+                await asyncio.shield(self.cluster.release(agent_id))
             raise
         first = None
         if data.task is not None:
@@ -396,6 +413,8 @@ class AgentPlugin(BasePlugin):
             self.agents.pop(agent_id, None)
             await asyncio.shield(self._forget(agent_id))
             await asyncio.shield(self._detach_mcp_servers(agent))
+            if self.cluster is not None:
+                await asyncio.shield(self.cluster.release(agent_id))
             raise
         self.terminated.pop(agent_id, None)
         if first is not None:
@@ -406,6 +425,16 @@ class AgentPlugin(BasePlugin):
             ctx.correlation_id)
         return {"agent_id": agent_id, "status": agent.status, "profile": profile.name,
                 "session_id": agent.session_id}
+
+    async def _claim(self, agent_id: str) -> None:
+        """Cluster mode: the id is this node's once its lease is, and no other agent of that
+        id waits in the shared store to be resumed; its first copy names what is there."""
+        await self.cluster.claim(agent_id)
+        found = await self.shared_checkpoints.read(agent_id)
+        if found is not None and found.record["agent"]["status"] != "terminated":
+            raise KSIError(CONFLICT, f"agent {agent_id} already exists in the cluster (it is "
+                           "being resumed after its node stopped)", {"agent_id": agent_id})
+        self.copier.adopted(agent_id, found.revision if found is not None else 0)
 
     def _profile_for(self, data: SpawnRequest) -> Profile:
         if data.config is not None:
@@ -444,17 +473,19 @@ class AgentPlugin(BasePlugin):
         if agent is None:
             detail = " (already terminated)" if data.agent_id in self.terminated else ""
             raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}{detail}")
-        if self.cluster is not None:  # first, so that no other node resumes it afterwards
-            await self.cluster.release(agent.agent_id)
-        if self.agents.get(data.agent_id) is not agent:
-            raise KSIError(NOT_FOUND, f"no running agent {data.agent_id}")
         del self.agents[data.agent_id]
         await self.runtime.stop_task(agent)
         for schedule in self.scheduler.of_agent(agent.agent_id):
             self.scheduler.remove(schedule.schedule_id)  # store.terminate deletes their rows
         agent.status = "terminated"
         agent.fail_waiters(KSIError(CONFLICT, f"agent {agent.agent_id} was terminated"))
-        await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
+        try:
+            await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
+        finally:
+            # After the shared checkpoint says terminated, so that no node resumes it; if that
+            # copy failed, another node may (the caller was told unavailable).
+            if self.cluster is not None:
+                await self.cluster.release(agent.agent_id)
         self._remember_terminated({**agent.info(), "pending": 0, "recent": []})
         await self._quietly("message:unsubscribe", {"agent_id": agent.agent_id})
         await self._quietly("mcp:forget_agent", {"agent_id": agent.agent_id})  # its tokens
@@ -644,6 +675,8 @@ class AgentPlugin(BasePlugin):
             raise KSIError(NOT_FOUND, f"no schedule {data.schedule_id}; see agent:schedules")
         self.scheduler.remove(schedule.schedule_id)
         await self._write(store.delete_schedule, schedule.schedule_id)
+        if self.copier is not None:
+            await self.copier.copy([schedule.agent_id])
         return {"schedule_id": schedule.schedule_id, "agent_id": schedule.agent_id,
                 "status": "unscheduled"}
 

@@ -2,19 +2,16 @@
 
 The agent plugin runs its agents; in cluster mode an `AgentCluster` (the cluster plugin's, found
 through the `ksi_agent_cluster` hook in agent/hookspecs.py) decides which node each agent runs
-on, keeps every agent's checkpoint where any node can resume it, and carries requests to the
-agent's home node. The agent plugin never imports the cluster plugin; the two meet here.
+on (a lease per agent, renewed by heartbeat), tells every node where each agent is, and carries
+requests to the agent's home node. The checkpoints another node resumes an agent from are the
+shared `AgentStore`'s (store_seam.py, checkpoints.py); the lease says who may write them. The
+agent plugin never imports the cluster plugin; the two meet here.
 
 Without a cluster (the single daemon) there is no `AgentCluster` and nothing here is used.
 """
 from __future__ import annotations
 
 from typing import Protocol
-
-# A checkpoint is what another node needs to resume an agent, read from agents.db in the same
-# transaction as the write it follows: {"agent": the agents row, "messages": its message rows
-# (pending first in order, then the recent handled ones), "generation": the commit's order}.
-Checkpoint = dict
 
 
 class AgentsHere(Protocol):
@@ -24,8 +21,9 @@ class AgentsHere(Protocol):
         """Run `event` (agent:send, agent:terminate, agent:info, ...) for an agent of this node,
         sent by another node; the reply data, or a KSIError. Never forwarded again."""
 
-    async def adopt(self, checkpoint: Checkpoint) -> None:
-        """This node now holds the agent's lease: resume it from its checkpoint."""
+    async def adopt(self, agent_id: str) -> None:
+        """This node now holds the agent's lease: resume it from its shared checkpoint (a
+        KSIError, or any exception, gives the lease back for another node to try)."""
 
     def give_up(self, agent_id: str, why: str) -> None:
         """This node no longer holds the agent (its lease was taken, or could not be renewed):
@@ -38,25 +36,20 @@ class AgentCluster(Protocol):
     def open(self, here: AgentsHere) -> None:
         """Called once at the agent plugin's start-up, before any other method."""
 
-    async def claim(self, agent_id: str, checkpoint: Checkpoint) -> None:
-        """A new agent on this node: take its lease and publish its first checkpoint. Raises
-        KSIError `conflict` if the id is taken anywhere in the cluster, `unavailable` if the
-        cluster cannot say."""
-
-    async def checkpoint(self, agent_id: str, checkpoint: Checkpoint) -> None:
-        """Publish the agent's state, fenced: only while this node holds the agent, and only
-        over the record this node wrote last. Raises KSIError `unavailable` otherwise (and then
-        tells `give_up`)."""
+    async def claim(self, agent_id: str) -> None:
+        """A new agent on this node: take its lease. Raises KSIError `conflict` if another
+        node holds it, `unavailable` if the cluster cannot say."""
 
     async def release(self, agent_id: str) -> None:
-        """The agent ended for good (terminated): its record and lease go. A no-op for an
+        """Give the agent's lease up (it was terminated, or its spawn failed). A no-op for an
         agent this node does not hold."""
 
     def home_of(self, agent_id: str) -> str | None:
         """The node the agent runs on, as this node last heard; None if unknown."""
 
     def directory(self) -> list[dict]:
-        """Every agent of the cluster as {"node": ..., **its agents row}, as last heard."""
+        """Every agent of the cluster that is not terminated, as {**its agents row, "node":
+        its home or None while it moves}, from the shared checkpoints as last heard."""
 
     async def forward(self, node_id: str, event: str, data: dict, correlation_id: str | None,
                       timeout_s: float) -> dict:

@@ -17,10 +17,11 @@ inbox are committed together, so a restart neither loses nor repeats one.
 """
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
 from dataclasses import dataclass, field
+
+from ...protocol import CONFLICT, KSIError
 
 PENDING, ANSWERED, DONE, SKIPPED = "pending", "answered", "done", "skipped"
 INTERRUPTED, ROLLED_BACK = "interrupted", "rolled_back"
@@ -70,13 +71,29 @@ CREATE TABLE IF NOT EXISTS agent_schedules (
     fired INTEGER NOT NULL DEFAULT 0,
     coalesced INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+-- Each agent's checkpoint revision (store_seam.py): bumped by every change of its rows, kept
+-- after the agent is gone so that a revision never repeats for an agent id.
+CREATE TABLE IF NOT EXISTS agent_revisions (
+    agent_id TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+_REVISION_TRIGGERS = [
+    (f"agent_revision_on_{table}_{op.lower()}", table, op, row)
+    for table in ("agents", "agent_messages", "agent_schedules")
+    for op, row in (("INSERT", "new"), ("UPDATE", "new"), ("DELETE", "old"))]
+_REVISION_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS {name} AFTER {op} ON {table} BEGIN "
+    "INSERT INTO agent_revisions VALUES ({row}.agent_id, 1) ON CONFLICT (agent_id) "
+    "DO UPDATE SET revision = revision + 1; END;")
 
 MESSAGE_COLUMNS = "agent_id, message_id, seq, sender, topic, reply_to, content, received_at"
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
+    for name, table, op, row in _REVISION_TRIGGERS:
+        conn.execute(_REVISION_TRIGGER.format(name=name, table=table, op=op, row=row))
 
 
 @dataclass
@@ -199,55 +216,91 @@ def fire_schedule(conn: sqlite3.Connection, row: dict, message: tuple | None) ->
         add_message(conn, message)
 
 
-# ---- cluster mode: the checkpoint another node resumes an agent from (cluster_seam.py) ------
+# ---- checkpoints: an agent's rows as one record (sqlite_checkpoints.py, store_seam.py) ----------
 
-_generations = itertools.count(1)
-AGENT_FIELDS = ("agent_id", "profile", "config", "session_id", "status", "created_at",
-                "updated_at", "turns", "messages_handled", "restarts", "error")
-MESSAGE_FIELDS = ("agent_id", "message_id", "seq", "sender", "topic", "reply_to", "content",
-                  "received_at", "state", "attempts", "reply", "request_id", "turn")  # the order of the writer's commits (one writer thread)
-
-
-def checkpoint(conn: sqlite3.Connection, agent_id: str) -> dict | None:
-    """The agent's row and message rows as this transaction leaves them (None: no agent)."""
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-        if row is None:
-            return None
-        messages = [dict(m) for m in conn.execute(
-            "SELECT * FROM agent_messages WHERE agent_id = ? ORDER BY seq", (agent_id,))]
-    finally:
-        conn.row_factory = None
-    agent = dict(row)
-    agent["config"] = agent["config"].decode() if isinstance(agent["config"], bytes) \
-        else agent["config"]
-    return {"agent": agent, "messages": messages, "generation": next(_generations)}
+AGENT_COLUMNS = ("agent_id", "profile", "config", "session_id", "status", "created_at",
+                 "updated_at", "turns", "messages_handled", "restarts", "error")
+MESSAGE_FIELDS = ("message_id", "seq", "sender", "topic", "reply_to", "content", "received_at",
+                  "state", "attempts", "reply", "request_id", "turn")
+SCHEDULE_FIELDS = ("schedule_id", "every_s", "cron", "prompt", "created_at", "next_at",
+                   "last_message_id", "fired", "coalesced")
 
 
-def with_checkpoints(conn: sqlite3.Connection, op, agent_ids: tuple, *args):
-    """`op`, then the checkpoint of each agent it changed, in the same transaction."""
-    result = op(conn, *args)
-    return result, [checkpoint(conn, agent_id) for agent_id in agent_ids]
+def revision_of(conn: sqlite3.Connection, agent_id: str) -> int:
+    row = conn.execute("SELECT revision FROM agent_revisions WHERE agent_id = ?",
+                       (agent_id,)).fetchone()
+    return row[0] if row else 0
 
 
-def adopt(conn: sqlite3.Connection, snapshot: dict) -> None:
-    """An agent resumed from another node's checkpoint: its rows, replacing any old ones."""
-    agent = snapshot["agent"]
-    conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (agent["agent_id"],))
-    # Only this schema's columns, named here (a record from the bucket names no SQL).
-    conn.execute(f"INSERT OR REPLACE INTO agents ({', '.join(AGENT_FIELDS)}) VALUES "
-                 f"({', '.join('?' * len(AGENT_FIELDS))})",
-                 tuple(agent.get(name) for name in AGENT_FIELDS))
-    for message in snapshot["messages"]:
-        conn.execute(f"INSERT INTO agent_messages ({', '.join(MESSAGE_FIELDS)}) VALUES "
-                     f"({', '.join('?' * len(MESSAGE_FIELDS))})",
-                     tuple(message.get(name) for name in MESSAGE_FIELDS))
+def read_checkpoint(conn: sqlite3.Connection, agent_id: str) -> tuple[dict, int] | None:
+    """(the agent's record, its revision), or None when there is no agent of that id."""
+    row = conn.execute(f"SELECT {', '.join(AGENT_COLUMNS)} FROM agents WHERE agent_id = ?",
+                       (agent_id,)).fetchone()
+    if row is None:
+        return None
+    agent = dict(zip(AGENT_COLUMNS, row))
+    if isinstance(agent["config"], bytes):
+        agent["config"] = agent["config"].decode()
+    messages = [dict(zip(MESSAGE_FIELDS, m)) for m in conn.execute(
+        f"SELECT {', '.join(MESSAGE_FIELDS)} FROM agent_messages WHERE agent_id = ? "
+        "ORDER BY seq", (agent_id,))]
+    schedules = [dict(zip(SCHEDULE_FIELDS, r)) for r in conn.execute(
+        f"SELECT {', '.join(SCHEDULE_FIELDS)} FROM agent_schedules WHERE agent_id = ? "
+        "ORDER BY created_at", (agent_id,))]
+    return {"agent": agent, "messages": messages, "schedules": schedules}, \
+        revision_of(conn, agent_id)
+
+
+def agent_ids(conn: sqlite3.Connection) -> list[str]:
+    return [agent_id for (agent_id,) in conn.execute(
+        "SELECT agent_id FROM agents ORDER BY created_at, agent_id")]
+
+
+def write_checkpoint(conn: sqlite3.Connection, agent_id: str, record: dict,
+                     if_revision: int | None) -> int:
+    """Replace the agent's rows by `record`'s (read_checkpoint's shape); its new revision.
+    With `if_revision`, only if the agent is still at it (0: only if it has no rows)."""
+    _check_revision(conn, agent_id, if_revision)
+    conn.execute("DELETE FROM agent_messages WHERE agent_id = ?", (agent_id,))
+    conn.execute("DELETE FROM agent_schedules WHERE agent_id = ?", (agent_id,))
+    agent = {**record["agent"], "agent_id": agent_id}
+    conn.execute(f"INSERT OR REPLACE INTO agents ({', '.join(AGENT_COLUMNS)}) VALUES "
+                 f"({', '.join(':' + c for c in AGENT_COLUMNS)})", agent)
+    for message in record.get("messages", ()):
+        conn.execute(f"INSERT INTO agent_messages (agent_id, {', '.join(MESSAGE_FIELDS)}) "
+                     f"VALUES (:agent_id, {', '.join(':' + f for f in MESSAGE_FIELDS)})",
+                     {**message, "agent_id": agent_id})
+    for schedule in record.get("schedules", ()):
+        conn.execute(f"INSERT INTO agent_schedules (agent_id, {', '.join(SCHEDULE_FIELDS)}) "
+                     f"VALUES (:agent_id, {', '.join(':' + f for f in SCHEDULE_FIELDS)})",
+                     {**schedule, "agent_id": agent_id})
+    return revision_of(conn, agent_id)
+
+
+def delete_checkpoint(conn: sqlite3.Connection, agent_id: str, if_revision: int | None) -> bool:
+    _check_revision(conn, agent_id, if_revision)
+    existed = conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    delete_schedules_of(conn, agent_id)
+    delete_agent(conn, agent_id)
+    return existed is not None
+
+
+def _check_revision(conn: sqlite3.Connection, agent_id: str, if_revision: int | None) -> None:
+    """Refuse before writing anything (the writer needs no rollback for a refusal)."""
+    if if_revision is None:
+        return
+    exists = conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    current = revision_of(conn, agent_id) if exists else 0
+    if current != if_revision:
+        raise KSIError(CONFLICT, f"agent {agent_id}'s checkpoint is at revision {current}, not "
+                       f"{if_revision}", {"agent_id": agent_id, "current_revision": current,
+                                          "if_revision": if_revision})
 
 
 def load_in_cluster(conn: sqlite3.Connection) -> Loaded:
     """`load` in cluster mode: the cluster's checkpoints say which agents run here (adopted as
-    their leases come free), not the rows this node's last run left, which go."""
+    their leases come free, docs/CLUSTER.md), not the rows this node's last run left, which
+    go. Terminated agents' rows stay, for agent:list {status: terminated}."""
     conn.execute("DELETE FROM agent_messages")
     conn.execute("DELETE FROM agent_schedules")
     conn.execute("DELETE FROM agents WHERE status != 'terminated'")

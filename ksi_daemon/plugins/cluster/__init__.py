@@ -4,15 +4,18 @@ Loaded only when `cluster.nats_url` is set (KSI_CLUSTER_NATS_URL; plugin_manager
 OPTIONAL_BUILTINS): without it the daemon is the single daemon, and nothing imports nats. The
 plugin owns the node's one NATS connection (node.py); other plugins reach the cluster through
 events or declared seams: the state plugin's `ksi_state_store` hook, answered with the KV
-store (kv_state.py), the conversation plugin's `ksi_conversation_store`, answered with the
-stream of turns (conversation_log.py), and the agent plugin's `ksi_agent_cluster`, answered
-with the agents' leases, checkpoints and forwarding (leases.py). docs/CLUSTER.md has the design.
+store (kv_state.py); the conversation plugin's `ksi_conversation_store`, answered with the
+stream of turns (conversation_log.py); and the agent plugin's `ksi_agent_store`, answered with
+the KV bucket of checkpoints (kv_agents.py), and `ksi_agent_cluster`, answered with the agents'
+leases and the forwarding of requests to their home nodes (leases.py). docs/CLUSTER.md has the
+design.
 """
 from __future__ import annotations
 
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
 from .conversation_log import JetStreamConversations
+from .kv_agents import KvAgentStore
 from .kv_state import KvStateStore
 from .leases import AgentLeases
 from .node import ClusterNode
@@ -40,12 +43,20 @@ class ClusterPlugin(BasePlugin):
         self.state_store = KvStateStore(self.node, settings["state_bucket"],
                                         settings["replicas"], settings["request_timeout_s"],
                                         audit_log)
+        self.agent_store = KvAgentStore(self.node, settings["agent_bucket"], settings["replicas"],
+                                        settings["request_timeout_s"])
+        # After the agent store: it listens first, so its bucket exists when the leases' watch
+        # of it begins.
         self.agent_leases = AgentLeases(self.node, settings)
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl
     def ksi_state_store(self, config):
         return self.state_store
+
+    @hookimpl
+    def ksi_agent_store(self, config):
+        return self.agent_store
 
     @hookimpl
     def ksi_conversation_store(self, config, open_local_copy):

@@ -12,6 +12,10 @@ expected-last-subject-sequence check, so two nodes racing with the same version 
 success. One connection's requests take effect in order: writes of one key are chained, a read
 of a key waits for that key's writes queued before it, a clear waits for every write before it
 and everything after it waits for the clear.
+
+A clear is one decision for the cluster: a marker in the bucket whose revision splits the
+bucket's order, followed by every node's watch, then a purge (docs/CLUSTER.md, "Clearing a
+namespace"). Every change is recorded in the audit stream (state_audit.py) before its reply.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ..state.models import GLOBAL
 from .kv_keys import (clear_marker_key, cleared_namespace, kv_key, namespace_filter,
                       state_key)
 from . import kv_values
+from .bounded import ask, unreachable
 
 # The server places a delete marker when a key's TTL removes it, so every node's watch learns
 # of the expiry; the marker itself is kept this long.
@@ -240,8 +245,7 @@ class KvStateStore:
 
     def _check_serving(self) -> None:
         if not self.serving:
-            raise KSIError(UNAVAILABLE, f"the cluster's state store is unreachable (NATS at "
-                           f"{self.node.nats_url}: {self.node.last_error or 'reconnecting'})")
+            raise unreachable("the cluster's state store", self.node)
 
     # ---- order: what one connection sent before must take effect first ---------------------
 
@@ -495,16 +499,7 @@ class KvStateStore:
 
     async def _ask(self, request):
         """Await one request to NATS, bounded: anything but an answer is `unavailable`."""
-        import nats.errors
-        from nats.js.errors import APIError
-        try:
-            return await asyncio.wait_for(request, self.timeout_s)
-        except APIError:
-            raise
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
-            raise KSIError(UNAVAILABLE, f"the cluster's state store did not answer "
-                           f"({type(exc).__name__}: {exc}); NATS at {self.node.nats_url}") \
-                from None
+        return await ask(request, self.timeout_s, "the cluster's state store", self.node.nats_url)
 
     def _announce_after_reply(self, correlation_id, data: dict) -> None:
         """`state:changed` follows the write's reply (PROTOCOL.md §1): the reply is written by

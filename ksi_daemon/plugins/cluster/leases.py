@@ -1,21 +1,20 @@
-"""Agents' homes in cluster mode: one lease per agent in KV, its checkpoint, the live nodes.
+"""Agents' homes in cluster mode: one lease per agent in KV, and the live nodes.
 
-The bucket `ksi_agents` (cluster.agents_bucket) holds three kinds of keys:
+The bucket `ksi_leases` (cluster.lease_bucket) holds two kinds of keys:
 
-    lease.<agent>  {"node", "holder"}   who runs the agent; a per-message TTL of lease_ttl_s,
-                                        renewed by compare-and-set on its revision
-    home.<agent>   {"node", "checkpoint"}  what another node needs to resume the agent; no TTL,
-                                        written by compare-and-set on its revision (the fence)
+    lease.<agent>  {"node", "holder", "renewed_at"}  who runs the agent; a per-message TTL of
+                   lease_ttl_s, renewed by compare-and-set on its revision
     node.<node>    {"node_id", "pid", "heartbeat_at", "leases"}  a node alive (TTL)
 
-Every node watches the whole bucket into a mirror: the directory (`agent:list` on any node) and
-the home of each agent come from it. A node that cannot renew a lease stops that agent by its
-own clock before the server can let the lease expire (FENCE_AT of the TTL, counted from when the
-renewal was sent, which is before the server stored it); a node that sees a home record without
-a lease races the others to create the lease, and the one that wins writes the home record over
-the revision it read and resumes the agent. After that, every write of the old holder names a
-revision that is no longer the record's and fails: it stops the agent (docs/CLUSTER.md, "The
-lease protocol").
+The agents' checkpoints are the agent plugin's shared store (kv_agents.py, bucket
+cluster.agent_bucket), which this module only watches: with the leases it makes the directory
+(`agent:list` on any node) and shows which agents have no lease. A node that cannot renew a
+lease stops that agent by its own clock before the server can let the lease expire (FENCE_AT
+of the TTL, counted from when the renewal was sent, which is before the server stored it). A
+node that sees a checkpoint without a lease races the others to create the lease, and the one
+that wins resumes the agent, whose first checkpoint write names the revision it read: every
+later write of the old home names an older one and is refused, and that node stops the agent
+(docs/CLUSTER.md, "The lease protocol").
 """
 from __future__ import annotations
 
@@ -38,6 +37,8 @@ RETRIES_OF_A_RACE = 3
 EXPIRY_MARKER_KEEP_S = 60.0
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+DIRECTORY_KEYS = ("agent_id", "profile", "status", "created_at", "session_id",
+                  "messages_handled")
 log = structlog.get_logger("ksi.plugin.cluster")
 
 
@@ -51,14 +52,11 @@ class _WrongLastSequence(Exception):
 
 
 class Held:
-    """A lease this node holds: the revisions it wrote last, and when it last renewed."""
-    __slots__ = ("holder", "lease_rev", "home_rev", "renewed_at", "published", "lock")
+    """A lease this node holds: the revision it wrote last, and when that renewal was sent."""
+    __slots__ = ("holder", "lease_rev", "renewed_at")
 
-    def __init__(self, holder: str, lease_rev: int, home_rev: int, renewed_at: float,
-                 published: int):
-        self.holder, self.lease_rev, self.home_rev = holder, lease_rev, home_rev
-        self.renewed_at, self.published = renewed_at, published  # monotonic; a generation
-        self.lock = asyncio.Lock()  # one write of the record at a time, in generation order
+    def __init__(self, holder: str, lease_rev: int, renewed_at: float):
+        self.holder, self.lease_rev, self.renewed_at = holder, lease_rev, renewed_at
 
 
 class AgentLeases:
@@ -66,19 +64,22 @@ class AgentLeases:
 
     def __init__(self, node, settings: dict):
         self.node, self.node_id = node, node.node_id
-        self.bucket, self.replicas = settings["agents_bucket"], settings["replicas"]
+        self.bucket, self.replicas = settings["lease_bucket"], settings["replicas"]
+        self.checkpoint_bucket = settings["agent_bucket"]
         self.ttl_s, self.timeout_s = settings["lease_ttl_s"], settings["request_timeout_s"]
         self.held: dict[str, Held] = {}
-        self.homes: dict[str, dict] = {}   # agent -> home record, as last heard
+        self.agents: dict[str, dict] = {}  # agent -> its agents row, from its checkpoint
         self.leases: dict[str, dict] = {}  # agent -> lease record, as last heard
+        self.last_home: dict[str, str] = {}  # agent -> the node that held its last lease
         self.nodes: dict[str, dict] = {}   # node -> its heartbeat record
         self.seen: dict[str, int] = {}     # KV key -> newest revision heard
         self.adopting: set[str] = set()
         self.here = None
         self.serving = False
         self.closing = False  # stopping: adopt nothing more
-        self.js = self.kv = self.watcher = self.subscription = None
-        self.watching: asyncio.Task | None = None
+        self.js = self.kv = self.subscription = None
+        self.watchers: list = []
+        self.watching: list[asyncio.Task] = []
         self.answering: set[asyncio.Task] = set()
         self.sweep_soon: asyncio.Event | None = None
         node.listen(self)
@@ -92,67 +93,32 @@ class AgentLeases:
         lease = self.leases.get(agent_id)
         if lease is not None:
             return lease["node"]
-        home = self.homes.get(agent_id)
-        return home["node"] if home is not None else None
+        return self.last_home.get(agent_id) if agent_id in self.agents else None
 
     def directory(self) -> list[dict]:
-        return [{**home["checkpoint"]["agent"], "node": self.home_of(agent_id) or home["node"]}
-                for agent_id, home in self.homes.items()]
+        return [{**row, "node": self.leases[agent_id]["node"] if agent_id in self.leases
+                 else None} for agent_id, row in self.agents.items()]
 
-    async def claim(self, agent_id: str, checkpoint: dict) -> None:
+    async def claim(self, agent_id: str) -> None:
         self._check_serving()
         holder, sent = os.urandom(8).hex(), time.monotonic()
         lease_rev = await self._create(f"lease.{escape(agent_id)}", self._lease(holder),
                                        self._lease_ttl())
         if lease_rev is None:
+            home = self.home_of(agent_id)
             raise KSIError(CONFLICT, f"agent {agent_id} already exists in the cluster (on node "
-                           f"{self.home_of(agent_id)})", {"agent_id": agent_id,
-                                                          "node": self.home_of(agent_id)})
-        record = {"node": self.node_id, "checkpoint": checkpoint}
-        home_rev = await self._create(f"home.{escape(agent_id)}", orjson.dumps(record), None)
-        if home_rev is None:  # a record left behind: its lease expired meanwhile, adopt it
-            await self._delete(f"lease.{escape(agent_id)}", lease_rev)
-            raise KSIError(CONFLICT, f"agent {agent_id} already exists in the cluster",
-                           {"agent_id": agent_id})
-        self.held[agent_id] = Held(holder, lease_rev, home_rev, sent, checkpoint["generation"])
-        self.homes[agent_id] = record
-
-    async def checkpoint(self, agent_id: str, checkpoint: dict) -> None:
-        held = self._holding(agent_id)
-        async with held.lock:
-            if checkpoint["generation"] <= held.published:
-                return  # a later checkpoint, holding this one's changes, is already stored
-            self._holding(agent_id)
-            record = {"node": self.node_id, "checkpoint": checkpoint}
-            try:
-                revision = await self._publish(f"home.{escape(agent_id)}", orjson.dumps(record),
-                                               held.home_rev)
-            except _WrongLastSequence:
-                self._lose(agent_id, "another node has taken it over")
-                raise KSIError(UNAVAILABLE, f"agent {agent_id} has moved to another node; "
-                                            "this node stopped it") from None
-            held.home_rev, held.published = revision, checkpoint["generation"]
-            self.homes[agent_id] = record
+                           f"{home})", {"agent_id": agent_id, "node": home})
+        self.held[agent_id] = Held(holder, lease_rev, sent)
 
     async def release(self, agent_id: str) -> None:
-        held = self.held.get(agent_id)
+        # Not held from here on: the watch brings the delete back, perhaps before its ack.
+        held = self.held.pop(agent_id, None)
         if held is None:
             return
-        async with held.lock:
-            # Not held from here on: the watch brings the delete back, perhaps before its ack.
-            self.held.pop(agent_id, None)
-            try:
-                await self._publish(f"home.{escape(agent_id)}", b"", held.home_rev, delete=True)
-            except _WrongLastSequence:
-                pass  # another node took it over: nothing of ours is left to remove
-            except BaseException:
-                self.held.setdefault(agent_id, held)  # still ours: the agent goes on
-                raise
-            self.homes.pop(agent_id, None)
-            try:
-                await self._delete(f"lease.{escape(agent_id)}", held.lease_rev)
-            except KSIError:
-                pass  # it expires on its own within the TTL
+        try:
+            await self._delete(f"lease.{escape(agent_id)}", held.lease_rev)
+        except KSIError as exc:  # it expires on its own within the TTL
+            log.info("cluster_lease_not_released", agent_id=agent_id, error=exc.message)
 
     async def forward(self, node_id: str, event: str, data: dict, correlation_id, timeout_s):
         import nats.errors
@@ -178,7 +144,7 @@ class AgentLeases:
 
     def health(self) -> dict:
         return {"lease_ttl_s": self.ttl_s, "leases": sorted(self.held),
-                "agents": len(self.homes),
+                "agents": len(self.agents),
                 "nodes": sorted(self.nodes.values(), key=lambda n: n["node_id"])}
 
     # ---- the connection comes and goes (a ClusterListener) -----------------------------------
@@ -196,15 +162,20 @@ class AgentLeases:
             self.subscription = await self.node.nc.subscribe(agent_subject(self.node_id),
                                                              cb=self._on_request)
         await self._stop_watching()
-        watcher = await kv.watchall()
-        self.homes, self.leases, self.nodes, self.seen = {}, {}, {}, {}
-        self.js, self.kv, self.watcher = js, kv, watcher
-        while True:
-            entry = await watcher.updates(timeout=max(self.timeout_s, 10.0))
-            if entry is None:
-                break
-            self._take(entry)
-        self.watching = asyncio.ensure_future(self._follow(watcher))
+        self.agents, self.leases, self.nodes, self.seen = {}, {}, {}, {}
+        self.js, self.kv = js, kv
+        # The checkpoints' bucket is the agent store's (kv_agents.py): it listens before us,
+        # so the bucket exists by now.
+        checkpoints = await js.key_value(self.checkpoint_bucket)
+        for bucket, take in ((kv, self._take), (checkpoints, self._take_checkpoint)):
+            watcher = await bucket.watchall()
+            self.watchers.append(watcher)
+            while True:
+                entry = await watcher.updates(timeout=max(self.timeout_s, 10.0))
+                if entry is None:
+                    break
+                take(entry)
+            self.watching.append(asyncio.ensure_future(self._follow(watcher, take)))
         self.serving = True
         self._sweep_soon()
 
@@ -224,11 +195,10 @@ class AgentLeases:
         await self._stop_watching()
 
     async def _stop_watching(self) -> None:
-        if self.watching is not None:
-            self.watching.cancel()
-            self.watching = None
-        if self.watcher is not None:
-            watcher, self.watcher = self.watcher, None
+        for task in self.watching:
+            task.cancel()
+        watchers, self.watchers, self.watching = self.watchers, [], []
+        for watcher in watchers:
             try:
                 await asyncio.wait_for(watcher.stop(), self.timeout_s)
             except Exception:  # noqa: BLE001 - its connection may be gone
@@ -236,10 +206,24 @@ class AgentLeases:
 
     # ---- the mirror --------------------------------------------------------------------------
 
-    async def _follow(self, watcher) -> None:
+    async def _follow(self, watcher, take) -> None:
         async for entry in watcher:
             if entry is not None:
-                self._take(entry)
+                take(entry)
+
+    def _take_checkpoint(self, entry) -> None:
+        """An agent's checkpoint as the agent store wrote it: the directory's row."""
+        agent_id = unescape(entry.key)
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.agents.pop(agent_id, None)
+            return
+        row = orjson.loads(entry.value)["agent"]
+        if row["status"] == "terminated":
+            self.agents.pop(agent_id, None)
+            return
+        self.agents[agent_id] = {key: row[key] for key in DIRECTORY_KEYS}
+        if agent_id not in self.leases:
+            self._sweep_soon()
 
     def _take(self, entry) -> None:
         if entry.revision <= self.seen.get(entry.key, 0):
@@ -253,8 +237,6 @@ class AgentLeases:
             self.nodes.pop(name, None) if gone else self.nodes.__setitem__(name, record)
         elif kind == "lease":
             self._lease_heard(name, record)
-        elif kind == "home":
-            self._home_heard(name, record, entry.revision)
 
     def _lease_heard(self, agent_id: str, record: dict | None) -> None:
         held = self.held.get(agent_id)
@@ -265,19 +247,9 @@ class AgentLeases:
             self._sweep_soon()
             return
         self.leases[agent_id] = record
+        self.last_home[agent_id] = record["node"]
         if held is not None and record.get("holder") != held.holder:
             self._lose(agent_id, f"node {record['node']} has taken its lease")
-
-    def _home_heard(self, agent_id: str, record: dict | None, revision: int) -> None:
-        held = self.held.get(agent_id)
-        if record is None:
-            self.homes.pop(agent_id, None)
-            if held is not None:
-                self._lose(agent_id, "its record was removed by another node")
-            return
-        self.homes[agent_id] = record
-        if held is not None and revision > held.home_rev and record["node"] != self.node_id:
-            self._lose(agent_id, f"node {record['node']} has taken it over")
 
     # ---- keeping leases: renew, fence, adopt ------------------------------------------------
 
@@ -372,7 +344,7 @@ class AgentLeases:
         """Resume the agents whose lease is gone (their node died or was cut off)."""
         if self.closing:
             return
-        orphans = [agent_id for agent_id in self.homes
+        orphans = [agent_id for agent_id in self.agents
                    if agent_id not in self.leases and agent_id not in self.held
                    and agent_id not in self.adopting]
         for agent_id in orphans:
@@ -382,33 +354,24 @@ class AgentLeases:
         if self.closing:
             return
         self.adopting.add(agent_id)
-        lease_key, home_key = f"lease.{escape(agent_id)}", f"home.{escape(agent_id)}"
+        lease_key = f"lease.{escape(agent_id)}"
         try:
             holder, sent = os.urandom(8).hex(), time.monotonic()
             lease_rev = await self._create(lease_key, self._lease(holder), self._lease_ttl())
             if lease_rev is None:
                 return  # another node was quicker
-            entry, _ = await self._server_entry(home_key)
-            if entry is None:  # terminated meanwhile
-                await self._delete(lease_key, lease_rev)
-                return
-            record = {**orjson.loads(entry.value), "node": self.node_id}
+            previous = self.last_home.get(agent_id)
+            held = self.held[agent_id] = Held(holder, lease_rev, sent)
             try:
-                home_rev = await self._publish(home_key, orjson.dumps(record), entry.revision)
-            except _WrongLastSequence:  # the old holder wrote: it still runs; let it be
-                await self._delete(lease_key, lease_rev)
-                return
-            self.held[agent_id] = Held(holder, lease_rev, home_rev, sent, 0)
-            self.homes[agent_id] = record
-            log.info("cluster_agent_adopted", agent_id=agent_id, node_id=self.node_id,
-                     previous=orjson.loads(entry.value).get("node"))
-            try:
-                await self.here.adopt(record["checkpoint"])
+                await self.here.adopt(agent_id)
             except Exception as exc:  # noqa: BLE001 - let another node (or a later sweep) try
-                log.error("cluster_agent_not_resumed", agent_id=agent_id, error=repr(exc))
-                held = self.held.pop(agent_id, None)
-                if held is not None:
+                log.warning("cluster_agent_not_resumed", agent_id=agent_id, error=repr(exc))
+                if self.held.get(agent_id) is held:
+                    del self.held[agent_id]
                     await self._delete(lease_key, held.lease_rev)
+                return
+            log.info("cluster_agent_adopted", agent_id=agent_id, node_id=self.node_id,
+                     previous=previous)
         except KSIError as exc:
             log.info("cluster_adoption_failed", agent_id=agent_id, error=exc.message)
         finally:

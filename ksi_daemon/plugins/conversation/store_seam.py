@@ -8,10 +8,10 @@ start: the first plugin answering the `ksi_conversation_store` hook (conversatio
 supplies it, else it is SQLite.
 
 Each event method takes the validated request and returns what a sync handler may return: the
-reply (a dict) or an asyncio Future of it (a Task will do), raising or failing with a KSIError. A shared store may build on a `LocalCopy`: the node's own SQLite
-copy of the conversations, which the conversation plugin opens for it (the hook's
-`open_local_copy`), so that reads, sorting, full-text search and export behave on every node
-exactly as on a single daemon.
+reply (a dict) or an asyncio Future of it (a Task will do), raising or failing with a KSIError.
+A shared store may build on a `LocalCopy`: the node's own SQLite copy of the conversations,
+which the conversation plugin opens for it (the hook's `open_local_copy`), so that reads,
+sorting, full-text search and export behave on every node exactly as on a single daemon.
 """
 from __future__ import annotations
 
