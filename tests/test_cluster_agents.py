@@ -187,6 +187,30 @@ def test_a_node_stopped_cleanly_hands_its_agent_over(workdir, nats_server):
         b.stop()
 
 
+def test_a_node_frozen_past_its_lease_wakes_to_find_its_agent_moved(workdir, nats_server):
+    a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
+    try:
+        spawn(a, "sleeper")
+        wait_for(lambda: "sleeper" in listed(b))
+        assert data_of(send_and_wait(b, "sleeper", "one"))["reply"]["turn"] == 1
+        a.proc.send_signal(signal.SIGSTOP)  # a stall: no renewal, no fence check, nothing
+        try:
+            wait_for(lambda: listed(b)["sleeper"]["node"] == "node-b",
+                     within=FAILOVER_WITHIN_S)
+            assert data_of(send_and_wait(b, "sleeper", "two"))["reply"]["turn"] == 2
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # Awake, A learns it no longer holds the lease and runs nothing of the agent.
+        wait_for(lambda: data_of(a.request("system:health"))["cluster"]["leases"] == [])
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+        assert data_of(send_and_wait(a, "sleeper", "three"))["reply"]["turn"] == 3
+        info = data_of(b.request("agent:info", {"agent_id": "sleeper"}))
+        assert [t["content"] for t in info["recent"]] == ["one", "two", "three"]
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
     nodes = {name: start_node(workdir, nats_server, name, FAST_LEASES)
              for name in ("node-a", "node-b")}
