@@ -8,6 +8,8 @@ cuts one node off (anything with a `url` can be given as `nats_server`).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -50,6 +52,29 @@ def two_nodes(workdir, nats_server):
     yield nodes
     for node in nodes:
         node.stop()
+
+
+@contextlib.asynccontextmanager
+async def shared_agent_store(nats_server):
+    """The cluster's KvAgentStore, in this test's process, on its own node connection: what
+    another node reads through the agent plugin's seam."""
+    from ksi_daemon.config import ClusterSettings
+    from ksi_daemon.plugins.cluster.kv_agents import KvAgentStore
+    from ksi_daemon.plugins.cluster.node import ClusterNode
+    node = ClusterNode(ClusterSettings(nats_url=nats_server.url, node_id="reader").model_dump(),
+                       lambda reason: None)
+    store = KvAgentStore(node, "ksi_agents", 1, 2.0)
+    running = asyncio.ensure_future(node.run())
+    try:
+        for _ in range(200):
+            if node.jetstream_ok:
+                break
+            await asyncio.sleep(0.05)
+        assert node.jetstream_ok, node.last_error
+        yield store
+    finally:
+        running.cancel()
+        await node.close()
 
 
 class CuttableProxy:

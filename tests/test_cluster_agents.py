@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cluster_nodes import CuttableProxy, start_node, wait_for
+from cluster_nodes import CuttableProxy, shared_agent_store, start_node, wait_for
 from conftest import data_of, error_of
 
 LEASE_TTL_S = 2
@@ -209,6 +209,28 @@ def test_a_node_frozen_past_its_lease_wakes_to_find_its_agent_moved(workdir, nat
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_checkpoint_written_elsewhere_fences_the_home_which_stops_the_agent(
+        workdir, nats_server):
+    a = start_node(workdir, nats_server, "node-a", FAST_LEASES)
+    try:
+        spawn(a, "fenced")
+        assert data_of(send_and_wait(a, "fenced", "one"))["reply"]["turn"] == 1
+        async with shared_agent_store(nats_server) as store:  # as a node taking it over does
+            found = await store.read("fenced")
+            await store.write("fenced", found.record, if_revision=found.revision)
+        # A's next write names the revision it wrote last: refused, so the message is not
+        # taken, and A stops the agent...
+        assert error_of(send_and_wait(a, "fenced", "refused"))["code"] == "unavailable"
+        # ...gives its lease up, and (the only node) resumes it from what is stored.
+        answered = wait_for(lambda: "data" in (r := send_and_wait(a, "fenced", "after")) and r,
+                            within=FAILOVER_WITHIN_S)
+        assert answered["data"]["reply"]["turn"] == 2
+        info = data_of(a.request("agent:info", {"agent_id": "fenced"}))
+        assert [t["content"] for t in info["recent"]] == ["one", "after"]
+    finally:
+        a.stop()
 
 
 def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):

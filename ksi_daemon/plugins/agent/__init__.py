@@ -107,8 +107,7 @@ class AgentPlugin(AgentHomes, BasePlugin):
                 raise RuntimeError("the agents' cluster needs a shared store of checkpoints "
                                    "(ksi_agent_store)")
             # Fenced: a copy refused because another node wrote the agent since stops it here.
-            self.copier.on_superseded = lambda agent_id: self.give_up(
-                agent_id, "another node has resumed it")
+            self.copier.on_superseded = self.superseded
             self.cluster.open(self)
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)

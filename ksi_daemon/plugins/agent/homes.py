@@ -104,6 +104,15 @@ class AgentHomes:
         self._stopping_moved.add(task)
         task.add_done_callback(self._stopping_moved.discard)
 
+    def superseded(self, agent_id: str) -> None:
+        """A copy of the agent's checkpoint was refused: someone wrote it since this node did.
+        Stop it here, and give its lease up if this node still holds it, so that whoever
+        resumes it next starts from what is stored."""
+        self.give_up(agent_id, "its checkpoint was written by another node")
+        task = asyncio.ensure_future(self.cluster.release(agent_id))
+        self._stopping_moved.add(task)
+        task.add_done_callback(self._stopping_moved.discard)
+
     async def _stop_given_up(self, agent: Agent, why: str) -> None:
         await self.runtime.stop_task(agent)
         for schedule in self.scheduler.of_agent(agent.agent_id):
