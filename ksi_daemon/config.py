@@ -127,6 +127,10 @@ class ClusterSettings(_Section):
     audit_keep_s: float = Field(30 * 86400.0, gt=0)  # the audit stream's records are kept so long
     audit_keep_records: int = Field(1_000_000, ge=1)  # and at most this many (the newest)
     replicas: int = Field(1, ge=1, le=5)  # copies of the bucket (3 on a 3-server NATS cluster)
+    lease_bucket: str = Field("ksi_leases", pattern=r"^[A-Za-z0-9_-]+$")
+    # An agent's lease lives this long unless renewed (every quarter of it); a node that could
+    # not renew stops the agent after three quarters, another node resumes it after expiry.
+    lease_ttl_s: float = Field(5.0, ge=1, le=300)
     # Every request to NATS gives up after this long and answers `unavailable`.
     request_timeout_s: float = Field(2.0, gt=0, le=60)
     connect_timeout_s: float = Field(2.0, gt=0, le=60)

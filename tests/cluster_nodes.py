@@ -3,10 +3,15 @@
 Each node is a real daemon process with its own var directory and socket, started with
 KSI_CLUSTER_NATS_URL and KSI_NODE_ID (the `nats_server` fixture of conftest.py gives the
 server: loopback, JetStream, `sync_interval: always`). Test modules import the helpers and the
-`two_nodes` fixture from here.
+`two_nodes` fixture from here, and `CuttableProxy`, which stands in for the server when a test
+cuts one node off (anything with a `url` can be given as `nats_server`).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import threading
 import time
 
 import pytest
@@ -47,3 +52,100 @@ def two_nodes(workdir, nats_server):
     yield nodes
     for node in nodes:
         node.stop()
+
+
+@contextlib.asynccontextmanager
+async def shared_agent_store(nats_server):
+    """The cluster's KvAgentStore, in this test's process, on its own node connection: what
+    another node reads through the agent plugin's seam."""
+    from ksi_daemon.config import ClusterSettings
+    from ksi_daemon.plugins.cluster.kv_agents import KvAgentStore
+    from ksi_daemon.plugins.cluster.node import ClusterNode
+    node = ClusterNode(ClusterSettings(nats_url=nats_server.url, node_id="reader").model_dump(),
+                       lambda reason: None)
+    store = KvAgentStore(node, "ksi_agents", 1, 2.0)
+    running = asyncio.ensure_future(node.run())
+    try:
+        for _ in range(200):
+            if node.jetstream_ok:
+                break
+            await asyncio.sleep(0.05)
+        assert node.jetstream_ok, node.last_error
+        yield store
+    finally:
+        running.cancel()
+        await node.close()
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback in front of nats-server. `cut()` is a partition as the network
+    makes one: bytes already on their way are dropped silently in both directions (no reset,
+    no close: the node notices only by its own pings and timeouts), and new connections are
+    refused. `heal()` lets new connections through again; the cut ones are closed then."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.passing = True
+        self.generation = 0  # connections of an older generation were cut
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.passing:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink, self.generation),
+                                 daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
+        try:
+            while True:
+                chunk = source.recv(65536)
+                if not chunk:
+                    break
+                if self.passing and generation == self.generation:
+                    sink.sendall(chunk)  # else dropped: the partition
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.passing = False
+        self.generation += 1
+
+    def heal(self) -> None:
+        with self.lock:
+            cut, self.sockets = self.sockets, []
+        for sock in cut:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self.passing = True
+
+    def close(self) -> None:
+        self.cut()
+        self.heal()
+        self.listener.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cluster_nodes import start_node, two_nodes, wait_for  # noqa: F401
+from cluster_nodes import shared_agent_store, start_node, two_nodes, wait_for  # noqa: F401
 from conftest import data_of, error_of
 from ksi_daemon.protocol import KSIError
 
@@ -227,29 +227,6 @@ def test_a_cluster_audit_is_bounded_by_its_retention(workdir, nats_server):
 
 
 # ---- agent checkpoints ----------------------------------------------------------------------
-
-@contextlib.asynccontextmanager
-async def shared_agent_store(nats_server):
-    """The cluster's KvAgentStore, in this test's process, on its own node connection: what
-    another node reads through the agent plugin's seam."""
-    from ksi_daemon.config import ClusterSettings
-    from ksi_daemon.plugins.cluster.kv_agents import KvAgentStore
-    from ksi_daemon.plugins.cluster.node import ClusterNode
-    node = ClusterNode(ClusterSettings(nats_url=nats_server.url, node_id="reader").model_dump(),
-                       lambda reason: None)
-    store = KvAgentStore(node, "ksi_agents", 1, 2.0)
-    running = asyncio.ensure_future(node.run())
-    try:
-        for _ in range(200):
-            if node.jetstream_ok:
-                break
-            await asyncio.sleep(0.05)
-        assert node.jetstream_ok, node.last_error
-        yield store
-    finally:
-        running.cancel()
-        await node.close()
-
 
 def answered(checkpoint) -> list[str]:
     return [m["content"] for m in checkpoint.record["messages"] if m["state"] == "done"]

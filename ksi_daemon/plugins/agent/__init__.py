@@ -13,6 +13,11 @@
 Each agent is a task (supervisor.py) answering its inbox through completion:request; agents and
 their inboxes live in agents.db under the plugin's data directory (store.py), written ahead of
 every reply, so a restarted daemon carries on every conversation where it stood.
+
+In cluster mode (an `AgentCluster` from the `ksi_agent_cluster` hook: cluster_seam.py) each
+agent runs on one node: every write of an agent is followed by its checkpoint in the cluster,
+fenced by the node's lease, before anyone is told; requests for an agent of another node are
+forwarded there; and a node that loses an agent's lease stops it at once (docs/CLUSTER.md).
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ from ...storage.plugin_database import PluginDatabase
 from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import hookspecs, store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
+from .checkpoints import CheckpointCopier, agents_changed_by
+from .forwarded import Forwarded
+from .homes import RECORD_KEYS, AgentHomes
 from .identities import IdentityBook
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
                      ListReply, ListRequest, ProfilesReply, ProfilesRequest, ScheduleRecord,
@@ -40,7 +48,6 @@ from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, In
                      SpawnReply, SpawnRequest, TerminateReply, UnscheduleReply,
                      UnscheduleRequest)
 from .profiles import Profile, ProfileBook
-from .checkpoints import CheckpointCopier, agents_changed_by
 from .schedules import Schedule, Scheduler
 from .sqlite_checkpoints import SqliteAgentStore
 from .store_seam import AgentStore
@@ -49,10 +56,11 @@ from .supervisor import AgentRuntime, text_of, turn_record
 DB_FILE_NAME = "agents.db"
 DEFAULT_PROFILE = "assistant"
 STOP_GRACE_S = 3.0  # a turn whose completion already finished gets this long to be recorded
+FORWARD_MARGIN_S = 5.0  # a forwarded agent:send waits this much longer than its own timeout
 log = structlog.get_logger("ksi.plugin.agent")
 
 
-class AgentPlugin(BasePlugin):
+class AgentPlugin(AgentHomes, BasePlugin):
     def __init__(self):
         super().__init__(
             PluginMetadata(name="agent", version="0.1.0", priority=60,
@@ -62,11 +70,17 @@ class AgentPlugin(BasePlugin):
         self.writer: SqliteWriter | None = None
         self.agents: dict[str, Agent] = {}
         self.terminated: OrderedDict[str, dict] = OrderedDict()
+        self.cluster = None  # an AgentCluster in cluster mode
+        self._stopping_moved: set[asyncio.Task] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @hookimpl
     async def ksi_startup(self, config, context):
+        self.cluster = await context.hook("ksi_agent_cluster").call_first(config=config)
+        if self.cluster is None and config["cluster"]["nats_url"]:
+            raise RuntimeError("cluster mode is configured but no plugin supplied the agents' "
+                               "cluster (is the cluster plugin disabled?)")
         settings = self.settings = AgentSettings.model_validate(context.config or {})
         var_dir = Path(config["daemon"]["var_dir"])
         self.book = ProfileBook(Path(settings.profiles_dir).expanduser() if settings.profiles_dir
@@ -79,7 +93,7 @@ class AgentPlugin(BasePlugin):
         self.database = PluginDatabase.open(
             path, name="agent", synchronous=settings.synchronous,
             create_schema=store.create_schema, deadline_s=config["daemon"]["event_timeout"],
-            reader=False, load=store.load,
+            reader=False, load=store.load if self.cluster is None else store.load_in_cluster,
             report_degraded=context.report_degraded)
         self.writer, loaded = self.database.writer, self.database.loaded
         # The node's own checkpoints (agents.db), and in cluster mode the shared store each
@@ -88,6 +102,13 @@ class AgentPlugin(BasePlugin):
         shared = await context.hook("ksi_agent_store").call_first(config=config)
         self.shared_checkpoints: AgentStore | None = shared
         self.copier = CheckpointCopier(self.checkpoints, shared) if shared is not None else None
+        if self.cluster is not None:
+            if self.copier is None:
+                raise RuntimeError("the agents' cluster needs a shared store of checkpoints "
+                                   "(ksi_agent_store)")
+            # Fenced: a copy refused because another node wrote the agent since stops it here.
+            self.copier.on_superseded = self.superseded
+            self.cluster.open(self)
         self.runtime = AgentRuntime(settings, self.context.emit, self._write, self.agents)
         self.runtime.continue_seq_after(loaded.last_seq)
         self.runtime.after_last_turn = self._end_schedules
@@ -219,13 +240,20 @@ class AgentPlugin(BasePlugin):
 
     # ---- plumbing ----------------------------------------------------------------------------
 
-    async def _write(self, op, *args):
+    async def _write_here(self, op, *args):
         try:
-            result = await self.writer.submit(op, *args)
+            return await self.writer.submit(op, *args)
         except WriterStopped:
             raise KSIError(UNAVAILABLE, "the daemon is shutting down") from None
-        if self.copier is not None:  # cluster mode: shared before the caller goes on
-            await self.copier.copy(agents_changed_by(op, args))
+
+    async def _write(self, op, *args):
+        """A write of agents.db; in cluster mode each agent it changed is then copied to the
+        shared store before the caller goes on. With leases, the copy of the agent the write is
+        about must succeed: otherwise its effect is told to no one (the caller gets the
+        KSIError), and a copy refused as superseded stops the agent here."""
+        result = await self._write_here(op, *args)
+        if self.copier is not None:
+            await self.copier.copy(agents_changed_by(op, args), strict=self.cluster is not None)
         return result
 
     def _live(self, agent_id: str) -> Agent:
@@ -233,6 +261,10 @@ class AgentPlugin(BasePlugin):
         if agent is None:
             if agent_id in self.terminated:
                 raise KSIError(CONFLICT, f"agent {agent_id} was terminated")
+            if self.cluster is not None and self.cluster.home_of(agent_id) is not None:
+                raise KSIError(UNAVAILABLE, f"agent {agent_id} is not running anywhere just "
+                               "now (its node stopped or lost NATS); it resumes on another "
+                               "node once its lease expires")
             raise KSIError(NOT_FOUND, f"no agent {agent_id}; see agent:list")
         return agent
 
@@ -246,7 +278,17 @@ class AgentPlugin(BasePlugin):
 
     @event_handler("agent:spawn", returns=SpawnReply)
     async def spawn(self, data: SpawnRequest, ctx):
-        """Start an agent from a profile (or an inline config); `task` is its first message."""
+        """Start an agent from a profile (or an inline config); `task` is its first message.
+        In cluster mode on `node` (default: this one)."""
+        if data.node is not None:
+            if self.cluster is None:
+                raise KSIError(VALIDATION_ERROR, "node is for cluster mode; this daemon is "
+                               "not in a cluster", [{"loc": ["node"], "msg": "no cluster"}])
+            if data.node != self.cluster.node_id:
+                return await self._forward(data.node, "agent:spawn", data, ctx)
+        return await self._spawn_here(data, ctx)
+
+    async def _spawn_here(self, data: SpawnRequest, ctx):
         profile = self._profile_for(data)
         agent_id = data.agent_id or f"{profile.name}-{os.urandom(4).hex()}"
         if agent_id in self.agents:
@@ -258,14 +300,19 @@ class AgentPlugin(BasePlugin):
         agent = Agent(agent_id, profile, session_id, now, self.settings.recent_kept)
         self.agents[agent_id] = agent  # taken from here on, even while the write is pending
         try:
+            if self.cluster is not None:
+                await self._claim(agent_id)
             await self._attach_mcp_servers(agent_id, profile, ctx.correlation_id)
         except BaseException:
             self.agents.pop(agent_id, None)
+            if self.cluster is not None:
+                await asyncio.shield(self.cluster.release(agent_id))
             raise
         first = None
         if data.task is not None:
             first = self.runtime.new_message(data.task, DIRECT)
-            first.ctx, first.correlation_id = ctx, ctx.correlation_id
+            first.ctx = None if isinstance(ctx, Forwarded) else ctx
+            first.correlation_id = ctx.correlation_id
         row = {"agent_id": agent_id, "profile": profile.name, "session_id": agent.session_id,
                "config": profile.model_dump_json(), "status": "running", "created_at": now}
         try:
@@ -277,6 +324,8 @@ class AgentPlugin(BasePlugin):
             self.agents.pop(agent_id, None)
             await asyncio.shield(self._forget(agent_id))
             await asyncio.shield(self._detach_mcp_servers(agent))
+            if self.cluster is not None:
+                await asyncio.shield(self.cluster.release(agent_id))
             raise
         self.terminated.pop(agent_id, None)
         if first is not None:
@@ -315,6 +364,12 @@ class AgentPlugin(BasePlugin):
     @event_handler("agent:terminate", returns=TerminateReply)
     async def terminate(self, data: AgentIdRequest, ctx):
         """Stop an agent for good: its task ends, its inbox and topic subscriptions go."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:terminate", data, ctx)
+        return await self._terminate_here(data, ctx)
+
+    async def _terminate_here(self, data: AgentIdRequest, ctx):
         agent = self.agents.get(data.agent_id)
         if agent is None:
             detail = " (already terminated)" if data.agent_id in self.terminated else ""
@@ -325,7 +380,13 @@ class AgentPlugin(BasePlugin):
             self.scheduler.remove(schedule.schedule_id)  # store.terminate deletes their rows
         agent.status = "terminated"
         agent.fail_waiters(KSIError(CONFLICT, f"agent {agent.agent_id} was terminated"))
-        await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
+        try:
+            await self._write(store.terminate, agent.agent_id, self.settings.keep_terminated)
+        finally:
+            # After the shared checkpoint says terminated, so that no node resumes it; if that
+            # copy failed, another node may (the caller was told unavailable).
+            if self.cluster is not None:
+                await self.cluster.release(agent.agent_id)
         self._remember_terminated({**agent.info(), "pending": 0, "recent": []})
         await self._quietly("message:unsubscribe", {"agent_id": agent.agent_id})
         await self._quietly("mcp:forget_agent", {"agent_id": agent.agent_id})  # its tokens
@@ -343,6 +404,12 @@ class AgentPlugin(BasePlugin):
     @event_handler("agent:restart", returns=TerminateReply)
     async def restart(self, data: AgentIdRequest, ctx):
         """Run an agent again: a failed one with fresh restarts, a running one in a new task."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:restart", data, ctx)
+        return await self._restart_here(data, ctx)
+
+    async def _restart_here(self, data: AgentIdRequest, ctx):
         agent = self._live(data.agent_id)
         cancelled = await self.runtime.stop_task(agent)
         # A cancelled completion would answer its request_id with "cancelled": ask anew.
@@ -365,26 +432,44 @@ class AgentPlugin(BasePlugin):
         """Agents and their states (terminated ones only when asked by status)."""
         if data.status == "terminated":
             agents = [{k: r[k] for k in RECORD_KEYS} for r in self.terminated.values()]
-        else:
+        elif self.cluster is None:
             agents = [a.record() for a in self.agents.values()
                       if data.status is None or a.status == data.status]
+        else:
+            agents = self._cluster_directory(data.status)
         # Both figures are counted now, from the objects themselves: a leaked agent task shows.
         return {"agents": agents, "count": len(agents), "tasks_alive": len(self.runtime.tasks),
                 "daemon_tasks": len(asyncio.all_tasks())}
 
     @event_handler("agent:info", returns=InfoReply)
-    def info(self, data: AgentIdRequest):
+    async def info(self, data: AgentIdRequest, ctx):
         """One agent: its record, model, turns, restarts, last error and recent turns."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:info", data, ctx)
+        return self._info_here(data, ctx)
+
+    def _info_here(self, data: AgentIdRequest, ctx=None):
         agent = self.agents.get(data.agent_id)
         record = agent.info() if agent is not None else self.terminated.get(data.agent_id)
         if record is None:
             raise KSIError(NOT_FOUND, f"no agent {data.agent_id}; see agent:list")
         identity = self.identities.of(data.agent_id)
+        if self.cluster is not None:
+            record = {**record, "node": self.cluster.node_id}
         return record if identity is None else {**record, "identity": identity}
 
     @event_handler("agent:send", returns=SendReply, timeout=None)
     async def send(self, data: SendRequest, ctx):
         """Put a message in an agent's inbox; with wait, answer with the agent's reply."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            waits = (data.timeout_s or self.settings.send_timeout_s) if data.wait else 0.0
+            return await self._forward(home, "agent:send", data, ctx,
+                                       waits + FORWARD_MARGIN_S)
+        return await self._send_here(data, ctx)
+
+    async def _send_here(self, data: SendRequest, ctx):
         agent = self._live(data.agent_id)
         if data.sender == agent.agent_id:
             raise KSIError(VALIDATION_ERROR, "an agent does not answer its own messages",
@@ -407,7 +492,7 @@ class AgentPlugin(BasePlugin):
             raise KSIError(CONFLICT, f"agent {agent.agent_id} was terminated meanwhile")
         running = agent.status != "failed"
         if not data.wait:
-            message.ctx = ctx
+            message.ctx = None if isinstance(ctx, Forwarded) else ctx
             agent.deliver(message)
             await self._take_over_if_busy(agent, busy)
             return {"message_id": message.message_id, "delivered": running}
@@ -434,6 +519,12 @@ class AgentPlugin(BasePlugin):
     async def interrupt(self, data: AgentIdRequest, ctx):
         """Stop the agent's running turn now (its completion is cancelled); it takes the next
         message. An idle agent answers interrupted: false."""
+        home = self._home_elsewhere(data.agent_id)
+        if home is not None:
+            return await self._forward(home, "agent:interrupt", data, ctx)
+        return await self._interrupt_here(data, ctx)
+
+    async def _interrupt_here(self, data: AgentIdRequest, ctx):
         agent = self._live(data.agent_id)
         return {"agent_id": agent.agent_id, **await self.runtime.interrupt(agent)}
 
@@ -535,7 +626,10 @@ class AgentPlugin(BasePlugin):
     async def inbox(self, data: InboxDelivery):
         """A topic message for an agent (from the message plugin); stored before it is taken."""
         agent = self.agents.get(data.agent_id)
-        if agent is None or data.sender == agent.agent_id:
+        if agent is None:  # in cluster mode, one that runs on another node is that node's
+            return {"accepted": False, "here": False} if self._home_elsewhere(data.agent_id) \
+                else {"accepted": False}
+        if data.sender == agent.agent_id:
             return {"accepted": False}
         message = self.runtime.new_message(text_of(data.content), TOPIC, sender=data.sender,
                                            topic=data.topic, message_id=data.message_id)
@@ -565,9 +659,6 @@ def terminated_record(row: dict) -> dict:
             "max_turns": profile.max_turns, "turns": row["turns"], "restarts": row["restarts"],
             "error": row["error"], "pending": 0, "system_prompt": profile.system_prompt,
             "recent": []}
-
-
-RECORD_KEYS = ("agent_id", "profile", "status", "created_at", "session_id", "messages_handled")
 
 
 ksi_plugin = AgentPlugin

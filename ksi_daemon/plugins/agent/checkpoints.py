@@ -11,6 +11,12 @@ someone else wrote meanwhile is never overwritten: the write is refused, logged 
 owns an agent is the lease's work, not this module's). An agent this node has not written since
 it started is written without a condition. A copy the shared store could not take (NATS away)
 is retried every RETRY_EVERY_S until it succeeds; the next change copies it too.
+
+With the agents' leases (cluster mode, agent/cluster_seam.py) copies are `strict`: the copy of
+the agent a write is about must succeed before the write's effect is told to anyone (so an
+accepted message or a recorded turn is in the shared store), and a refused copy means another
+node has resumed the agent: `on_superseded` stops it here. The revision to name starts from what
+the node found when it claimed or adopted the agent (`adopted`), never unconditional.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import asyncio
 
 import structlog
 
-from ...protocol import CONFLICT, KSIError
+from ...protocol import CONFLICT, UNAVAILABLE, KSIError
 from . import store
 from .store_seam import AgentStore
 
@@ -47,13 +53,22 @@ class CheckpointCopier:
         self.superseded: set[str] = set()  # written elsewhere since: not copied again
         self.waiting: set[str] = set()  # not copied yet (the shared store was unreachable)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.on_superseded = None  # called with the agent id when a copy is refused
 
-    async def copy(self, agent_ids) -> None:
-        for agent_id in agent_ids:
-            await self._copy(agent_id)
+    def adopted(self, agent_id: str, revision: int) -> None:
+        """This node now owns the agent, whose shared checkpoint is at `revision` (0: none)."""
+        self.revisions[agent_id] = revision
+        self.superseded.discard(agent_id)
+        self.waiting.discard(agent_id)
 
-    async def _copy(self, agent_id: str) -> None:
+    async def copy(self, agent_ids, strict: bool = False) -> None:
+        for index, agent_id in enumerate(agent_ids):
+            await self._copy(agent_id, strict and index == 0)
+
+    async def _copy(self, agent_id: str, strict: bool = False) -> None:
         if agent_id in self.superseded:
+            if strict:
+                raise superseded(agent_id)
             return
         lock = self._locks.setdefault(agent_id, asyncio.Lock())
         async with lock:  # one agent's copies in order: each names the revision before it
@@ -65,10 +80,16 @@ class CheckpointCopier:
                     self.waiting.discard(agent_id)
                     log.error("agent_checkpoint_superseded", agent_id=agent_id,
                               error=exc.message)
+                    if self.on_superseded is not None:
+                        self.on_superseded(agent_id)
+                    if strict:
+                        raise superseded(agent_id) from None
                 else:
                     self.waiting.add(agent_id)
                     log.warning("agent_checkpoint_not_shared", agent_id=agent_id,
                                 error=exc.message)
+                    if strict:
+                        raise
 
     async def _copy_now(self, agent_id: str) -> None:
         checkpoint = await self.local.read(agent_id)
@@ -87,3 +108,8 @@ class CheckpointCopier:
             await asyncio.sleep(RETRY_EVERY_S)
             for agent_id in list(self.waiting):
                 await self._copy(agent_id)
+
+
+def superseded(agent_id: str) -> KSIError:
+    return KSIError(UNAVAILABLE, f"agent {agent_id} has moved to another node, which resumed "
+                                 "it; this node stopped it")

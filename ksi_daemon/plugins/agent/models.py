@@ -39,6 +39,9 @@ class SpawnRequest(Request):
     topics: list[str] = Field(default_factory=list, max_length=64,
                               description="message topics the agent listens to and answers on")
     on_busy: BusyPolicy | None = Field(None, description="overrides the profile's on_busy")
+    node: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                             description="cluster mode: the node to run it on (default: the "
+                                         "node asked)")
 
     @model_validator(mode="after")
     def one_source_of_profile(self):
@@ -75,6 +78,7 @@ class AgentRecord(BaseModel):
     created_at: float
     session_id: str
     messages_handled: int
+    node: str | None = Field(None, description="cluster mode only: the node it runs on")
 
 
 class ListReply(BaseModel):

@@ -295,3 +295,14 @@ def _check_revision(conn: sqlite3.Connection, agent_id: str, if_revision: int | 
         raise KSIError(CONFLICT, f"agent {agent_id}'s checkpoint is at revision {current}, not "
                        f"{if_revision}", {"agent_id": agent_id, "current_revision": current,
                                           "if_revision": if_revision})
+
+
+def load_in_cluster(conn: sqlite3.Connection) -> Loaded:
+    """`load` in cluster mode: the cluster's checkpoints say which agents run here (adopted as
+    their leases come free, docs/CLUSTER.md), not the rows this node's last run left, which
+    go. Terminated agents' rows stay, for agent:list {status: terminated}."""
+    conn.execute("DELETE FROM agent_messages")
+    conn.execute("DELETE FROM agent_schedules")
+    conn.execute("DELETE FROM agents WHERE status != 'terminated'")
+    conn.commit()
+    return load(conn)

@@ -160,8 +160,8 @@ class AgentRuntime:
             except asyncio.CancelledError:
                 return
             except Exception as exc:  # noqa: BLE001 - every crash is handled the same way
-                if self.stopping:
-                    return
+                if self.stopping or self.agents.get(agent.agent_id) is not agent:
+                    return  # stopping, or (cluster mode) the agent now runs on another node
                 if not await self._recover_from(agent, exc):
                     return
 

@@ -6,9 +6,10 @@ plugin owns the node's one NATS connection (node.py); other plugins reach the cl
 events or declared seams, each answered with one object: the state plugin's `ksi_state_store`
 (the KV store, kv_state.py), the conversation plugin's `ksi_conversation_store` (the stream of
 turns, conversation_log.py), the agent plugin's `ksi_agent_store` (the KV bucket of
-checkpoints, kv_agents.py), the message plugin's `ksi_message_bus` (the message stream and
-agents' inbox consumers, message_streams.py) and the system plugin's `ksi_event_bridge`
-(events across nodes, event_bridge.py). docs/CLUSTER.md has the design.
+checkpoints, kv_agents.py) and `ksi_agent_cluster` (the agents' leases and the forwarding of
+requests to their home nodes, leases.py), the message plugin's `ksi_message_bus` (the message
+stream and agents' inbox consumers, message_streams.py) and the system plugin's
+`ksi_event_bridge` (events across nodes, event_bridge.py). docs/CLUSTER.md has the design.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .conversation_log import JetStreamConversations
 from .event_bridge import ClusterEventBridge
 from .kv_agents import KvAgentStore
 from .kv_state import KvStateStore
+from .leases import AgentLeases
 from .message_streams import JetStreamMessageBus
 from .node import ClusterNode
 from .state_audit import AuditStream
@@ -47,6 +49,9 @@ class ClusterPlugin(BasePlugin):
                                         audit_log)
         self.agent_store = KvAgentStore(self.node, settings["agent_bucket"], settings["replicas"],
                                         settings["request_timeout_s"])
+        # After the agent store: it listens first, so its bucket exists when the leases' watch
+        # of it begins.
+        self.agent_leases = AgentLeases(self.node, settings)
         self.message_bus = JetStreamMessageBus(self.node, settings["replicas"],
                                                settings["request_timeout_s"])
         self.event_bridge = ClusterEventBridge(self.node, settings["request_timeout_s"])
@@ -68,6 +73,10 @@ class ClusterPlugin(BasePlugin):
                                       settings["request_timeout_s"])
 
     @hookimpl
+    def ksi_agent_cluster(self, config):
+        return self.agent_leases
+
+    @hookimpl
     def ksi_message_bus(self, config):
         return self.message_bus
 
@@ -77,17 +86,19 @@ class ClusterPlugin(BasePlugin):
 
     @hookimpl
     def ksi_ready(self, context):
-        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections; and
-        # this node's interest in other nodes' events, kept alive.
-        return [self.node.run(), self.event_bridge.refresh_forever()]
+        # Supervised and cancelled at shutdown: connecting, then nats-py's reconnections; the
+        # leases' renewal, fence and sweep; this node's interest in other nodes' events.
+        return [self.node.run(), *self.agent_leases.services(),
+                self.event_bridge.refresh_forever()]
 
     @hookimpl
     def ksi_health_report(self):
-        return {"cluster": self.node.health()}
+        return {"cluster": {**self.node.health(), **self.agent_leases.health()}}
 
     @hookimpl
     async def ksi_shutdown(self, context):
         if self.node is not None:
+            await self.agent_leases.close()
             await self.event_bridge.close()
             await self.node.close()
 

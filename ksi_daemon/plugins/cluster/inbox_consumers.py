@@ -169,7 +169,11 @@ class InboxConsumers:
                     except (asyncio.TimeoutError, nats.errors.TimeoutError):
                         continue
                     for msg in batch:
-                        await self._hand_over(agent_id, msg, handed)
+                        if not await self._hand_over(agent_id, msg, handed):
+                            log.info("cluster_inbox_left", agent_id=agent_id)
+                            if self.readers.get(agent_id) is asyncio.current_task():
+                                del self.readers[agent_id]
+                            return
             except asyncio.CancelledError:
                 raise
             except NotFoundError:
@@ -178,16 +182,21 @@ class InboxConsumers:
                 log.warning("cluster_inbox_read_failed", agent_id=agent_id, error=repr(exc))
                 await asyncio.sleep(RETRY_AFTER_S)
 
-    async def _hand_over(self, agent_id: str, msg, handed: OrderedDict) -> None:
+    async def _hand_over(self, agent_id: str, msg, handed: OrderedDict) -> bool:
+        """Hand one message over and acknowledge it; False, leaving it to be delivered again
+        at once, when the agent does not run on this node (any more): its new home reads it."""
         record = orjson.loads(msg.data)
         record.pop("node", None)
         message_id = record["message_id"]
         if message_id not in handed and record["sender"] != agent_id:
-            await self.local.to_agent(agent_id, record)
+            if not await self.local.to_agent(agent_id, record):
+                await msg.nak()
+                return False
             handed[message_id] = None
             if len(handed) > REMEMBERED_IDS:
                 handed.popitem(last=False)
         await msg.ack()
+        return True
 
 
 def patterns_of(info) -> list[str]:

@@ -30,10 +30,12 @@ class BusDelivery:
         line = encode_push(PUSH_EVENT, message, correlation_id)
         return self.connections.deliver(message["topic"], line, correlation_id)
 
-    async def to_agent(self, agent_id: str, message: dict) -> None:
+    async def to_agent(self, agent_id: str, message: dict) -> bool:
         try:
-            await self._emit(INBOX_EVENT, {"agent_id": agent_id, **message})
+            reply = await self._emit(INBOX_EVENT, {"agent_id": agent_id, **message})
         except KSIError as exc:
             # As in the single daemon: a refusing or failing handler does not wedge the inbox.
             log.warning("agent_inbox_handler_failed", agent_id=agent_id,
                         message_id=message["message_id"], error=exc.message)
+            return True
+        return not (isinstance(reply, dict) and reply.get("here") is False)

@@ -19,8 +19,10 @@ class LocalDelivery(Protocol):
     def to_connections(self, message: dict) -> int:
         """Push it to this node's subscribed connections; how many took it."""
 
-    def to_agent(self, agent_id: str, message: dict) -> Awaitable:
-        """Hand it to an agent of this node (the `agent:inbox` event); done when handed."""
+    def to_agent(self, agent_id: str, message: dict) -> Awaitable[bool]:
+        """Hand it to an agent of this node (the `agent:inbox` event); done when handed. False
+        when the agent is not on this node (it moved to another, or is gone): the message is
+        not this node's to take."""
 
 class MessageBus(Protocol):
     async def open(self, local: LocalDelivery, settings) -> None:

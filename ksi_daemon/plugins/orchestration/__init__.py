@@ -1,6 +1,7 @@
 """The `orchestration` events: agents spawned for a mode's roles talk in turn about a topic.
 
-    orchestration:start {mode, topic, agents?, rounds?, model?}  -> id, agents; turns follow as
+    orchestration:start {mode, topic, agents?, rounds?, model?, tools?, nodes?}
+                                                  -> id, agents; turns follow as
         orchestration:turn pushes, then one orchestration:finished
     orchestration:status {orchestration_id?}    one (with its transcript), or all of them
     orchestration:terminate {orchestration_id}  stops it and terminates its agents
@@ -95,7 +96,7 @@ class OrchestrationPlugin(BasePlugin):
         self._starting += 1  # counted while its agents are spawned, so that N starts at once
         try:                 # cannot all pass the max_running check
             participants = await spawn_cast(ask, orchestration_id, mode, data.topic, agents,
-                                            rounds, data.model, data.tools)
+                                            rounds, data.model, data.tools, data.nodes)
         finally:
             self._starting -= 1
         if not self.accepting:  # the daemon began to stop while the agents were spawned
@@ -107,7 +108,7 @@ class OrchestrationPlugin(BasePlugin):
         run.start()  # its first push can only follow this reply: it waits on an agent first
         return {"orchestration_id": orchestration_id, "status": RUNNING, "mode": mode.name,
                 "topic": data.topic, "rounds": rounds,
-                "agents": [p.model_dump() for p in participants], "tools": data.tools or []}
+                "agents": [p.shown() for p in participants], "tools": data.tools or []}
 
     @event_handler("orchestration:status", returns=StatusReply)
     def status(self, data: StatusRequest):

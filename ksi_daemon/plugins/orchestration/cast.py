@@ -21,15 +21,18 @@ log = structlog.get_logger("ksi.plugin.orchestration")
 
 async def spawn_cast(ask: Ask, orchestration_id: str, mode: Mode, topic: str, agents: int,
                      rounds: int, model: str | None,
-                     tools: list[str] | None = None) -> list[Participant]:
-    """Spawn one agent per role; if one cannot be spawned, the others are terminated again."""
+                     tools: list[str] | None = None,
+                     nodes: list[str] | None = None) -> list[Participant]:
+    """Spawn one agent per role; if one cannot be spawned, the others are terminated again.
+    With `nodes` (cluster mode), the agents are spread over them in turn; the run itself
+    stays on this node and reaches them through agent:send, wherever they are."""
     if tools:
         await check_tools(ask, tools)
     profiles = {p["name"]: p for p in (await ask("agent:profiles", {}))["profiles"]}
     cast = mode.cast(agents)
     participants: list[Participant] = []
     try:
-        for role, agent_id in zip(cast, agent_ids(orchestration_id, cast)):
+        for index, (role, agent_id) in enumerate(zip(cast, agent_ids(orchestration_id, cast))):
             profile = profiles.get(role.profile)
             if profile is None:
                 raise KSIError(NOT_FOUND, f"mode {mode.name} needs the agent profile "
@@ -42,11 +45,15 @@ async def spawn_cast(ask: Ask, orchestration_id: str, mode: Mode, topic: str, ag
                 "tools": tools if tools is not None else profile.get("tools"),
                 # Each agent speaks once per round; its own limit must not end the run early.
                 "max_turns": max(int(profile.get("max_turns") or 0), rounds + 1)}
-            spawned = await ask("agent:spawn", {"agent_id": agent_id, "config": {
-                key: value for key, value in config.items() if value is not None}})
+            request = {"agent_id": agent_id, "config": {
+                key: value for key, value in config.items() if value is not None}}
+            node = nodes[index % len(nodes)] if nodes else None
+            if node is not None:
+                request["node"] = node
+            spawned = await ask("agent:spawn", request)
             participants.append(Participant(agent_id=spawned["agent_id"], role=role.name,
                                             profile=role.profile,
-                                            session_id=spawned.get("session_id")))
+                                            session_id=spawned.get("session_id"), node=node))
     except BaseException:
         await terminate_agents(ask, participants)
         raise

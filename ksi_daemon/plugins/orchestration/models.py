@@ -25,6 +25,9 @@ class StartRequest(Request):
                                     description="tools every agent's model may call (event or "
                                                 "tool names, docs/TOOLS.md; default: each "
                                                 "profile's)")
+    nodes: list[str] | None = Field(None, min_length=1, max_length=64,
+                                    description="cluster mode: the nodes the agents run on, "
+                                                "taken in turn (default: the node asked)")
 
     @field_validator("mode")
     @classmethod
@@ -67,6 +70,11 @@ class Participant(BaseModel):
     role: str
     profile: str
     session_id: str | None = None
+    node: str | None = Field(None, description="cluster mode: the node it was spawned on")
+
+    def shown(self) -> dict:
+        """As replies show it: `node` only when the start named nodes (cluster mode)."""
+        return self.model_dump(exclude={"node"} if self.node is None else None)
 
 
 class StartReply(BaseModel):

@@ -137,7 +137,7 @@ class Orchestration:
         return {"orchestration_id": self.orchestration_id, "mode": self.mode.name,
                 "topic": self.topic, "status": self.status, "reason": self.reason,
                 "rounds": self.rounds, "round": self.round, "turns": len(self.transcript),
-                "agents": [p.model_dump() for p in self.participants],
+                "agents": [p.shown() for p in self.participants],
                 "session_ids": self.session_ids(), "model": self.model,
                 "started_at": self.started_at, "finished_at": self.finished_at,
                 "duration_s": self.duration_s()}

@@ -1,0 +1,298 @@
+"""Cluster mode, items 3 and 4 of issue 19: agents with one home that move when it dies.
+
+A real nats-server (the `nats_server` fixture) and real daemon processes, each with its own var
+directory; short lease TTLs keep failover quick. The deterministic offline model answers.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from cluster_nodes import CuttableProxy, shared_agent_store, start_node, wait_for
+from conftest import data_of, error_of
+
+LEASE_TTL_S = 2
+FAST_LEASES = {"cluster": {"lease_ttl_s": LEASE_TTL_S},
+               "plugins": {"agent": {"restart_base_delay_s": 0.1}}}
+# A lease expires within its TTL; the server removes it within about a second more, and the
+# other node looks for orphans every half TTL: well inside this bound, which is generous.
+FAILOVER_WITHIN_S = 20.0
+
+
+def spawn(node, agent_id: str, **extra) -> dict:
+    return data_of(node.request("agent:spawn", {"agent_id": agent_id, "profile": "assistant",
+                                                **extra}))
+
+
+def send_and_wait(node, agent_id: str, content: str, timeout_s: float = 30.0) -> dict:
+    with node.client(timeout=timeout_s + 15) as client:
+        return client.request("agent:send", {"agent_id": agent_id, "content": content,
+                                             "wait": True, "timeout_s": timeout_s})
+
+
+def listed(node) -> dict:
+    return {a["agent_id"]: a for a in data_of(node.request("agent:list"))["agents"]}
+
+
+@pytest.fixture
+def two_nodes(workdir, nats_server):
+    nodes = [start_node(workdir, nats_server, name, FAST_LEASES)
+             for name in ("node-a", "node-b")]
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def test_an_agent_on_a_answers_b_shows_in_b_list_and_b_terminates_it(two_nodes):
+    a, b = two_nodes
+    spawn(a, "helper")
+    agents = wait_for(lambda: "helper" in listed(b) and listed(b))
+    assert agents["helper"]["node"] == "node-a"
+    assert listed(a)["helper"]["node"] == "node-a"
+    health_a = data_of(a.request("system:health"))["cluster"]
+    assert health_a["leases"] == ["helper"] and health_a["lease_ttl_s"] == LEASE_TTL_S
+    assert data_of(b.request("system:health"))["cluster"]["leases"] == []
+    assert wait_for(lambda: [n["node_id"] for n in data_of(b.request("system:health"))[
+        "cluster"]["nodes"]] == ["node-a", "node-b"])
+    reply = data_of(send_and_wait(b, "helper", "hello from b"))
+    assert reply["delivered"] is True and reply["reply"]["text"]
+    info = data_of(b.request("agent:info", {"agent_id": "helper"}))
+    assert info["node"] == "node-a" and info["turns"] == 1
+    assert [t["content"] for t in info["recent"]] == ["hello from b"]
+    assert data_of(b.request("agent:terminate", {"agent_id": "helper"}))["status"] == \
+        "terminated"
+    wait_for(lambda: "helper" not in listed(a) and "helper" not in listed(b))
+    assert error_of(b.request("agent:send", {"agent_id": "helper", "content": "x"}))[
+        "code"] == "not_found"
+
+
+def gated_config(api_base: str) -> dict:
+    """FAST_LEASES, and the fake server's `gated` model (a call waits for the test's gate)."""
+    return {**FAST_LEASES, "plugins": {
+        **FAST_LEASES["plugins"],
+        "completion": {"aliases": {"gated": {"model": "openai/gated", "api_base": api_base,
+                                             "api_key": "sk-test"}},
+                       "retry": {"max_attempts": 1}}}}
+
+
+def next_push(client, event: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        client.settimeout(max(0.05, deadline - time.monotonic()))
+        message = client.recv()
+        if message.get("type") == "event" and message["event"] == event:
+            return message["data"]
+        assert time.monotonic() < deadline, f"no {event} within {timeout} s"
+
+
+def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
+        workdir, nats_server, fake_openai):
+    config = gated_config(fake_openai.api_base)
+    a, b = (start_node(workdir, nats_server, name, config) for name in ("node-a", "node-b"))
+    try:
+        fake_openai.open_gate()
+        spawn(a, "mover", model="gated")
+        wait_for(lambda: "mover" in listed(b))
+        assert data_of(send_and_wait(b, "mover", "first"))["reply"]["turn"] == 1
+        # The second turn is at the model on node A when A dies: it was never recorded.
+        fake_openai.close_gate()
+        accepted = data_of(b.request("agent:send", {"agent_id": "mover", "content": "second"}))
+        assert accepted["delivered"] is True
+        wait_for(lambda: fake_openai.calls_saying("second") == 1)
+        a.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        # Until the lease expires the agent runs nowhere: a clear error at once, no hang.
+        error = error_of(b.request("agent:send", {"agent_id": "mover", "content": "x"}))
+        assert error["code"] == "unavailable"
+        with b.client(timeout=30) as watcher:
+            data_of(watcher.request("system:subscribe", {"patterns": ["agent:reply"]}))
+            moved = wait_for(lambda: listed(b)["mover"]["node"] == "node-b",
+                             within=FAILOVER_WITHIN_S)
+            assert moved and time.monotonic() - killed_at < FAILOVER_WITHIN_S
+            # Node B takes the cut-off turn again (the same message, asked anew), once.
+            wait_for(lambda: fake_openai.calls_saying("second") == 2)
+            fake_openai.open_gate()
+            reply = next_push(watcher, "agent:reply")
+            assert reply["in_reply_to"] == accepted["message_id"] and reply["turn"] == 2
+        third = data_of(send_and_wait(b, "mover", "third"))["reply"]
+        assert third["turn"] == 3
+        # The conversation moved with it (the shared stream of turns): the model on B is sent
+        # the turns answered on A and on B, each once.
+        assert third["text"] == "turn 3: you said 'third' after 'first' / 'second'"
+        info = data_of(b.request("agent:info", {"agent_id": "mover"}))
+        assert info["node"] == "node-b" and info["turns"] == 3 and info["pending"] == 0
+        assert [t["content"] for t in info["recent"]] == ["first", "second", "third"]
+        assert fake_openai.calls_saying("second") == 2 and fake_openai.calls_saying("first") \
+            == 1  # the first turn, recorded on A, was not taken again on B
+        health = data_of(b.request("system:health"))["cluster"]
+        assert health["leases"] == ["mover"]
+        assert [n["node_id"] for n in health["nodes"]] == ["node-b"]  # A's heartbeat expired
+    finally:
+        fake_openai.open_gate()
+        b.stop()
+
+
+def test_a_partitioned_node_stops_its_agent_which_runs_on_the_other_and_stays_there(
+        workdir, nats_server):
+    proxy = CuttableProxy(nats_server.port)
+    a = start_node(workdir, proxy, "node-a", FAST_LEASES)
+    b = start_node(workdir, nats_server, "node-b", FAST_LEASES)
+    try:
+        spawn(a, "island")
+        wait_for(lambda: "island" in listed(b))
+        assert data_of(send_and_wait(b, "island", "before"))["reply"]["turn"] == 1
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 1
+        proxy.cut()  # A hears nothing from NATS and NATS nothing from A, without a reset
+        # A stops the agent by its own clock, before the lease can expire on the server...
+        wait_for(lambda: data_of(a.request("agent:list"))["tasks_alive"] == 0,
+                 within=FAILOVER_WITHIN_S)
+        # ...and B resumes it once it has.
+        wait_for(lambda: listed(b)["island"]["node"] == "node-b", within=FAILOVER_WITHIN_S)
+        during = data_of(send_and_wait(b, "island", "during"))
+        assert during["reply"]["turn"] == 2
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+        error_on_a = error_of(a.request("agent:send", {"agent_id": "island", "content": "x"}))
+        assert error_on_a["code"] == "unavailable"
+        proxy.heal()
+        wait_for(lambda: data_of(a.request("system:health"))["cluster"]["jetstream"],
+                 within=30)
+        # Healed: A sees the agent on B, runs nothing of it, and reaches it there.
+        wait_for(lambda: listed(a).get("island", {}).get("node") == "node-b")
+        after = data_of(send_and_wait(a, "island", "after"))
+        assert after["reply"]["turn"] == 3
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+        assert data_of(b.request("agent:list"))["tasks_alive"] == 1
+        info = data_of(a.request("agent:info", {"agent_id": "island"}))
+        assert info["node"] == "node-b"
+        assert [t["content"] for t in info["recent"]] == ["before", "during", "after"]
+    finally:
+        a.stop()
+        b.stop()
+        proxy.close()
+
+
+def test_a_node_stopped_cleanly_hands_its_agent_over(workdir, nats_server):
+    a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
+    try:
+        spawn(a, "handed")
+        wait_for(lambda: "handed" in listed(b))
+        assert data_of(send_and_wait(b, "handed", "one"))["reply"]["turn"] == 1
+        assert a.stop() == 0
+        wait_for(lambda: listed(b)["handed"]["node"] == "node-b", within=FAILOVER_WITHIN_S)
+        assert data_of(send_and_wait(b, "handed", "two"))["reply"]["turn"] == 2
+        assert data_of(b.request("system:health"))["cluster"]["leases"] == ["handed"]
+    finally:
+        b.stop()
+
+
+def test_a_node_frozen_past_its_lease_wakes_to_find_its_agent_moved(workdir, nats_server):
+    a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
+    try:
+        spawn(a, "sleeper")
+        wait_for(lambda: "sleeper" in listed(b))
+        assert data_of(send_and_wait(b, "sleeper", "one"))["reply"]["turn"] == 1
+        a.proc.send_signal(signal.SIGSTOP)  # a stall: no renewal, no fence check, nothing
+        try:
+            wait_for(lambda: listed(b)["sleeper"]["node"] == "node-b",
+                     within=FAILOVER_WITHIN_S)
+            assert data_of(send_and_wait(b, "sleeper", "two"))["reply"]["turn"] == 2
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # Awake, A learns it no longer holds the lease and runs nothing of the agent.
+        wait_for(lambda: data_of(a.request("system:health"))["cluster"]["leases"] == [])
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+        assert data_of(send_and_wait(a, "sleeper", "three"))["reply"]["turn"] == 3
+        info = data_of(b.request("agent:info", {"agent_id": "sleeper"}))
+        assert [t["content"] for t in info["recent"]] == ["one", "two", "three"]
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_checkpoint_written_elsewhere_fences_the_home_which_stops_the_agent(
+        workdir, nats_server):
+    a = start_node(workdir, nats_server, "node-a", FAST_LEASES)
+    try:
+        spawn(a, "fenced")
+        assert data_of(send_and_wait(a, "fenced", "one"))["reply"]["turn"] == 1
+        async with shared_agent_store(nats_server) as store:  # as a node taking it over does
+            found = await store.read("fenced")
+            await store.write("fenced", found.record, if_revision=found.revision)
+        # A's next write names the revision it wrote last: refused, so the message is not
+        # taken, and A stops the agent...
+        assert error_of(send_and_wait(a, "fenced", "refused"))["code"] == "unavailable"
+        # ...gives its lease up, and (the only node) resumes it from what is stored.
+        answered = wait_for(lambda: "data" in (r := send_and_wait(a, "fenced", "after")) and r,
+                            within=FAILOVER_WITHIN_S)
+        assert answered["data"]["reply"]["turn"] == 2
+        info = data_of(a.request("agent:info", {"agent_id": "fenced"}))
+        assert [t["content"] for t in info["recent"]] == ["one", "after"]
+    finally:
+        a.stop()
+
+
+def test_no_accepted_message_is_lost_over_repeated_kill_9(workdir, nats_server):
+    nodes = {name: start_node(workdir, nats_server, name, FAST_LEASES)
+             for name in ("node-a", "node-b")}
+    try:
+        spawn(nodes["node-a"], "keeper")
+        home, accepted = "node-a", []
+        for trial in range(3):
+            other = "node-b" if home == "node-a" else "node-a"
+            wait_for(lambda: listed(nodes[other]).get("keeper", {}).get("node") == home)
+            for number in range(5):  # sent from the other node, not waited for
+                sent = data_of(nodes[other].request("agent:send", {
+                    "agent_id": "keeper", "content": f"trial {trial} message {number}"}))
+                assert sent["delivered"] is True
+                accepted.append(sent["message_id"])
+            nodes[home].stop(signal.SIGKILL)
+            wait_for(lambda: listed(nodes[other])["keeper"]["node"] == other,
+                     within=FAILOVER_WITHIN_S)
+            nodes[home] = start_node(workdir, nats_server, home, FAST_LEASES)
+            home = other
+        info = wait_for(lambda: (i := data_of(nodes[home].request(
+            "agent:info", {"agent_id": "keeper"})))["pending"] == 0 and i)
+        answered = [t["message_id"] for t in info["recent"]]
+        assert sorted(answered) == sorted(accepted)  # each once: none lost, none twice
+        assert info["turns"] == len(accepted) and info["node"] == home
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def test_an_orchestration_asked_on_a_runs_with_agents_on_both_nodes(two_nodes):
+    a, b = two_nodes
+    with a.client(timeout=60) as client:
+        started = data_of(client.request("orchestration:start", {
+            "mode": "debate", "topic": "tabs or spaces", "rounds": 2,
+            "nodes": ["node-a", "node-b"]}))
+        homes = {p["agent_id"]: p["node"] for p in started["agents"]}
+        assert sorted(homes.values()) == ["node-a", "node-b"]
+        turns, finished = [], None
+        while finished is None:  # the pushes come to the asking client, from both agents
+            push = client.recv()
+            if push.get("event") == "orchestration:turn":
+                turns.append(push["data"])
+            elif push.get("event") == "orchestration:finished":
+                finished = push["data"]
+    assert finished["status"] == "finished" and finished["turns"] == 4
+    assert [t["speaker"] for t in turns] == [p["agent_id"] for p in started["agents"]] * 2
+    # The run's end terminated them, each on its own node, which remembers it ran it there.
+    wait_for(lambda: not listed(a) and not listed(b))
+    for node, name in ((a, "node-a"), (b, "node-b")):
+        ended_here = data_of(node.request("agent:list", {"status": "terminated"}))["agents"]
+        assert [e["agent_id"] for e in ended_here] == \
+            [agent_id for agent_id, home in homes.items() if home == name]
+
+
+def test_a_completion_runs_on_the_node_asked_and_its_result_reaches_that_client(two_nodes):
+    a, b = two_nodes
+    with b.client(timeout=30) as client:
+        queued = data_of(client.request("completion:async", {"prompt": "hello there"}))
+        result = next_push(client, "completion:result")
+    assert result["request_id"] == queued["request_id"] and result["text"]
+    assert data_of(b.request("completion:status", {"request_id": queued["request_id"]}))
+    assert error_of(a.request("completion:status", {"request_id": queued["request_id"]}))[
+        "code"] == "not_found"  # it ran on B only
