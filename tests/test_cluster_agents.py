@@ -173,6 +173,37 @@ def test_a_partitioned_node_stops_its_agent_which_runs_on_the_other_and_stays_th
         proxy.close()
 
 
+def test_an_agent_that_moved_reads_its_topics_on_its_new_home_only(workdir, nats_server):
+    """The inbox (a consumer of the cluster's) follows the agent: after a partition moved it,
+    the old home, reconnected, leaves its messages to the new one instead of taking them."""
+    proxy = CuttableProxy(nats_server.port)
+    a = start_node(workdir, proxy, "node-a", FAST_LEASES)
+    b = start_node(workdir, nats_server, "node-b", FAST_LEASES)
+    try:
+        spawn(a, "listener", topics=["news"])
+        wait_for(lambda: "listener" in listed(b))
+        proxy.cut()
+        wait_for(lambda: listed(b)["listener"]["node"] == "node-b", within=FAILOVER_WITHIN_S)
+        wait_for(lambda: not data_of(a.request("system:health"))["cluster"]["jetstream"],
+                 within=FAILOVER_WITHIN_S)  # A noticed (its pings), as in a real partition
+        proxy.heal()
+        wait_for(lambda: data_of(a.request("system:health"))["cluster"]["jetstream"],
+                 within=30)
+        wait_for(lambda: listed(a).get("listener", {}).get("node") == "node-b")
+        for n in range(3):  # published on the old home, which reads the inbox no more
+            data_of(a.request("message:publish", {"topic": "news", "content": f"item {n}",
+                                                  "sender": "wire"}))
+        handled = wait_for(lambda: (info := data_of(b.request(
+            "agent:info", {"agent_id": "listener"})))["turns"] >= 3 and info, within=30)
+        assert [t["content"] for t in handled["recent"]] == [f"item {n}" for n in range(3)]
+        assert handled["node"] == "node-b" and handled["turns"] == 3
+        assert data_of(a.request("agent:list"))["tasks_alive"] == 0
+    finally:
+        a.stop()
+        b.stop()
+        proxy.close()
+
+
 def test_a_node_stopped_cleanly_hands_its_agent_over(workdir, nats_server):
     a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
     try:
