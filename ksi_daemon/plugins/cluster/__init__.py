@@ -54,7 +54,8 @@ class ClusterPlugin(BasePlugin):
         self.agent_leases = AgentLeases(self.node, settings)
         self.message_bus = JetStreamMessageBus(self.node, settings["replicas"],
                                                settings["request_timeout_s"])
-        self.event_bridge = ClusterEventBridge(self.node, settings["request_timeout_s"])
+        self.event_bridge = ClusterEventBridge(self.node, settings["replicas"],
+                                               settings["request_timeout_s"])
         context.report_degraded(f"cluster: {self.node.last_error}")  # until JetStream answers
 
     @hookimpl

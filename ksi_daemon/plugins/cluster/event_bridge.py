@@ -38,8 +38,8 @@ log = structlog.get_logger("ksi.plugin.cluster")
 
 
 class ClusterEventBridge:
-    def __init__(self, node, timeout_s: float):
-        self.node, self.timeout_s = node, timeout_s
+    def __init__(self, node, replicas: int, timeout_s: float):
+        self.node, self.replicas, self.timeout_s = node, replicas, timeout_s
         self.local = None
         self.serving = False
         self.kv = self.watcher = None
@@ -110,10 +110,13 @@ class ClusterEventBridge:
             return await js.key_value(INTEREST_BUCKET)
         except BucketNotFoundError:
             # Memory is enough: every node writes its key again within REFRESH_S. The marker
-            # tells the watchers when a dead node's key expired.
+            # tells the watchers when a dead node's key expired. Replicated as the other
+            # stores are: with one copy, losing its NATS server would stop every node's
+            # bridge (and keep a node starting then from coming up).
             return await js.create_key_value(KeyValueConfig(
                 bucket=INTEREST_BUCKET, history=1, ttl=INTEREST_TTL_S,
-                storage=StorageType.MEMORY, limit_marker_ttl=INTEREST_TTL_S))
+                storage=StorageType.MEMORY, limit_marker_ttl=INTEREST_TTL_S,
+                replicas=self.replicas))
 
     async def _follow(self, watcher) -> None:
         async for entry in watcher:
