@@ -81,7 +81,8 @@ class CuttableProxy:
     """A TCP proxy on loopback in front of nats-server. `cut()` is a partition as the network
     makes one: bytes already on their way are dropped silently in both directions (no reset,
     no close: the node notices only by its own pings and timeouts), and new connections are
-    refused. `heal()` lets new connections through again; the cut ones are closed then."""
+    refused; `cut(silently=False)` closes the connections instead (the node notices at once).
+    `heal()` lets new connections through again; the cut ones are closed then."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -130,11 +131,17 @@ class CuttableProxy:
             except OSError:
                 pass
 
-    def cut(self) -> None:
+    def cut(self, silently: bool = True) -> None:
         self.passing = False
         self.generation += 1
+        if not silently:
+            self._close_cut()
 
     def heal(self) -> None:
+        self._close_cut()
+        self.passing = True
+
+    def _close_cut(self) -> None:
         with self.lock:
             cut, self.sockets = self.sockets, []
         for sock in cut:
@@ -143,7 +150,6 @@ class CuttableProxy:
             except OSError:
                 pass
             sock.close()
-        self.passing = True
 
     def close(self) -> None:
         self.cut()

@@ -13,6 +13,8 @@ import time
 import orjson
 import pytest
 
+import cluster_nodes
+from cluster_nodes import CuttableProxy, wait_for
 from conftest import DaemonProcess, data_of, error_of
 from ksi_daemon.plugins.cluster import subjects
 from ksi_daemon.plugins.cluster.event_bridge import event_name_of
@@ -22,27 +24,8 @@ WITHIN_S = 10.0  # generous bounds for what should take milliseconds
 RETAINED = {"plugins": {"message": {"retention_per_topic": 100_000}}}
 
 
-def node_process(workdir, nats_server, node_id: str, config: dict | None = None
-                 ) -> DaemonProcess:
-    (workdir / node_id).mkdir(exist_ok=True)
-    return DaemonProcess(workdir / node_id, config or RETAINED,
-                         env={"KSI_CLUSTER_NATS_URL": nats_server.url, "KSI_NODE_ID": node_id})
-
-
 def start_node(workdir, nats_server, node_id: str) -> DaemonProcess:
-    node = node_process(workdir, nats_server, node_id).start()
-    wait_for(lambda: node.request("system:health")["data"]["cluster"]["jetstream"])
-    return node
-
-
-def wait_for(condition, within: float = WITHIN_S, every: float = 0.05):
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            assert result, f"not within {within} s"
-            return result
-        time.sleep(every)
+    return cluster_nodes.start_node(workdir, nats_server, node_id, RETAINED)
 
 
 def pushes(client, event: str, within: float = WITHIN_S, until=None) -> list[dict]:
@@ -391,61 +374,6 @@ def test_losing_nats_answers_unavailable_for_cluster_operations_and_local_ones_g
                       until=lambda m: m["content"] == "back")[-1]["topic"] == "t"
 
 
-class CuttableProxy:
-    """A TCP relay on loopback between one node and nats-server, which the test can cut (every
-    connection closed, new ones refused) and heal: that node alone loses NATS."""
-
-    def __init__(self, target_port: int):
-        self.target_port, self.open, self.pairs = target_port, True, []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"nats://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.open:
-                client.close()
-                continue
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-            self.pairs.append((client, server))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _relay(source, sink) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        self.open = False
-        for pair in self.pairs:
-            for end in pair:
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        self.pairs = []
-
-    def heal(self) -> None:
-        self.open = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 def test_a_node_that_lost_nats_for_a_while_hands_its_subscribers_what_they_missed(
         workdir, nats_server):
     proxy = CuttableProxy(nats_server.port)
@@ -457,7 +385,7 @@ def test_a_node_that_lost_nats_for_a_while_hands_its_subscribers_what_they_misse
         wait_for(lambda: data_of(b.request("system:health"))["cluster"]["jetstream"])
         with b.client() as subscriber:
             data_of(subscriber.request("message:subscribe", {"topics": ["feed"]}))
-            proxy.cut()
+            proxy.cut(silently=False)  # its connections closed: B notices at once
             wait_for(lambda: data_of(b.request("system:health"))["cluster"]["reachable"]
                      is False)
             ids = [data_of(a.request("message:publish", {"topic": "feed", "content": i}))[
