@@ -71,7 +71,7 @@ class AgentPlugin(AgentHomes, BasePlugin):
         self.agents: dict[str, Agent] = {}
         self.terminated: OrderedDict[str, dict] = OrderedDict()
         self.cluster = None  # an AgentCluster in cluster mode
-        self._stopping_moved: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

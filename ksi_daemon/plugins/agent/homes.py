@@ -86,8 +86,9 @@ class AgentHomes:
             self.scheduler.add(Schedule(**{**row, "agent_id": agent_id}))
         await self._attach_restored(agent)
         # Its topics' inbox (a consumer of the cluster's, at the agent's position) is read here
-        # from now on; the old home stops reading it at its next message for the agent.
-        await self._resume_topics(agent_id)
+        # from now on; the old home stops reading it at its next message for the agent. Not
+        # awaited: the agent takes requests meanwhile, and its inbox keeps what comes.
+        self._in_background(self._resume_topics(agent_id))
         if agent.status == "running":
             self.runtime.start(agent)
         for owner, message_id, topic, text in unpublished:
@@ -103,18 +104,19 @@ class AgentHomes:
         agent.fail_waiters(KSIError(UNAVAILABLE, f"agent {agent_id} stopped on node "
                                                  f"{self.cluster.node_id}: {why}; it resumes "
                                                  "on another node"))
-        task = asyncio.ensure_future(self._stop_given_up(agent, why))
-        self._stopping_moved.add(task)
-        task.add_done_callback(self._stopping_moved.discard)
+        self._in_background(self._stop_given_up(agent, why))
+
+    def _in_background(self, work) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def superseded(self, agent_id: str) -> None:
         """A copy of the agent's checkpoint was refused: someone wrote it since this node did.
         Stop it here, and give its lease up if this node still holds it, so that whoever
         resumes it next starts from what is stored."""
         self.give_up(agent_id, "its checkpoint was written by another node")
-        task = asyncio.ensure_future(self.cluster.release(agent_id))
-        self._stopping_moved.add(task)
-        task.add_done_callback(self._stopping_moved.discard)
+        self._in_background(self.cluster.release(agent_id))
 
     async def _stop_given_up(self, agent: Agent, why: str) -> None:
         await self.runtime.stop_task(agent)

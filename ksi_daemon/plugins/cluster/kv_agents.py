@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import orjson
 
-from ...protocol import CONFLICT, UNAVAILABLE, KSIError
+from ...protocol import CONFLICT, KSIError
 from ..agent.store_seam import Checkpoint
 from .bounded import ask, unreachable
 from .kv_keys import escape, unescape
+from .kv_writes import WrongLastSequence, open_bucket, publish_key
 
 WHAT = "the cluster's agent checkpoints"
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = (10071, 10164)
 INITIAL_VALUES_WITHIN_S = 10.0
 
 
@@ -35,14 +34,7 @@ class KvAgentStore:
     # ---- the connection comes and goes (a ClusterListener) -----------------------------------
 
     async def cluster_up(self, js) -> None:
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BucketNotFoundError
-        try:
-            kv = await js.key_value(self.bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(KeyValueConfig(
-                bucket=self.bucket, history=1, storage=StorageType.FILE,
-                replicas=self.replicas))
+        kv = await open_bucket(js, self.bucket, self.replicas)
         self.js, self.kv, self.serving = js, kv, True
 
     def cluster_down(self) -> None:
@@ -117,22 +109,15 @@ class KvAgentStore:
 
     async def _publish(self, agent_id: str, payload: bytes, last: int | None,
                        if_revision: int | None, *, delete: bool = False) -> int:
-        from nats.js.errors import APIError
         self._check_serving()
-        headers = {} if last is None else {_EXPECTED_LAST: str(last)}
-        if delete:
-            headers["KV-Operation"] = "DEL"
         try:
-            ack = await ask(self.js.publish(f"$KV.{self.bucket}.{escape(agent_id)}", payload,
-                                            timeout=self.timeout_s, headers=headers or None),
-                            self.timeout_s, WHAT, self.node.nats_url)
-        except APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                current, value = await self._server_entry(agent_id)
-                raise self._conflict(agent_id, if_revision,
-                                     current if value is not None else None) from None
-            raise KSIError(UNAVAILABLE, f"JetStream refused the checkpoint: {exc}") from None
-        return ack.seq
+            return await publish_key(self.js, self.bucket, escape(agent_id), payload, last,
+                                     timeout_s=self.timeout_s, what=WHAT,
+                                     nats_url=self.node.nats_url, delete=delete)
+        except WrongLastSequence:
+            current, value = await self._server_entry(agent_id)
+            raise self._conflict(agent_id, if_revision,
+                                 current if value is not None else None) from None
 
     def _conflict(self, agent_id: str, if_revision, current) -> KSIError:
         return KSIError(CONFLICT, f"agent {agent_id}'s checkpoint is at revision {current}, not "

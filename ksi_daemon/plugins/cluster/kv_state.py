@@ -33,6 +33,7 @@ from .kv_keys import (clear_marker_key, cleared_namespace, kv_key, namespace_fil
                       state_key)
 from . import kv_values
 from .bounded import ask, unreachable
+from .kv_writes import WrongLastSequence, open_bucket, publish_key
 
 # The server places a delete marker when a key's TTL removes it, so every node's watch learns
 # of the expiry; the marker itself is kept this long.
@@ -40,9 +41,7 @@ EXPIRY_MARKER_KEEP_S = 60.0
 RETRIES_OF_A_RACE = 3  # a create over a deleted or expired key re-reads the key this often
 log = structlog.get_logger("ksi.plugin.cluster")
 
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_KV_OPERATION = "KV-Operation"
-_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed expected-sequence check
+WHAT = "the cluster's state store"
 
 
 class KvStateStore:
@@ -115,14 +114,8 @@ class KvStateStore:
     async def cluster_up(self, js) -> None:
         """Open (or create) the bucket and rebuild the mirror from it: what changed while this
         node was away is announced as `state:changed`, then requests are served again."""
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BucketNotFoundError
-        try:
-            kv = await js.key_value(self.bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(KeyValueConfig(
-                bucket=self.bucket, history=1, storage=StorageType.FILE,
-                replicas=self.replicas, limit_marker_ttl=EXPIRY_MARKER_KEEP_S))
+        kv = await open_bucket(js, self.bucket, self.replicas,
+                               limit_marker_ttl=EXPIRY_MARKER_KEEP_S)
         if self.audit_log is not None:
             await self.audit_log.cluster_up(js)
         await self._stop_watching()
@@ -248,7 +241,7 @@ class KvStateStore:
 
     def _check_serving(self) -> None:
         if not self.serving:
-            raise unreachable("the cluster's state store", self.node)
+            raise unreachable(WHAT, self.node)
 
     # ---- order: what one connection sent before must take effect first ---------------------
 
@@ -306,7 +299,7 @@ class KvStateStore:
             raise self._conflict(names, if_version, None)  # expired: the version is gone
         try:
             return await self._publish(names, payload, if_version, msg_ttl)
-        except _WrongLastSequence:
+        except WrongLastSequence:
             raise self._conflict(names, if_version, await self._current_version(names)) from None
 
     async def _create(self, names, payload, msg_ttl) -> int:
@@ -321,7 +314,7 @@ class KvStateStore:
                 break
             try:
                 return await self._publish(names, payload, last, msg_ttl)
-            except _WrongLastSequence:
+            except WrongLastSequence:
                 last = await self._absent_revision(names)
         raise self._conflict(names, 0, await self._current_version(names))
 
@@ -383,7 +376,7 @@ class KvStateStore:
                 return {"deleted": False}
             try:
                 marker = await self._publish(names, b"", revision, None, delete=True)
-            except _WrongLastSequence:
+            except WrongLastSequence:
                 continue  # written meanwhile elsewhere: delete what is there now
             if marker > self.seen.get(names, 0):
                 self.seen[names] = marker
@@ -484,25 +477,13 @@ class KvStateStore:
     async def _publish(self, names, payload: bytes, last: int | None, msg_ttl, *,
                        delete: bool = False) -> int:
         """Publish one message on the key's subject; its revision once JetStream stored it."""
-        from nats.js.errors import APIError
-        headers = {}
-        if last is not None:
-            headers[_EXPECTED_LAST] = str(last)
-        if delete:
-            headers[_KV_OPERATION] = "DEL"
-        try:
-            ack = await self._ask(self.js.publish(
-                f"$KV.{self.bucket}.{kv_key(*names)}", payload, timeout=self.timeout_s,
-                headers=headers or None, msg_ttl=msg_ttl))
-        except APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise _WrongLastSequence() from None
-            raise KSIError(UNAVAILABLE, f"JetStream refused the write: {exc}") from None
-        return ack.seq
+        return await publish_key(self.js, self.bucket, kv_key(*names), payload, last,
+                                 timeout_s=self.timeout_s, what=WHAT,
+                                 nats_url=self.node.nats_url, ttl=msg_ttl, delete=delete)
 
     async def _ask(self, request):
         """Await one request to NATS, bounded: anything but an answer is `unavailable`."""
-        return await ask(request, self.timeout_s, "the cluster's state store", self.node.nats_url)
+        return await ask(request, self.timeout_s, WHAT, self.node.nats_url)
 
     def _announce_after_reply(self, correlation_id, data: dict) -> None:
         """`state:changed` follows the write's reply (PROTOCOL.md §1): the reply is written by
@@ -519,10 +500,6 @@ def _who(ctx) -> tuple:
     if connection is None:
         return None, None, ctx.correlation_id, ctx.agent_id
     return connection.peer_pid, connection.peer_uid, ctx.correlation_id, ctx.agent_id
-
-
-class _WrongLastSequence(Exception):
-    """The key is not at the revision the write expected."""
 
 
 async def _after(waiting, work):

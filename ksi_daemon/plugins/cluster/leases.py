@@ -27,7 +27,9 @@ import orjson
 import structlog
 
 from ...protocol import CONFLICT, HANDLER_ERROR, TIMEOUT, UNAVAILABLE, KSIError
+from .bounded import ask
 from .kv_keys import escape, unescape
+from .kv_writes import WrongLastSequence, open_bucket, publish_key
 
 RENEW_EVERY = 0.25  # of the TTL
 FENCE_AT = 0.75     # of the TTL since the last renewal was sent: stop the agent here
@@ -35,8 +37,7 @@ SWEEP_EVERY = 0.5   # of the TTL: look for agents whose lease is gone
 CHECK_EVERY = 0.05  # of the TTL: how often the fence is checked (no I/O)
 RETRIES_OF_A_RACE = 3
 EXPIRY_MARKER_KEEP_S = 60.0
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = (10071, 10164)
+WHAT = "the cluster's agent leases"
 DIRECTORY_KEYS = ("agent_id", "profile", "status", "created_at", "session_id",
                   "messages_handled")
 log = structlog.get_logger("ksi.plugin.cluster")
@@ -45,10 +46,6 @@ log = structlog.get_logger("ksi.plugin.cluster")
 def agent_subject(node_id: str) -> str:
     """Where a node's agent plugin answers requests forwarded by the other nodes."""
     return f"ksi.node.{node_id}.agent"
-
-
-class _WrongLastSequence(Exception):
-    """The key is not at the revision the write named."""
 
 
 class Held:
@@ -150,14 +147,8 @@ class AgentLeases:
     # ---- the connection comes and goes (a ClusterListener) -----------------------------------
 
     async def cluster_up(self, js) -> None:
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BucketNotFoundError
-        try:
-            kv = await js.key_value(self.bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(KeyValueConfig(
-                bucket=self.bucket, history=1, storage=StorageType.FILE,
-                replicas=self.replicas, limit_marker_ttl=EXPIRY_MARKER_KEEP_S))
+        kv = await open_bucket(js, self.bucket, self.replicas,
+                               limit_marker_ttl=EXPIRY_MARKER_KEEP_S)
         if self.subscription is None:  # nats-py subscribes it again after a reconnection
             self.subscription = await self.node.nc.subscribe(agent_subject(self.node_id),
                                                              cb=self._on_request)
@@ -311,7 +302,7 @@ class AgentLeases:
         try:
             revision = await self._publish(f"lease.{escape(agent_id)}", self._lease(held.holder),
                                            held.lease_rev, ttl=self._lease_ttl())
-        except _WrongLastSequence:
+        except WrongLastSequence:
             await self._renewal_refused(agent_id, held)
             return
         except KSIError:
@@ -429,14 +420,14 @@ class AgentLeases:
                 return None
             try:
                 return await self._publish(key, payload, absent_at, ttl=ttl)
-            except _WrongLastSequence:
+            except WrongLastSequence:
                 continue
         return None
 
     async def _delete(self, key: str, revision: int) -> None:
         try:
             await self._publish(key, b"", revision, delete=True)
-        except _WrongLastSequence:
+        except WrongLastSequence:
             pass  # not ours any more
 
     async def _server_entry(self, key: str):
@@ -455,30 +446,10 @@ class AgentLeases:
 
     async def _publish(self, key: str, payload: bytes, last: int | None, *,
                        ttl: int | None = None, delete: bool = False) -> int:
-        from nats.js.errors import APIError
         self._check_serving()
-        headers = {}
-        if last is not None:
-            headers[_EXPECTED_LAST] = str(last)
-        if delete:
-            headers["KV-Operation"] = "DEL"
-        try:
-            ack = await self._ask(self.js.publish(f"$KV.{self.bucket}.{key}", payload,
-                                                  timeout=self.timeout_s,
-                                                  headers=headers or None, msg_ttl=ttl))
-        except APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise _WrongLastSequence() from None
-            raise KSIError(UNAVAILABLE, f"JetStream refused the write: {exc}") from None
-        return ack.seq
+        return await publish_key(self.js, self.bucket, key, payload, last,
+                                 timeout_s=self.timeout_s, what=WHAT,
+                                 nats_url=self.node.nats_url, ttl=ttl, delete=delete)
 
     async def _ask(self, request):
-        import nats.errors
-        from nats.js.errors import APIError
-        try:
-            return await asyncio.wait_for(request, self.timeout_s)
-        except APIError:
-            raise
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
-            raise KSIError(UNAVAILABLE, f"the cluster did not answer ({type(exc).__name__}: "
-                           f"{exc}); NATS at {self.node.nats_url}") from None
+        return await ask(request, self.timeout_s, WHAT, self.node.nats_url)
