@@ -168,8 +168,10 @@ class InboxConsumers:
                         batch = await sub.fetch(min(64, self.queue_size), timeout=FETCH_WAIT_S)
                     except (asyncio.TimeoutError, nats.errors.TimeoutError):
                         continue
-                    for msg in batch:
+                    for index, msg in enumerate(batch):
                         if not await self._hand_over(agent_id, msg, handed):
+                            for rest in batch[index + 1:]:  # the new home's too, at once
+                                await rest.nak()
                             log.info("cluster_inbox_left", agent_id=agent_id)
                             if self.readers.get(agent_id) is asyncio.current_task():
                                 del self.readers[agent_id]
