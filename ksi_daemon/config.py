@@ -49,6 +49,9 @@ class DaemonSettings(_Section):
     max_event_history_bytes: int = Field(8 * 1024 * 1024, ge=0)
     event_timeout: float = Field(30.0, gt=0)
     shutdown_timeout: float = Field(10.0, ge=0)
+    # How long `daemon_control.py stop` waits past the shutdown deadline, then after SIGTERM,
+    # then after SIGKILL, before the next step (control/stop.py).
+    stop_grace_s: float = Field(5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_events: bool = False
     max_line_bytes: int = Field(1024 * 1024, ge=1024)
