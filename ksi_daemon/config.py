@@ -45,6 +45,7 @@ class DaemonSettings(_Section):
     socket_path: str | None = None
     plugin_dirs: list[str] = Field(default_factory=list)
     watch_plugins: bool = False  # reload plugin_dirs' plugins as they change (plugin_watch.py)
+    watch_period_s: float = Field(1.0, gt=0)  # how often watch mode looks at plugin_dirs
     max_event_history: int = Field(1000, ge=0)
     max_event_history_bytes: int = Field(8 * 1024 * 1024, ge=0)
     event_timeout: float = Field(30.0, gt=0)
