@@ -77,6 +77,8 @@ class UnixTransportSettings(_Section):
     socket_dir: str | None = None  # events.sock (and control.sock) there, beside the main one
     compatibility_mode: bool = False
     sockets: dict[str, SocketSettings] = Field(default_factory=dict)
+    # How often every socket's path is checked, and bound again when it is no longer ours.
+    check_interval_s: float = Field(1.0, gt=0)
 
 
 class TransportSettings(_Section):
