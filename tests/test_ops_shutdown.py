@@ -150,9 +150,8 @@ def test_sigterm_mid_flood_answers_every_line_read_exactly_once(daemon_factory):
 
 
 def test_sigterm_right_after_start_exits_zero_every_time(daemon_factory):
-    warming = {"plugins": {"completion": {"warm_up": True}}}  # (tests' daemons skip it)
     for attempt in range(6):
-        daemon = daemon_factory(warming, subdir=f"run{attempt}", wait=False)
+        daemon = daemon_factory(subdir=f"run{attempt}", wait=False)
         deadline = time.monotonic() + 30
         while not daemon.socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
