@@ -45,10 +45,14 @@ class DaemonSettings(_Section):
     socket_path: str | None = None
     plugin_dirs: list[str] = Field(default_factory=list)
     watch_plugins: bool = False  # reload plugin_dirs' plugins as they change (plugin_watch.py)
+    watch_period_s: float = Field(1.0, gt=0)  # how often watch mode looks at plugin_dirs
     max_event_history: int = Field(1000, ge=0)
     max_event_history_bytes: int = Field(8 * 1024 * 1024, ge=0)
     event_timeout: float = Field(30.0, gt=0)
     shutdown_timeout: float = Field(10.0, ge=0)
+    # How long `daemon_control.py stop` waits past the shutdown deadline, then after SIGTERM,
+    # then after SIGKILL, before the next step (control/stop.py).
+    stop_grace_s: float = Field(5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_events: bool = False
     max_line_bytes: int = Field(1024 * 1024, ge=1024)
@@ -73,6 +77,8 @@ class UnixTransportSettings(_Section):
     socket_dir: str | None = None  # events.sock (and control.sock) there, beside the main one
     compatibility_mode: bool = False
     sockets: dict[str, SocketSettings] = Field(default_factory=dict)
+    # How often every socket's path is checked, and bound again when it is no longer ours.
+    check_interval_s: float = Field(1.0, gt=0)
 
 
 class TransportSettings(_Section):

@@ -1,4 +1,5 @@
-"""The watch mode (`daemon.watch_plugins`): plugin directories polled once a second.
+"""The watch mode (`daemon.watch_plugins`): plugin directories polled once a second
+(`daemon.watch_period_s`).
 
 A plugin file or package whose files changed (path, mtime or size) is reloaded; one that
 appeared is loaded; one that went away keeps running until the daemon restarts. Polling, not

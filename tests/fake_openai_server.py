@@ -25,6 +25,12 @@ Like OpenAI, it refuses (400) a history in which an assistant's tool call has no
 message answering it, or a `tool` message answers no call.
 
 Every request is recorded in `server.requests` (model, messages, stream, tools, time).
+
+One call held, whatever the model: `held = server.hold(MODEL, call=N)` holds the N-th call to
+MODEL (counting from 1) once it has arrived, until the test calls `held.release()` (at most a
+minute); `held.wait_reached()` returns once it is there. A test that needs "a call under way"
+when something happens gets exactly that call under way for as long as it takes, where a
+`pause` model gives it one second.
 """
 from __future__ import annotations
 
@@ -111,7 +117,9 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
         messages = body.get("messages") or []
         stream = bool(body.get("stream"))
         server: FakeOpenAIServer = self.server.owner
-        server.record(model, messages, stream, body.get("tools"))
+        held = server.record(model, messages, stream, body.get("tools"))
+        if held is not None:
+            held.hold_here()
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
         if problem := history_problem(messages):
@@ -235,6 +243,23 @@ class FakeOpenAIHandler(BaseHTTPRequestHandler):
             self.server.owner.disconnects += 1
 
 
+class HeldCall:
+    """One call the server holds (see `FakeOpenAIServer.hold`)."""
+
+    def __init__(self):
+        self._reached, self._released = threading.Event(), threading.Event()
+
+    def hold_here(self) -> None:
+        self._reached.set()
+        self._released.wait(60)
+
+    def wait_reached(self, timeout: float = 60.0) -> None:
+        assert self._reached.wait(timeout), "the held call never reached the server"
+
+    def release(self) -> None:
+        self._released.set()
+
+
 class FakeOpenAIServer(LocalHTTPServer):
     """`with FakeOpenAIServer() as server:` serves on 127.0.0.1 at `server.api_base`."""
 
@@ -244,13 +269,21 @@ class FakeOpenAIServer(LocalHTTPServer):
         self.hangups: Counter = Counter()  # per model: calls whose client left before the answer
         self._counts: Counter = Counter()
         self.gate = threading.Event()
+        self._held: dict[tuple[str, int], HeldCall] = {}
         self.api_base = f"{self.url}/v1"
 
-    def record(self, model: str, messages: list, stream: bool, tools=None) -> None:
+    def record(self, model: str, messages: list, stream: bool, tools=None) -> HeldCall | None:
+        """Count and log the call; the HeldCall it is, if the test holds it."""
         with self._lock:
             self._counts[model] += 1
             self.requests.append({"model": model, "messages": messages, "stream": stream,
                                   "tools": tools, "time": time.time()})
+            return self._held.get((model, self._counts[model]))
+
+    def hold(self, model: str, call: int = 1) -> HeldCall:
+        with self._lock:
+            assert self._counts[model] < call, f"call {call} to {model} was already made"
+            return self._held.setdefault((model, call), HeldCall())
 
     def note_hangup(self, model: str) -> None:
         with self._lock:

@@ -27,8 +27,8 @@ from inprocess import ThreadedDaemon
 from fake_openai_server import FakeOpenAIServer, echo_text
 
 TOPIC = "Is P equal to NP?"
-MODELS = ("echo-pro", "echo-con", "pause-pro", "pause-con", "pause-pro-k", "pause-con-k",
-          "pause-long", "broken-a", "hang-a", "hang-b", "gated-a")
+MODELS = ("echo-pro", "echo-con", "held-pro", "held-con", "held-pro-k", "held-con-k",
+          "held-long", "broken-a", "hang-a", "hang-b", "gated-a")
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +84,23 @@ def shared_process(shared_process_daemon):
     terminate_all_agents(shared_process_daemon)
 
 
-def restart(daemon, kill: bool = False) -> None:
-    """Stop the daemon (SIGTERM, which must exit 0, or kill -9: a process) and start it again."""
+def restart(daemon, kill: bool = False, held=None) -> None:
+    """Stop the daemon (SIGTERM, which must exit 0, or kill -9: a process) and start it again.
+
+    `held` (a call the fake server holds, under way at the daemon) is released once the daemon
+    is stopping (SIGTERM: it finishes during the shutdown) or gone (kill -9)."""
     if kill:
         daemon.proc.kill()
         daemon.proc.wait()
+        daemon.output.close()
+        if held is not None:
+            held.release()
+    elif held is not None:
+        stopping = daemon.read_output().count("daemon_stopping")
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: daemon.read_output().count("daemon_stopping") > stopping)
+        held.release()
+        assert daemon.wait() == 0
         daemon.output.close()
     else:
         assert daemon.stop() == 0
@@ -340,19 +352,21 @@ def test_a_crashing_agent_is_restarted_with_backoff_then_failed(shared, shared_o
 
 # ---- restarts of the daemon -----------------------------------------------------------------
 
-def interrupted_debate(daemon, kill: bool, models: tuple[str, str],
+def interrupted_debate(daemon, server, kill: bool, models: tuple[str, str],
                        answers_stored: int) -> dict[str, list[dict]]:
-    """A 3-round debate on a model that takes a second per call, stopped after two turns.
+    """A 3-round debate stopped after two turns, pro's second call held at the model.
 
     Returns each agent's stored conversation once the debate has finished after the restart
     and the conversation holds `answers_stored` answers.
     """
+    held = server.hold(models[0], call=2)
     with watch(daemon) as watcher, daemon.client(timeout=30) as client:
         start_debate(client, turns=3, pro_model=models[0], con_model=models[1])
         replies(watcher, 2)
         before = {a["agent_id"]: a["session_id"]
                   for a in data_of(client.request("agent:list"))["agents"]}
-    restart(daemon, kill)  # pro's second completion is under way at the server
+    held.wait_reached()
+    restart(daemon, kill, held)  # pro's second completion is under way at the server
     with daemon.client(timeout=30) as client:
         after = {a["agent_id"]: a["session_id"]
                  for a in data_of(client.request("agent:list"))["agents"]}
@@ -365,9 +379,9 @@ def interrupted_debate(daemon, kill: bool, models: tuple[str, str],
 
 def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
         shared_process, shared_openai):
-    stored = interrupted_debate(shared_process, False, ("pause-pro", "pause-con"),
+    stored = interrupted_debate(shared_process, shared_openai, False, ("held-pro", "held-con"),
                                 answers_stored=3)
-    calls = sorted(shared_openai.calls_to("pause-pro") + shared_openai.calls_to("pause-con"),
+    calls = sorted(shared_openai.calls_to("held-pro") + shared_openai.calls_to("held-con"),
                    key=lambda c: c["time"])
     assert len(calls) == 6  # the call under way at SIGTERM finished; nothing ran twice
     assert_chain(calls, {"pro": calls[0]["messages"][0]["content"],
@@ -378,8 +392,8 @@ def test_sigterm_mid_conversation_exits_cleanly_and_the_conversation_goes_on(
 
 def test_kill_9_mid_conversation_restores_the_agents_and_the_conversation_goes_on(
         shared_process, shared_openai):
-    models = ("pause-pro-k", "pause-con-k")
-    stored = interrupted_debate(shared_process, True, models, answers_stored=3)
+    models = ("held-pro-k", "held-con-k")
+    stored = interrupted_debate(shared_process, shared_openai, True, models, answers_stored=3)
     calls = sorted(shared_openai.calls_to(models[0]) + shared_openai.calls_to(models[1]),
                    key=lambda c: c["time"])
     # The call cut off by the kill is asked again after the restart, once; all others once.
@@ -496,12 +510,13 @@ def test_an_agent_terminated_mid_completion_is_gone_at_once_and_its_call_is_drop
 def test_a_256_character_agent_id_has_bounded_ids_that_a_kill_9_does_not_change(
         shared_process, shared_openai):
     long_id = "a" * 256
+    held = shared_openai.hold("held-long")
     with shared_process.client(timeout=30) as client:
         spawned = data_of(client.request("agent:spawn", {"agent_id": long_id, "task": "hello",
-                                                         "model": "pause-long"}))
+                                                         "model": "held-long"}))
         assert len(spawned["session_id"]) <= 128 and spawned["session_id"].startswith("a" * 64)
-        wait_until(lambda: shared_openai.count("pause-long") == 1)  # the call is at the model
-    restart(shared_process, kill=True)
+        held.wait_reached()  # the call is at the model
+    restart(shared_process, kill=True, held=held)
     with shared_process.client(timeout=30) as client:
         answered = wait_until(lambda: info(client, long_id)["recent"])[0]
         request_id = answered["request_id"]
@@ -510,7 +525,7 @@ def test_a_256_character_agent_id_has_bounded_ids_that_a_kill_9_does_not_change(
         # answered it from the request it resumed, so the model was not asked a third time.
         status = data_of(client.request("completion:status", {"request_id": request_id}))
         assert status["resumed"] is True
-        assert shared_openai.count("pause-long") == 2
+        assert shared_openai.count("held-long") == 2
         sent = data_of(client.request("agent:send", {"agent_id": long_id, "content": "again",
                                                      "wait": True}))
         assert sent["reply"]["request_id"] != request_id

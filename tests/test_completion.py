@@ -17,11 +17,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import data_of
 from fake_anthropic_server import FakeAnthropicServer
 from fake_openai_server import FakeOpenAIServer, echo_text, usage_for
 
 TERMINAL = ("completion:result", "completion:error", "completion:cancelled")
-BEHAVIOURS = ("echo", "jitter", "pause", "slow", "hang", "ratelimited-a", "broken-a")
+BEHAVIOURS = ("echo", "jitter", "pause", "held", "slow", "hang", "ratelimited-a", "broken-a")
 CLAUDE_CODE_VERSION = "2.1.100"  # needs node >= 18; the newest releases need node >= 22
 CLAUDE_CODE_DIR = Path(os.environ.get("KSI_TEST_CLAUDE_CODE_DIR", "/tmp/ksi-test-claude-code"))
 
@@ -444,13 +445,17 @@ def test_turns_are_stored_in_the_conversation_store_or_kept_in_memory_without_it
 def test_shutdown_lets_running_completions_finish_and_checkpoints_the_rest(
         daemon_factory, fake_openai):
     config = completion_config(fake_openai.api_base)
-    config["daemon"] = {"shutdown_timeout": 3}
+    # The held call is released as the shutdown is acknowledged: it has these 2 s to answer.
+    config["daemon"] = {"shutdown_timeout": 2}
     daemon = daemon_factory(config=config)
+    nearly_done = fake_openai.hold("held")
     with daemon.client(timeout=60) as client:
         client.request("completion:request", {"prompt": "warm up", "model": "echo"})
-        finishing = start_async(client, {"prompt": "nearly done", "model": "pause"}, "p-1")
+        finishing = start_async(client, {"prompt": "nearly done", "model": "held"}, "p-1")
         stuck = start_async(client, {"prompt": "never done", "model": "hang"}, "h-1")
-        client.send("system:shutdown")
+        nearly_done.wait_reached()
+        assert data_of(ask(client, "system:shutdown")) == {"status": "shutting_down"}
+        nearly_done.release()
         assert terminal_of(pushes_until_end(client, finishing))["event"] == "completion:result"
         # The hung call is not ended: it is kept for the next start, and the requester is told.
         told, earlier = [], list(getattr(client, "kept", []))
@@ -517,8 +522,9 @@ def test_completion_hooks_change_the_call_and_annotate_the_result(daemon_factory
 @pytest.mark.daemon("inprocess")
 def test_priority_orders_the_queue(daemon_factory, fake_openai):
     daemon = daemon_factory(config=completion_config(fake_openai.api_base, max_concurrent=1))
+    first = fake_openai.hold("held")
     with daemon.client(timeout=60) as client:
-        ids = [start_async(client, {"prompt": "first", "model": "pause"}, "first")]
+        ids = [start_async(client, {"prompt": "first", "model": "held"}, "first")]
         while not any(m["event"] == "completion:progress" and m["data"]["status"] == "processing"
                       for m in client.kept):
             client.kept.append(client.recv())
@@ -526,6 +532,7 @@ def test_priority_orders_the_queue(daemon_factory, fake_openai):
         ids.append(start_async(client, {"prompt": "low", "model": "jitter"}, "low"))
         ids.append(start_async(client, {"prompt": "high", "model": "jitter", "priority": 5},
                                "high"))
+        first.release()
         for request_id in ids:
             assert terminal_of(pushes_until_end(client, request_id))["event"] == \
                 "completion:result"

@@ -2,12 +2,18 @@
 
 Read as raw lines, in the order they arrive on the socket, as a client that matches lines by
 correlation id does: the first line with the request's id must be its reply.
+
+On the in-process daemon's real socket (the Unix transport plugin, as a daemon process runs it):
+a daemon process would import litellm for each test.
 """
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from conftest import LineClient
+
+pytestmark = pytest.mark.daemon("inprocess")
 
 
 def lines_with(client: LineClient, cid: str, until_event: str, limit: int = 200) -> list[dict]:
@@ -23,8 +29,8 @@ def lines_with(client: LineClient, cid: str, until_event: str, limit: int = 200)
 
 
 def test_completion_async_replies_before_its_first_push(daemon):
-    with daemon.client(timeout=60) as client:
-        for n in range(5):  # the first one also waits for litellm to load
+    with daemon.socket_client(timeout=60) as client:
+        for n in range(5):  # the first one may also wait for litellm to load
             cid = f"order-{n}"
             client.send("completion:async", {"prompt": f"hello number {n}", "stream": True},
                         correlation_id=cid)
@@ -36,7 +42,7 @@ def test_completion_async_replies_before_its_first_push(daemon):
 
 
 def test_pipelined_async_requests_each_reply_before_their_pushes(daemon):
-    with daemon.client(timeout=60) as client:
+    with daemon.socket_client(timeout=60) as client:
         cids = [f"pipe-{n}" for n in range(10)]
         client.send_raw(b"".join(orjson.dumps({"event": "completion:async", "correlation_id": c,
                                                "data": {"prompt": f"say {c}"}}) + b"\n"

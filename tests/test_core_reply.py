@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import module_daemon
 from ksi_daemon.core.protocol import ENCODER_MAX_NESTING, MAX_NESTING, KSIError, parse_request
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -33,9 +34,13 @@ def line_nested(event: str, field: str, depth: int, cid: str, **data) -> bytes:
             + b"}}\n")
 
 
-@pytest.fixture
-def daemon(daemon_factory):
-    return daemon_factory({"daemon": {"plugin_dirs": [str(PLUGINS / "unencodable")]}})
+@pytest.fixture(scope="module")
+def daemon():
+    # One daemon for the module: every test speaks on connections of its own and changes no
+    # state (each deep request is refused, the unencodable handlers write nothing).
+    with module_daemon({"daemon": {"plugin_dirs": [str(PLUGINS / "unencodable")]}},
+                       "ksi-reply-") as daemon:
+        yield daemon
 
 
 # ---- the limits, measured -------------------------------------------------------------------

@@ -321,6 +321,10 @@ def test_start_with_an_invalid_config_value_fails_and_names_the_key(control):
 
 
 def test_stop_escalates_to_sigkill_when_the_daemon_ignores_shutdown_and_sigterm(control):
+    # Nothing can end the waits but their end: a short grace (5 s by default) for each step.
+    config = orjson.loads((control.workdir / ".ksi" / "daemon.json").read_bytes())
+    config["daemon"] = {"stop_grace_s": 1.0}
+    (control.workdir / ".ksi" / "daemon.json").write_bytes(orjson.dumps(config))
     stubborn = subprocess.Popen([sys.executable, "-c", STUBBORN_DAEMON,
                                  str(control.socket_path)], env=control.env)
     try:
@@ -329,7 +333,7 @@ def test_stop_escalates_to_sigkill_when_the_daemon_ignores_shutdown_and_sigterm(
             time.sleep(0.05)
         result = control.run("stop", "--timeout", "0")
         assert result.returncode == 0, result.stderr
-        assert "Asked KSI" in result.stdout
+        assert "Asked KSI" in result.stdout and "waiting up to 1 s" in result.stdout
         assert "SIGTERM" in result.stdout and "SIGKILL" in result.stdout
         assert stubborn.wait(10) == -signal.SIGKILL
         assert not control.socket_path.exists()  # the stale socket was cleaned up

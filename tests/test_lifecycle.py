@@ -151,7 +151,12 @@ def test_router_stays_under_500_lines():
 def test_sigterm_during_a_hanging_start_up_still_exits(daemon_factory):
     hanging = str(Path(__file__).parent / "plugins" / "hanging")
     daemon = daemon_factory({"daemon": {"plugin_dirs": [hanging]}}, wait=False)
-    time.sleep(1.5)  # the plugin's ksi_startup never returns
+    entered = daemon.var_dir / "plugins" / "hangs_at_start" / "hanging"
+    deadline = time.monotonic() + 30
+    while not entered.exists():  # the plugin's ksi_startup, which never returns, is under way
+        assert daemon.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # and start-up is held there
     assert daemon.proc.poll() is None
     assert not daemon.socket_path.exists()
     assert daemon.stop(signal.SIGTERM, timeout=10) == 0

@@ -4,7 +4,8 @@ and, with the mode off, nothing of it.
 
 The upstream lines below are the shapes of durapensa/ksi's ksi_client/event_client.py,
 ksi_admin/ and interfaces/orchestrate.py of June 2025 (docs/OPERATIONS.md names the commits);
-each check reads the field the upstream code reads.
+each check reads the field the upstream code reads. (The upstream clients' lines go to the
+in-process daemon's real socket: the Unix transport as a daemon process runs it.)
 """
 from __future__ import annotations
 
@@ -124,9 +125,10 @@ def upstream_request(client: LineClient, event: str, data: dict, cid: str,
         others.append(message)
 
 
+@pytest.mark.daemon("inprocess")  # its completion would import litellm in a daemon process
 def test_upstream_clients_lines_are_answered_with_the_fields_they_read(compat_daemon):
     seen: list[dict] = []
-    with compat_daemon.client() as client:
+    with compat_daemon.socket_client() as client:  # the real socket and transport, in process
         ask = lambda event, data, n=iter(range(1000)): upstream_request(  # noqa: E731
             client, event, data, f"up-{next(n)}", seen)
         assert ask("transport:connection", {"client_id": "event_client_1",

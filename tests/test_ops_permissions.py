@@ -1,4 +1,5 @@
-"""Permissions and rate limits (docs/OPERATIONS.md), through real sockets of real daemons.
+"""Permissions and rate limits (docs/OPERATIONS.md), through real sockets of real daemons (one
+test on the in-process daemon's real socket: its completions would import litellm in a process).
 
 Rules per uid narrow what a uid's clients may send; token buckets per connection, per uid and
 for a uid's completions slow a flood with `rate_limited` replies that say when to try again,
@@ -57,9 +58,10 @@ def test_a_uids_connections_share_its_bucket(daemon_factory):
     assert {e["details"]["limit"] for e in refused} == {f"uid {os.getuid()}"}
 
 
+@pytest.mark.daemon("inprocess")  # litellm imported once per test process, not per daemon
 def test_completions_have_a_budget_of_their_own(daemon_factory):
     daemon = daemon_factory(limits(completions={"per_s": 0.05, "burst": 2}))
-    with daemon.client(timeout=30) as client:
+    with daemon.socket_client(timeout=30) as client:  # this uid, as its socket tells the daemon
         for n in range(2):
             data_of(client.request("completion:request", {"prompt": f"hello {n}"}))
         refused = error_of(client.request("completion:request", {"prompt": "once more"}))

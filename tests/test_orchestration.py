@@ -5,7 +5,7 @@ shuts down (it exits) on a daemon process.
 
 Models: the built-in offline model (deterministic; it quotes key words of what it was told) and
 tests/fake_openai_server.py (`echo` repeats the conversation, `pause` answers after one second,
-`broken` always fails).
+`held` as echo but for the call a test holds, `broken` always fails).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from conftest import data_of, error_of
 from fake_openai_server import FakeOpenAIServer
 from ksi_daemon.plugins.completion.offline_model import key_words
 
-FAKE_MODELS = ("echo", "pause", "broken")
+FAKE_MODELS = ("echo", "pause", "held", "broken")
 
 
 @pytest.fixture
@@ -295,10 +295,16 @@ def test_unknown_ids_answer_not_found(daemon):
 def test_a_daemon_that_stops_ends_running_orchestrations_as_terminated(daemon_factory,
                                                                        fake_openai):
     daemon = daemon_factory(config=with_fake_models(fake_openai.api_base))
+    second_turn = fake_openai.hold("held", call=2)
     with daemon.client(timeout=60) as client:
-        started = start(client, mode="debate", topic="Is P=NP?", rounds=20, model="pause")
+        started = start(client, mode="debate", topic="Is P=NP?", rounds=20, model="held")
         assert client.recv()["event"] == "orchestration:turn"
+        second_turn.wait_reached()  # the run is mid-way when the daemon is told to stop
         client.send("system:shutdown", {}, correlation_id="bye")
+        while (reply := client.recv())["type"] != "reply":
+            pass
+        assert reply["correlation_id"] == "bye" and data_of(reply)
+        second_turn.release()
         turns, finished = pushes_until_finished(client, started["orchestration_id"])
     assert finished["status"] == "terminated" and "shutting down" in finished["reason"]
     assert daemon.wait(30) == 0

@@ -187,8 +187,9 @@ def test_reload_under_load_loses_no_request(daemon_factory, plugin_dir):
 
 
 def test_watch_mode_reloads_an_edited_file_and_loads_a_new_one(daemon_factory, plugin_dir):
+    period_s = 0.2  # (1 s by default) every wait below is for a number of polls
     daemon = daemon_factory({"daemon": {"plugin_dirs": [str(plugin_dir)],
-                                        "watch_plugins": True}})
+                                        "watch_plugins": True, "watch_period_s": period_s}})
 
     def eventually(event: str, expected: dict, timeout: float = 10.0) -> None:
         until = time.monotonic() + timeout
@@ -213,7 +214,7 @@ def test_watch_mode_reloads_an_edited_file_and_loads_a_new_one(daemon_factory, p
         assert time.monotonic() < until, "the broken edit was never tried"
         time.sleep(0.1)
     assert data_of(daemon.request("reloadable:version")) == {"version": "2.0.0"}
-    time.sleep(2.5)  # more polls of the unchanged broken file: it is not tried again
+    time.sleep(5 * period_s)  # more polls of the unchanged broken file: it is not tried again
     assert daemon.stop() == 0
     log = daemon.read_output()
     assert log.count("plugin_change_not_taken") == 1, log

@@ -9,9 +9,18 @@ import time
 import orjson
 import pytest
 
-from conftest import LineClient, open_to_another_uid, rss_bytes
+from conftest import LineClient, module_daemon, open_to_another_uid, rss_bytes
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def framing_daemon():
+    """One daemon process for the tests of the transport's framing: each uses a connection of
+    its own and leaves nothing behind (no state, no subscription, nothing in the history that
+    another reads)."""
+    with module_daemon({}, "ksi-proto-") as daemon:
+        yield daemon
 
 
 @pytest.mark.daemon("inprocess")
@@ -83,8 +92,8 @@ def test_correlation_id_of_a_bad_envelope_is_kept_when_readable(daemon):
         assert client.recv()["correlation_id"] == "keep-me"
 
 
-def test_oversized_line_is_refused_and_the_rest_of_it_discarded(daemon):
-    with daemon.client(timeout=30) as client:
+def test_oversized_line_is_refused_and_the_rest_of_it_discarded(framing_daemon):
+    with framing_daemon.client(timeout=30) as client:
         big = b'{"event": "system:health", "data": {"x": "' + b"a" * (MiB + 10) + b'"}}\n'
         client.send_raw(big)
         reply = client.recv()
@@ -92,8 +101,8 @@ def test_oversized_line_is_refused_and_the_rest_of_it_discarded(daemon):
         assert client.request("system:health", correlation_id="next")["correlation_id"] == "next"
 
 
-def test_oversized_line_sent_in_pieces_is_refused_once(daemon):
-    with daemon.client(timeout=30) as client:
+def test_oversized_line_sent_in_pieces_is_refused_once(framing_daemon):
+    with framing_daemon.client(timeout=30) as client:
         client.send_raw(b'{"event": "system:health", "data": {"x": "')
         for _ in range(20):
             client.send_raw(b"b" * (128 * 1024))
@@ -103,8 +112,8 @@ def test_oversized_line_sent_in_pieces_is_refused_once(daemon):
         assert client.request("system:health", correlation_id="ok")["correlation_id"] == "ok"
 
 
-def test_line_just_under_the_limit_is_accepted(daemon):
-    with daemon.client(timeout=30) as client:
+def test_line_just_under_the_limit_is_accepted(framing_daemon):
+    with framing_daemon.client(timeout=30) as client:
         padding = MiB - 200
         line = orjson.dumps({"event": "system:event_history",
                              "data": {"limit": 1, "pattern": "x" * padding}})
@@ -113,14 +122,14 @@ def test_line_just_under_the_limit_is_accepted(daemon):
         assert reply["data"]["count"] == 0
 
 
-def test_blank_lines_get_no_reply(daemon):
-    with daemon.client() as client:
+def test_blank_lines_get_no_reply(framing_daemon):
+    with framing_daemon.client() as client:
         client.send_raw(b"\n  \n\r\n")
         assert client.request("system:health", correlation_id="x")["correlation_id"] == "x"
 
 
-def test_two_thousand_pipelined_requests_are_all_answered(daemon):
-    with daemon.client(timeout=30) as client:
+def test_two_thousand_pipelined_requests_are_all_answered(framing_daemon):
+    with framing_daemon.client(timeout=30) as client:
         payload = b"".join(orjson.dumps({"event": "system:health", "correlation_id": f"p{i}"})
                            + b"\n" for i in range(2000))
         client.send_raw(payload)
@@ -129,8 +138,8 @@ def test_two_thousand_pipelined_requests_are_all_answered(daemon):
         assert len(set(seen)) == 2000
 
 
-def test_replies_never_contain_raw_newlines(daemon):
-    with daemon.client() as client:
+def test_replies_never_contain_raw_newlines(framing_daemon):
+    with framing_daemon.client() as client:
         client.send_raw(orjson.dumps({"event": "system:unknown\nthing"}) + b"\n")
         raw = b""
         while not raw.endswith(b"\n"):

@@ -2,6 +2,10 @@
 `validation_error` naming the field, never `handler_error` (sqlite3's OverflowError)."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from conftest import data_of, error_of
@@ -10,6 +14,17 @@ TOO_BIG = 2**64 - 1  # what orjson still decodes
 JUST_OVER = 2**63  # one more than SQLite's largest integer
 SQLITE_MAX = 2**63 - 1
 STORED_NAMESPACES = ("state", "conversation", "message", "agent")
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    """One in-process daemon for the module (the schemas' logic; no test here stores anything)."""
+    from inprocess import ThreadedDaemon
+    workdir = Path(tempfile.mkdtemp(prefix="ksi-bounds-", dir="/tmp"))
+    daemon = ThreadedDaemon(workdir).start()
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("event, data, field", [

@@ -13,11 +13,6 @@ from .process import lock_holder, pid_file, wait_until_gone
 from .remembered import config_started_with
 from .start import start
 
-# How long `stop` waits after system:shutdown beyond the shutdown deadline the daemon was given
-# (plugins still checkpoint and close after in-flight work has drained), then after each signal.
-SHUTDOWN_MARGIN_S = 5.0
-SIGTERM_GRACE_S = 5.0
-SIGKILL_GRACE_S = 5.0
 
 
 def stop(config: dict, args: argparse.Namespace) -> int:
@@ -30,17 +25,19 @@ def stop(config: dict, args: argparse.Namespace) -> int:
     if not pid:
         error(f"a process holds {socket_path}.lock but its pid is unknown; cannot stop it")
         return EXIT_FAILED
+    grace = config["daemon"]["stop_grace_s"]
     if health is not None:
         timeout = args.timeout if args.timeout is not None else \
             config["daemon"]["shutdown_timeout"]
-        if ask_to_shut_down(socket_path, pid, args.timeout, timeout + SHUTDOWN_MARGIN_S):
+        # Past the deadline the daemon was given, plugins still checkpoint and close.
+        if ask_to_shut_down(socket_path, pid, args.timeout, timeout + grace):
             return EXIT_OK
     else:
         print(f"KSI (pid {pid}) holds the lock on {socket_path} but does not answer.")
-    if signal_and_wait(pid, signal.SIGTERM, SIGTERM_GRACE_S):
+    if signal_and_wait(pid, signal.SIGTERM, grace):
         print(f"KSI stopped (pid {pid}) after SIGTERM.")
         return EXIT_OK
-    if signal_and_wait(pid, signal.SIGKILL, SIGKILL_GRACE_S):
+    if signal_and_wait(pid, signal.SIGKILL, grace):
         remove_leftovers(config)
         print(f"KSI killed (pid {pid}) with SIGKILL; it did not shut down cleanly, so in-flight "
               "work was lost (see `daemon_control.py logs`).")

@@ -48,7 +48,7 @@ class SystemPlugin(BasePlugin):
         self.reloader = PluginReloader(self.manager, self.router,
                                        config["daemon"]["shutdown_timeout"])
         self.watcher = PluginWatcher(self.reloader, config["daemon"]["plugin_dirs"],
-                                     BUILTIN_PLUGIN_DIR) \
+                                     BUILTIN_PLUGIN_DIR, config["daemon"]["watch_period_s"]) \
             if config["daemon"].get("watch_plugins") else None
         # What health reports but never changes, fetched once (it is the benchmarks' baseline):
         self.pid, self.version = os.getpid(), self.daemon.version

@@ -43,6 +43,7 @@ class UnixTransport(BasePlugin):
     def ksi_startup(self, config):
         settings = config["daemon"]
         self.enabled = config["transports"]["unix"]["enabled"]
+        self.check_interval_s = config["transports"]["unix"]["check_interval_s"]
         self.listeners = listeners_of(config)  # (a path that cannot be used fails the plugin)
         self.grants = GrantBook(config["permissions"])
         self.allowed_uids = {os.getuid(), *settings["allowed_uids"]}
@@ -75,7 +76,8 @@ class UnixTransport(BasePlugin):
             return await self._listen(by_path[bound.path], router)
 
         self.serving = True
-        return keep_reachable(self.servers, rebind, context.log, lambda: self.serving)
+        return keep_reachable(self.servers, rebind, context.log, lambda: self.serving,
+                              self.check_interval_s)
 
     async def _listen(self, listener: Listener, router) -> BoundSocket:
         listener.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-CHECK_INTERVAL_S = 1.0  # the promise: noticed within a second
+# The promise: noticed within a second (the default of transports.unix.check_interval_s).
+CHECK_INTERVAL_S = 1.0
 
 
 @dataclass
