@@ -27,3 +27,12 @@ async def ask(request, timeout_s: float, what: str, nats_url: str):
 def unreachable(what: str, node) -> KSIError:
     return KSIError(UNAVAILABLE, f"{what} is unreachable (NATS at {node.nats_url}: "
                     f"{node.last_error or 'reconnecting'})")
+
+
+async def let_go(stopping, timeout_s: float) -> None:
+    """Await a watcher's `stop()` or a subscription's `unsubscribe()`, bounded, whatever it ends
+    in: the connection it lived on may be gone, and it is being dropped anyway."""
+    try:
+        await asyncio.wait_for(stopping, timeout_s)
+    except Exception:  # noqa: BLE001 - see above
+        pass

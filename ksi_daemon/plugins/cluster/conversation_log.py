@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from ...protocol import PAYLOAD_TOO_LARGE, UNAVAILABLE, KSIError
-from .bounded import ask, unreachable
+from .bounded import ask, let_go, unreachable
 from .kv_keys import escape
 
 ID_SPACING = 1000  # message ids per stream message: a turn holds at most 256 messages
@@ -89,10 +89,7 @@ class JetStreamConversations:
     async def _stop_following(self) -> None:
         if self.follower is not None:
             follower, self.follower = self.follower, None
-            try:
-                await asyncio.wait_for(follower.unsubscribe(), self.timeout_s)
-            except Exception:  # noqa: BLE001 - the connection it lived on may be gone
-                pass
+            await let_go(follower.unsubscribe(), self.timeout_s)
 
     async def _take(self, msg) -> None:
         """A turn from the stream, in the stream's order, into the local copy."""

@@ -26,7 +26,7 @@ import fnmatch
 import orjson
 import structlog
 
-from .bounded import ask
+from .bounded import ask, let_go
 from .subjects import covers, event_filter, event_subject
 
 INTEREST_BUCKET = "ksi_interest"
@@ -130,10 +130,7 @@ class ClusterEventBridge:
             self.watching = None
         watcher, self.watcher = self.watcher, None
         if watcher is not None:
-            try:
-                await asyncio.wait_for(watcher.stop(), self.timeout_s)
-            except Exception:  # noqa: BLE001 - the connection it lived on may be gone
-                pass
+            await let_go(watcher.stop(), self.timeout_s)
 
     def _want_remote(self) -> None:
         wanted = frozenset().union(*self.remote.values())

@@ -32,7 +32,7 @@ from ..state.models import GLOBAL
 from .kv_keys import (clear_marker_key, cleared_namespace, kv_key, namespace_filter,
                       state_key)
 from . import kv_values
-from .bounded import ask, unreachable
+from .bounded import ask, let_go, unreachable
 from .kv_writes import WrongLastSequence, open_bucket, publish_key
 
 # The server places a delete marker when a key's TTL removes it, so every node's watch learns
@@ -151,10 +151,7 @@ class KvStateStore:
             self.watching = None
         if self.watcher is not None:
             watcher, self.watcher = self.watcher, None
-            try:
-                await asyncio.wait_for(watcher.stop(), self.timeout_s)
-            except Exception:  # noqa: BLE001 - the connection it lived on may be gone
-                pass
+            await let_go(watcher.stop(), self.timeout_s)
 
     async def _follow(self, watcher) -> None:
         """Every change made anywhere, in the bucket's order, into the mirror and announced."""

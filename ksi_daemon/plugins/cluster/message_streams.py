@@ -25,7 +25,7 @@ import orjson
 import structlog
 
 from ...protocol import PAYLOAD_TOO_LARGE, UNAVAILABLE, KSIError
-from .bounded import ask, unreachable
+from .bounded import ask, let_go, unreachable
 from .inbox_consumers import InboxConsumers
 from .subjects import MESSAGE_STREAM as STREAM, MESSAGES, topic_subject
 
@@ -109,10 +109,7 @@ class JetStreamMessageBus:
     async def _stop_feed(self) -> None:
         feed, self.feed = self.feed, None
         if feed is not None:
-            try:
-                await asyncio.wait_for(feed.unsubscribe(), self.timeout_s)
-            except Exception:  # noqa: BLE001 - the connection it lived on may be gone
-                pass
+            await let_go(feed.unsubscribe(), self.timeout_s)
 
     async def _from_feed(self, msg) -> None:
         seq = msg.metadata.sequence.stream
