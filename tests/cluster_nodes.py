@@ -36,12 +36,13 @@ def start_node(workdir, nats_server, node_id: str, config: dict | None = None
     return node
 
 
-def wait_for(condition, within: float = WITHIN_S):
+def wait_for(condition, within: float = WITHIN_S, seen=None):
+    """`condition()` true within `within` s; else fail, showing `seen()` if given."""
     deadline = time.monotonic() + within
     while True:
         result = condition()
         if result or time.monotonic() > deadline:
-            assert result, f"not within {within} s"
+            assert result, f"not within {within} s" + (f": {seen()}" if seen else "")
             return result
         time.sleep(0.05)
 

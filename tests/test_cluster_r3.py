@@ -86,6 +86,10 @@ def value_on(node: DaemonProcess, key: str):
     return reply.get("data", {}).get("value") if "data" in reply else None
 
 
+def cluster_health(node: DaemonProcess) -> dict:
+    return data_of(node.request("system:health"))["cluster"]
+
+
 def test_losing_one_of_three_nats_servers_loses_no_acknowledged_write(workdir, nats_cluster):
     a, b = r3_node(workdir, nats_cluster, "node-a"), r3_node(workdir, nats_cluster, "node-b")
     try:
@@ -104,8 +108,12 @@ def test_losing_one_of_three_nats_servers_loses_no_acknowledged_write(workdir, n
         for node in (a, b):
             for n in range(20):
                 assert value_on(node, f"before-{n}") == n
-            health = data_of(node.request("system:health"))
-            assert health["cluster"]["reachable"] and health["cluster"]["jetstream"]
+            # Health turns back once every store has set up again, which may come after the
+            # state store already serves (stores set up one after another, each waiting for its
+            # stream's new leader).
+            wait_for(lambda: cluster_health(node)["jetstream"], within=ELECTION_S,
+                     seen=lambda: cluster_health(node))
+            assert cluster_health(node)["reachable"]
 
         # A node started now, with one server still down, reads everything from the other two.
         c = r3_node(workdir, nats_cluster, "node-c")
