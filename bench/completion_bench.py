@@ -53,6 +53,7 @@ ENVIRONMENT = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTI
                "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
 os.environ.update(ENVIRONMENT)
 TARGET_ADDED_MS = 1.0
+SETTLE_S = 0.005
 
 
 def start_daemon(workdir: Path, api_base: str, sessions: int, journal: str) -> subprocess.Popen:
@@ -136,6 +137,10 @@ async def measure_added_latency(conns: dict[str, Connection], litellm, api_base:
     names = list(paths)
     for i in range(calls):
         for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates
+            # Each call starts from an idle process: litellm's success logging of a direct call
+            # runs in this process after the call returns, and would otherwise delay reading the
+            # reply of the daemon call that follows it.
+            await asyncio.sleep(SETTLE_S)
             seconds[name].append(await paths[name]())
     return {name: statistics.median(values) * 1000 for name, values in seconds.items()}
 

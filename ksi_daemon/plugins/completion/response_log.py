@@ -3,9 +3,10 @@
 Files of recently active sessions stay open, and every record is flushed at once, so the file is
 complete when the client gets the result. A new session needs a new file, and creating one is the
 slow part: on the project's 2-core test machine (ext4) the kernel takes 0.4–0.7 ms to create a
-file and 30–50 µs to move one. So a few empty files are made ahead in `responses/.spare/`, on
-the loop but after a reply has gone, and a new session's file is one of them, moved. Spares left
-by a crash are used at the next start; a clean stop removes them.
+file and 30–50 µs to move one. So a few empty files are made ahead in `responses/.spare/`, in a
+worker thread (made on the loop, even after a reply, they held up the next request by as much),
+and a new session's file is one of them, moved. Spares left by a crash are used at the next
+start; a clean stop removes them.
 """
 from __future__ import annotations
 
@@ -44,12 +45,8 @@ class ResponseLog:
     def close(self) -> None:
         while self._files:
             self._files.popitem()[1].close()
-        for path in self._spares or ():
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self._spares = None  # (a restock still due finds nothing to do)
+        _remove(self._spares or ())
+        self._spares = None  # (a restock under way removes what it made)
 
     def _open(self, session_id: str):
         name = session_id if _SAFE_NAME.fullmatch(session_id) and session_id not in (".", "..") \
@@ -76,19 +73,39 @@ class ResponseLog:
         return str(self.directory)
 
     def _restock_soon(self) -> None:
-        if not self._restocking:
-            self._restocking = True
-            asyncio.get_running_loop().call_soon(self._restock)
-
-    def _restock(self) -> None:
-        """One spare per loop turn, so that no turn is long."""
-        self._restocking = False
-        if self._spares is None or len(self._spares) >= SPARES:
+        if self._restocking or self._spares is None or len(self._spares) >= SPARES:
             return
-        path = os.path.join(self._spare_dir, os.urandom(8).hex())
+        self._restocking = True
+        made = asyncio.get_running_loop().run_in_executor(
+            None, _make_spares, self._spare_dir, SPARES - len(self._spares))
+        made.add_done_callback(self._restocked)
+
+    def _restocked(self, made: asyncio.Future) -> None:
+        self._restocking = False
+        paths = [] if made.cancelled() else made.result()
+        if self._spares is None:  # closed meanwhile: a clean stop leaves no spares
+            _remove(paths)
+        else:
+            self._spares.extend(paths)
+
+
+def _make_spares(directory: Path, count: int) -> list[str]:
+    """Up to `count` new empty files (in a worker thread); appends create their own files, and
+    report what fails, when none could be made."""
+    paths = []
+    for _ in range(count):
+        path = os.path.join(directory, os.urandom(8).hex())
         try:
             os.close(os.open(path, _FLAGS | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError:
-            return  # appends create their files themselves, and report what fails
-        self._spares.append(path)
-        self._restock_soon()
+            break
+        paths.append(path)
+    return paths
+
+
+def _remove(paths) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
