@@ -170,6 +170,15 @@ class AgentPlugin(AgentHomes, BasePlugin):
             return [self.copier.retry_waiting()]
         return []
 
+    @hookimpl
+    def ksi_completion_agent_here(self, agent_id):
+        # A single daemon runs every agent it ever had, so it has nothing to say; a node runs
+        # only the agents whose lease it holds, which are exactly those in self.agents (none
+        # at start: they come back as their leases come free).
+        if self.cluster is None:
+            return None
+        return agent_id in self.agents
+
     async def _attach_restored(self, agent: Agent) -> None:
         try:
             await self._attach_mcp_servers(agent.agent_id, agent.profile)
