@@ -6,6 +6,7 @@ directory; short lease TTLs keep failover quick. The deterministic offline model
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -411,3 +412,52 @@ def test_a_node_restarted_before_its_agent_moved_takes_the_cut_off_turn_up_itsel
     finally:
         fake_openai.open_gate()
         a.stop()
+
+
+def retried_while_unavailable(ask, within: float = FAILOVER_WITHIN_S) -> dict:
+    """`ask()` again after each `unavailable`, waiting the `retry_after_s` it carries, as a
+    client following the protocol does; the first other answer."""
+    deadline = time.monotonic() + within
+    while True:
+        reply = ask()
+        error = reply.get("error")
+        if error is None or error["code"] != "unavailable":
+            return reply
+        assert time.monotonic() < deadline, f"still unavailable after {within} s: {error}"
+        time.sleep(error["details"]["retry_after_s"])
+
+
+def test_a_request_while_the_agent_moves_says_where_it_goes_and_a_retry_reaches_it(
+        workdir, nats_server):
+    a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
+    try:
+        spawn(a, "traveller")
+        wait_for(lambda: "traveller" in listed(b))
+        assert data_of(send_and_wait(b, "traveller", "one"))["reply"]["turn"] == 1
+        # B's agents.db is held by another process's write lock (a slow disk would do the
+        # same): B takes the lease, then its resumption waits to write the agent down.
+        blocker = sqlite3.connect(b.var_dir / "plugins" / "agent" / "agents.db",
+                                  isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            a.stop(signal.SIGKILL)
+            wait_for(lambda: data_of(b.request("system:health"))["cluster"]["leases"] ==
+                     ["traveller"], within=FAILOVER_WITHIN_S)
+            for event, data in (("agent:send", {"agent_id": "traveller", "content": "early"}),
+                                ("agent:info", {"agent_id": "traveller"})):
+                error = error_of(b.request(event, data))
+                assert error["code"] == "unavailable", error
+                assert "moving to node node-b" in error["message"], error
+                assert error["details"]["node"] == "node-b" and error["details"]["resuming"]
+                assert error["details"]["retry_after_s"] > 0
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        reply = retried_while_unavailable(lambda: send_and_wait(b, "traveller", "two"))
+        assert data_of(reply)["reply"]["turn"] == 2
+        info = data_of(b.request("agent:info", {"agent_id": "traveller"}))
+        assert info["node"] == "node-b" and [t["content"] for t in info["recent"]] == \
+            ["one", "two"]  # the message refused while it moved was not taken
+    finally:
+        a.stop()
+        b.stop()
