@@ -6,6 +6,7 @@ directory; short lease TTLs keep failover quick. The deterministic offline model
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -337,3 +338,126 @@ def test_a_completion_runs_on_the_node_asked_and_its_result_reaches_that_client(
     assert data_of(b.request("completion:status", {"request_id": queued["request_id"]}))
     assert error_of(a.request("completion:status", {"request_id": queued["request_id"]}))[
         "code"] == "not_found"  # it ran on B only
+
+
+def test_a_node_restarted_after_its_agent_moved_leaves_the_cut_off_turn_to_the_new_home(
+        workdir, nats_server, fake_openai):
+    """Node A's completion journal still holds the turn A was running when it was killed; the
+    turn is the agent's, and the agent is B's now: B runs it, and A, restarted with the same
+    var directory, does not run it again."""
+    config = gated_config(fake_openai.api_base)
+    a, b = (start_node(workdir, nats_server, name, config) for name in ("node-a", "node-b"))
+    try:
+        fake_openai.open_gate()
+        spawn(a, "mover", model="gated")
+        wait_for(lambda: "mover" in listed(b))
+        assert data_of(send_and_wait(b, "mover", "first"))["reply"]["turn"] == 1
+        fake_openai.close_gate()
+        accepted = data_of(b.request("agent:send", {"agent_id": "mover", "content": "second"}))
+        wait_for(lambda: fake_openai.calls_saying("second") == 1)  # at the model, on A
+        a.stop(signal.SIGKILL)
+        wait_for(lambda: resumed_on(b, "mover", "node-b"), within=FAILOVER_WITHIN_S)
+        wait_for(lambda: fake_openai.calls_saying("second") == 2)  # taken again, on B
+        fake_openai.open_gate()
+        wait_for(lambda: data_of(b.request("agent:info", {"agent_id": "mover"}))["turns"] == 2)
+        a.start()
+        wait_for(lambda: data_of(a.request("system:health"))["cluster"]["jetstream"])
+        request_id = f"mover:{accepted['message_id']}"
+        # A's journal entry of that turn is ended, not run: the turn is the new home's.
+        status = data_of(a.request("completion:status", {"request_id": request_id}))
+        assert status["status"] == "moved" and status["resumed"] is False
+        repeated = error_of(a.request("completion:request", {"request_id": request_id,
+                                                             "prompt": "second"}))
+        assert repeated["code"] == "conflict" and "mover" in repeated["message"]
+        # Reached through A, the agent answers on B with a history holding each turn once.
+        third = data_of(send_and_wait(a, "mover", "third"))["reply"]
+        assert third["turn"] == 3
+        assert third["text"] == "turn 3: you said 'third' after 'first' / 'second'"
+        assert fake_openai.calls_saying("second") == 2
+        history = data_of(a.request("conversation:history", {
+            "session_id": data_of(a.request("agent:info", {"agent_id": "mover"}))[
+                "session_id"]}))
+        assert [m["content"] for m in history["messages"] if m["role"] == "user"] == \
+            ["first", "second", "third"]
+    finally:
+        fake_openai.open_gate()
+        a.stop()
+        b.stop()
+
+
+def test_a_node_restarted_before_its_agent_moved_takes_the_cut_off_turn_up_itself(
+        workdir, nats_server, fake_openai):
+    """The only node, killed mid-turn and restarted at once: its journal's entry of the turn
+    is not run at start (the agent is not yet this node's again), and once the node resumes
+    the agent, the agent's own turn runs it, under the same request_id, with no crash."""
+    a = start_node(workdir, nats_server, "node-a", gated_config(fake_openai.api_base))
+    try:
+        fake_openai.open_gate()
+        spawn(a, "homebody", model="gated")
+        assert data_of(send_and_wait(a, "homebody", "first"))["reply"]["turn"] == 1
+        fake_openai.close_gate()
+        accepted = data_of(a.request("agent:send", {"agent_id": "homebody",
+                                                    "content": "second"}))
+        wait_for(lambda: fake_openai.calls_saying("second") == 1)
+        a.stop(signal.SIGKILL)
+        a.start()
+        wait_for(lambda: resumed_on(a, "homebody", "node-a"), within=FAILOVER_WITHIN_S)
+        wait_for(lambda: fake_openai.calls_saying("second") == 2)
+        fake_openai.open_gate()
+        info = wait_for(lambda: (i := data_of(a.request(
+            "agent:info", {"agent_id": "homebody"})))["turns"] == 2 and i)
+        assert info["recent"][-1]["request_id"] == f"homebody:{accepted['message_id']}"
+        assert info["restarts"] == 0 and info["error"] is None
+        assert fake_openai.calls_saying("second") == 2
+    finally:
+        fake_openai.open_gate()
+        a.stop()
+
+
+def retried_while_unavailable(ask, within: float = FAILOVER_WITHIN_S) -> dict:
+    """`ask()` again after each `unavailable`, waiting the `retry_after_s` it carries, as a
+    client following the protocol does; the first other answer."""
+    deadline = time.monotonic() + within
+    while True:
+        reply = ask()
+        error = reply.get("error")
+        if error is None or error["code"] != "unavailable":
+            return reply
+        assert time.monotonic() < deadline, f"still unavailable after {within} s: {error}"
+        time.sleep(error["details"]["retry_after_s"])
+
+
+def test_a_request_while_the_agent_moves_says_where_it_goes_and_a_retry_reaches_it(
+        workdir, nats_server):
+    a, b = (start_node(workdir, nats_server, name, FAST_LEASES) for name in ("node-a", "node-b"))
+    try:
+        spawn(a, "traveller")
+        wait_for(lambda: "traveller" in listed(b))
+        assert data_of(send_and_wait(b, "traveller", "one"))["reply"]["turn"] == 1
+        # B's agents.db is held by another process's write lock (a slow disk would do the
+        # same): B takes the lease, then its resumption waits to write the agent down.
+        blocker = sqlite3.connect(b.var_dir / "plugins" / "agent" / "agents.db",
+                                  isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            a.stop(signal.SIGKILL)
+            wait_for(lambda: data_of(b.request("system:health"))["cluster"]["leases"] ==
+                     ["traveller"], within=FAILOVER_WITHIN_S)
+            for event, data in (("agent:send", {"agent_id": "traveller", "content": "early"}),
+                                ("agent:info", {"agent_id": "traveller"})):
+                error = error_of(b.request(event, data))
+                assert error["code"] == "unavailable", error
+                assert "moving to node node-b" in error["message"], error
+                assert error["details"]["node"] == "node-b" and error["details"]["resuming"]
+                assert error["details"]["retry_after_s"] > 0
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        reply = retried_while_unavailable(lambda: send_and_wait(b, "traveller", "two"))
+        assert data_of(reply)["reply"]["turn"] == 2
+        info = data_of(b.request("agent:info", {"agent_id": "traveller"}))
+        assert info["node"] == "node-b" and [t["content"] for t in info["recent"]] == \
+            ["one", "two"]  # the message refused while it moved was not taken
+    finally:
+        a.stop()
+        b.stop()

@@ -170,6 +170,15 @@ class AgentPlugin(AgentHomes, BasePlugin):
             return [self.copier.retry_waiting()]
         return []
 
+    @hookimpl
+    def ksi_completion_agent_here(self, agent_id):
+        # A single daemon runs every agent it ever had, so it has nothing to say; a node runs
+        # only the agents whose lease it holds, which are exactly those in self.agents (none
+        # at start: they come back as their leases come free).
+        if self.cluster is None:
+            return None
+        return agent_id in self.agents
+
     async def _attach_restored(self, agent: Agent) -> None:
         try:
             await self._attach_mcp_servers(agent.agent_id, agent.profile)
@@ -261,10 +270,9 @@ class AgentPlugin(AgentHomes, BasePlugin):
         if agent is None:
             if agent_id in self.terminated:
                 raise KSIError(CONFLICT, f"agent {agent_id} was terminated")
-            if self.cluster is not None and self.cluster.home_of(agent_id) is not None:
-                raise KSIError(UNAVAILABLE, f"agent {agent_id} is not running anywhere just "
-                               "now (its node stopped or lost NATS); it resumes on another "
-                               "node once its lease expires")
+            elsewhere = self._not_running_here(agent_id)
+            if elsewhere is not None:
+                raise elsewhere
             raise KSIError(NOT_FOUND, f"no agent {agent_id}; see agent:list")
         return agent
 
@@ -453,6 +461,9 @@ class AgentPlugin(AgentHomes, BasePlugin):
         agent = self.agents.get(data.agent_id)
         record = agent.info() if agent is not None else self.terminated.get(data.agent_id)
         if record is None:
+            elsewhere = self._not_running_here(data.agent_id)
+            if elsewhere is not None:
+                raise elsewhere
             raise KSIError(NOT_FOUND, f"no agent {data.agent_id}; see agent:list")
         identity = self.identities.of(data.agent_id)
         if self.cluster is not None:

@@ -32,6 +32,7 @@ class AgentsHere(Protocol):
 
 class AgentCluster(Protocol):
     node_id: str
+    lease_ttl_s: float  # a lease not renewed is gone after this long
 
     def open(self, here: AgentsHere) -> None:
         """Called once at the agent plugin's start-up, before any other method."""
@@ -46,6 +47,9 @@ class AgentCluster(Protocol):
 
     def home_of(self, agent_id: str) -> str | None:
         """The node the agent runs on, as this node last heard; None if unknown."""
+
+    def resuming(self, agent_id: str) -> bool:
+        """This node holds the agent's lease and is resuming it (`adopt` has not returned)."""
 
     def directory(self) -> list[dict]:
         """Every agent of the cluster that is not terminated, as {**its agents row, "node":

@@ -23,6 +23,7 @@ from .models import AgentIdRequest, SendRequest, SpawnRequest
 from .schedules import Schedule
 
 FORWARD_TIMEOUT_S = 30.0  # a forwarded request other than agent:send (a spawn may start MCP)
+RESUMING_RETRY_AFTER_S = 0.5  # a resumption is a checkpoint read and two writes
 RECORD_KEYS = ("agent_id", "profile", "status", "created_at", "session_id", "messages_handled")
 log = structlog.get_logger("ksi.plugin.agent")
 
@@ -33,10 +34,32 @@ class AgentHomes:
 
     def _home_elsewhere(self, agent_id: str) -> str | None:
         """The node an agent runs on, if it is not this one (None in a single daemon)."""
-        if self.cluster is None or agent_id in self.agents:
+        if self.cluster is None or agent_id in self.agents or self.cluster.resuming(agent_id):
             return None
         home = self.cluster.home_of(agent_id)
         return home if home is not None and home != self.cluster.node_id else None
+
+    def _not_running_here(self, agent_id: str) -> KSIError | None:
+        """Why a known agent that is not in `agents` cannot be reached here (None: it is not
+        known), with when to ask again: it is being resumed here, or its lease still names a
+        node that does not run it (this one before a restart or a fence) until it expires."""
+        if self.cluster is None:
+            return None
+        me = self.cluster.node_id
+        if self.cluster.resuming(agent_id):
+            return KSIError(UNAVAILABLE, f"agent {agent_id} is moving to node {me}, which is "
+                            "resuming it from its checkpoint (its last node stopped or lost its "
+                            "lease); ask again in a moment", {
+                                "agent_id": agent_id, "node": me, "resuming": True,
+                                "retry_after_s": RESUMING_RETRY_AFTER_S})
+        home = self.cluster.home_of(agent_id)
+        if home is None:
+            return None
+        return KSIError(UNAVAILABLE, f"agent {agent_id} is not running anywhere just now: its "
+                        f"lease still names node {home}, which does not run it (it stopped or "
+                        "lost NATS); it resumes on a node once that lease expires", {
+                            "agent_id": agent_id, "node": home, "resuming": False,
+                            "retry_after_s": self.cluster.lease_ttl_s})
 
     async def _forward(self, node_id: str, event: str, data, ctx, timeout_s=FORWARD_TIMEOUT_S):
         return await self.cluster.forward(

@@ -92,6 +92,13 @@ class AgentLeases:
             return lease["node"]
         return self.last_home.get(agent_id) if agent_id in self.agents else None
 
+    def resuming(self, agent_id: str) -> bool:
+        return agent_id in self.adopting and agent_id in self.held
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return self.ttl_s
+
     def directory(self) -> list[dict]:
         return [{**row, "node": self.leases[agent_id]["node"] if agent_id in self.leases
                  else None} for agent_id, row in self.agents.items()]

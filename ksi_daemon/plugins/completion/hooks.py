@@ -1,4 +1,5 @@
-"""Calling `ksi_completion_pre_call` / `ksi_completion_post_response` (specs in hookspecs.py).
+"""Calling `ksi_completion_pre_call` / `ksi_completion_post_response` and asking
+`ksi_completion_agent_here` (specs in hookspecs.py).
 
 Each implementation runs on its own, in plugin order (dependencies, priority, name), and may be
 sync or async. One that raises KSIError refuses the completion with that code; any other
@@ -7,7 +8,13 @@ completions (the runner's `refuse_or_skip` policy).
 """
 from __future__ import annotations
 
+import inspect
+
+import structlog
+
 from ...plugin_base import refuse_or_skip
+
+log = structlog.get_logger("ksi.plugin.completion")
 
 
 class CompletionHooks:
@@ -15,6 +22,7 @@ class CompletionHooks:
         # The runner keeps these up to date when a plugin fails; nothing is looked up per call.
         self._pre_call = context.hook("ksi_completion_pre_call")
         self._post_response = context.hook("ksi_completion_post_response")
+        self._agent_here = context.hook("ksi_completion_agent_here")
 
     async def pre_call(self, call) -> None:
         if self._pre_call:
@@ -23,3 +31,25 @@ class CompletionHooks:
     async def post_response(self, seen) -> None:
         if self._post_response:
             await self._post_response.call_each(refuse_or_skip, context=seen)
+
+    def agent_elsewhere(self, agent_id: str | None) -> bool:
+        """True only when a plugin says the agent does not run on this daemon: whoever cannot
+        say (or fails to) leaves its completions running here, as they always did."""
+        if agent_id is None:
+            return False
+        for impl in self._agent_here.impls:
+            try:
+                answer = impl.call(agent_id=agent_id)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin's answer is no answer
+                log.error("hook_failed", hook="ksi_completion_agent_here",
+                          plugin=impl.plugin.name, error=repr(exc))
+                continue
+            if inspect.isawaitable(answer):
+                if inspect.iscoroutine(answer):
+                    answer.close()
+                log.error("hook_not_plain", hook="ksi_completion_agent_here",
+                          plugin=impl.plugin.name)
+                continue
+            if answer is not None:
+                return answer is False
+        return False

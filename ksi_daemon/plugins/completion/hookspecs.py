@@ -34,3 +34,18 @@ def ksi_completion_post_response(context):
         a dict whose entries are returned to the client in the result's `annotations`.
     Exceptions other than `KSIError` are logged and ignored. May be async.
     """
+
+
+@hookspec(firstresult=True)
+def ksi_completion_agent_here(agent_id):
+    """Does the agent `agent_id` run on this daemon? True, False, or None (cannot say).
+
+    A completion of an agent is one of its turns, and only the daemon that runs the agent may
+    run it. The completion plugin asks before it resumes, at start, a journaled completion of
+    an agent that has no outcome: on False it ends it as `moved` instead (the agent's home asks
+    for that turn again, under the same request_id, on its own daemon). It asks again when a
+    request repeats the request_id of such a completion: True runs it anew (the agent has come
+    back here). The agent plugin implements it in cluster mode (an agent runs on the node
+    holding its lease); the single daemon, where every agent is this daemon's, says None.
+    Called on the request path: it must be a plain function, not async.
+    """

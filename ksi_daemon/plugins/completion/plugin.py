@@ -8,7 +8,9 @@ the requesting connection (with its correlation id) and to subscribers.
 Every accepted request is journaled before it is answered, and its outcome before it is pushed
 (journal.py): at start, what has no outcome runs again (`resumed`), and a request_id seen before
 is answered from its job instead of run twice. At shutdown, what cannot finish in time is
-checkpointed: it stays in the journal and resumes at the next start.
+checkpointed: it stays in the journal and resumes at the next start. A journaled completion of
+an agent that now runs elsewhere (cluster mode: its lease moved while this node was down) is
+ended as `moved` instead: it is the agent's turn, which its new home takes again.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 from ...event_system import event_handler
 from ...plugin_base import BasePlugin, hookimpl
 from ...plugin_types import PluginCapabilities, PluginMetadata
-from ...protocol import NOT_FOUND, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError
+from ...protocol import CONFLICT, NOT_FOUND, TIMEOUT, UNAVAILABLE, UNKNOWN_EVENT, KSIError
 from ...storage.sqlite_writer import WriterStopped
 from . import claude_cli, hookspecs, offline_model
 from .calls import call_model
@@ -37,6 +39,7 @@ from .response_log import ResponseLog
 from .retries import RetryPolicy, error_code_of, is_transient, reason_of
 
 ALIAS_DEPTH = 5
+MOVED = "moved"  # the journal's state of an agent's completion left to the agent's new home
 STOP_GRACE_S = 1.0  # how long a cancelled call may take to stop before it is left behind
 PRUNE_EVERY_S = 60.0
 
@@ -84,7 +87,8 @@ class CompletionPlugin(BasePlugin):
             sessions=claude_cli.ClaudeSessions(context.data_dir / "claude_sessions.json"))
         self.loader = LiteLLMLoader(self._providers, self.log)
         self.warm_up = bool(own.get("warm_up", True))
-        self.counts = {"completed": 0, "failed": 0, "cancelled": 0, "resumed": 0}
+        self.counts = {"completed": 0, "failed": 0, "cancelled": 0, "resumed": 0,
+                       MOVED: 0}
         self._resolved: dict[str, tuple[str, dict]] = {}
         journal = own.get("journal") or {}
         self.keep_finished = int(journal.get("keep_finished", 2000))
@@ -103,11 +107,19 @@ class CompletionPlugin(BasePlugin):
     def ksi_ready(self, context):
         if self.warm_up:  # off: litellm is imported by the first call that needs it
             self.loader.start()
+        # Asked now, not at _load: the agent plugin starts after this one, and knows by now
+        # which agents it runs.
+        resumed = []
         for job in self._to_resume:
+            if self.hooks.agent_elsewhere(job.payload.agent_id):
+                self._end_moved(job)
+                continue
             self._push(job, "completion:progress", self._progress(job, "queued"))
             self.scheduler.submit(job)
-        self.counts["resumed"] = len(self._to_resume)
-        self.log.info("completions_resumed", count=len(self._to_resume))
+            resumed.append(job)
+        self.counts["resumed"] = len(resumed)
+        self.log.info("completions_resumed", count=len(resumed),
+                      moved=len(self._to_resume) - len(resumed))
         self._to_resume = []
         return [self._prune_now_and_then(), self._store_interrupted_turns()]
 
@@ -299,7 +311,7 @@ class CompletionPlugin(BasePlugin):
             raise KSIError(UNAVAILABLE, "the daemon is shutting down")
         if data.request_id is not None:
             known = self._known(data.request_id)
-            if known is not None:
+            if known is not None and not self._back_here(known):
                 return known, True
         model_name = data.model or self.default_model
         if self.loader.is_ready:
@@ -382,7 +394,7 @@ class CompletionPlugin(BasePlugin):
             return
         job.state, job.ended_at, job.started_at = entry.state, entry.ended_at, entry.ended_at
         job.resumed = bool(entry.outcome.get("resumed"))
-        if entry.state == "failed":
+        if entry.state in ("failed", MOVED):
             outcome = KSIError(entry.outcome["code"], entry.outcome["message"],
                                entry.outcome.get("details"))
         else:
@@ -399,6 +411,11 @@ class CompletionPlugin(BasePlugin):
             del self.jobs[request_id]
             return None
         return job
+
+    def _back_here(self, job: Job) -> bool:
+        """A completion ended as moved whose agent runs here again: its turn is this node's
+        once more, and is asked anew (nobody saw an answer to it)."""
+        return job.state == MOVED and not self.hooks.agent_elsewhere(job.payload.agent_id)
 
     def _remember(self, job: Job) -> None:
         self.jobs[job.request_id] = job
@@ -680,6 +697,25 @@ class CompletionPlugin(BasePlugin):
         except WriterStopped as exc:
             after_commit(None, exc)
             return None
+
+    def _end_moved(self, job: Job) -> asyncio.Future | None:
+        """A journaled turn of an agent that runs on another node now: not run here, where
+        nobody waits for it (the asking agent was this node's before its stop). Ended so that
+        a repeat of its request_id says so; no turn of it is stored."""
+        agent_id = job.payload.agent_id
+        job.resumed = False
+        message = (f"completion {job.request_id} was a turn of agent {agent_id}, which this "
+                   "node no longer runs (its lease went when the node stopped): the node that "
+                   "runs the agent now takes the turn again under this request_id (this node, "
+                   "if the agent comes back here); agent:info shows the agent and its reply")
+        details = {"request_id": job.request_id, "agent_id": agent_id, MOVED: True}
+        error = {"code": CONFLICT, "message": message, "details": details}
+
+        def deliver() -> None:
+            self.counts[MOVED] += 1
+            self._push(job, "completion:error", {"request_id": job.request_id,
+                                                 "session_id": job.session_id, "error": error})
+        return self._end(job, MOVED, error, KSIError(CONFLICT, message, details), deliver)
 
     def _checkpoint(self, job: Job) -> None:
         """Shutdown: leave the job in the journal for the next start and tell who is waiting."""
