@@ -150,9 +150,10 @@ class AgentLeases:
         import nats.errors
         event = request["event"]
         try:
-            answer = await self._answer_unless_silent(node_id, request["data"].get("agent_id"), (
-                self.node.nc.request(agent_subject(node_id), orjson.dumps(request),
-                                     timeout=timeout_s)))
+            asking = self.node.nc.request(agent_subject(node_id), orjson.dumps(request),
+                                          timeout=timeout_s)
+            answer = await self._answer_unless_silent(node_id, request["data"].get("agent_id"),
+                                                      asking)
         except nats.errors.NoRespondersError:
             raise KSIError(UNAVAILABLE, f"node {node_id}, where the agent runs, does not answer "
                            f"(stopped or cut off from NATS); its agents move to another node "
