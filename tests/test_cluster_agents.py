@@ -393,6 +393,7 @@ def test_a_request_for_an_agent_whose_home_was_silently_cut_off_answers_unavaila
         assert error["code"] == "unavailable", error
         assert "node-a" in error["message"] and "resume" in error["message"]
         assert error["details"]["node"] == "node-a"
+        assert error["details"]["agent_id"] == "stranded"
         assert 0 < error["details"]["retry_after_s"] <= 5
         assert took < 15, f"answered after {took:.1f} s"  # a hang check: not 30 s
         # Once its lease is gone B resumes it, as retry_after_s suggested.

@@ -157,7 +157,8 @@ class AgentLeases:
         except nats.errors.NoRespondersError:
             raise KSIError(UNAVAILABLE, f"node {node_id}, where the agent runs, does not answer "
                            f"(stopped or cut off from NATS); its agents move to another node "
-                           f"within about {self.ttl_s:g} s", self._retry_details(node_id)
+                           f"within about {self.ttl_s:g} s",
+                           self._retry_details(node_id, request["data"].get("agent_id"))
                            ) from None
         except nats.errors.TimeoutError:
             raise KSIError(TIMEOUT, f"node {node_id} did not answer {event} within "
@@ -197,14 +198,15 @@ class AgentLeases:
         return KSIError(UNAVAILABLE, f"node {node_id}, where agent {agent_id} runs, has not "
                         f"been heard from for {quiet_s:.1f} s (cut off from NATS, stopped or "
                         f"stalled): it has stopped its agents by now, and they resume on "
-                        f"another node once their leases expire", self._retry_details(node_id))
+                        f"another node once their leases expire",
+                        self._retry_details(node_id, agent_id))
 
-    def _retry_details(self, node_id: str) -> dict:
+    def _retry_details(self, node_id: str, agent_id) -> dict:
         """When to try again: once the node's leases, as last heard here, have expired (the
         server may take a moment more to remove them)."""
         heard = self.heard_at.get(node_id)
         left = self.ttl_s if heard is None else heard + self._lease_ttl() - time.monotonic()
-        return {"node": node_id, "retry_after_s": round(max(0.5, left), 1)}
+        return {"agent_id": agent_id, "node": node_id, "retry_after_s": round(max(0.5, left), 1)}
 
     def _route_pushes(self, pushes) -> str:
         token = os.urandom(8).hex()
