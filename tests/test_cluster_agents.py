@@ -461,3 +461,68 @@ def test_a_request_while_the_agent_moves_says_where_it_goes_and_a_retry_reaches_
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_send_without_wait_from_b_pushes_the_reply_to_the_sender_on_b_once(two_nodes):
+    a, b = two_nodes
+    spawn(a, "far")
+    wait_for(lambda: "far" in listed(b))
+    with b.client(timeout=30) as sender, b.client(timeout=30) as watcher_b, \
+            a.client(timeout=30) as watcher_a:
+        for watcher in (watcher_a, watcher_b):
+            data_of(watcher.request("system:subscribe", {"patterns": ["agent:reply"]}))
+        time.sleep(1.0)  # the bridge learns B's and A's interest (as in test_cluster_events)
+        sender.send("agent:send", {"agent_id": "far", "content": "no wait"},
+                    correlation_id="send-1")
+        accepted = data_of(sender.recv_reply())
+        assert accepted["delivered"] is True
+        pushed = next_push_message(sender, "agent:reply")
+        # As a single daemon pushes it: to the sending connection, with its correlation id.
+        assert pushed["correlation_id"] == "send-1"
+        assert pushed["data"]["agent_id"] == "far"
+        assert pushed["data"]["in_reply_to"] == accepted["message_id"]
+        assert pushed["data"]["turn"] == 1 and "no wait" in pushed["data"]["text"]
+        # Every node's subscribers see it once: the next reply each sees is the next turn's.
+        data_of(send_and_wait(b, "far", "second"))
+        for watcher in (watcher_a, watcher_b):
+            assert next_push(watcher, "agent:reply")["in_reply_to"] == accepted["message_id"]
+            assert next_push(watcher, "agent:reply")["turn"] == 2
+
+
+def next_push_message(client, event: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        client.settimeout(max(0.05, deadline - time.monotonic()))
+        message = client.recv()
+        if message.get("type") == "event" and message["event"] == event:
+            return message
+        assert time.monotonic() < deadline, f"no {event} within {timeout} s"
+
+
+def test_a_request_for_an_agent_whose_home_was_silently_cut_off_answers_unavailable(
+        workdir, nats_server):
+    config = {"cluster": {"lease_ttl_s": 5}}  # its lease still names node-a when B asks
+    proxy = CuttableProxy(nats_server.port)
+    a = start_node(workdir, proxy, "node-a", config)
+    b = start_node(workdir, nats_server, "node-b", config)
+    try:
+        spawn(a, "stranded")
+        wait_for(lambda: "stranded" in listed(b))
+        proxy.cut()  # NATS still holds A's subscription: nobody tells the server it is gone
+        asked = time.monotonic()
+        with b.client(timeout=60) as client:
+            reply = client.request("agent:info", {"agent_id": "stranded"})
+        took = time.monotonic() - asked
+        error = error_of(reply)
+        assert error["code"] == "unavailable", error
+        assert "node-a" in error["message"] and "resume" in error["message"]
+        assert error["details"]["node"] == "node-a"
+        assert error["details"]["agent_id"] == "stranded"
+        assert 0 < error["details"]["retry_after_s"] <= 5
+        assert took < 15, f"answered after {took:.1f} s"  # a hang check: not 30 s
+        # Once its lease is gone B resumes it, as retry_after_s suggested.
+        wait_for(lambda: resumed_on(b, "stranded", "node-b"), within=FAILOVER_WITHIN_S)
+    finally:
+        a.stop()
+        b.stop()
+        proxy.close()

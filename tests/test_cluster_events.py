@@ -433,3 +433,37 @@ def test_patterns_map_to_filters_that_cover_what_they_match_and_never_overlap():
 def test_the_event_name_is_read_from_a_push_line_as_encoded():
     assert event_name_of(encode_push("agent:spawned", {"a": 1}, "c-1")) == "agent:spawned"
     assert event_name_of(b'{"event":"x:y","type":"event"}\n') == "x:y"
+
+
+def test_past_max_topics_the_least_recently_published_topic_is_forgotten_cluster_wide(
+        workdir, nats_server):
+    bounded = {"plugins": {"message": {"retention_per_topic": 2, "max_topics": 2}}}
+    a, b = (cluster_nodes.start_node(workdir, nats_server, name, bounded)
+            for name in ("node-a", "node-b"))
+
+    def history(topic: str) -> list:
+        return [m["content"] for m in data_of(a.request("message:history", {
+            "topic": topic}))["messages"]]
+
+    def publish(node, topic: str, content: str) -> None:
+        data_of(node.request("message:publish", {"topic": topic, "content": content}))
+
+    try:
+        publish(a, "t1", "1a")
+        publish(b, "t2", "2a")
+        publish(a, "t1", "1b")  # t2 is now the least recently published
+        publish(b, "t3", "3a")
+        wait_for(lambda: history("t2") == [], seen=lambda: history("t2"))
+        assert history("t1") == ["1a", "1b"] and history("t3") == ["3a"]
+        # A node restarted has not seen the topics published before: the stream's own bound,
+        # retention_per_topic × max_topics messages, forgets the oldest for it.
+        a.stop()
+        a = cluster_nodes.start_node(workdir, nats_server, "node-a", bounded)
+        for topic in ("t4", "t5"):
+            publish(a, topic, f"{topic}a")
+            publish(a, topic, f"{topic}b")
+        assert [history(t) for t in ("t1", "t3", "t4", "t5")] == \
+            [[], [], ["t4a", "t4b"], ["t5a", "t5b"]]
+    finally:
+        a.stop()
+        b.stop()

@@ -39,7 +39,7 @@ from ...storage.sqlite_writer import SqliteWriter, WriterStopped
 from . import hookspecs, store
 from .agent import CALLER, DIRECT, SESSION_ID_MAX, TOPIC, Agent, Message
 from .checkpoints import CheckpointCopier, agents_changed_by
-from .forwarded import Forwarded
+from .forwarded import caller_of
 from .homes import RECORD_KEYS, AgentHomes
 from .identities import IdentityBook
 from .models import (AgentIdRequest, AgentSettings, InboxDelivery, InfoReply, InterruptReply,
@@ -293,7 +293,8 @@ class AgentPlugin(AgentHomes, BasePlugin):
                 raise KSIError(VALIDATION_ERROR, "node is for cluster mode; this daemon is "
                                "not in a cluster", [{"loc": ["node"], "msg": "no cluster"}])
             if data.node != self.cluster.node_id:
-                return await self._forward(data.node, "agent:spawn", data, ctx)
+                return await self._forward(data.node, "agent:spawn", data, ctx,
+                                           pushes_back=data.task is not None)
         return await self._spawn_here(data, ctx)
 
     async def _spawn_here(self, data: SpawnRequest, ctx):
@@ -319,7 +320,7 @@ class AgentPlugin(AgentHomes, BasePlugin):
         first = None
         if data.task is not None:
             first = self.runtime.new_message(data.task, DIRECT)
-            first.ctx = None if isinstance(ctx, Forwarded) else ctx
+            first.ctx = caller_of(ctx)
             first.correlation_id = ctx.correlation_id
         row = {"agent_id": agent_id, "profile": profile.name, "session_id": agent.session_id,
                "config": profile.model_dump_json(), "status": "running", "created_at": now}
@@ -477,7 +478,7 @@ class AgentPlugin(AgentHomes, BasePlugin):
         if home is not None:
             waits = (data.timeout_s or self.settings.send_timeout_s) if data.wait else 0.0
             return await self._forward(home, "agent:send", data, ctx,
-                                       waits + FORWARD_MARGIN_S)
+                                       waits + FORWARD_MARGIN_S, pushes_back=not data.wait)
         return await self._send_here(data, ctx)
 
     async def _send_here(self, data: SendRequest, ctx):
@@ -503,7 +504,7 @@ class AgentPlugin(AgentHomes, BasePlugin):
             raise KSIError(CONFLICT, f"agent {agent.agent_id} was terminated meanwhile")
         running = agent.status != "failed"
         if not data.wait:
-            message.ctx = None if isinstance(ctx, Forwarded) else ctx
+            message.ctx = caller_of(ctx)
             agent.deliver(message)
             await self._take_over_if_busy(agent, busy)
             return {"message_id": message.message_id, "delivered": running}

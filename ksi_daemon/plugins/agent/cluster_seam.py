@@ -17,9 +17,13 @@ from typing import Protocol
 class AgentsHere(Protocol):
     """What the agent plugin offers the cluster: the agents of this node."""
 
-    async def answer_forwarded(self, event: str, data: dict, correlation_id: str | None) -> dict:
+    async def answer_forwarded(self, event: str, data: dict, correlation_id: str | None,
+                               push_back=None) -> dict:
         """Run `event` (agent:send, agent:terminate, agent:info, ...) for an agent of this node,
-        sent by another node; the reply data, or a KSIError. Never forwarded again."""
+        sent by another node; the reply data, or a KSIError. Never forwarded again.
+        `push_back`, when the asking node takes pushes for this request: an async
+        `(event, data) -> bool` carrying a later push (the reply of an agent:send without
+        wait) to the asking client there; False when that node did not take it."""
 
     async def adopt(self, agent_id: str) -> None:
         """This node now holds the agent's lease: resume it from its shared checkpoint (a
@@ -56,7 +60,9 @@ class AgentCluster(Protocol):
         its home or None while it moves}, from the shared checkpoints as last heard."""
 
     async def forward(self, node_id: str, event: str, data: dict, correlation_id: str | None,
-                      timeout_s: float) -> dict:
+                      timeout_s: float, pushes=None) -> dict:
         """Send a request to `node_id`'s agent plugin (its `answer_forwarded`): the reply data,
-        or the KSIError it answered; `unavailable` if that node does not answer, `timeout`
-        after `timeout_s`."""
+        or the KSIError it answered; `unavailable` if that node does not answer or has gone
+        silent (cut off from NATS), `timeout` after `timeout_s`. `pushes`: a callable
+        `(event, data)` of this node, given the pushes that node sends back for the request
+        later (its `push_back`)."""

@@ -61,12 +61,16 @@ class AgentHomes:
                             "agent_id": agent_id, "node": home, "resuming": False,
                             "retry_after_s": self.cluster.lease_ttl_s})
 
-    async def _forward(self, node_id: str, event: str, data, ctx, timeout_s=FORWARD_TIMEOUT_S):
+    async def _forward(self, node_id: str, event: str, data, ctx, timeout_s=FORWARD_TIMEOUT_S,
+                       pushes_back: bool = False):
+        """`pushes_back`: the agent's reply is pushed to the caller later, as on a single
+        daemon; it comes back here and is pushed from this node, the caller's."""
         return await self.cluster.forward(
             node_id, event, data.model_dump(mode="json", exclude_none=True),
-            ctx.correlation_id, timeout_s)
+            ctx.correlation_id, timeout_s, ctx.push if pushes_back else None)
 
-    async def answer_forwarded(self, event: str, data: dict, correlation_id: str | None):
+    async def answer_forwarded(self, event: str, data: dict, correlation_id: str | None,
+                               push_back=None):
         here = {"agent:send": (SendRequest, self._send_here),
                 "agent:terminate": (AgentIdRequest, self._terminate_here),
                 "agent:info": (AgentIdRequest, self._info_here),
@@ -80,8 +84,16 @@ class AgentHomes:
             request = model.model_validate(data)
         except ValidationError as exc:
             raise KSIError(VALIDATION_ERROR, str(exc), exc.errors(include_url=False)) from None
-        answer = handler(request, Forwarded(correlation_id))
+        pushes = None if push_back is None else lambda event, data: self._in_background(
+            self._push_to_asking_node(push_back, event, data, correlation_id))
+        answer = handler(request, Forwarded(correlation_id, pushes))
         return await answer if asyncio.iscoroutine(answer) else answer
+
+    async def _push_to_asking_node(self, push_back, event: str, data, correlation_id) -> None:
+        """The asking node raises the push for its client and every node's subscribers; if it
+        does not take it (gone, cut off), it is raised here so that subscribers still see it."""
+        if not await push_back(event, data):
+            self.context.push(event, data, correlation_id)
 
     async def adopt(self, agent_id: str) -> None:
         """Resume an agent whose lease this node has just taken, from its shared checkpoint:

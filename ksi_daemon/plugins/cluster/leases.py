@@ -22,6 +22,7 @@ import asyncio
 import math
 import os
 import time
+from collections import OrderedDict
 
 import orjson
 import structlog
@@ -35,6 +36,13 @@ RENEW_EVERY = 0.25  # of the TTL
 FENCE_AT = 0.75     # of the TTL since the last renewal was sent: stop the agent here
 SWEEP_EVERY = 0.5   # of the TTL: look for agents whose lease is gone
 CHECK_EVERY = 0.05  # of the TTL: how often the fence is checked (no I/O)
+# Of the TTL without a word from a node (a lease renewed, its heartbeat): by then it has stopped
+# its agents by its own clock (FENCE_AT), so a request waiting for it is told so.
+SILENT_AFTER = FENCE_AT
+# Forwarded requests whose reply is pushed later (agent:send without wait): where each push
+# goes on this node. One that never comes (the message was skipped) is forgotten past this.
+MAX_PUSH_ROUTES = 10_000
+TAKEN = b"taken"
 RETRIES_OF_A_RACE = 3
 EXPIRY_MARKER_KEEP_S = 60.0
 WHAT = "the cluster's agent leases"
@@ -46,6 +54,11 @@ log = structlog.get_logger("ksi.plugin.cluster")
 def agent_subject(node_id: str) -> str:
     """Where a node's agent plugin answers requests forwarded by the other nodes."""
     return f"ksi.node.{node_id}.agent"
+
+
+def push_subject(node_id: str) -> str:
+    """Where a node takes the pushes meant for the clients whose requests it forwarded."""
+    return f"ksi.node.{node_id}.push"
 
 
 class Held:
@@ -69,12 +82,14 @@ class AgentLeases:
         self.leases: dict[str, dict] = {}  # agent -> lease record, as last heard
         self.last_home: dict[str, str] = {}  # agent -> the node that held its last lease
         self.nodes: dict[str, dict] = {}   # node -> its heartbeat record
+        self.heard_at: dict[str, float] = {}  # node -> when its last lease or heartbeat came
+        self.push_routes: OrderedDict[str, object] = OrderedDict()  # token -> pushes
         self.seen: dict[str, int] = {}     # KV key -> newest revision heard
         self.adopting: set[str] = set()
         self.here = None
         self.serving = False
         self.closing = False  # stopping: adopt nothing more
-        self.js = self.kv = self.subscription = None
+        self.js = self.kv = self.subscription = self.push_subscription = None
         self.watchers: list = []
         self.watching: list[asyncio.Task] = []
         self.answering: set[asyncio.Task] = set()
@@ -124,17 +139,34 @@ class AgentLeases:
         except KSIError as exc:  # it expires on its own within the TTL
             log.info("cluster_lease_not_released", agent_id=agent_id, error=exc.message)
 
-    async def forward(self, node_id: str, event: str, data: dict, correlation_id, timeout_s):
-        import nats.errors
+    async def forward(self, node_id: str, event: str, data: dict, correlation_id, timeout_s,
+                      pushes=None):
         self._check_serving()
-        payload = orjson.dumps({"event": event, "data": data, "correlation_id": correlation_id})
+        request = {"event": event, "data": data, "correlation_id": correlation_id}
+        if pushes is None:
+            return await self._ask_node(node_id, request, timeout_s)
+        token = self._route_pushes(pushes)
+        request["push_to"] = {"node": self.node_id, "token": token}
         try:
-            answer = await self.node.nc.request(agent_subject(node_id), payload,
-                                                timeout=timeout_s)
+            return await self._ask_node(node_id, request, timeout_s)
+        except KSIError:
+            self.push_routes.pop(token, None)
+            raise
+
+    async def _ask_node(self, node_id: str, request: dict, timeout_s: float) -> dict:
+        import nats.errors
+        event = request["event"]
+        try:
+            asking = self.node.nc.request(agent_subject(node_id), orjson.dumps(request),
+                                          timeout=timeout_s)
+            answer = await self._answer_unless_silent(node_id, request["data"].get("agent_id"),
+                                                      asking)
         except nats.errors.NoRespondersError:
             raise KSIError(UNAVAILABLE, f"node {node_id}, where the agent runs, does not answer "
                            f"(stopped or cut off from NATS); its agents move to another node "
-                           f"within about {self.ttl_s:g} s") from None
+                           f"within about {self.ttl_s:g} s",
+                           self._retry_details(node_id, request["data"].get("agent_id"))
+                           ) from None
         except nats.errors.TimeoutError:
             raise KSIError(TIMEOUT, f"node {node_id} did not answer {event} within "
                            f"{timeout_s:g} s") from None
@@ -145,6 +177,50 @@ class AgentLeases:
             error = reply["error"]
             raise KSIError(error["code"], error["message"], error.get("details"))
         return reply["data"]
+
+    async def _answer_unless_silent(self, node_id: str, agent_id, request):
+        """The answer to `request`, or `unavailable` once `node_id` has been silent for
+        SILENT_AFTER of the TTL: a node cut off from NATS by a network that drops its bytes is
+        still subscribed as far as the server knows, so NATS never says nobody answers."""
+        if self._silent(node_id):
+            request.close()
+            raise self._silent_home(node_id, agent_id)
+        asking = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({asking}, timeout=self.ttl_s * CHECK_EVERY)
+                if done:
+                    return asking.result()
+                if self._silent(node_id):
+                    raise self._silent_home(node_id, agent_id)
+        finally:
+            asking.cancel()
+
+    def _silent(self, node_id: str) -> bool:
+        heard = self.heard_at.get(node_id)
+        return heard is not None and time.monotonic() - heard > self.ttl_s * SILENT_AFTER
+
+    def _silent_home(self, node_id: str, agent_id) -> KSIError:
+        quiet_s = time.monotonic() - self.heard_at[node_id]
+        return KSIError(UNAVAILABLE, f"node {node_id}, where agent {agent_id} runs, has not "
+                        f"been heard from for {quiet_s:.1f} s (cut off from NATS, stopped or "
+                        f"stalled): it has stopped its agents by now, and they resume on "
+                        f"another node once their leases expire",
+                        self._retry_details(node_id, agent_id))
+
+    def _retry_details(self, node_id: str, agent_id) -> dict:
+        """When to try again: once the node's leases, as last heard here, have expired (the
+        server may take a moment more to remove them)."""
+        heard = self.heard_at.get(node_id)
+        left = self.ttl_s if heard is None else heard + self._lease_ttl() - time.monotonic()
+        return {"agent_id": agent_id, "node": node_id, "retry_after_s": round(max(0.5, left), 1)}
+
+    def _route_pushes(self, pushes) -> str:
+        token = os.urandom(8).hex()
+        self.push_routes[token] = pushes
+        while len(self.push_routes) > MAX_PUSH_ROUTES:
+            self.push_routes.popitem(last=False)
+        return token
 
     def health(self) -> dict:
         return {"lease_ttl_s": self.ttl_s, "leases": sorted(self.held),
@@ -159,6 +235,8 @@ class AgentLeases:
         if self.subscription is None:  # nats-py subscribes it again after a reconnection
             self.subscription = await self.node.nc.subscribe(agent_subject(self.node_id),
                                                              cb=self._on_request)
+            self.push_subscription = await self.node.nc.subscribe(push_subject(self.node_id),
+                                                                  cb=self._on_push)
         await self._stop_watching()
         self.agents, self.leases, self.nodes, self.seen = {}, {}, {}, {}
         self.js, self.kv = js, kv
@@ -235,6 +313,8 @@ class AgentLeases:
             self.nodes.pop(name, None) if gone else self.nodes.__setitem__(name, record)
         elif kind == "lease":
             self._lease_heard(name, record)
+        if record is not None:
+            self.heard_at[record.get("node_id") or record["node"]] = time.monotonic()
 
     def _lease_heard(self, agent_id: str, record: dict | None) -> None:
         held = self.held.get(agent_id)
@@ -385,8 +465,10 @@ class AgentLeases:
     async def _answer(self, msg) -> None:
         try:
             request = orjson.loads(msg.data)
-            data = await self.here.answer_forwarded(request["event"], request.get("data") or {},
-                                                    request.get("correlation_id"))
+            asker = request.get("push_to")
+            data = await self.here.answer_forwarded(
+                request["event"], request.get("data") or {}, request.get("correlation_id"),
+                self._pushes_back_to(asker) if asker else None)
             reply = {"data": data}
         except KSIError as exc:
             reply = {"error": {"code": exc.code, "message": exc.message,
@@ -398,6 +480,34 @@ class AgentLeases:
             await msg.respond(orjson.dumps(reply))
         except Exception as exc:  # noqa: BLE001 - the asker has given up, or NATS is gone
             log.info("cluster_forwarded_reply_lost", error=repr(exc))
+
+    def _pushes_back_to(self, asker: dict):
+        async def push_back(event: str, data) -> bool:
+            payload = orjson.dumps({"token": asker["token"], "event": event, "data": data})
+            try:
+                answer = await self.node.nc.request(push_subject(asker["node"]), payload,
+                                                    timeout=self.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - the caller raises the push here instead
+                log.info("cluster_push_not_taken", node=asker["node"], error=repr(exc))
+                return False
+            return answer.data == TAKEN
+        return push_back
+
+    async def _on_push(self, msg) -> None:
+        """A push for a client whose request this node forwarded: raised here, its node."""
+        taken = False
+        try:
+            push = orjson.loads(msg.data)
+            pushes = self.push_routes.pop(push["token"], None)
+            if pushes is not None:
+                pushes(push["event"], push["data"])
+                taken = True
+        except Exception as exc:  # noqa: BLE001 - the home node raises it instead
+            log.warning("cluster_push_failed", error=repr(exc))
+        try:
+            await msg.respond(TAKEN if taken else b"")
+        except Exception as exc:  # noqa: BLE001 - the home gives up waiting; it is here anyway
+            log.info("cluster_push_ack_lost", error=repr(exc))
 
     # ---- talking to NATS ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ Delivery, so that each subscriber gets a message once and not once per node:
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 
 import orjson
 import structlog
@@ -47,6 +47,9 @@ class JetStreamMessageBus:
         self.feed_seq: int | None = None  # the last stream sequence the feed handled
         self.inboxes: InboxConsumers | None = None
         self.first_up = asyncio.Event()
+        # subject -> the stream sequence of its last message, least recently published first
+        self.topics: OrderedDict[str, int] = OrderedDict()
+        self.purging: set[asyncio.Task] = set()
 
     # ---- the MessageBus lifecycle ------------------------------------------------------------
 
@@ -96,6 +99,7 @@ class JetStreamMessageBus:
                 num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW_S,
                 # A stream cannot keep nothing: with retention 0 a topic keeps its last message.
                 max_msgs_per_subject=max(1, settings.retention_per_topic),
+                max_msgs=max(1, settings.retention_per_topic) * settings.max_topics,
                 max_age=settings.retention_max_age_s or None))
         return info.state.last_seq
 
@@ -117,8 +121,29 @@ class JetStreamMessageBus:
             return  # already handled (a feed re-created over the same stretch)
         self.feed_seq = seq
         record = orjson.loads(msg.data)
-        if record.pop("node", None) != self.node.node_id:  # ours went out at their ack
+        ours = record.pop("node", None) == self.node.node_id
+        if not ours:  # ours went out at their ack
             self.local.to_connections(record)
+        self._count_topic(msg.subject, seq, ours)
+
+    def _count_topic(self, subject: str, seq: int, ours: bool) -> None:
+        """Past max_topics the least recently published topic is forgotten, by the node whose
+        message made one too many (every node counts, one purges)."""
+        self.topics[subject] = seq
+        self.topics.move_to_end(subject)
+        while len(self.topics) > self.settings.max_topics:
+            oldest, last_seq = self.topics.popitem(last=False)
+            if ours:
+                task = asyncio.ensure_future(self._forget_topic(oldest, last_seq))
+                self.purging.add(task)
+                task.add_done_callback(self.purging.discard)
+
+    async def _forget_topic(self, subject: str, last_seq: int) -> None:
+        try:
+            await ask(self.js.purge_stream(STREAM, subject=subject, seq=last_seq + 1),
+                      self.timeout_s, "the cluster's message stream", self.node.nats_url)
+        except Exception as exc:  # noqa: BLE001 - the stream's max_msgs still bounds it
+            log.warning("cluster_topic_not_forgotten", subject=subject, error=repr(exc))
 
     def check_serving(self) -> None:
         if not self.serving:
