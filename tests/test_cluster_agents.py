@@ -87,14 +87,33 @@ def gated_config(api_base: str) -> dict:
                        "retry": {"max_attempts": 1}}}}
 
 
-def next_push(client, event: str, timeout: float = 30.0) -> dict:
+def next_push_message(client, event: str, timeout: float = 30.0) -> dict:
+    """The next `event` push on `client`, whole (its correlation id too)."""
     deadline = time.monotonic() + timeout
     while True:
         client.settimeout(max(0.05, deadline - time.monotonic()))
         message = client.recv()
         if message.get("type") == "event" and message["event"] == event:
-            return message["data"]
+            return message
         assert time.monotonic() < deadline, f"no {event} within {timeout} s"
+
+
+def next_push(client, event: str, timeout: float = 30.0) -> dict:
+    return next_push_message(client, event, timeout)["data"]
+
+
+def second_turn_at_the_model_on(a, b, fake_openai) -> dict:
+    """Agent `mover` on node A has answered its first turn, and its second, sent from B, is
+    held at the (gated) model on A: the `agent:send` acceptance."""
+    fake_openai.open_gate()
+    spawn(a, "mover", model="gated")
+    wait_for(lambda: "mover" in listed(b))
+    assert data_of(send_and_wait(b, "mover", "first"))["reply"]["turn"] == 1
+    fake_openai.close_gate()
+    accepted = data_of(b.request("agent:send", {"agent_id": "mover", "content": "second"}))
+    assert accepted["delivered"] is True
+    wait_for(lambda: fake_openai.calls_saying("second") == 1)
+    return accepted
 
 
 def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
@@ -102,15 +121,8 @@ def test_kill_9_of_the_home_node_moves_the_agent_and_no_turn_is_recorded_twice(
     config = gated_config(fake_openai.api_base)
     a, b = (start_node(workdir, nats_server, name, config) for name in ("node-a", "node-b"))
     try:
-        fake_openai.open_gate()
-        spawn(a, "mover", model="gated")
-        wait_for(lambda: "mover" in listed(b))
-        assert data_of(send_and_wait(b, "mover", "first"))["reply"]["turn"] == 1
         # The second turn is at the model on node A when A dies: it was never recorded.
-        fake_openai.close_gate()
-        accepted = data_of(b.request("agent:send", {"agent_id": "mover", "content": "second"}))
-        assert accepted["delivered"] is True
-        wait_for(lambda: fake_openai.calls_saying("second") == 1)
+        accepted = second_turn_at_the_model_on(a, b, fake_openai)
         a.stop(signal.SIGKILL)
         killed_at = time.monotonic()
         # Until the lease expires the agent runs nowhere: a clear error at once, no hang.
@@ -348,13 +360,7 @@ def test_a_node_restarted_after_its_agent_moved_leaves_the_cut_off_turn_to_the_n
     config = gated_config(fake_openai.api_base)
     a, b = (start_node(workdir, nats_server, name, config) for name in ("node-a", "node-b"))
     try:
-        fake_openai.open_gate()
-        spawn(a, "mover", model="gated")
-        wait_for(lambda: "mover" in listed(b))
-        assert data_of(send_and_wait(b, "mover", "first"))["reply"]["turn"] == 1
-        fake_openai.close_gate()
-        accepted = data_of(b.request("agent:send", {"agent_id": "mover", "content": "second"}))
-        wait_for(lambda: fake_openai.calls_saying("second") == 1)  # at the model, on A
+        accepted = second_turn_at_the_model_on(a, b, fake_openai)
         a.stop(signal.SIGKILL)
         wait_for(lambda: resumed_on(b, "mover", "node-b"), within=FAILOVER_WITHIN_S)
         wait_for(lambda: fake_openai.calls_saying("second") == 2)  # taken again, on B
@@ -489,14 +495,6 @@ def test_a_send_without_wait_from_b_pushes_the_reply_to_the_sender_on_b_once(two
             assert next_push(watcher, "agent:reply")["turn"] == 2
 
 
-def next_push_message(client, event: str, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        client.settimeout(max(0.05, deadline - time.monotonic()))
-        message = client.recv()
-        if message.get("type") == "event" and message["event"] == event:
-            return message
-        assert time.monotonic() < deadline, f"no {event} within {timeout} s"
 
 
 def test_a_request_for_an_agent_whose_home_was_silently_cut_off_answers_unavailable(
