@@ -172,8 +172,11 @@ def test_a_schedule_survives_a_restart_and_missed_firings_fire_once(tmp_path):
         fired_at = [row[0] for row in db.execute(
             "SELECT received_at FROM agent_messages WHERE sender = ? AND received_at > ? "
             "ORDER BY seq", (f"schedule:{made['schedule_id']}", restarted_at))]
-    # One firing at start for the misses, then one per second: never a burst.
-    assert fired_at and all(b - a > 0.9 for a, b in zip(fired_at, fired_at[1:])), fired_at
+    # One firing at start for the misses, then one per second: never a burst. (Each gap is a
+    # second counted from the firing before, less how much later that firing's message was
+    # stored than the next one's: a loaded machine shortens a gap by a fraction, a burst of
+    # coalesced misses would make it zero.)
+    assert fired_at and all(b - a > 0.5 for a, b in zip(fired_at, fired_at[1:])), fired_at
 
 
 def test_the_schedule_example_of_agents_doc_prints_what_the_doc_shows(client, daemon, tmp_path):
