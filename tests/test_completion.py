@@ -403,13 +403,20 @@ def test_the_offline_model_answers_what_another_speaker_said_not_its_own_stock_p
         assert stock not in own_words(to_reply), (stock, to_reply)
 
 
-def test_requests_sent_before_litellm_is_loaded_wait_for_it(daemon_factory):
-    daemon = daemon_factory()
+def test_requests_sent_before_litellm_is_loaded_wait_for_it(daemon_factory, fake_openai):
+    daemon = daemon_factory(config={"plugins": {"completion": {"aliases": {"echo": {
+        "model": "openai/echo", "api_base": fake_openai.api_base, "api_key": "sk-test"}}}}})
     with daemon.client(timeout=60) as client:
-        # litellm takes seconds to import in the background; the socket answers at once.
+        # litellm takes seconds to import (here: at the first call that needs it); the socket
+        # answers at once.
         assert client.request("completion:status")["data"]["litellm_ready"] is False
+        # The offline model runs without litellm: a daemon that only talks to it never loads it.
         reply = client.request("completion:request", {"prompt": "are you there?"})
         assert reply["data"]["text"] and reply["data"]["model"] == "ksi-offline/default"
+        assert client.request("completion:status")["data"]["litellm_ready"] is False
+        reply = client.request("completion:request", {"prompt": "are you there?",
+                                                      "model": "echo"})
+        assert reply["data"]["text"] and reply["data"]["model"] == "openai/echo"
         assert client.request("completion:status")["data"]["litellm_ready"] is True
 
 

@@ -27,6 +27,8 @@ async def call_model(litellm, model: str, messages: list[dict], params: dict,
     """Ask `model`; with `on_delta`, stream and hand each text delta to it as it arrives;
     with `tools` (OpenAI's format), the answer may be tool calls instead of text; `mcp` is
     the MCP config of a `claude-cli/...` call (mcp:agent_config's reply)."""
+    if offline_model.runs(model):
+        return await _ask_offline(messages, tools, on_delta)
     metadata = {"ksi_session_id": session_id}
     if mcp is not None:
         metadata["ksi_mcp"] = mcp
@@ -68,6 +70,19 @@ async def call_model(litellm, model: str, messages: list[dict], params: dict,
     usage = usage or estimate_usage(messages, text)
     return Answer(text, usage, cost_of(litellm, model, None, usage), len(parts),
                   [calls[i] for i in sorted(calls)])
+
+
+async def _ask_offline(messages: list[dict], tools: list[dict] | None,
+                       on_delta: Callable[[str], None] | None) -> Answer:
+    """The offline model, called without litellm: the same answer its litellm provider gives
+    (offline_model.build_provider), without importing litellm, which costs a daemon seconds of
+    CPU and a few hundred MB: a daemon that only ever talks to the offline model never pays it."""
+    calls = offline_model.tool_calls_for(messages, offline_model.offered_names(tools))
+    text = "" if calls else await offline_model.answer_without_blocking(messages)
+    pieces = [piece for piece in offline_model.chunks_of(text) if piece] if on_delta else []
+    for piece in pieces:
+        on_delta(piece)
+    return Answer(text, offline_model.usage_of(messages, text), 0.0, len(pieces), calls)
 
 
 def _calls_of(tool_calls) -> list[dict]:

@@ -277,9 +277,18 @@ def build_provider():
     return OfflineModel()
 
 
+def runs(model: str) -> bool:
+    """Whether `model` (a litellm name, aliases resolved) is this offline model."""
+    return model.startswith(f"{PROVIDER}/")
+
+
+def offered_names(tools) -> list[str]:
+    """The names of the tools offered, in OpenAI's format."""
+    return [(tool.get("function") or {}).get("name") for tool in tools or ()]
+
+
 def _offered(kwargs: dict) -> list[str]:
-    tools = (kwargs.get("optional_params") or {}).get("tools") or ()
-    return [(tool.get("function") or {}).get("name") for tool in tools]
+    return offered_names((kwargs.get("optional_params") or {}).get("tools"))
 
 
 def _openai_call(call: dict) -> dict:

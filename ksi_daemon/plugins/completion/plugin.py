@@ -435,7 +435,8 @@ class CompletionPlugin(BasePlugin):
                 self._resolved.pop(next(iter(self._resolved)))
         return known
 
-    def _resolve_now(self, name: str) -> tuple[str, dict]:
+    def _follow_aliases(self, name: str) -> tuple[str, dict]:
+        """The model an alias names, with the extra arguments it sets (no litellm needed)."""
         extra: dict = {}
         for _ in range(ALIAS_DEPTH):
             target = self.aliases.get(name)
@@ -446,6 +447,10 @@ class CompletionPlugin(BasePlugin):
                 name = target.get("model", name)
             else:
                 name = target
+        return name, extra
+
+    def _resolve_now(self, name: str) -> tuple[str, dict]:
+        name, extra = self._follow_aliases(name)
         provider = name.split("/", 1)[0] if "/" in name else None
         if provider not in (offline_model.PROVIDER, claude_cli.PROVIDER):
             try:
@@ -485,7 +490,8 @@ class CompletionPlugin(BasePlugin):
     async def _complete(self, job: Job) -> dict:
         request: CompletionRequest = job.payload
         started = time.perf_counter()
-        litellm = await self.loader.ready()
+        if not self.loader.is_ready and not offline_model.runs(self._follow_aliases(job.model)[0]):
+            await self.loader.ready()  # litellm's tables route the name
         model, extra = self._resolve(job.model)
         new_messages = _messages_of(request)
         history = [] if job.new_session else await self.memory.history(job.session_id)
@@ -498,15 +504,15 @@ class CompletionPlugin(BasePlugin):
         if request.tools and claude_cli.runs(call.model):
             # `claude` runs its own tool loop: it gets KSI's tools over MCP, as the agent.
             mcp = await self._claude_tools(request)
-            answer = await self._call_with_retries(job, litellm, call, mcp=mcp)
+            answer = await self._call_with_retries(job, call, mcp=mcp)
             transcript, tool_calls = [], []
         elif request.tools:
             loop = await self._tool_loop(job, request)
             answer = await loop.run(call.messages, lambda messages, tools: self._call_with_retries(
-                job, litellm, call, messages, tools))
+                job, call, messages, tools))
             transcript, tool_calls = loop.transcript, loop.records
         else:
-            answer = await self._call_with_retries(job, litellm, call)
+            answer = await self._call_with_retries(job, call)
             transcript, tool_calls = [], []
         seen = PostResponseContext(job.request_id, job.session_id, call.model, call.messages,
                                    answer.text, answer.usage, answer.cost_usd, job.attempts,
@@ -602,7 +608,7 @@ class CompletionPlugin(BasePlugin):
                 self.log.error("conversation_store_failed", session_id=job.session_id,
                                error=repr(exc))
 
-    async def _call_with_retries(self, job: Job, litellm, call: PreCallContext,
+    async def _call_with_retries(self, job: Job, call: PreCallContext,
                                  messages: list[dict] | None = None,
                                  tools: list[dict] | None = None, mcp: dict | None = None):
         """One model call (`messages`: this step's, default the call's), retried while fresh."""
@@ -616,6 +622,8 @@ class CompletionPlugin(BasePlugin):
             job.chunks_sent += 1
             sent += 1
 
+        # (for the model called: a pre-call hook may have changed it)
+        litellm = None if offline_model.runs(call.model) else await self.loader.ready()
         while True:
             job.attempts += 1
             try:
