@@ -148,6 +148,10 @@ def test_an_agent_restarted_with_its_node_gets_what_was_published_meanwhile(work
             answer = pushes(room, "message:received", within=30,
                             until=lambda m: m["sender"] == "reader")[-1]
             assert "Published while B was down" in answer["content"]
+        # Until B hears the cluster again it cannot say where the agent runs: it says so.
+        early = b.request("agent:info", {"agent_id": "reader"})
+        assert "data" in early or early["error"]["code"] == "unavailable", early
+        wait_for(lambda: b.request("system:health")["data"]["cluster"]["jetstream"])
         record = data_of(b.request("agent:info", {"agent_id": "reader"}))
         assert record["turns"] == 1 and record["recent"][0]["message_id"] == \
             published["message_id"]

@@ -37,6 +37,7 @@ class AgentsHere(Protocol):
 class AgentCluster(Protocol):
     node_id: str
     lease_ttl_s: float  # a lease not renewed is gone after this long
+    serving: bool  # this node hears the cluster: where agents run is known and kept current
 
     def open(self, here: AgentsHere) -> None:
         """Called once at the agent plugin's start-up, before any other method."""

@@ -53,6 +53,13 @@ class AgentHomes:
                                 "agent_id": agent_id, "node": me, "resuming": True,
                                 "retry_after_s": RESUMING_RETRY_AFTER_S})
         home = self.cluster.home_of(agent_id)
+        if home is None and not self.cluster.serving:
+            # Unknown here, but perhaps known to the cluster this node cannot hear yet
+            return KSIError(UNAVAILABLE, f"node {me} does not hear the cluster just now (NATS "
+                            "unreachable, or still connecting after a start), so it cannot say "
+                            f"where agent {agent_id} runs; ask again in a moment", {
+                                "agent_id": agent_id, "node": me, "resuming": False,
+                                "retry_after_s": RESUMING_RETRY_AFTER_S})
         if home is None:
             return None
         return KSIError(UNAVAILABLE, f"agent {agent_id} is not running anywhere just now: its "
