@@ -51,10 +51,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_MODE=PRODUCTION HF_HUB_OFFLINE=1
-# Two pytest-xdist workers (KSI_TEST_WORKERS=1 runs in one process): much of a daemon test is
-# waiting (for a process, a socket, a grace period), which the other worker fills. A file's
-# tests stay on one worker, so a module's shared daemon starts once.
-workers=${KSI_TEST_WORKERS:-2}
+# Three pytest-xdist workers on the 2-core machine (KSI_TEST_WORKERS=1 runs in one process):
+# much of a daemon test is waiting (for a process, a socket, a lease to expire), which the other
+# workers fill. A file's tests stay on one worker, so a module's shared daemon starts once.
+workers=${KSI_TEST_WORKERS:-3}
 parallel=()
 if [ "$workers" -gt 1 ]; then
   parallel=(-n "$workers" --dist loadfile)
