@@ -308,6 +308,67 @@ def test_errors_a_user_can_cause_are_coded_and_leave_the_connection_working(daem
         assert result["text"] and result["resumed"] is False
 
 
+AGENT_MOVED_PLUGIN = '''
+from pathlib import Path
+
+from ksi_daemon.plugin_base import hookimpl
+
+
+@hookimpl
+def ksi_completion_agent_here(agent_id):
+    if agent_id != "moved-away":
+        return None
+    return Path(__file__).with_name("came-back").exists()
+'''
+
+
+@pytest.mark.daemon("inprocess")
+def test_an_unstored_result_of_an_agent_that_moved_is_left_to_its_new_home(daemon_factory,
+                                                                           workdir):
+    """Cluster mode's case, with the agent plugin's answer played by a small plugin: the
+    agent's new home asks for the turn again and stores it, so this daemon must not."""
+    first = daemon_factory(subdir="d")
+    with first.client(timeout=120) as client:
+        for name, agent in (("ours", None), ("theirs", "moved-away")):
+            data_of(client.request("completion:request", {
+                "prompt": f"remember {name}", "session_id": name, "request_id": f"t-{name}",
+                **({"agent_id": agent} if agent else {})}))
+    for name in ("ours", "theirs"):
+        wait_until(lambda: len(turns_of(first, name)) == 2, what=f"{name} stored")
+    assert first.stop() == 0
+    # As if the daemon died between committing both results and storing their turns.
+    journal = sqlite3.connect(first.var_dir / "plugins" / "completion" / "journal.db")
+    with journal:
+        journal.execute("UPDATE requests SET turns_stored = 0")
+    journal.close()
+    store = sqlite3.connect(first.var_dir / "db" / "conversations.db")
+    with store:
+        store.execute("DELETE FROM messages")
+        store.execute("DELETE FROM sessions")
+        store.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+    store.close()
+
+    plugins = workdir / "agent-moved"
+    plugins.mkdir()
+    (plugins / "agent_moved.py").write_text(AGENT_MOVED_PLUGIN)
+    second = daemon_factory(subdir="d", config={"daemon": {"plugin_dirs": [str(plugins)]}})
+    wait_until(lambda: len(turns_of(second, "ours")) == 2, what="this daemon's turns stored")
+    wait_until(lambda: journal_column(second, "turns_stored") == [1, 0],
+               what="the journal to know this daemon's are done")
+    assert turns_of(second, "theirs") == []  # the agent's home stores that turn
+    # Unless the agent comes back here and asks for it again: then this daemon stores it.
+    (plugins / "came-back").touch()
+    again = data_of(second.request("completion:request", {
+        "prompt": "remember theirs", "session_id": "theirs", "request_id": "t-theirs",
+        "agent_id": "moved-away"}))
+    assert again["deduplicated"] is True
+    wait_until(lambda: len(turns_of(second, "theirs")) == 2, what="the turns stored at last")
+    assert [t["request_id"] for t in turns_of(second, "theirs")] == ["t-theirs", "t-theirs"]
+    wait_until(lambda: journal_column(second, "turns_stored") == [1, 1],
+               what="the journal to know both are done")
+    assert second.stop() == 0
+
+
 @pytest.mark.daemon("inprocess")
 def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(daemon_factory):
     first = daemon_factory(subdir="d")

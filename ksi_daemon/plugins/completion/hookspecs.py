@@ -45,7 +45,9 @@ def ksi_completion_agent_here(agent_id):
     an agent that has no outcome: on False it ends it as `moved` instead (the agent's home asks
     for that turn again, under the same request_id, on its own daemon). It asks again when a
     request repeats the request_id of such a completion: True runs it anew (the agent has come
-    back here). The agent plugin implements it in cluster mode (an agent runs on the node
+    back here). And for a result committed at a stop whose turns were not stored yet: on False
+    they are left to the agent's home, which runs that turn again and stores it. The agent
+    plugin implements it in cluster mode (an agent runs on the node
     holding its lease); the single daemon, where every agent is this daemon's, says None.
     Called on the request path: it must be a plain function, not async.
     """

@@ -100,6 +100,8 @@ class CompletionPlugin(BasePlugin):
         await self.journal.prune(self.keep_finished, self.keep_finished_s)
         # Known before the socket opens, so a repeated request_id finds its job at once.
         self._to_resume, self._turns_to_store = [], []
+        self._turns_left: dict[str, Job] = {}  # see _leave_moved_agents_turns
+        self._storing_left: set[asyncio.Task] = set()
         for entry in self.journal.read_all():
             self._load(entry)
 
@@ -121,7 +123,20 @@ class CompletionPlugin(BasePlugin):
         self.log.info("completions_resumed", count=len(resumed),
                       moved=len(self._to_resume) - len(resumed))
         self._to_resume = []
-        return [self._prune_now_and_then(), self._store_interrupted_turns()]
+        self._leave_moved_agents_turns()
+        return [self._prune_now_and_then(), self._store_interrupted_turns(self._turns_to_store)]
+
+    def _leave_moved_agents_turns(self) -> None:
+        """A result committed just before a stop, of an agent that runs elsewhere now: the agent
+        never recorded it, so its new home asks for that turn again (same request_id) and stores
+        it; storing it here as well would put the turn in the conversation twice. Should the
+        agent come back here instead and ask again, its turns are stored then (_job_for)."""
+        for job in [job for job in self._turns_to_store
+                    if self.hooks.agent_elsewhere(job.payload.agent_id)]:
+            self._turns_to_store.remove(job)
+            self._turns_left[job.request_id] = job
+            self.log.info("turns_left_to_the_agents_home", request_id=job.request_id,
+                          agent_id=job.payload.agent_id)
 
     @hookimpl
     def ksi_queue_depths(self):
@@ -312,6 +327,7 @@ class CompletionPlugin(BasePlugin):
         if data.request_id is not None:
             known = self._known(data.request_id)
             if known is not None and not self._back_here(known):
+                self._store_left_turns_if_back(known)
                 return known, True
         model_name = data.model or self.default_model
         if self.loader.is_ready:
@@ -411,6 +427,16 @@ class CompletionPlugin(BasePlugin):
             del self.jobs[request_id]
             return None
         return job
+
+    def _store_left_turns_if_back(self, job: Job) -> None:
+        """A result whose turns were left to its agent's new home, asked for again by that
+        agent running here after all: this daemon stores them (what is missing only)."""
+        if job.request_id in self._turns_left and \
+                not self.hooks.agent_elsewhere(job.payload.agent_id):
+            del self._turns_left[job.request_id]
+            storing = asyncio.get_running_loop().create_task(self._store_interrupted_turns([job]))
+            self._storing_left.add(storing)  # (held, so the task is not collected midway)
+            storing.add_done_callback(self._storing_left.discard)
 
     def _back_here(self, job: Job) -> bool:
         """A completion ended as moved whose agent runs here again: its turn is this node's
@@ -594,10 +620,9 @@ class CompletionPlugin(BasePlugin):
             await self.memory.append_turn(job.session_id, turn[already:])
         self.journal.turns_stored(job.request_id)
 
-    async def _store_interrupted_turns(self) -> None:
+    async def _store_interrupted_turns(self, jobs: list[Job]) -> None:
         """Turns of results committed just before a stop, whose turns were not stored yet."""
-        jobs, self._turns_to_store = self._turns_to_store, []
-        for job in jobs:
+        for job in list(jobs):
             outcome = job.done.result()
             try:
                 stored = await self.memory.count_stored_for(job.session_id, job.request_id)
