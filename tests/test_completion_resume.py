@@ -308,6 +308,21 @@ def test_errors_a_user_can_cause_are_coded_and_leave_the_connection_working(daem
         assert result["text"] and result["resumed"] is False
 
 
+def as_if_stopped_before_storing_turns(daemon, *forget_in_store: str) -> None:
+    """The stopped daemon's journal says no result's turns were stored, and its conversation
+    store loses what the `forget_in_store` statements delete."""
+    journal = sqlite3.connect(daemon.var_dir / "plugins" / "completion" / "journal.db")
+    with journal:
+        journal.execute("UPDATE requests SET turns_stored = 0")
+    journal.close()
+    store = sqlite3.connect(daemon.var_dir / "db" / "conversations.db")
+    with store:
+        for statement in forget_in_store:
+            store.execute(statement)
+        store.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+    store.close()
+
+
 AGENT_MOVED_PLUGIN = '''
 from pathlib import Path
 
@@ -337,16 +352,7 @@ def test_an_unstored_result_of_an_agent_that_moved_is_left_to_its_new_home(daemo
         wait_until(lambda: len(turns_of(first, name)) == 2, what=f"{name} stored")
     assert first.stop() == 0
     # As if the daemon died between committing both results and storing their turns.
-    journal = sqlite3.connect(first.var_dir / "plugins" / "completion" / "journal.db")
-    with journal:
-        journal.execute("UPDATE requests SET turns_stored = 0")
-    journal.close()
-    store = sqlite3.connect(first.var_dir / "db" / "conversations.db")
-    with store:
-        store.execute("DELETE FROM messages")
-        store.execute("DELETE FROM sessions")
-        store.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
-    store.close()
+    as_if_stopped_before_storing_turns(first, "DELETE FROM messages", "DELETE FROM sessions")
 
     plugins = workdir / "agent-moved"
     plugins.mkdir()
@@ -383,17 +389,10 @@ def test_a_result_whose_turns_were_not_stored_gets_them_once_at_the_next_start(d
     assert first.stop() == 0
     # As if the daemon died between committing the results and storing their turns: the journal
     # says "not stored" for all, the store lost both turns of one and the answer of another.
-    journal = sqlite3.connect(first.var_dir / "plugins" / "completion" / "journal.db")
-    with journal:
-        journal.execute("UPDATE requests SET turns_stored = 0")
-    journal.close()
-    store = sqlite3.connect(first.var_dir / "db" / "conversations.db")
-    with store:
-        store.execute("DELETE FROM messages WHERE session_id = 'lost'")
-        store.execute("DELETE FROM sessions WHERE session_id = 'lost'")
-        store.execute("DELETE FROM messages WHERE session_id = 'half' AND role = 'assistant'")
-        store.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
-    store.close()
+    as_if_stopped_before_storing_turns(
+        first, "DELETE FROM messages WHERE session_id = 'lost'",
+        "DELETE FROM sessions WHERE session_id = 'lost'",
+        "DELETE FROM messages WHERE session_id = 'half' AND role = 'assistant'")
 
     second = daemon_factory(subdir="d")
     for name in ("lost", "half"):
