@@ -6,7 +6,7 @@ from typing import Any
 
 import pluggy
 
-from .core.hooks import raise_error, refuse_or_skip  # noqa: F401 - the hooks' error policies
+from .core.hooks import log_and_skip, raise_error, refuse_or_skip  # noqa: F401 - the hooks' error policies
 from .plugin_types import PluginCapabilities, PluginMetadata
 
 hookimpl = pluggy.HookimplMarker("ksi")

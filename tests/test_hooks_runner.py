@@ -75,3 +75,25 @@ def test_error_policies_and_a_failed_plugin_leaving_the_hook():
     assert asyncio.run(hook.call_each(refuse_or_skip, context=3)) == [None]
     assert [impl.plugin.name for impl in hook.impls] == ["a", "b"]
     assert [impl.plugin.name for impl in runner.of(records[2], "ksi_stopping")] == ["c"]
+
+
+class AsyncAnswer(Plugin):
+    @hookimpl
+    async def ksi_handle_event(self, event_name):  # not a plain function: refused at once
+        self.calls.append(event_name)
+        return {"from": self.name}
+
+
+def test_call_first_at_once_takes_plain_answers_and_fails_an_async_one_by_the_policy():
+    plugins = [AsyncAnswer("a"), Plugin("b", answer={"from": "b"})]
+    runner, _ = runner_of(*plugins)
+    runner.rebuild()
+    first = runner.hook("ksi_handle_event")
+    failed = []
+    assert first.call_first_at_once(lambda impl, hook, exc: failed.append(
+        (impl.plugin.name, type(exc).__name__)), event_name="x:y") == {"from": "b"}
+    assert failed == [("a", "TypeError")]
+    with pytest.raises(TypeError):
+        first.call_first_at_once(event_name="x:y")  # the default policy raises it
+    with pytest.raises(TypeError):
+        runner.hook("ksi_stopping").call_first_at_once(context=None)

@@ -54,6 +54,11 @@ def refuse_or_skip(impl: Impl, hook: str, exc: Exception) -> None:
     log.error("hook_failed", hook=hook, plugin=impl.plugin.name, error=repr(exc))
 
 
+def log_and_skip(impl: Impl, hook: str, exc: Exception) -> None:
+    """Any error is the plugin's: logged, and the next implementation answers instead."""
+    log.error("hook_failed", hook=hook, plugin=impl.plugin.name, error=repr(exc))
+
+
 OnError = Callable[[Impl, str, Exception], None]
 
 
@@ -92,6 +97,25 @@ class Hook:
         for impl in self.impls:
             try:
                 result = await impl.run(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - the policy decides
+                on_error(impl, self.name, exc)
+                continue
+            if result is not None:
+                return result
+        return None
+
+    def call_first_at_once(self, on_error: OnError = raise_error, **kwargs) -> Any:
+        """`call_first` for a hook asked where nothing may be awaited (a request's path, start):
+        its implementations are plain functions, and one that answers with an awaitable fails."""
+        if not self.firstresult:
+            raise TypeError(f"{self.name} is not a firstresult hook (hookspecs.py)")
+        for impl in self.impls:
+            try:
+                result = impl.call(**kwargs)
+                if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()  # never awaited, and never warned about
+                    raise TypeError(f"{self.name} must be a plain function, not async")
             except Exception as exc:  # noqa: BLE001 - the policy decides
                 on_error(impl, self.name, exc)
                 continue

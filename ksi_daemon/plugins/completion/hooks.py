@@ -8,13 +8,7 @@ completions (the runner's `refuse_or_skip` policy).
 """
 from __future__ import annotations
 
-import inspect
-
-import structlog
-
-from ...plugin_base import refuse_or_skip
-
-log = structlog.get_logger("ksi.plugin.completion")
+from ...plugin_base import log_and_skip, refuse_or_skip
 
 
 class CompletionHooks:
@@ -35,21 +29,6 @@ class CompletionHooks:
     def agent_elsewhere(self, agent_id: str | None) -> bool:
         """True only when a plugin says the agent does not run on this daemon: whoever cannot
         say (or fails to) leaves its completions running here, as they always did."""
-        if agent_id is None:
+        if agent_id is None or not self._agent_here:
             return False
-        for impl in self._agent_here.impls:
-            try:
-                answer = impl.call(agent_id=agent_id)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin's answer is no answer
-                log.error("hook_failed", hook="ksi_completion_agent_here",
-                          plugin=impl.plugin.name, error=repr(exc))
-                continue
-            if inspect.isawaitable(answer):
-                if inspect.iscoroutine(answer):
-                    answer.close()
-                log.error("hook_not_plain", hook="ksi_completion_agent_here",
-                          plugin=impl.plugin.name)
-                continue
-            if answer is not None:
-                return answer is False
-        return False
+        return self._agent_here.call_first_at_once(log_and_skip, agent_id=agent_id) is False
