@@ -23,8 +23,9 @@ if command -v npm >/dev/null 2>&1; then
   fi
 fi
 
-# System tools the tests use: Debian's `prometheus` (a real server scrapes the daemon) and
-# `netcat-openbsd` (`nc -U`, as the deployment guide uses it). Installed with apt-get when
+# System tools the tests use: Debian's `prometheus` (a real server scrapes the daemon),
+# `netcat-openbsd` (`nc -U`, as the deployment guide uses it) and `openssl` (certificates for the
+# cluster's TLS test). Installed with apt-get when
 # missing, if apt-get and root (or password-less sudo) are at hand; else those tests skip.
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
 can_install() {
@@ -41,6 +42,7 @@ apt_install() {
 missing=()
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || missing+=(prometheus)
 { command -v nc >/dev/null 2>&1 && nc -h 2>&1 | grep -q -- '-U'; } || missing+=(netcat-openbsd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if can_install; then
     echo "installing ${missing[*]} (apt-get)..."

@@ -61,6 +61,12 @@ def start_nats_server(directory: Path, port: int | None = None, log_file: Path |
     process and its URL once it accepts connections."""
     port = port or free_loopback_port()
     config = write_config(directory, port, sync_interval, cluster)
+    return run_nats_server(config, port, log_file), f"nats://127.0.0.1:{port}"
+
+
+def run_nats_server(config: Path, port: int, log_file: Path | None = None) -> subprocess.Popen:
+    """Start nats-server with `config` (which listens on 127.0.0.1:`port`); return it once it
+    accepts connections."""
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=output,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,7 +78,7 @@ def start_nats_server(directory: Path, port: int | None = None, log_file: Path |
             raise RuntimeError(f"nats-server exited with status {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, f"nats://127.0.0.1:{port}"
+            return process
         except OSError:
             time.sleep(0.05)
     process.kill()
