@@ -124,7 +124,8 @@ class CompletionPlugin(BasePlugin):
                       moved=len(self._to_resume) - len(resumed))
         self._to_resume = []
         self._leave_moved_agents_turns()
-        return [self._prune_now_and_then(), self._store_interrupted_turns(self._turns_to_store)]
+        turns, self._turns_to_store = self._turns_to_store, []  # handed over, not kept
+        return [self._prune_now_and_then(), self._store_interrupted_turns(turns)]
 
     def _leave_moved_agents_turns(self) -> None:
         """A result committed just before a stop, of an agent that runs elsewhere now: the agent
@@ -622,7 +623,7 @@ class CompletionPlugin(BasePlugin):
 
     async def _store_interrupted_turns(self, jobs: list[Job]) -> None:
         """Turns of results committed just before a stop, whose turns were not stored yet."""
-        for job in list(jobs):
+        for job in jobs:
             outcome = job.done.result()
             try:
                 stored = await self.memory.count_stored_for(job.session_id, job.request_id)
